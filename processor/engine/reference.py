@@ -1,0 +1,637 @@
+"""The reference engine: the readable definition of what every request does.
+
+``evaluate`` takes a compiled program, the account states it may touch, a batch
+of requests and the receipts of earlier postings, and returns one ``Result``
+per request plus the new states and receipts. It is a pure function: the
+inputs are never modified, and the same inputs give the same outputs (award
+codes included), which is what lets the Cython engine be checked against it
+result for result.
+
+Requests for one account are applied in the order given. Each request works
+on a copy of its account; when it is declined the copy is dropped, so a
+declined request changes nothing, and everything in one purchase basket
+(stored value, award redemptions, points) succeeds or fails together.
+
+The path of a purchase:
+1. the card must be active; the lines must be well formed;
+2. stored value paying for the basket is debited (tender program, PIN rules);
+3. coupons and certificates presented are redeemed;
+4. each loyalty program in effect ages the account, issues points by its issue
+   rules, runs its award rules, then its movement rules.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from processor import money
+from processor.cards import pin_problem
+from processor.engine import awards, loyalty, tender
+from processor.engine.plan import CompiledProgram, LoyaltyPlan
+from processor.engine.types import (
+    AccountState,
+    AwardRedemption,
+    Declined,
+    Engagement,
+    Line,
+    LoyaltyAccount,
+    Purchase,
+    Receipt,
+    Request,
+    RequestBase,
+    Result,
+    Return,
+    TenderRequest,
+    TraceEntry,
+    Void,
+)
+
+LINES_MAX = 1000
+"""Most lines one purchase may carry; a bound on the work one request can cause."""
+
+REDEEM_CODES_MAX = 32
+DEBIT_OPS = ("redeem", "preauth", "capture", "cash_out", "merge")
+
+_ReceiptLookup = Callable[[str], "Receipt | None"]
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What a batch did: results in request order, changed accounts, new receipts."""
+
+    results: list[Result]
+    accounts: dict[str, AccountState]
+    receipts: dict[str, Receipt]
+
+
+class ReferenceEngine:
+    """The pure-Python engine."""
+
+    name = "python"
+
+    def evaluate(
+        self,
+        program: CompiledProgram,
+        accounts: Mapping[str, AccountState],
+        requests: Sequence[Request],
+        receipts: Mapping[str, Receipt] | None = None,
+    ) -> BatchOutcome:
+        return evaluate(program, accounts, requests, receipts or {})
+
+
+def evaluate(
+    program: CompiledProgram,
+    accounts: Mapping[str, AccountState],
+    requests: Sequence[Request],
+    receipts: Mapping[str, Receipt],
+) -> BatchOutcome:
+    batch = _Batch(program, accounts, receipts)
+    results = [batch.apply(request) for request in requests]
+    return BatchOutcome(results, batch.states, batch.new_receipts)
+
+
+class _Batch:
+    """Working copies of the accounts and receipts one batch touches."""
+
+    def __init__(
+        self,
+        program: CompiledProgram,
+        accounts: Mapping[str, AccountState],
+        receipts: Mapping[str, Receipt],
+    ) -> None:
+        self.program = program
+        self.accounts = accounts
+        self.receipts = receipts
+        self.states: dict[str, AccountState] = {}
+        self.new_receipts: dict[str, Receipt] = {}
+
+    def state(self, account: str) -> AccountState:
+        if account not in self.states:
+            known = self.accounts.get(account)
+            self.states[account] = copy.deepcopy(known) if known else AccountState(account)
+        return self.states[account]
+
+    def receipt(self, request_id: str) -> Receipt | None:
+        if request_id in self.new_receipts:
+            return self.new_receipts[request_id]
+        known = self.receipts.get(request_id)
+        return copy.deepcopy(known) if known is not None else None
+
+    def apply(self, request: Request) -> Result:
+        result = Result(request.id, request.account)
+        touched = [request.account]
+        if isinstance(request, TenderRequest) and request.op == "merge":
+            touched.append(request.target_account)
+        working = {account: copy.deepcopy(self.state(account)) for account in touched}
+        receipts: dict[str, Receipt] = {}
+        try:
+            _apply(self.program, working, request, self.receipt, receipts, result)
+        except Declined as declined:
+            result.status, result.reason = "declined", declined.reason
+            result.postings, result.awards, result.moves, result.redeemed = [], [], [], []
+            if declined.detail:
+                result.trace.append(TraceEntry("", "", False, 0, declined.detail))
+            return result
+        self.states.update(working)
+        self.new_receipts.update(receipts)
+        return result
+
+
+def _apply(
+    program: CompiledProgram,
+    states: dict[str, AccountState],
+    request: Request,
+    find_receipt: _ReceiptLookup,
+    receipts: dict[str, Receipt],
+    result: Result,
+) -> None:
+    state = states[request.account]
+    if isinstance(request, Purchase):
+        receipts[request.id] = _purchase(program, state, request, result)
+    elif isinstance(request, Engagement):
+        receipts[request.id] = _engagement(program, state, request, result)
+    elif isinstance(request, Return):
+        receipt = _original(find_receipt, request.original_id, request)
+        _return(program, state, receipt, request, _returned(receipt, request), result)
+        receipts[receipt.id] = receipt
+    elif isinstance(request, Void):
+        receipt = _original(find_receipt, request.original_id, request)
+        _void(program, state, receipt, request, result)
+        receipts[receipt.id] = receipt
+    elif isinstance(request, TenderRequest):
+        receipts[request.id] = _tender(program, states, request, result)
+    elif isinstance(request, AwardRedemption):
+        receipts[request.id] = _award_redemption(program, state, request, result)
+    else:
+        raise Declined("INVALID_ARGUMENT", f"unknown request type {type(request).__name__}")
+
+
+# --------------------------------------------------------------------------- purchases
+
+
+def _require_active_card(state: AccountState) -> None:
+    if state.status != "active":
+        raise Declined("CARD_INACTIVE", f"card {state.account} is {state.status}")
+
+
+def _require_pin(program: CompiledProgram, request: RequestBase) -> None:
+    reason = pin_problem(program.card, request.card_present, request.pin_verified)
+    if reason:
+        raise Declined(reason, "this card needs a verified PIN for this operation")
+
+
+def _check_lines(purchase: Purchase) -> None:
+    if len(purchase.lines) > LINES_MAX:
+        raise Declined("TOO_MANY_LINES", f"a purchase may carry at most {LINES_MAX} lines")
+    if len(purchase.redeem_codes) > REDEEM_CODES_MAX:
+        raise Declined("TOO_MANY_CODES", f"at most {REDEEM_CODES_MAX} codes per purchase")
+    numbers = set()
+    for line in purchase.lines:
+        if line.amount < 0 or line.quantity <= 0:
+            raise Declined(
+                "INVALID_AMOUNT", f"line {line.number} has a negative amount or a quantity below 1"
+            )
+        if line.number in numbers:
+            raise Declined("INVALID_ARGUMENT", f"line number {line.number} appears twice")
+        numbers.add(line.number)
+    if purchase.stored_value < 0:
+        raise Declined("INVALID_AMOUNT", "stored_value must not be negative")
+
+
+def _purchase(
+    program: CompiledProgram, state: AccountState, purchase: Purchase, result: Result
+) -> Receipt:
+    _require_active_card(state)
+    _check_lines(purchase)
+    receipt = Receipt(purchase.id, purchase.account, "purchase", purchase.day, program.version)
+    if purchase.stored_value:
+        if program.tender is None:
+            raise Declined("NO_TENDER_PROGRAM", "this card carries no tender program")
+        _require_pin(program, purchase)
+        debited = tender.debit_basket(program.tender, state, purchase, result, program.version)
+        receipt.tender_amount = -debited
+    for code in purchase.redeem_codes:
+        _require_pin(program, purchase)
+        awards.redeem_code(
+            program.award_programs,
+            state,
+            purchase,
+            code,
+            program.directory,
+            result,
+            program.version,
+        )
+        receipt.awards.append(code)
+    for plan in program.loyalty:
+        account = _loyalty_account(plan, state, purchase, result)
+        if account is None:
+            continue
+        lines = _base_lines(plan, purchase, result)
+        if lines is None:
+            continue
+        loyalty.age(plan, account, purchase.day, result, program.version)
+        loyalty.earn_purchase(
+            program, plan, state, account, purchase, lines, receipt, result, program.version
+        )
+        _after_activity(program, plan, state, account, purchase, result)
+    return receipt
+
+
+def _loyalty_account(
+    plan: LoyaltyPlan, state: AccountState, request: RequestBase, result: Result
+) -> LoyaltyAccount | None:
+    """The account a request earns in, or None with the reason traced."""
+    program = plan.program
+    reason = ""
+    if not program.in_effect(request.day):
+        reason = "program not in effect"
+    elif program.card_required and not request.card_present:
+        reason = "card required"
+    account = None if reason else loyalty.account_for(plan, state, request.day)
+    if account is None and not reason:
+        reason = "card has no account in this program"
+    if reason:
+        result.trace.append(TraceEntry(program.id, "", False, 0, reason))
+    return account
+
+
+def _base_lines(plan: LoyaltyPlan, purchase: Purchase, result: Result) -> list[Line] | None:
+    """The purchase lines in the program's currency, or None (traced) when they cannot be."""
+    program = plan.program
+    if purchase.currency.upper() == program.currency.upper():
+        return list(purchase.lines)
+    reason = ""
+    if not program.allow_foreign_currency:
+        reason = f"currency {purchase.currency} not allowed"
+    elif purchase.exchange_rate is None:
+        reason = "exchange rate missing"
+    if reason:
+        result.trace.append(TraceEntry(program.id, "", False, 0, reason))
+        return None
+    return [
+        replace(
+            line,
+            amount=money.convert(
+                line.amount, purchase.currency, purchase.exchange_rate, program.currency
+            ),
+        )
+        for line in purchase.lines
+    ]
+
+
+def _after_activity(
+    program: CompiledProgram,
+    plan: LoyaltyPlan,
+    state: AccountState,
+    account: LoyaltyAccount,
+    request: RequestBase,
+    result: Result,
+) -> None:
+    """What follows any earning: activity dates, award rules, movement rules, balances."""
+    account.last_activity_day = request.day
+    if plan.award_program is not None:
+        awards.touch_activity(plan.award_program, state, request.day)
+    loyalty.run_award_rules(program, plan, state, account, request, result, program.version)
+    loyalty.run_movement_rules(plan, account, request, result, program.version)
+    loyalty.balances(plan, account, request.day, result)
+
+
+def _engagement(
+    program: CompiledProgram, state: AccountState, engagement: Engagement, result: Result
+) -> Receipt:
+    _require_active_card(state)
+    if engagement.count < 1:
+        raise Declined("INVALID_AMOUNT", "an engagement counts at least 1")
+    receipt = Receipt(
+        engagement.id, engagement.account, "engagement", engagement.day, program.version
+    )
+    for plan in program.loyalty:
+        account = _loyalty_account(plan, state, engagement, result)
+        if account is None:
+            continue
+        loyalty.age(plan, account, engagement.day, result, program.version)
+        start = len(result.trace)
+        loyalty.earn_engagement(program, plan, state, account, engagement, result, program.version)
+        for entry in result.trace[start:]:
+            if entry.fired and entry.points:
+                receipt.basket_points[f"{plan.program.id}/{entry.rule}"] = entry.points
+        _after_activity(program, plan, state, account, engagement, result)
+    return receipt
+
+
+# --------------------------------------------------------------------------- returns and voids
+
+
+def _original(find_receipt: _ReceiptLookup, original_id: str, request: RequestBase) -> Receipt:
+    receipt = find_receipt(original_id)
+    if receipt is None:
+        raise Declined("UNKNOWN_ORIGINAL", f"no posted request {original_id!r}")
+    if receipt.account != request.account:
+        raise Declined("ACCOUNT_MISMATCH", f"{original_id!r} was posted to another card")
+    if receipt.voided:
+        raise Declined("ALREADY_VOIDED", f"{original_id!r} was voided")
+    return receipt
+
+
+def _returned(receipt: Receipt, request: Return) -> dict[int, int]:
+    """Quantities to return per line: as asked, or everything not yet returned."""
+    if receipt.kind != "purchase":
+        raise Declined("NOT_RETURNABLE", f"{receipt.id!r} is not a purchase")
+    remaining = {line.number: line.quantity - line.returned_quantity for line in receipt.lines}
+    if not request.lines:
+        wanted = {number: quantity for number, quantity in remaining.items() if quantity}
+        if not wanted and receipt.basket_returned:
+            raise Declined("ALREADY_RETURNED", f"{receipt.id!r} was returned in full")
+        return wanted
+    wanted = {}
+    for line in request.lines:
+        if line.number not in remaining:
+            raise Declined("UNKNOWN_LINE", f"{receipt.id!r} has no line {line.number}")
+        if (
+            line.quantity <= 0
+            or line.quantity + wanted.get(line.number, 0) > remaining[line.number]
+        ):
+            raise Declined(
+                "RETURN_EXCEEDS_SALE",
+                f"line {line.number} has {remaining[line.number]} left to return",
+            )
+        wanted[line.number] = wanted.get(line.number, 0) + line.quantity
+    return wanted
+
+
+def _return(
+    program: CompiledProgram,
+    state: AccountState,
+    receipt: Receipt,
+    request: RequestBase,
+    returned: dict[int, int],
+    result: Result,
+) -> None:
+    for plan in program.loyalty:
+        account = state.loyalty.get(plan.program.id)
+        if account is None:
+            continue
+        if not plan.program.credit_reversal:
+            result.trace.append(
+                TraceEntry(plan.program.id, "", False, 0, "credit reversal not allowed")
+            )
+            continue
+        loyalty.age(plan, account, request.day, result, program.version)
+        loyalty.return_points(plan, account, receipt, returned, request, result, program.version)
+        loyalty.balances(plan, account, request.day, result)
+    _refund_stored_value(program, state, receipt, returned, request, result)
+    for earning in receipt.lines:
+        earning.returned_quantity += returned.get(earning.number, 0)
+    if all(earning.returned_quantity >= earning.quantity for earning in receipt.lines):
+        receipt.basket_returned = True
+
+
+def _refund_stored_value(
+    program: CompiledProgram,
+    state: AccountState,
+    receipt: Receipt,
+    returned: dict[int, int],
+    request: RequestBase,
+    result: Result,
+) -> None:
+    """Give back stored value up to the value of the returned lines."""
+    if receipt.tender_amount >= 0 or program.tender is None:
+        return
+    value = sum(
+        earning.amount * returned.get(earning.number, 0) // earning.quantity
+        for earning in receipt.lines
+    )
+    full = all(
+        earning.returned_quantity + returned.get(earning.number, 0) >= earning.quantity
+        for earning in receipt.lines
+    )
+    refund = -receipt.tender_amount if full else min(value, -receipt.tender_amount)
+    if refund:
+        tender.credit_back(
+            program.tender, state, refund, request, result, program.version, "credit_reversal"
+        )
+        receipt.tender_amount += refund
+
+
+def _void(
+    program: CompiledProgram, state: AccountState, receipt: Receipt, request: Void, result: Result
+) -> None:
+    """Undo everything an earlier request did that can be undone."""
+    if receipt.kind == "purchase":
+        returned = {line.number: line.quantity - line.returned_quantity for line in receipt.lines}
+        _return(program, state, receipt, request, returned, result)
+        _restore_codes(state, receipt)
+    elif receipt.kind == "engagement":
+        _void_engagement(program, state, receipt, request, result)
+    elif receipt.kind.startswith("tender:"):
+        _void_tender(program, state, receipt, request, result)
+    elif receipt.kind == "award":
+        _restore_codes(state, receipt)
+    receipt.voided = True
+
+
+def _void_engagement(
+    program: CompiledProgram,
+    state: AccountState,
+    receipt: Receipt,
+    request: RequestBase,
+    result: Result,
+) -> None:
+    for plan in program.loyalty:
+        account = state.loyalty.get(plan.program.id)
+        prefix = f"{plan.program.id}/"
+        if account is None:
+            continue
+        for key, points in receipt.basket_points.items():
+            if key.startswith(prefix):
+                rule_id = key[len(prefix) :]
+                loyalty.take_back(
+                    plan, account, rule_id, points, receipt.day, request, result, program.version
+                )
+                result.trace.append(TraceEntry(plan.program.id, rule_id, True, -points, "voided"))
+        loyalty.balances(plan, account, request.day, result)
+
+
+def _void_tender(
+    program: CompiledProgram,
+    state: AccountState,
+    receipt: Receipt,
+    request: RequestBase,
+    result: Result,
+) -> None:
+    if program.tender is None:
+        raise Declined("NO_TENDER_PROGRAM", "this card carries no tender program")
+    op = receipt.kind.removeprefix("tender:")
+    if op == "preauth":
+        tender.release_hold(state, receipt.id)
+    elif receipt.tender_amount < 0:
+        tender.credit_back(
+            program.tender,
+            state,
+            -receipt.tender_amount,
+            request,
+            result,
+            program.version,
+            "credit_reversal",
+        )
+    elif receipt.tender_amount > 0:
+        tender.debit_back(
+            program.tender, state, receipt.tender_amount, request, result, program.version
+        )
+        if op == "activate" and state.tender is not None:
+            # A voided activation leaves the card as it was: never activated.
+            state.tender.status = "inactive"
+    else:
+        raise Declined("NOT_VOIDABLE", f"{receipt.id!r} moved no value")
+
+
+def _restore_codes(state: AccountState, receipt: Receipt) -> None:
+    for code in receipt.awards:
+        award = awards.find_award(state, code)
+        if award is not None and award.redemptions_left >= 0:
+            award.redemptions_left += 1
+            award.status = "active"
+
+
+# --------------------------------------------------------------------------- tender and awards
+
+
+def _tender(
+    program: CompiledProgram,
+    states: dict[str, AccountState],
+    request: TenderRequest,
+    result: Result,
+) -> Receipt:
+    if program.tender is None:
+        raise Declined("NO_TENDER_PROGRAM", "this card carries no tender program")
+    state = states[request.account]
+    if request.op in DEBIT_OPS:
+        _require_pin(program, request)
+    start = len(result.postings)
+    if request.op == "merge":
+        if request.target_account == request.account or not request.target_account:
+            raise Declined("INVALID_ARGUMENT", "a merge needs another card as target")
+        target = states[request.target_account]
+        tender.merge_tender(program.tender, state, target, request, result, program.version)
+        result.postings[start:] = [
+            replace(posting, account=request.target_account)
+            if posting.kind == "merge_in"
+            else posting
+            for posting in result.postings[start:]
+        ]
+        _merge_loyalty(program, state, target, request, result)
+    else:
+        was_active = state.tender is not None and state.tender.status == "active"
+        tender.apply_tender(program.tender, state, request, result, program.version)
+        if request.op == "activate" and not was_active:
+            for award_program in program.award_programs.values():
+                awards.on_account_activated(award_program, state, request, result, program.version)
+    moved = sum(
+        posting.amount
+        for posting in result.postings[start:]
+        if posting.balance == "tender" and not posting.account
+    )
+    return Receipt(
+        request.id,
+        request.account,
+        f"tender:{request.op}",
+        request.day,
+        program.version,
+        tender_amount=moved,
+    )
+
+
+def _merge_loyalty(
+    program: CompiledProgram,
+    source: AccountState,
+    target: AccountState,
+    request: RequestBase,
+    result: Result,
+) -> None:
+    """Move points lots, debt, earned counters and coupons where the program permits."""
+    for plan in program.loyalty:
+        account = source.loyalty.get(plan.program.id)
+        if account is None or not plan.program.card_merge_permitted:
+            continue
+        survivor = target.loyalty.get(plan.program.id)
+        if survivor is None:
+            target.loyalty[plan.program.id] = account
+        else:
+            survivor.lots.extend(account.lots)
+            survivor.debt += account.debt
+            survivor.earned_ltd += account.earned_ltd
+            survivor.earned_ytd += account.earned_ytd
+            survivor.awards.extend(account.awards)
+        del source.loyalty[plan.program.id]
+        result.trace.append(TraceEntry(plan.program.id, "", True, 0, "merged"))
+
+
+def _award_redemption(
+    program: CompiledProgram, state: AccountState, request: AwardRedemption, result: Result
+) -> Receipt:
+    _require_active_card(state)
+    _require_pin(program, request)
+    receipt = Receipt(request.id, request.account, "award", request.day, program.version)
+    if request.code:
+        awards.redeem_code(
+            program.award_programs,
+            state,
+            request,
+            request.code,
+            program.directory,
+            result,
+            program.version,
+        )
+        receipt.awards.append(request.code)
+    else:
+        award_program = program.award_programs.get(request.program)
+        if award_program is None:
+            raise Declined("UNKNOWN_PROGRAM", f"no award program {request.program!r}")
+        awards.redeem_value(award_program, state, request.amount, request, result, program.version)
+    return receipt
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def run_job(
+    program: CompiledProgram, accounts: Mapping[str, AccountState], day: int, job_id: str
+) -> BatchOutcome:
+    """The scheduled job: age every account, then run the award and movement rules that
+    wait for the job. ``job_id`` names the run, so its award codes are reproducible."""
+    results = []
+    states = {}
+    for account_id in sorted(accounts):
+        state = copy.deepcopy(accounts[account_id])
+        request = RequestBase(f"{job_id}:{account_id}", account_id, day)
+        result = Result(request.id, account_id)
+        for plan in program.loyalty:
+            account = state.loyalty.get(plan.program.id)
+            if account is None or not plan.program.in_effect(day):
+                continue
+            loyalty.age(plan, account, day, result, program.version)
+            loyalty.run_award_rules(
+                program, plan, state, account, request, result, program.version, job=True
+            )
+            loyalty.run_movement_rules(plan, account, request, result, program.version, job=True)
+            loyalty.balances(plan, account, day, result)
+        for award_program in program.award_programs.values():
+            if award_program.id in state.awards:
+                awards.expire_awards(award_program, state, day, result, program.version)
+        if program.tender is not None and state.tender is not None:
+            tender.expire_tender(program.tender, state, day, result, program.version)
+        states[account_id] = state
+        results.append(result)
+    return BatchOutcome(results, states, {})
+
+
+def issue_card(program: CompiledProgram, account_id: str, day: int) -> AccountState:
+    """A newly generated card: active, with an account in every loyalty program that
+    opens accounts when cards are generated (rather than on first transaction)."""
+    state = AccountState(account_id)
+    for plan in program.loyalty:
+        if not plan.program.accounts_on_first_transaction:
+            state.loyalty[plan.program.id] = loyalty.open_account(plan, day)
+    return state

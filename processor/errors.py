@@ -1,0 +1,93 @@
+"""The error types of the processor, split by who is at fault.
+
+Every error carries a machine-readable ``reason`` (an upper-case token, the
+``google.rpc.ErrorInfo.reason`` a gRPC client sees) and, where the source
+documents define one, a numeric ``code``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class LoyaltyError(Exception):
+    """Root of every error the processor raises on purpose."""
+
+    reason = "INTERNAL"
+    code: int | None = None
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class BadRequestError(LoyaltyError):
+    """The caller sent something that can never succeed as sent."""
+
+    reason = "INVALID_ARGUMENT"
+
+
+class DeclinedError(LoyaltyError):
+    """A well-formed request that the program's rules refuse."""
+
+    reason = "DECLINED"
+
+
+class RedemptionError(DeclinedError):
+    """A reward redemption failed: insufficient points or not eligible (code 2003)."""
+
+    reason = "REDEMPTION_FAILED"
+    code = 2003
+
+
+class UnavailableError(LoyaltyError):
+    """A dependency the processor needs is unreachable; retrying may succeed."""
+
+    reason = "UNAVAILABLE"
+
+
+class DatabaseUnavailableError(UnavailableError):
+    """PostgreSQL is unreachable (code 1001)."""
+
+    reason = "DATABASE_UNAVAILABLE"
+    code = 1001
+
+
+class InternalError(LoyaltyError):
+    """A bug in the processor: an invariant did not hold."""
+
+    reason = "INTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input file: where it is and why it is wrong."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class InputFileError(BadRequestError):
+    """An input file (program, transactions, accounts, card import) is invalid.
+
+    The message names the file, then one line per problem with the field path
+    and the reason, so a program manager can fix every problem in one pass.
+    """
+
+    reason = "INVALID_FILE"
+
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        self.file = file
+        self.problems = problems
+        lines = [f"{file}: {problem}" for problem in problems]
+        super().__init__("\n".join(lines))
+
+
+def check(condition: bool, message: str) -> None:
+    """Assert an invariant in a way ``python -O`` cannot remove."""
+    if not condition:
+        raise InternalError(message)

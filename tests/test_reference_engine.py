@@ -1,0 +1,200 @@
+"""The reference engine's orchestration: baskets, PINs, card status, voids, merges, jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from processor import calendar
+from processor.engine import compile_program, issue_card, run_job
+from processor.engine.plan import CompiledProgram
+from processor.engine.reference import evaluate
+from processor.engine.types import (
+    AccountState,
+    AwardRedemption,
+    Line,
+    Purchase,
+    Request,
+    TenderRequest,
+    Void,
+)
+from processor.program.loader import load_program
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "programs" / "demo.yaml"
+CARD = "6001200000000010"
+OTHER = "6001200000000028"
+DAY = calendar.parse_day("2026-03-04")  # a Wednesday
+
+
+@pytest.fixture(scope="module")
+def demo() -> CompiledProgram:
+    return compile_program(load_program(DEMO))
+
+
+def sale(
+    request_id: str,
+    amount: int,
+    *,
+    stored_value: int = 0,
+    codes: tuple[str, ...] = (),
+    pin: bool = True,
+    card: str = CARD,
+    day: int = DAY,
+) -> Purchase:
+    return Purchase(
+        request_id,
+        card,
+        day,
+        13 * 3600,
+        "S003",
+        card_present=True,
+        pin_verified=pin,
+        lines=(Line(1, "JACKET", amount, 1, ("OUTERWEAR",)),),
+        stored_value=stored_value,
+        redeem_codes=codes,
+    )
+
+
+def activate(request_id: str, amount: int, card: str = CARD) -> TenderRequest:
+    return TenderRequest(
+        request_id, card, DAY, 9 * 3600, "S001", pin_verified=True, op="activate", amount=amount
+    )
+
+
+def run(
+    program: CompiledProgram,
+    requests: list[Request],
+    accounts: dict[str, AccountState] | None = None,
+) -> list:
+    return evaluate(program, accounts or {}, requests, {}).results
+
+
+def test_a_basket_with_stored_value_earns_points_and_debits_the_card(demo: CompiledProgram) -> None:
+    results = run(demo, [activate("a", 10_000), sale("s", 25_000, stored_value=4_000)])
+    assert results[1].status == "approved"
+    assert results[1].balances["tender"] == 6_000
+    assert results[1].balances["points:points"] == 255  # 250 base + 5 for the visit to S003
+
+
+def test_a_basket_whose_stored_value_is_refused_earns_nothing(demo: CompiledProgram) -> None:
+    results = run(demo, [sale("s", 25_000, stored_value=4_000)])
+    assert results[0].status == "declined"
+    assert results[0].reason == "ACCOUNT_INACTIVE"
+    assert results[0].postings == []
+
+
+def test_a_basket_with_an_unknown_coupon_is_declined_as_a_whole(demo: CompiledProgram) -> None:
+    outcome = evaluate(
+        demo,
+        {},
+        [activate("a", 10_000), sale("s", 25_000, stored_value=4_000, codes=("NOPE",))],
+        {},
+    )
+    declined = outcome.results[1]
+    assert (declined.status, declined.reason) == ("declined", "UNKNOWN_AWARD")
+    assert declined.postings == [] and declined.awards == []
+    state = outcome.accounts[CARD]
+    assert state.tender is not None and state.tender.balance == 10_000
+    assert "points" not in state.loyalty
+
+
+def test_stored_value_without_a_verified_pin_is_refused_when_the_card_is_absent(
+    demo: CompiledProgram,
+) -> None:
+    absent = Purchase(
+        "s",
+        CARD,
+        DAY,
+        0,
+        "WEB",
+        card_present=False,
+        pin_verified=False,
+        lines=(Line(1, "X", 1_000),),
+        stored_value=500,
+    )
+    results = run(demo, [activate("a", 10_000), absent])
+    assert (results[1].status, results[1].reason) == ("declined", "PIN_REQUIRED")
+
+
+def test_an_inactive_card_earns_nothing(demo: CompiledProgram) -> None:
+    accounts = {CARD: AccountState(CARD, status="inactive")}
+    results = run(demo, [sale("s", 10_000)], accounts)
+    assert (results[0].status, results[0].reason) == ("declined", "CARD_INACTIVE")
+
+
+def test_a_coupon_earned_in_one_basket_pays_for_the_next(demo: CompiledProgram) -> None:
+    first = run(demo, [sale("s1", 60_000)])[0]
+    code = first.awards[0].code
+    assert first.awards[0].kind == "coupon"
+    results = run(demo, [sale("s1", 60_000), sale("s2", 1_000, codes=(code,))])
+    assert results[1].redeemed == [code]
+    again = run(
+        demo,
+        [sale("s1", 60_000), sale("s2", 1_000, codes=(code,)), sale("s3", 1_000, codes=(code,))],
+    )
+    assert (again[2].status, again[2].reason) == ("declined", "AWARD_REDEEMED")
+
+
+def test_voiding_a_purchase_restores_points_stored_value_and_coupons(
+    demo: CompiledProgram,
+) -> None:
+    first = run(demo, [sale("s1", 60_000)])[0]
+    code = first.awards[0].code
+    requests: list[Request] = [
+        activate("a", 10_000),
+        sale("s1", 60_000),
+        sale("s2", 2_000, stored_value=1_500, codes=(code,)),
+        Void("v", CARD, DAY, 14 * 3600, "S003", original_id="s2"),
+        AwardRedemption("r", CARD, DAY, 15 * 3600, "S003", pin_verified=True, code=code),
+    ]
+    results = run(demo, requests)
+    void = results[3]
+    assert void.status == "approved"
+    assert void.balances["tender"] == 10_000
+    assert void.balances["points:points"] == results[1].balances["points:points"]
+    assert results[4].redeemed == [code]
+
+
+def test_a_void_of_a_void_request_is_refused(demo: CompiledProgram) -> None:
+    requests: list[Request] = [
+        sale("s1", 5_000),
+        Void("v1", CARD, DAY, 0, original_id="s1"),
+        Void("v2", CARD, DAY, 0, original_id="s1"),
+    ]
+    results = run(demo, requests)
+    assert (results[2].status, results[2].reason) == ("declined", "ALREADY_VOIDED")
+
+
+def test_merging_cards_moves_stored_value_and_points(demo: CompiledProgram) -> None:
+    requests: list[Request] = [
+        activate("a1", 5_000),
+        activate("a2", 2_500, card=OTHER),
+        sale("s1", 30_000),
+        sale("s2", 10_000, card=OTHER),
+        TenderRequest(
+            "m", CARD, DAY, 0, "S001", pin_verified=True, op="merge", target_account=OTHER
+        ),
+    ]
+    outcome = evaluate(demo, {}, requests, {})
+    assert outcome.results[4].status == "approved"
+    target = outcome.accounts[OTHER]
+    assert target.tender is not None and target.tender.balance == 7_500
+    assert target.loyalty["points"].available(DAY) == 410  # (300 + 5) + (100 + 5)
+    assert "points" not in outcome.accounts[CARD].loyalty
+
+
+def test_the_award_job_issues_job_rules_and_is_reproducible(demo: CompiledProgram) -> None:
+    outcome = evaluate(demo, {}, [sale("s1", 35_000)], {})
+    job = run_job(demo, outcome.accounts, DAY + 1, "job-2026-03-05")
+    again = run_job(demo, outcome.accounts, DAY + 1, "job-2026-03-05")
+    assert job.results == again.results
+    awards = job.results[0].awards
+    assert [award.rule for award in awards] == ["free-coffee"]
+    assert job.results[0].balances["points:points"] == 55  # 350 + 5 visit - 300 coffee
+
+
+def test_issue_card_opens_accounts_only_for_programs_that_open_them_at_generation(
+    demo: CompiledProgram,
+) -> None:
+    assert issue_card(demo, CARD, DAY).loyalty == {}
