@@ -86,7 +86,7 @@ class Summary:
 
 
 def summarize(results: Iterator[Result], levels: Mapping[str, str] | None = None) -> Summary:
-    """Totals of a run; points by level use each result's level after the request."""
+    """Totals of a run; ``levels`` maps "account/program" to the level after each result."""
     summary = Summary()
     for result in results:
         summary.requests[result.status if not result.reason else result.reason] += 1
@@ -101,9 +101,14 @@ def summarize(results: Iterator[Result], levels: Mapping[str, str] | None = None
             summary.awards_by_rule[f"{award.program}/{award.rule}/{award.kind}"] += 1
         for move in result.moves:
             summary.moves[f"{move.program}: {move.from_level} -> {move.to_level}"] += 1
+        # Points count for the level the account was at when it earned them: the level
+        # before the request's first move, if it moved.
+        before = {move.program: move.from_level for move in reversed(result.moves)}
         for trace in result.trace:
             if trace.fired and trace.points > 0 and levels is not None:
-                level = levels.get(f"{result.account}/{trace.program}", "")
+                level = before.get(trace.program) or levels.get(
+                    f"{result.account}/{trace.program}", ""
+                )
                 summary.points_by_level[f"{trace.program}/{level}"] += trace.points
     return summary
 
@@ -163,7 +168,7 @@ class _LevelTracker:
 # --------------------------------------------------------------------------- diff
 
 
-def _signature(result: Result) -> dict[str, Any]:
+def _signature(result: Result, formatter: Formatter) -> dict[str, Any]:
     """What a program manager compares between two versions for one transaction."""
     points: Counter[str] = Counter()
     for posting in result.postings:
@@ -171,7 +176,10 @@ def _signature(result: Result) -> dict[str, Any]:
             points[f"{posting.program}/{posting.rule or posting.kind}"] += posting.amount
     return {
         "status": result.status,
-        "points": dict(sorted(points.items())),
+        "points": {
+            key: formatter.amount(f"points:{key.split('/')[0]}", value)
+            for key, value in sorted(points.items())
+        },
         "awards": sorted(f"{award.program}/{award.rule}" for award in result.awards),
         "moves": [f"{move.from_level}->{move.to_level}" for move in result.moves],
     }
@@ -185,7 +193,7 @@ def diff(
     for before, after in zip(run(evaluation), run(evaluation, other), strict=True):
         before_summary = _accumulate(before_summary, before)
         after_summary = _accumulate(after_summary, after)
-        first, second = _signature(before), _signature(after)
+        first, second = _signature(before, formatter), _signature(after, formatter)
         if first != second:
             yield {"id": before.id, "account": before.account, "before": first, "after": second}
     yield {

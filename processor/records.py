@@ -91,7 +91,7 @@ class RequestRecord(Model):
         try:
             return calendar.parse_local_time(self.time)
         except ValueError:
-            raise ValueError(f"time {self.time!r} is not a local ISO date-time") from None
+            raise FieldError("time", f"{self.time!r} is not a local ISO date-time") from None
 
 
 class PurchaseRecord(RequestRecord):
@@ -163,6 +163,21 @@ AnyRecord = Annotated[
 _REQUEST = TypeAdapter(AnyRecord)
 
 
+class FieldError(ValueError):
+    """A value that passed the record schema but cannot be used, with its field path."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+
+
+def _minor(value: Decimal, currency: str, path: str) -> int:
+    try:
+        return money.to_minor(value, currency)
+    except ValueError as error:
+        raise FieldError(path, str(error)) from None
+
+
 def build_request(record: Any) -> Request:
     """An engine request from a validated record; ValueError when amounts do not fit."""
     day, second = record.moment()
@@ -185,20 +200,20 @@ def build_request(record: Any) -> Request:
                 Line(
                     line.number,
                     line.item,
-                    money.to_minor(line.amount, currency),
+                    _minor(line.amount, currency, f"lines[{index}].amount"),
                     line.quantity,
                     tuple(line.hierarchy),
                     tuple(sorted(line.attributes.items())),
                     line.merchandise,
                 )
-                for line in record.lines
+                for index, line in enumerate(record.lines)
             ),
             tenders=tuple(
-                TenderLine(tender.type, money.to_minor(tender.amount, currency))
-                for tender in record.tenders
+                TenderLine(tender.type, _minor(tender.amount, currency, f"tenders[{index}].amount"))
+                for index, tender in enumerate(record.tenders)
             ),
             customer=record.customer.build() if record.customer else None,
-            stored_value=money.to_minor(record.stored_value, currency),
+            stored_value=_minor(record.stored_value, currency, "stored_value"),
             redeem_codes=tuple(record.redeem_codes),
         )
     if isinstance(record, ReturnRecord):
@@ -221,7 +236,7 @@ def build_request(record: Any) -> Request:
         return TenderRequest(
             **common,
             op=record.op,
-            amount=money.to_minor(record.amount, currency),
+            amount=_minor(record.amount, currency, "amount"),
             currency=currency,
             exchange_rate=record.exchange_rate,
             reference_id=record.reference_id,
@@ -232,7 +247,7 @@ def build_request(record: Any) -> Request:
         **common,
         code=record.code,
         program=record.program,
-        amount=money.to_minor(record.amount, record.currency.upper()),
+        amount=_minor(record.amount, record.currency.upper(), "amount"),
     )
 
 
@@ -247,6 +262,9 @@ def read_requests(path: str | Path) -> list[Request]:
             request = build_request(record)
         except ValidationError as error:
             problems += _line_problems(number, error)
+            continue
+        except FieldError as error:
+            problems.append(Problem(f"line {number}.{error.path}", str(error)))
             continue
         except ValueError as error:
             problems.append(Problem(f"line {number}", str(error)))

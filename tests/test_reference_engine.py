@@ -16,6 +16,7 @@ from processor.engine.types import (
     Line,
     Purchase,
     Request,
+    Return,
     TenderRequest,
     Void,
 )
@@ -198,3 +199,52 @@ def test_issue_card_opens_accounts_only_for_programs_that_open_them_at_generatio
     demo: CompiledProgram,
 ) -> None:
     assert issue_card(demo, CARD, DAY).loyalty == {}
+
+
+def test_voiding_a_return_puts_back_its_points_and_refund(demo: CompiledProgram) -> None:
+    requests: list[Request] = [
+        activate("a", 10_000),
+        sale("s1", 30_000, stored_value=2_000),
+        Return("r1", CARD, DAY + 1, 0, "S003", original_id="s1"),
+        Void("v1", CARD, DAY + 1, 60, "S003", original_id="r1"),
+        Return("r2", CARD, DAY + 2, 0, "S003", original_id="s1"),
+    ]
+    results = run(demo, requests)
+    sold, returned, voided, again = results[1], results[2], results[3], results[4]
+    assert returned.balances == {"points:points": 0, "tender": 8_000 + 2_000}
+    assert voided.status == "approved"
+    assert voided.balances == {"points:points": 305, "tender": 8_000}
+    assert sold.balances["points:points"] == 305
+    assert [p.kind for p in voided.postings if p.balance == "points"] == [
+        "return_reversal",
+        "return_reversal",
+    ]
+    assert again.balances == {"points:points": 0, "tender": 10_000}
+
+
+def test_a_return_cannot_be_voided_without_debit_reversal(demo: CompiledProgram) -> None:
+    source = demo.source.model_copy(deep=True)
+    loyalty = source.loyalty_programs[0].model_copy(update={"debit_reversal": False})
+    program = compile_program(source.model_copy(update={"loyalty_programs": [loyalty]}))
+    requests: list[Request] = [
+        sale("s1", 30_000),
+        Return("r1", CARD, DAY + 1, 0, "S003", original_id="s1"),
+        Void("v1", CARD, DAY + 1, 60, "S003", original_id="r1"),
+    ]
+    voided = run(program, requests)[2]
+    assert voided.status == "approved"
+    assert voided.postings == []
+    assert [entry.reason for entry in voided.trace] == ["debit reversal not allowed"]
+
+
+def test_no_movement_rule_moves_an_account_into_an_inactive_level(demo: CompiledProgram) -> None:
+    source = demo.source
+    loyalty = source.loyalty_programs[0]
+    levels = [
+        level.model_copy(update={"active": level.id != "gold"}) for level in loyalty.levels
+    ]
+    changed = loyalty.model_copy(update={"levels": levels})
+    program = compile_program(source.model_copy(update={"loyalty_programs": [changed]}))
+    result = run(program, [sale("s1", 150_000)])[0]
+    assert result.moves == []
+    assert ("to-gold", "level gold is inactive") in [(t.rule, t.reason) for t in result.trace]

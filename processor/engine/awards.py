@@ -148,12 +148,14 @@ def issue_certificate(
     expires_day: int | None = None,
     source: str = "",
     points_cost: int = 0,
+    prefix: str | None = None,
 ) -> Award:
     """Issue one certificate of ``program`` to the card and record it in the result.
 
     The expiry is, in order: ``expires_day`` from the issuer, the certificate's
     own expiry, the program's award expiry, none. ``points_cost`` is what a
-    loyalty award rule charged for it, recorded on the issue.
+    loyalty award rule charged for it, recorded on the issue; ``prefix`` is the
+    issuing rule's coupon prefix, the program's ``coupon_prefix`` otherwise.
     """
     certificate = program.certificate(certificate_id)
     if certificate is None:
@@ -163,7 +165,7 @@ def issue_certificate(
         raise Declined(reason, f"cannot issue {certificate_id} from {program.id}")
     account = ensure_account(program, state, request.day)
     award = Award(
-        code=_next_code(program, certificate_id, request, result),
+        code=_next_code(program, certificate_id, request, result, prefix),
         kind="certificate",
         rule=certificate_id,
         program=program.id,
@@ -192,13 +194,18 @@ def _certificate_expiry(
 
 
 def _next_code(
-    program: AwardProgram, certificate_id: str, request: RequestBase, result: Result
+    program: AwardProgram,
+    certificate_id: str,
+    request: RequestBase,
+    result: Result,
+    prefix: str | None = None,
 ) -> str:
     # The ordinal keeps codes apart when one request issues the same certificate twice.
     ordinal = sum(
         1 for issue in result.awards if issue.program == program.id and issue.rule == certificate_id
     )
-    return award_code(program.coupon_prefix, program.id, request.id, certificate_id, ordinal)
+    chosen = program.coupon_prefix if prefix is None else prefix
+    return award_code(chosen, program.id, request.id, certificate_id, ordinal)
 
 
 # --------------------------------------------------------------------------- e-award value

@@ -166,9 +166,14 @@ def issue_lot(
 
 
 def _count_earned(account: LoyaltyAccount, points: int, day: int) -> None:
+    """Count points (negative for a return) as earned on ``day``: a return of last year's
+    sale leaves this year's total alone, and one from before the last level move leaves
+    the points earned since the move alone."""
     account.earned_ltd = max(0, account.earned_ltd + points)
-    account.earned_ytd = max(0, account.earned_ytd + points)
-    account.earned_since_move = max(0, account.earned_since_move + points)
+    if calendar.year_of(day) == account.ytd_year:
+        account.earned_ytd = max(0, account.earned_ytd + points)
+    if day >= account.level_since_day:
+        account.earned_since_move = max(0, account.earned_since_move + points)
     month = calendar.month_index(day)
     account.earned_by_month[month] = max(0, account.earned_by_month.get(month, 0) + points)
 
@@ -447,10 +452,11 @@ def take_back(
     request: RequestBase,
     result: Result,
     version: int,
-) -> None:
+) -> int:
     """Remove ``points`` a rule issued on ``earned_day``: from that rule's lots of that day
     first, then the oldest lots; what is left becomes debt where the level allows a
-    negative balance, and is forgiven (and traced) where it does not."""
+    negative balance, and is forgiven (and traced) where it does not. Returns the points
+    recovered, debt included."""
     remaining = points
     own = [lot for lot in account.lots if lot.rule == rule_id and lot.earned_day == earned_day]
     others = sorted(
@@ -484,6 +490,7 @@ def take_back(
             )
         )
     _count_earned(account, -points, earned_day)
+    return recovered
 
 
 def return_points(
@@ -494,11 +501,17 @@ def return_points(
     request: RequestBase,
     result: Result,
     version: int,
+    record: Receipt,
 ) -> None:
     """Take back what the returned quantities earned: proportionally per line, so the
-    sum over partial returns never exceeds, and a full return equals, the original."""
+    sum over partial returns never exceeds, and a full return equals, the original.
+
+    ``record`` is the return's own receipt: what was taken per line and rule, and what
+    was actually recovered, so that voiding the return can put back exactly that.
+    """
     prefix = f"{plan.program.id}/"
     totals: dict[str, int] = {}
+    taken_lines = {line.number: line for line in record.lines}
     for earning in receipt.lines:
         quantity = returned.get(earning.number, 0)
         if not quantity:
@@ -512,6 +525,8 @@ def return_points(
             if take:
                 earning.points_returned[key] = earning.points_returned.get(key, 0) + take
                 totals[key] = totals.get(key, 0) + take
+                taken = taken_lines[earning.number].points
+                taken[key] = taken.get(key, 0) + take
     fully_returned = all(
         earning.returned_quantity + returned.get(earning.number, 0) >= earning.quantity
         for earning in receipt.lines
@@ -520,10 +535,39 @@ def return_points(
         for key, points in receipt.basket_points.items():
             if key.startswith(prefix):
                 totals[key] = totals.get(key, 0) + points
+                record.basket_points[key] = points
     for key, points in totals.items():
         rule_id = key[len(prefix) :]
-        take_back(plan, account, rule_id, points, receipt.day, request, result, version)
+        recovered = take_back(plan, account, rule_id, points, receipt.day, request, result, version)
+        record.points_recovered[key] = recovered
         result.trace.append(TraceEntry(plan.program.id, rule_id, True, -points, "returned"))
+
+
+def restore_points(
+    plan: LoyaltyPlan,
+    account: LoyaltyAccount,
+    rule_id: str,
+    points: int,
+    earned_day: int,
+    request: RequestBase,
+    result: Result,
+    version: int,
+) -> None:
+    """Put back points a voided return took: a lot dated as the original earning (so it
+    ages as the original would have), spendable now, counted as earned again."""
+    level = plan.program.level(account.level)
+    aging = level.age_points
+    relative = aging is not None and aging.type == "relative"
+    expires_day = aging.after.after(earned_day) if aging is not None and relative else None
+    _post(result, plan, version, "return_reversal", points, rule_id, request.day)
+    repaid = min(account.debt, points)
+    account.debt -= repaid
+    if points > repaid:
+        account.lots.append(
+            Lot(earned_day, rule_id, "regular", points - repaid, request.day, expires_day, version)
+        )
+    _count_earned(account, points, earned_day)
+    result.trace.append(TraceEntry(plan.program.id, rule_id, True, points, "return voided"))
 
 
 # --------------------------------------------------------------------------- spending
@@ -668,6 +712,7 @@ def _issue_award(
             expires_day=expires_day,
             source=rule.id,
             points_cost=cost,
+            prefix=rule.coupon_prefix or None,
         )
     else:
         code = award_code(rule.coupon_prefix, plan.program.id, request.id, rule.id, ordinal)
@@ -707,7 +752,8 @@ def run_movement_rules(
         for movement in plan.movement:
             fired, reason = _try_move(plan, movement, account, day, result, version, job)
             if fired:
-                moved = movement.rule.type != "sustain"
+                # A sustain or an extension keeps the level: nothing more to test.
+                moved = result.moves[-1].kind in ("advancement", "demotion")
                 break
             if reason:
                 reasons[movement.rule.id] = reason
@@ -747,6 +793,8 @@ def _try_move(
             )
             result.trace.append(TraceEntry(plan.program.id, rule.id, True, 0, "extended"))
             return True, ""
+    if not plan.program.level(rule.target_level).active:
+        return False, f"level {rule.target_level} is inactive"
     if movement.cost and account.available(day) < movement.cost:
         return False, "balance below the move's points cost"
     if movement.cost:

@@ -36,6 +36,7 @@ from processor.engine.types import (
     Declined,
     Engagement,
     Line,
+    LineEarning,
     LoyaltyAccount,
     Purchase,
     Receipt,
@@ -154,11 +155,16 @@ def _apply(
         receipts[request.id] = _engagement(program, state, request, result)
     elif isinstance(request, Return):
         receipt = _original(find_receipt, request.original_id, request)
-        _return(program, state, receipt, request, _returned(receipt, request), result)
+        record = _return(program, state, receipt, request, _returned(receipt, request), result)
         receipts[receipt.id] = receipt
+        receipts[request.id] = record
     elif isinstance(request, Void):
         receipt = _original(find_receipt, request.original_id, request)
-        _void(program, state, receipt, request, result)
+        original = None
+        if receipt.kind == "return":
+            original = _original(find_receipt, receipt.original_id, request)
+            receipts[original.id] = original
+        _void(program, state, receipt, original, request, result)
         receipts[receipt.id] = receipt
     elif isinstance(request, TenderRequest):
         receipts[request.id] = _tender(program, states, request, result)
@@ -368,7 +374,18 @@ def _return(
     request: RequestBase,
     returned: dict[int, int],
     result: Result,
-) -> None:
+) -> Receipt:
+    """Take back points and refund stored value for the returned quantities; the
+    return's own receipt records exactly what was taken, for a void of the return."""
+    record = Receipt(
+        request.id,
+        request.account,
+        "return",
+        request.day,
+        program.version,
+        lines=[LineEarning(number, quantity, 0) for number, quantity in returned.items()],
+        original_id=receipt.id,
+    )
     for plan in program.loyalty:
         account = state.loyalty.get(plan.program.id)
         if account is None:
@@ -379,13 +396,16 @@ def _return(
             )
             continue
         loyalty.age(plan, account, request.day, result, program.version)
-        loyalty.return_points(plan, account, receipt, returned, request, result, program.version)
+        loyalty.return_points(
+            plan, account, receipt, returned, request, result, program.version, record
+        )
         loyalty.balances(plan, account, request.day, result)
-    _refund_stored_value(program, state, receipt, returned, request, result)
+    record.tender_amount = _refund_stored_value(program, state, receipt, returned, request, result)
     for earning in receipt.lines:
         earning.returned_quantity += returned.get(earning.number, 0)
     if all(earning.returned_quantity >= earning.quantity for earning in receipt.lines):
         receipt.basket_returned = True
+    return record
 
 
 def _refund_stored_value(
@@ -395,10 +415,10 @@ def _refund_stored_value(
     returned: dict[int, int],
     request: RequestBase,
     result: Result,
-) -> None:
-    """Give back stored value up to the value of the returned lines."""
+) -> int:
+    """Give back stored value up to the value of the returned lines; returns the refund."""
     if receipt.tender_amount >= 0 or program.tender is None:
-        return
+        return 0
     value = sum(
         earning.amount * returned.get(earning.number, 0) // earning.quantity
         for earning in receipt.lines
@@ -413,16 +433,26 @@ def _refund_stored_value(
             program.tender, state, refund, request, result, program.version, "credit_reversal"
         )
         receipt.tender_amount += refund
+    return refund
 
 
 def _void(
-    program: CompiledProgram, state: AccountState, receipt: Receipt, request: Void, result: Result
+    program: CompiledProgram,
+    state: AccountState,
+    receipt: Receipt,
+    original: Receipt | None,
+    request: Void,
+    result: Result,
 ) -> None:
     """Undo everything an earlier request did that can be undone."""
     if receipt.kind == "purchase":
         returned = {line.number: line.quantity - line.returned_quantity for line in receipt.lines}
+        returned = {number: quantity for number, quantity in returned.items() if quantity}
         _return(program, state, receipt, request, returned, result)
         _restore_codes(state, receipt)
+    elif receipt.kind == "return":
+        assert original is not None
+        _void_return(program, state, receipt, original, request, result)
     elif receipt.kind == "engagement":
         _void_engagement(program, state, receipt, request, result)
     elif receipt.kind.startswith("tender:"):
@@ -430,6 +460,56 @@ def _void(
     elif receipt.kind == "award":
         _restore_codes(state, receipt)
     receipt.voided = True
+
+
+def _void_return(
+    program: CompiledProgram,
+    state: AccountState,
+    record: Receipt,
+    original: Receipt,
+    request: RequestBase,
+    result: Result,
+) -> None:
+    """Put back what a return took: its points (a debit reversal, where the loyalty
+    program allows one), its stored-value refund, and the returned quantities."""
+    if original.voided:
+        raise Declined("ALREADY_VOIDED", f"{original.id!r} was voided")
+    for plan in program.loyalty:
+        account = state.loyalty.get(plan.program.id)
+        prefix = f"{plan.program.id}/"
+        keys = [key for key in record.points_recovered if key.startswith(prefix)]
+        if account is None or not keys:
+            continue
+        if not plan.program.debit_reversal:
+            result.trace.append(
+                TraceEntry(plan.program.id, "", False, 0, "debit reversal not allowed")
+            )
+            continue
+        for key in keys:
+            loyalty.restore_points(
+                plan,
+                account,
+                key[len(prefix) :],
+                record.points_recovered[key],
+                original.day,
+                request,
+                result,
+                program.version,
+            )
+        loyalty.balances(plan, account, request.day, result)
+    if record.tender_amount and program.tender is not None:
+        tender.debit_back(
+            program.tender, state, record.tender_amount, request, result, program.version
+        )
+        original.tender_amount -= record.tender_amount
+    lines = {line.number: line for line in original.lines}
+    for taken in record.lines:
+        line = lines[taken.number]
+        line.returned_quantity -= taken.quantity
+        for key, points in taken.points.items():
+            line.points_returned[key] -= points
+    if record.basket_points:
+        original.basket_returned = False
 
 
 def _void_engagement(

@@ -307,6 +307,8 @@ class Receipt:
     tender_amount: int = 0  # stored value moved (+ credited, - debited)
     awards: list[str] = field(default_factory=list)  # codes issued or redeemed
     voided: bool = False
+    original_id: str = ""  # for a return: the purchase it returned from
+    points_recovered: dict[str, int] = field(default_factory=dict)  # for a return, per rule
 
 
 # --------------------------------------------------------------------------- results

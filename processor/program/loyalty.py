@@ -42,7 +42,11 @@ class AgePoints(Model):
 
 
 class Level(Model):
-    """A loyalty level (tier). Levels are ranked in the order the file lists them."""
+    """A loyalty level (tier). Levels are ranked in the order the file lists them.
+
+    An inactive level keeps the accounts already in it, but no movement rule moves an
+    account into it and new accounts cannot start in it.
+    """
 
     id: Identifier
     name: str = Field(min_length=1)
@@ -276,6 +280,10 @@ def loyalty_problems(
     found += _duplicates(level_ids, f"{path}.levels", "level id")
     if program.initial_level is not None and program.initial_level not in level_ids:
         found.append(Problem(f"{path}.initial_level", f"unknown level {program.initial_level!r}"))
+    elif not program.level(program.start_level).active:
+        found.append(
+            Problem(f"{path}.initial_level", f"level {program.start_level!r} is inactive")
+        )
     if program.award_program is not None and program.award_program not in award_programs:
         found.append(
             Problem(f"{path}.award_program", f"unknown award program {program.award_program!r}")
