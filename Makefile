@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*.pxi)
+PROTO_SOURCES := $(wildcard proto/loyalty/v1/*.proto)
 
 .DEFAULT_GOAL := test
-.PHONY: install test build lint run clean distclean
+.PHONY: install test build proto lint run bench-engine clean distclean
 
 install: $(STAMP)
 
@@ -16,13 +17,13 @@ install: $(STAMP)
 # install runs without build isolation, so `make build` rebuilds with the very same Cython.
 # The editable install builds the compiled modules in place, beside the sources in processor/;
 # the import check after it makes sure they landed where the import system finds them.
-$(STAMP): pyproject.toml setup.py $(EXT_SOURCES)
+$(STAMP): pyproject.toml setup.py $(EXT_SOURCES) $(PROTO_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\\n')" > $(VENV)/build-requirements.txt
 	$(BIN)/python -m pip install --upgrade -r $(VENV)/build-requirements.txt
 	$(BIN)/python -m pip install --no-build-isolation -e '.[test]'
-	$(BIN)/python -c "import processor._calendar"
+	$(BIN)/python -c "import processor._calendar, processor._engine, loyalty.v1.transactions_pb2_grpc"
 	touch $@
 
 test: $(STAMP)
@@ -32,6 +33,13 @@ test: $(STAMP)
 # LOYALTY_CYTHON_TRACE=1 in the environment switch on annotation or line tracing).
 build: $(STAMP)
 	$(BIN)/python setup.py build_ext --inplace
+
+# Regenerate loyalty/v1 from proto/ after editing a .proto file.
+proto: $(STAMP)
+	$(BIN)/python setup.py build_proto
+
+bench-engine: $(STAMP)
+	$(BIN)/python bench/engine_bench.py
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
@@ -43,7 +51,7 @@ run: $(STAMP)
 
 # Removing the stamp too makes the next `make test` rebuild the extensions it deletes.
 clean:
-	rm -rf build dist *.egg-info processor/*.so ext/*.c ext/*.html $(STAMP)
+	rm -rf build dist *.egg-info processor/*.so ext/*.c ext/*.html loyalty $(STAMP)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 

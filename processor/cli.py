@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from processor import __version__
+from processor.engine import ENGINES
 from processor.errors import LoyaltyError
 
 
@@ -16,6 +17,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from processor.records import Formatter
 
     evaluation = evaluate.prepare(args.program, args.transactions, args.accounts)
+    evaluation.engine_name = args.engine
     formatter = Formatter(evaluation.program)
     out = sys.stdout
     if args.compare:
@@ -28,6 +30,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         for result in evaluate.run(evaluation):
             out.write(json.dumps(formatter.result(result)) + "\n")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from processor.engine import default_engine_name
+
+    print(f"loyalty {__version__}, engine {default_engine_name()}")
     return 0
 
 
@@ -53,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--program", required=True, help="program file (YAML or JSON)")
     evaluate.add_argument("--transactions", required=True, help="requests, JSON lines")
     evaluate.add_argument("--accounts", help="opening account states, JSON lines")
+    evaluate.add_argument(
+        "--engine", choices=ENGINES, help="rule engine (default: the compiled one when built)"
+    )
     mode = evaluate.add_mutually_exclusive_group()
     mode.add_argument(
         "--summary", action="store_true", help="print totals by rule, level, award and move"
@@ -61,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare", metavar="PROGRAM", help="print what changes if PROGRAM replaced --program"
     )
     evaluate.set_defaults(handler=_evaluate)
+
+    info = commands.add_parser("info", help="print the version and the engine in use")
+    info.set_defaults(handler=_info)
 
     check = commands.add_parser("check", help="validate a program file")
     check.add_argument("program")

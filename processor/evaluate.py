@@ -29,6 +29,7 @@ class Evaluation:
     program: CompiledProgram
     requests: list[Request]
     accounts: dict[str, AccountState]
+    engine_name: str | None = None  # None: the default engine (see processor.engine)
 
 
 def prepare(
@@ -42,11 +43,11 @@ def prepare(
 
 
 def run(
-    evaluation: Evaluation, program: CompiledProgram | None = None, engine_name: str = "python"
+    evaluation: Evaluation, program: CompiledProgram | None = None, engine_name: str | None = None
 ) -> Iterator[Result]:
     """Results in request order; ``program`` replaces the evaluation's program (for diffs)."""
     program = program or evaluation.program
-    engine = get_engine(engine_name)
+    engine = get_engine(engine_name or evaluation.engine_name)
     accounts = dict(evaluation.accounts)
     receipts: dict[str, Receipt] = {}
     for account_id, day in _first_days(evaluation.requests).items():

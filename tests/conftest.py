@@ -14,7 +14,12 @@ from types import ModuleType
 import pytest
 from hypothesis import settings
 
+from processor.engine import Engine, get_engine
+
 NO_EXTENSIONS = os.environ.get("LOYALTY_NO_EXTENSIONS", "") == "1"
+
+# Servers for integration tests: the ones the environment names, else embedded ones.
+pytest_plugins = ["plugins.postgres", "plugins.redis"]
 
 # "ci" replays the same examples on every run, so a red build is reproducible from its log;
 # "dev" explores new examples each run. Neither has a deadline: timing on shared machines is
@@ -51,3 +56,21 @@ def calendar_impl(request: pytest.FixtureRequest) -> ModuleType:
 def calendar_c() -> ModuleType:
     """The compiled calendar alone, for tests that hold it against the reference."""
     return _implementation("processor.calendar", "processor._calendar", "c")
+
+
+@pytest.fixture(scope="session", params=["python", "cython"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """The reference engine ("python") or the compiled one ("cython"): the same tests hold
+    both to one behaviour."""
+    if request.param == "cython":
+        _implementation("processor.engine.reference", "processor._engine", "c")
+    return get_engine(request.param)
+
+
+@pytest.fixture
+def every_engine(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """Runs a test once per engine, with the loyalty builders' Ledger on that engine."""
+    import loyalty_builders
+
+    monkeypatch.setattr(loyalty_builders, "ENGINE", engine)
+    return engine

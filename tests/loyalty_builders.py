@@ -12,8 +12,14 @@ import copy
 from typing import Any
 
 from processor import calendar
-from processor.engine import CompiledProgram, compile_program, issue_card, run_job
-from processor.engine.reference import evaluate
+from processor.engine import (
+    CompiledProgram,
+    Engine,
+    ReferenceEngine,
+    compile_program,
+    issue_card,
+    run_job,
+)
 from processor.engine.types import (
     AccountState,
     Customer,
@@ -61,11 +67,15 @@ def level(level_id: str, **fields: Any) -> dict[str, Any]:
     return {"id": level_id, "name": level_id.title(), **fields}
 
 
-def issue_rule(rule_id: str = "base", calculation: str = "item_value",
-               **fields: Any) -> dict[str, Any]:
+def issue_rule(
+    rule_id: str = "base", calculation: str = "item_value", **fields: Any
+) -> dict[str, Any]:
     """An issue rule; item rules default to one point per currency unit."""
     data: dict[str, Any] = {
-        "id": rule_id, "name": rule_id, "start_date": START, "calculation": calculation,
+        "id": rule_id,
+        "name": rule_id,
+        "start_date": START,
+        "calculation": calculation,
     }
     if calculation in ("item_value", "item_quantity"):
         data["multiplier"] = "1"
@@ -79,50 +89,93 @@ def engagement_rule(rule_id: str = "video", **fields: Any) -> dict[str, Any]:
     return issue_rule(rule_id, "engagements", **data)
 
 
-def coupon_rule(rule_id: str = "coupon", precedence: int = 1, threshold: str = "100",
-                cost: str = "100", **fields: Any) -> dict[str, Any]:
+def coupon_rule(
+    rule_id: str = "coupon",
+    precedence: int = 1,
+    threshold: str = "100",
+    cost: str = "100",
+    **fields: Any,
+) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "id": rule_id, "name": rule_id, "start_date": START, "type": "coupon",
-        "precedence": precedence, "threshold": threshold, "cost": cost,
+        "id": rule_id,
+        "name": rule_id,
+        "start_date": START,
+        "type": "coupon",
+        "precedence": precedence,
+        "threshold": threshold,
+        "cost": cost,
     }
     data.update(fields)
     return {key: value for key, value in data.items() if value is not None}
 
 
-def award_rule(rule_id: str, rule_type: str, precedence: int = 1, **fields: Any
-               ) -> dict[str, Any]:
+def award_rule(rule_id: str, rule_type: str, precedence: int = 1, **fields: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "id": rule_id, "name": rule_id, "start_date": START, "type": rule_type,
+        "id": rule_id,
+        "name": rule_id,
+        "start_date": START,
+        "type": rule_type,
         "precedence": precedence,
     }
     data.update(fields)
     return data
 
 
-def movement_rule(rule_id: str, rule_type: str = "advancement", *, test: dict[str, Any],
-                  precedence: int = 1, **fields: Any) -> dict[str, Any]:
+def movement_rule(
+    rule_id: str,
+    rule_type: str = "advancement",
+    *,
+    test: dict[str, Any],
+    precedence: int = 1,
+    **fields: Any,
+) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "id": rule_id, "name": rule_id, "start_date": START, "type": rule_type,
-        "precedence": precedence, "test": test,
+        "id": rule_id,
+        "name": rule_id,
+        "start_date": START,
+        "type": rule_type,
+        "precedence": precedence,
+        "test": test,
     }
     data.update(fields)
     return data
 
 
-def advancement(rule_id: str, from_level: str | None, to_level: str, threshold: str,
-                test_type: str = "ytd", **fields: Any) -> dict[str, Any]:
-    return movement_rule(rule_id, "advancement", test={"type": test_type}, from_level=from_level,
-                         to_level=to_level, threshold=threshold, **fields)
+def advancement(
+    rule_id: str,
+    from_level: str | None,
+    to_level: str,
+    threshold: str,
+    test_type: str = "ytd",
+    **fields: Any,
+) -> dict[str, Any]:
+    return movement_rule(
+        rule_id,
+        "advancement",
+        test={"type": test_type},
+        from_level=from_level,
+        to_level=to_level,
+        threshold=threshold,
+        **fields,
+    )
 
 
 def wallet(**fields: Any) -> dict[str, Any]:
     """An award program holding e-award value and one certificate."""
     data: dict[str, Any] = {
-        "id": WALLET, "name": "Wallet", "start_date": START, "allow_reloads": True,
-        "certificates": [{
-            "id": "coffee", "name": "Free coffee", "precedence": 1, "max_redemptions": 1,
-            "offer": {"id": "coffee", "name": "Coffee", "type": "free_item"},
-        }],
+        "id": WALLET,
+        "name": "Wallet",
+        "start_date": START,
+        "allow_reloads": True,
+        "certificates": [
+            {
+                "id": "coffee",
+                "name": "Free coffee",
+                "precedence": 1,
+                "max_redemptions": 1,
+                "offer": {"id": "coffee", "name": "Coffee", "type": "free_item"},
+            }
+        ],
     }
     data.update(fields)
     return data
@@ -131,12 +184,19 @@ def wallet(**fields: Any) -> dict[str, Any]:
 Rules = list[dict[str, Any]]
 
 
-def loyalty(*, levels: Rules | None = None, issue: Rules | None = None,
-            award: Rules | None = None, movement: Rules | None = None,
-            **fields: Any) -> dict[str, Any]:
+def loyalty(
+    *,
+    levels: Rules | None = None,
+    issue: Rules | None = None,
+    award: Rules | None = None,
+    movement: Rules | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     """A loyalty program: levels silver, gold, platinum and one point per dollar by default."""
     data: dict[str, Any] = {
-        "id": PROGRAM, "name": "Loyal", "start_date": START,
+        "id": PROGRAM,
+        "name": "Loyal",
+        "start_date": START,
         "levels": levels or [level("silver"), level("gold"), level("platinum")],
         "issue_rules": [issue_rule()] if issue is None else issue,
         "award_rules": award or [],
@@ -146,11 +206,14 @@ def loyalty(*, levels: Rules | None = None, issue: Rules | None = None,
     return data
 
 
-def program_file(loyalty_program: dict[str, Any] | None = None,
-                 award_programs: list[dict[str, Any]] | None = None,
-                 **fields: Any) -> dict[str, Any]:
+def program_file(
+    loyalty_program: dict[str, Any] | None = None,
+    award_programs: list[dict[str, Any]] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "id": "test", "name": "Test card",
+        "id": "test",
+        "name": "Test card",
         "card": {"type": "Test card", "serial_prefix": "60012"},
         "locations": copy.deepcopy(LOCATIONS),
         "award_programs": award_programs or [],
@@ -164,8 +227,9 @@ def compile_file(data: dict[str, Any]) -> CompiledProgram:
     return compile_program(validate_program("test.yaml", data))
 
 
-def build(award_programs: list[dict[str, Any]] | None = None, **loyalty_fields: Any
-          ) -> CompiledProgram:
+def build(
+    award_programs: list[dict[str, Any]] | None = None, **loyalty_fields: Any
+) -> CompiledProgram:
     """Compile a program file whose loyalty program is ``loyalty(**loyalty_fields)``."""
     return compile_file(program_file(loyalty(**loyalty_fields), award_programs))
 
@@ -177,23 +241,45 @@ def line(number: int = 1, amount: int = 1000, item: str = "SKU1", **fields: Any)
     return Line(number=number, item=item, amount=amount, **fields)
 
 
-def purchase(request_id: str = "p1", *lines: Line, day: int = DAY, second: int = NOON,
-             location: str = "S1", **fields: Any) -> Purchase:
-    return Purchase(id=request_id, account=fields.pop("account", CARD), day=day,
-                    second=second, location=location, lines=lines or (line(),), **fields)
+def purchase(
+    request_id: str = "p1",
+    *lines: Line,
+    day: int = DAY,
+    second: int = NOON,
+    location: str = "S1",
+    **fields: Any,
+) -> Purchase:
+    return Purchase(
+        id=request_id,
+        account=fields.pop("account", CARD),
+        day=day,
+        second=second,
+        location=location,
+        lines=lines or (line(),),
+        **fields,
+    )
 
 
-def engagement(request_id: str = "e1", count: int = 1, day: int = DAY, **fields: Any
-               ) -> Engagement:
-    return Engagement(id=request_id, account=fields.pop("account", CARD), day=day,
-                      count=count, location=fields.pop("location", "S1"), **fields)
+def engagement(request_id: str = "e1", count: int = 1, day: int = DAY, **fields: Any) -> Engagement:
+    return Engagement(
+        id=request_id,
+        account=fields.pop("account", CARD),
+        day=day,
+        count=count,
+        location=fields.pop("location", "S1"),
+        **fields,
+    )
 
 
-def give_back(request_id: str, original_id: str, *lines: tuple[int, int], day: int = DAY
-              ) -> Return:
+def give_back(request_id: str, original_id: str, *lines: tuple[int, int], day: int = DAY) -> Return:
     """A return of ``(line number, quantity)`` pairs; none returns the rest of the sale."""
-    return Return(id=request_id, account=CARD, day=day, original_id=original_id,
-                  lines=tuple(ReturnLine(number, quantity) for number, quantity in lines))
+    return Return(
+        id=request_id,
+        account=CARD,
+        day=day,
+        original_id=original_id,
+        lines=tuple(ReturnLine(number, quantity) for number, quantity in lines),
+    )
 
 
 def void(request_id: str, original_id: str, day: int = DAY) -> Void:
@@ -212,15 +298,22 @@ def customer(**fields: Any) -> Customer:
 # --------------------------------------------------------------------------- accounts
 
 
-def account_at(level_id: str, points: int = 0, *, opened: int = DAY, **state: Any
-               ) -> AccountState:
+def account_at(level_id: str, points: int = 0, *, opened: int = DAY, **state: Any) -> AccountState:
     """A card whose account sits at ``level_id`` with ``points`` in one opening lot."""
     account = LoyaltyAccount(
-        program=PROGRAM, level=level_id, created_day=opened, level_since_day=opened,
-        last_activity_day=opened, ytd_year=calendar.year_of(opened),
+        program=PROGRAM,
+        level=level_id,
+        created_day=opened,
+        level_since_day=opened,
+        last_activity_day=opened,
+        ytd_year=calendar.year_of(opened),
         lots=[Lot(opened, "opening", "regular", points, opened, None, 1)] if points else [],
     )
     return AccountState(CARD, loyalty={PROGRAM: account}, **state)
+
+
+ENGINE: Engine = ReferenceEngine()
+"""The engine the Ledger evaluates with; the engine fixture switches it per test."""
 
 
 class Ledger:
@@ -232,10 +325,10 @@ class Ledger:
         self.receipts: dict[str, Receipt] = {}
 
     def send(self, *requests: Request) -> list[Result]:
-        outcome = evaluate(self.compiled, self.accounts, list(requests), self.receipts)
+        outcome = ENGINE.evaluate(self.compiled, self.accounts, list(requests), self.receipts)
         self.accounts.update(outcome.accounts)
         self.receipts.update(outcome.receipts)
-        return outcome.results
+        return list(outcome.results)
 
     def one(self, request: Request) -> Result:
         return self.send(request)[0]

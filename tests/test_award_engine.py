@@ -245,7 +245,7 @@ def test_issued_certificate_code_derives_from_prefix_program_request_and_ordinal
     second = awards.issue_certificate(program, "ten-off", state, request(), result, VERSION)
     assert first.code == award_code("RW-", "rewards", "r1", "ten-off", 0)
     assert second.code == award_code("RW-", "rewards", "r1", "ten-off", 1)
-    assert first.code.startswith("RW-") and len(first.code) == 15
+    assert first.code.startswith("RW-") and len(first.code) == len("RW-") + 16
     assert first.code != second.code
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPILED_MODULES = ["processor._calendar"]
+COMPILED_MODULES = ["processor._calendar", "processor._engine"]
 NO_EXTENSIONS = os.environ.get("LOYALTY_NO_EXTENSIONS", "") == "1"
 
 
@@ -52,3 +52,24 @@ def test_cython_is_pinned_to_a_range() -> None:
     cython = [requirement for requirement in requires if requirement.lower().startswith("cython")]
     assert len(cython) == 1, requires
     assert re.search(r">=\s*\d", cython[0]) and re.search(r"<\s*\d", cython[0]), cython[0]
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="LOYALTY_NO_EXTENSIONS=1: compiled modules not built")
+def test_the_compiled_engine_is_the_default_engine() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "LOYALTY_ENGINE"}
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "from processor.engine import get_engine; print(get_engine().name)"],
+        capture_output=True, text=True, check=True, env=env,
+    )
+    assert result.stdout.strip() == "cython"
+
+
+def test_the_environment_can_force_the_reference_engine() -> None:
+    env = dict(os.environ, LOYALTY_ENGINE="python")
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "from processor.engine import get_engine; print(get_engine().name)"],
+        capture_output=True, text=True, check=True, env=env,
+    )
+    assert result.stdout.strip() == "python"

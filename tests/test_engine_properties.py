@@ -18,17 +18,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor import calendar
-from processor.engine import compile_program
-from processor.engine.reference import evaluate
+from processor.engine import Engine, compile_program, run_job
 from processor.engine.types import (
     AccountState,
+    Customer,
+    Engagement,
     Line,
     Purchase,
     Receipt,
     Request,
     Return,
     ReturnLine,
+    TenderLine,
     TenderRequest,
+    Void,
 )
 from processor.program.loader import validate_program
 from processor.program.rules import TimeWindow
@@ -173,6 +176,7 @@ def points_by_account(results: list[Any]) -> dict[str, int]:
     windows, st.sampled_from(["1", "0.5", "1.25", "3"]), st.integers(0, 2), st.booleans(), purchases
 )
 def test_every_points_balance_equals_the_sum_of_its_postings(
+    engine: Engine,
     window: dict[str, Any],
     multiplier: str,
     precision: int,
@@ -185,7 +189,7 @@ def test_every_points_balance_equals_the_sum_of_its_postings(
         )
     )
     requests: list[Request] = [make_purchase(i, *item) for i, item in enumerate(stream)]
-    outcome = evaluate(program, {}, requests, {})
+    outcome = engine.evaluate(program, {}, requests, {})
     totals = points_by_account(outcome.results)
     for card, state in outcome.accounts.items():
         account = state.loyalty["points"]
@@ -197,13 +201,13 @@ def test_every_points_balance_equals_the_sum_of_its_postings(
 @settings(max_examples=60)
 @given(windows, st.sampled_from(["1", "0.5", "3"]), purchases)
 def test_a_windowed_rule_never_issues_outside_its_window_or_filters(
-    window: dict[str, Any], multiplier: str, stream: list[Any]
+    engine: Engine, window: dict[str, Any], multiplier: str, stream: list[Any]
 ) -> None:
     program = compile_program(
         validate_program("generated.yaml", program_data(window, multiplier, 0, False, ["A"]))
     )
     requests = [make_purchase(i, *item) for i, item in enumerate(stream)]
-    outcome = evaluate(program, {}, requests, {})
+    outcome = engine.evaluate(program, {}, requests, {})
     matcher = TimeWindow.model_validate(window)
     factor = Fraction(2, 100)  # multiplier 2, precision 0, cents
     for request, result in zip(requests, outcome.results, strict=True):
@@ -230,7 +234,11 @@ def test_a_windowed_rule_never_issues_outside_its_window_or_filters(
     st.lists(st.tuples(st.integers(0, 5), st.integers(1, 3)), max_size=6),
 )
 def test_partial_returns_then_a_full_return_take_back_exactly_what_the_sale_earned(
-    multiplier: str, precision: int, spec: list[Any], partials: list[tuple[int, int]]
+    engine: Engine,
+    multiplier: str,
+    precision: int,
+    spec: list[Any],
+    partials: list[tuple[int, int]],
 ) -> None:
     window = {"weekdays": WEEKDAYS, "start_time": "00:00", "end_time": "24:00"}
     program = compile_program(
@@ -239,7 +247,7 @@ def test_partial_returns_then_a_full_return_take_back_exactly_what_the_sale_earn
         )
     )
     sale = make_purchase(0, CARDS[0], 0, 43200, spec)
-    outcome = evaluate(program, {}, [sale], {})
+    outcome = engine.evaluate(program, {}, [sale], {})
     accounts: dict[str, AccountState] = dict(outcome.accounts)
     receipts: dict[str, Receipt] = dict(outcome.receipts)
     earned = points_by_account(outcome.results)[CARDS[0]]
@@ -260,7 +268,7 @@ def test_partial_returns_then_a_full_return_take_back_exactly_what_the_sale_earn
         )
     requests.append(Return("final", CARDS[0], START + 2, 0, "S1", original_id="p0"))
     for request in requests:
-        step = evaluate(program, accounts, [request], receipts)
+        step = engine.evaluate(program, accounts, [request], receipts)
         accounts.update(step.accounts)
         receipts.update(step.receipts)
         result = step.results[0]
@@ -275,7 +283,7 @@ def test_partial_returns_then_a_full_return_take_back_exactly_what_the_sale_earn
 @settings(max_examples=40)
 @given(purchases, st.lists(st.integers(1, 200_000), min_size=1, max_size=8))
 def test_a_declined_request_changes_nothing_and_results_are_deterministic(
-    stream: list[Any], redemptions: list[int]
+    engine: Engine, stream: list[Any], redemptions: list[int]
 ) -> None:
     window = {"weekdays": ["sat"], "start_time": "09:00", "end_time": "17:00"}
     program = compile_program(
@@ -290,13 +298,13 @@ def test_a_declined_request_changes_nothing_and_results_are_deterministic(
         TenderRequest(f"x{i}", CARDS[i % 3], START + 40, 0, "S1", op="redeem", amount=amount)
         for i, amount in enumerate(redemptions)
     ]
-    first = evaluate(program, {}, requests, {})
-    second = evaluate(program, {}, requests, {})
+    first = engine.evaluate(program, {}, requests, {})
+    second = engine.evaluate(program, {}, requests, {})
     assert first.results == second.results
     for request, result in zip(requests, first.results, strict=True):
         if result.status == "declined":
-            before = evaluate(program, {}, requests[: requests.index(request)], {})
-            after = evaluate(program, {}, requests[: requests.index(request) + 1], {})
+            before = engine.evaluate(program, {}, requests[: requests.index(request)], {})
+            after = engine.evaluate(program, {}, requests[: requests.index(request) + 1], {})
             assert before.accounts.get(request.account) == after.accounts.get(request.account)
     for card, state in first.accounts.items():
         tender_total = sum(
@@ -309,17 +317,374 @@ def test_a_declined_request_changes_nothing_and_results_are_deterministic(
         assert state.tender is not None and state.tender.balance == tender_total
 
 
-def test_inputs_are_never_modified() -> None:
+def test_inputs_are_never_modified(engine: Engine) -> None:
     window = {"weekdays": WEEKDAYS, "start_time": "00:00", "end_time": "24:00"}
     program = compile_program(
         validate_program("generated.yaml", program_data(window, "1", 0, True, ["A"]))
     )
     sale = make_purchase(0, CARDS[0], 0, 0, [(50_000, 1, "A", True)])
-    first = evaluate(program, {}, [sale], {})
-    accounts = copy.deepcopy(first.accounts)
-    receipts = copy.deepcopy(first.receipts)
-    evaluate(
-        program, first.accounts, [Return("r", CARDS[0], START, 0, original_id="p0")], first.receipts
+    first = engine.evaluate(program, {}, [sale], {})
+    given_accounts, given_receipts = dict(first.accounts), dict(first.receipts)
+    accounts = copy.deepcopy(given_accounts)
+    receipts = copy.deepcopy(given_receipts)
+    engine.evaluate(
+        program,
+        given_accounts,
+        [Return("r", CARDS[0], START, 0, original_id="p0")],
+        given_receipts,
     )
-    assert first.accounts == accounts
-    assert first.receipts == receipts
+    assert given_accounts == accounts
+    assert given_receipts == receipts
+
+
+# --------------------------------------------------------------------------- the two engines
+
+
+def rich_program(draw: st.DrawFn) -> dict[str, Any]:
+    """A program drawing on every feature the compiled engine packs."""
+    precision = draw(st.integers(0, 2))
+    levels = []
+    for index, name in enumerate(["bronze", "silver", "gold"]):
+        level: dict[str, Any] = {
+            "id": name,
+            "name": name.title(),
+            "negative_balance_allowed": draw(st.booleans()),
+        }
+        aging = draw(st.sampled_from([None, "fixed", "relative"]))
+        if aging:
+            level["age_points"] = {"type": aging, "after": f"{draw(st.integers(5, 40))} days"}
+        if index and draw(st.booleans()):
+            level["escrow"] = f"{draw(st.integers(1, 10))} days"
+        levels.append(level)
+    window = draw(windows)
+    issue = [
+        {
+            "id": "base",
+            "name": "Base",
+            "start_date": "2026-01-01",
+            "calculation": "item_value",
+            "multiplier": draw(st.sampled_from(["1", "0.5", "1.25"])),
+            "item_exclude": {"select": "items", "items": ["I3"]},
+        },
+        {
+            "id": "window",
+            "name": "Window",
+            "start_date": "2026-01-01",
+            "calculation": "item_value",
+            "bonus": True,
+            "multiplier": "2",
+            "levels": ["silver", "gold"],
+            "time_rules": [{"type": "bonus_period", "window": window}],
+            "item_include": {"select": "hierarchy", "hierarchy": ["A", "B"]},
+            "location_exclude": {"attributes": [{"name": "format", "values": ["outlet"]}]},
+        },
+        {
+            "id": "items",
+            "name": "Per item",
+            "start_date": "2026-01-01",
+            "calculation": "item_quantity",
+            "multiplier": "3",
+            "allow_zero_price": True,
+            "include_non_merchandise": draw(st.booleans()),
+            "item_include": {"select": "all", "attributes": [{"name": "brand", "values": ["x"]}]},
+        },
+        {
+            "id": "visit",
+            "name": "Visit",
+            "start_date": "2026-01-01",
+            "calculation": "visits",
+            "fixed_amount": "5",
+            "location_include": {"locations": ["S1", "S2"]},
+        },
+        {
+            "id": "trips",
+            "name": "Trips",
+            "start_date": "2026-01-01",
+            "end_date": "2026-02-10",
+            "calculation": "transactions",
+            "fixed_amount": "7",
+            "max_transactions_per_day": 2,
+            "transaction_minimum": "10.00",
+            "tender": {"types": ["visa"]},
+        },
+        {
+            "id": "birthday",
+            "name": "Birthday",
+            "start_date": "2026-01-01",
+            "calculation": "item_value",
+            "multiplier": "1",
+            "customer_eligibility": draw(st.sampled_from(["card", "transaction"])),
+            "time_rules": [{"type": "birthday_anniversary", "days_before": 2, "days_after": 2}],
+        },
+        {
+            "id": "vip",
+            "name": "VIP",
+            "start_date": "2026-01-01",
+            "calculation": "transactions",
+            "fixed_amount": "11",
+            "audience": {"lists": [{"id": "vip", "strata": ["A"]}]},
+        },
+        {
+            "id": "video",
+            "name": "Video",
+            "start_date": "2026-01-01",
+            "calculation": "engagements",
+            "fixed_amount": "3",
+            "frequency": "weekly",
+            "issues_per_period": 2,
+        },
+    ]
+    awards = [
+        {
+            "id": "coupon",
+            "name": "Coupon",
+            "precedence": 1,
+            "threshold": "400",
+            "cost": "300",
+            "coupon_prefix": "C-",
+            "start_date": "2026-01-01",
+            "expiry": {"type": "relative", "after": "20 days"},
+        },
+        {
+            "id": "wallet",
+            "name": "Wallet",
+            "type": "e_award",
+            "precedence": 2,
+            "threshold": "900",
+            "cost": "800",
+            "amount": "5.00",
+            "start_date": "2026-01-01",
+            "expiry": {"type": "program"},
+            "levels": ["silver", "gold"],
+        },
+        {
+            "id": "cashback",
+            "name": "Cashback",
+            "type": "e_award",
+            "cost_type": "cashback",
+            "precedence": 3,
+            "threshold": "1500",
+            "award_factor": "0.01",
+            "minimum_award": "1.00",
+            "reset_balance": draw(st.booleans()),
+            "start_date": "2026-01-01",
+            "levels": ["gold"],
+        },
+        {
+            "id": "cert",
+            "name": "Certificate",
+            "type": "certificate",
+            "certificate": "treat",
+            "precedence": 4,
+            "threshold": "700",
+            "cost": "600",
+            "start_date": "2026-01-01",
+            "issue": draw(st.sampled_from(["immediately", "job"])),
+        },
+    ]
+    moves = [
+        {
+            "id": "up1",
+            "name": "Up",
+            "type": "advancement",
+            "from_level": "bronze",
+            "to_level": "silver",
+            "precedence": 1,
+            "threshold": "500",
+            "test": {"type": "ytd"},
+            "start_date": "2026-01-01",
+        },
+        {
+            "id": "up2",
+            "name": "Up again",
+            "type": "advancement",
+            "from_level": "silver",
+            "to_level": "gold",
+            "precedence": 2,
+            "threshold": "1200",
+            "cost": "100",
+            "test": {"type": draw(st.sampled_from(["ltd", "since_last_move"]))},
+            "start_date": "2026-01-01",
+        },
+        {
+            "id": "keep",
+            "name": "Keep",
+            "type": "sustain",
+            "level": "gold",
+            "precedence": 3,
+            "threshold": "50",
+            "test": {"type": "time_since_last_move", "period": "10 days"},
+            "start_date": "2026-01-01",
+        },
+        {
+            "id": "down",
+            "name": "Down",
+            "type": "demotion",
+            "from_level": "gold",
+            "to_level": "silver",
+            "precedence": 4,
+            "threshold": "100000",
+            "test": {"type": "time_since_last_move", "period": "20 days"},
+            "extension": {
+                "test": {"type": "average_per_month", "months": 1},
+                "threshold": "0",
+                "extend_by": "5 days",
+            },
+            "start_date": "2026-01-01",
+        },
+    ]
+    return {
+        "id": "rich",
+        "name": "Rich",
+        "card": {"type": "Card", "serial_prefix": "60012"},
+        "locations": {
+            "S1": {"format": "mall"},
+            "S2": {"format": "outlet"},
+            "S3": {"format": "mall"},
+        },
+        "tender": {
+            "id": "gift",
+            "name": "Gift",
+            "start_date": "2026-01-01",
+            "allow_reloads": True,
+            "allow_partial_redemption": True,
+            "credit_reversal": True,
+            "debit_reversal": True,
+        },
+        "award_programs": [
+            {
+                "id": "wallet",
+                "name": "Wallet",
+                "start_date": "2026-01-01",
+                "allow_reloads": True,
+                "award_expiry": "30 days",
+                "extend_expiry_on_activity": True,
+                "certificates": [
+                    {
+                        "id": "treat",
+                        "name": "Treat",
+                        "precedence": 1,
+                        "offer": {"id": "o", "name": "Treat", "type": "free_item"},
+                        "max_redemptions": 1,
+                    }
+                ],
+            }
+        ],
+        "loyalty_programs": [
+            {
+                "id": "points",
+                "name": "Points",
+                "start_date": "2026-01-01",
+                "points_precision": precision,
+                "award_program": "wallet",
+                "levels": levels,
+                "issue_rules": issue,
+                "award_rules": awards,
+                "movement_rules": moves,
+                "card_merge_permitted": True,
+            }
+        ],
+    }
+
+
+def rich_stream(draw: st.DrawFn) -> list[Request]:
+    requests: list[Request] = []
+    sales: list[tuple[str, str, int]] = []
+    customers = [
+        None,
+        Customer("c1", birth_day=START + 3, audiences=frozenset({"vip:A"})),
+        Customer("c2", birth_day=START - 400, audiences=frozenset({"vip:B"})),
+    ]
+    for index in range(draw(st.integers(1, 40))):
+        card = draw(st.sampled_from(CARDS))
+        day = START + draw(st.integers(0, 60)) + index // 4
+        second = draw(st.integers(0, 86399))
+        kind = draw(st.sampled_from(["sale"] * 6 + ["return", "void", "tender", "engage"]))
+        if kind == "sale" or not sales:
+            count = draw(st.integers(1, 5))
+            lines = tuple(
+                Line(
+                    number + 1,
+                    f"I{draw(st.integers(0, 4))}",
+                    draw(st.integers(0, 90_000)),
+                    draw(st.integers(1, 3)),
+                    (draw(st.sampled_from(["A", "B", "C"])),),
+                    (("brand", draw(st.sampled_from(["x", "y"]))),),
+                    draw(st.booleans()),
+                )
+                for number in range(count)
+            )
+            requests.append(
+                Purchase(
+                    f"s{index}",
+                    card,
+                    day,
+                    second,
+                    draw(st.sampled_from(["S1", "S2", "S3", "S9"])),
+                    lines=lines,
+                    tenders=(TenderLine(draw(st.sampled_from(["visa", "cash"])), 1),),
+                    customer=draw(st.sampled_from(customers)),
+                    stored_value=draw(st.sampled_from([0, 0, 0, 500])),
+                )
+            )
+            sales.append((f"s{index}", card, count))
+        elif kind == "return":
+            original, owner, count = draw(st.sampled_from(sales))
+            lines = () if draw(st.booleans()) else (ReturnLine(draw(st.integers(1, count)), 1),)
+            requests.append(
+                Return(f"r{index}", owner, day, second, "S1", original_id=original, lines=lines)
+            )
+        elif kind == "void":
+            original, owner, _ = draw(st.sampled_from(sales))
+            requests.append(Void(f"v{index}", owner, day, second, "S1", original_id=original))
+        elif kind == "tender":
+            requests.append(
+                TenderRequest(
+                    f"g{index}",
+                    card,
+                    day,
+                    second,
+                    "S1",
+                    op=draw(st.sampled_from(["activate", "redeem"])),
+                    amount=draw(st.integers(1, 20_000)),
+                )
+            )
+        else:
+            requests.append(
+                Engagement(f"e{index}", card, day, second, "S1", count=draw(st.integers(1, 3)))
+            )
+    return requests
+
+
+@settings(max_examples=120)
+@given(st.data())
+def test_the_compiled_engine_equals_the_reference_result_for_result(data: st.DataObject) -> None:
+    from processor.engine import get_engine
+
+    program = compile_program(
+        validate_program("rich.yaml", data.draw(st.composite(lambda draw: rich_program(draw))()))
+    )
+    requests = data.draw(st.composite(lambda draw: rich_stream(draw))())
+    split = data.draw(st.integers(0, len(requests)))
+    reference, compiled = get_engine("python"), get_engine("cython")
+    outcomes = []
+    for engine in (reference, compiled):
+        # Two batches, so the second starts from the first's accounts and receipts.
+        first = engine.evaluate(program, {}, requests[:split], {})
+        accounts, receipts = dict(first.accounts), dict(first.receipts)
+        second = engine.evaluate(program, accounts, requests[split:], receipts)
+        outcomes.append(
+            (
+                list(first.results) + list(second.results),
+                {**accounts, **dict(second.accounts)},
+                {**receipts, **dict(second.receipts)},
+            )
+        )
+        job = run_job(program, outcomes[-1][1], START + 90, "job")
+        outcomes[-1] += (job.results, dict(job.accounts))
+    (ref_results, ref_accounts, ref_receipts, ref_job, ref_after), cy = outcomes[0], outcomes[1]
+    for expected, actual in zip(ref_results, cy[0], strict=True):
+        assert actual == expected
+    assert cy[1] == ref_accounts
+    assert cy[2] == ref_receipts
+    assert cy[3] == ref_job and cy[4] == ref_after

@@ -37,6 +37,8 @@ from processor.engine.codes import award_code
 from processor.engine.types import AccountState, AwardAccount, AwardIssue, LevelMove, TraceEntry
 from processor.errors import InputFileError, Problem
 
+pytestmark = pytest.mark.usefixtures("every_engine")
+
 
 def dollars(amount: int, request_id: str = "p1", on: int = DAY) -> Any:
     """A purchase earning ``amount`` points at one point per dollar."""

@@ -32,6 +32,8 @@ from loyalty_builders import (
 from processor.engine.types import AccountState
 from processor.errors import InputFileError, Problem
 
+pytestmark = pytest.mark.usefixtures("every_engine")
+
 
 def outcome(rule: dict[str, Any], request: Any, **program: Any) -> tuple[bool, int, str]:
     """(fired, points, reason) of ``rule`` for one request on a new card."""

@@ -29,6 +29,8 @@ from loyalty_builders import (
 
 from processor.engine.types import Line, Result, TraceEntry
 
+pytestmark = pytest.mark.usefixtures("every_engine")
+
 
 def dollars(amount: int, request_id: str = "p1", on: int = DAY) -> Any:
     return purchase(request_id, line(amount=amount * 100), day=on)

@@ -1,4 +1,7 @@
-"""The reference engine's orchestration: baskets, PINs, card status, voids, merges, jobs."""
+"""How an engine orchestrates a request: baskets, PINs, card status, voids, merges, jobs.
+
+Every test runs on both engines.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from processor import calendar
-from processor.engine import compile_program, issue_card, run_job
+from processor.engine import Engine, compile_program, issue_card, run_job
 from processor.engine.plan import CompiledProgram
-from processor.engine.reference import evaluate
+from processor.engine.reference import BatchOutcome
 from processor.engine.types import (
     AccountState,
     AwardRedemption,
@@ -26,6 +29,24 @@ DEMO = Path(__file__).resolve().parents[1] / "examples" / "programs" / "demo.yam
 CARD = "6001200000000010"
 OTHER = "6001200000000028"
 DAY = calendar.parse_day("2026-03-04")  # a Wednesday
+
+
+ENGINE: list[Engine] = []
+
+
+@pytest.fixture(autouse=True)
+def _on_every_engine(engine: Engine) -> None:
+    ENGINE[:] = [engine]
+
+
+def evaluate(
+    program: CompiledProgram,
+    accounts: dict[str, AccountState],
+    requests: list[Request],
+    receipts: dict,
+) -> BatchOutcome:
+    outcome = ENGINE[0].evaluate(program, accounts, requests, receipts)
+    return BatchOutcome(list(outcome.results), dict(outcome.accounts), dict(outcome.receipts))
 
 
 @pytest.fixture(scope="module")
@@ -240,9 +261,7 @@ def test_a_return_cannot_be_voided_without_debit_reversal(demo: CompiledProgram)
 def test_no_movement_rule_moves_an_account_into_an_inactive_level(demo: CompiledProgram) -> None:
     source = demo.source
     loyalty = source.loyalty_programs[0]
-    levels = [
-        level.model_copy(update={"active": level.id != "gold"}) for level in loyalty.levels
-    ]
+    levels = [level.model_copy(update={"active": level.id != "gold"}) for level in loyalty.levels]
     changed = loyalty.model_copy(update={"levels": levels})
     program = compile_program(source.model_copy(update={"loyalty_programs": [changed]}))
     result = run(program, [sale("s1", 150_000)])[0]

@@ -1,0 +1,1 @@
+"""Embedded servers the processor can start for development and tests."""

@@ -1,0 +1,43 @@
+"""The system of record: PostgreSQL tables, their migrations and the stored encodings.
+
+- ``codec``: compact, versioned msgpack encodings of account state, receipts and results
+  (the bytes in ``accounts.state``, ``receipts.state`` and the Redis cache);
+- ``migrate``: numbered SQL migrations, applied once each under an advisory lock;
+- ``ledger``: ``Store``, which loads state and commits a whole batch (ledger, accounts,
+  receipts, idempotency) in one transaction with optimistic version checks.
+"""
+
+from __future__ import annotations
+
+from processor.store.ledger import (
+    AccountWrite,
+    CommitBatch,
+    CommitOutcome,
+    IdempotencyRecord,
+    InvalidBatchError,
+    LedgerEntry,
+    Mismatch,
+    PoolExhaustedError,
+    Store,
+    ledger_entries,
+    ledger_month,
+    state_balances,
+)
+from processor.store.migrate import MigrationError, migrate
+
+__all__ = [
+    "AccountWrite",
+    "CommitBatch",
+    "CommitOutcome",
+    "IdempotencyRecord",
+    "InvalidBatchError",
+    "LedgerEntry",
+    "MigrationError",
+    "Mismatch",
+    "PoolExhaustedError",
+    "Store",
+    "ledger_entries",
+    "ledger_month",
+    "migrate",
+    "state_balances",
+]

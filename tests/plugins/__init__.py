@@ -1,0 +1,1 @@
+"""Pytest plugins: fixtures for real servers, loaded with ``-p plugins.<name>``."""

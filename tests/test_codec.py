@@ -1,0 +1,375 @@
+"""The stored encodings of account state, receipts and results.
+
+- every generated state, receipt and result decodes to exactly what was encoded;
+- a typical card stays well under the 120 bytes the Redis memory budget allows;
+- unknown format versions, damaged bytes and values outside the vocabularies are refused
+  with a message that names the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processor import calendar
+from processor.engine import get_engine, issue_card
+from processor.engine.types import (
+    AccountState,
+    Award,
+    AwardAccount,
+    AwardIssue,
+    Customer,
+    Hold,
+    LevelMove,
+    LineEarning,
+    Lot,
+    LoyaltyAccount,
+    Posting,
+    Receipt,
+    Result,
+    TenderAccount,
+    TenderDecision,
+    TraceEntry,
+    ValueLot,
+)
+from processor.evaluate import prepare
+from processor.store import codec
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TYPICAL_ACCOUNT_BYTES_MAX = 120
+
+names = st.text(min_size=0, max_size=12)
+ids = st.text(min_size=1, max_size=20)
+days = st.integers(-40_000, 80_000)
+maybe_days = st.none() | days
+counts = st.integers(-(2**40), 2**40)
+small = st.integers(0, 1_000)
+
+
+def _builds(cls: Any, **fields: Any) -> st.SearchStrategy[Any]:
+    return st.builds(cls, **fields)
+
+
+customers = _builds(
+    Customer,
+    id=ids,
+    birth_day=maybe_days,
+    signup_day=maybe_days,
+    audiences=st.frozensets(names, max_size=4),
+)
+holds = _builds(Hold, amount=counts, created_day=days, expires_day=maybe_days)
+tenders = _builds(
+    TenderAccount,
+    status=st.sampled_from(codec.TENDER_STATUSES),
+    balance=counts,
+    book_value=counts,
+    activated_day=maybe_days,
+    expires_day=maybe_days,
+    usage_day=days,
+    day_redeemed=counts,
+    day_uses=small,
+    lifetime_uses=small,
+    holds=st.dictionaries(ids, holds, max_size=3),
+)
+awards = _builds(
+    Award,
+    code=ids,
+    kind=st.sampled_from(codec.AWARD_KINDS),
+    rule=names,
+    program=names,
+    issued_day=days,
+    expires_day=maybe_days,
+    redemptions_left=st.integers(-1, 100),
+    status=st.sampled_from(codec.AWARD_STATUSES),
+)
+value_lots = _builds(ValueLot, added_day=days, amount=counts, expires_day=maybe_days, source=names)
+lots = _builds(
+    Lot,
+    earned_day=days,
+    rule=names,
+    kind=st.sampled_from(codec.LOT_KINDS),
+    points=counts,
+    available_day=days,
+    expires_day=maybe_days,
+    program_version=small,
+)
+day_uses = st.tuples(days, small)
+
+
+@st.composite
+def award_accounts(draw: st.DrawFn, program: str) -> AwardAccount:
+    return AwardAccount(
+        program,
+        draw(st.sampled_from(codec.AWARD_ACCOUNT_STATUSES)),
+        draw(days),
+        draw(maybe_days),
+        draw(days),
+        draw(st.booleans()),
+        draw(st.lists(value_lots, max_size=3)),
+        draw(st.lists(awards, max_size=3)),
+    )
+
+
+@st.composite
+def loyalty_accounts(draw: st.DrawFn, program: str) -> LoyaltyAccount:
+    return LoyaltyAccount(
+        program,
+        draw(names),
+        draw(days),
+        draw(days),
+        draw(days),
+        draw(st.lists(lots, max_size=5)),
+        draw(counts),
+        draw(counts),
+        draw(counts),
+        draw(st.integers(0, 3000)),
+        draw(counts),
+        draw(st.dictionaries(st.integers(0, 2000), counts, max_size=4)),
+        draw(st.dictionaries(names, day_uses, max_size=3)),
+        draw(st.dictionaries(names, st.tuples(st.integers(0, 5000), small), max_size=3)),
+        draw(st.dictionaries(names, small, max_size=3)),
+        draw(maybe_days),
+        draw(st.lists(awards, max_size=3)),
+    )
+
+
+@st.composite
+def states(draw: st.DrawFn) -> AccountState:
+    award_programs = draw(st.lists(names, max_size=2, unique=True))
+    loyalty_programs = draw(st.lists(names, max_size=2, unique=True))
+    return AccountState(
+        draw(ids),
+        draw(st.integers(0, 2**62)),
+        draw(st.sampled_from(codec.ACCOUNT_STATUSES)),
+        draw(st.none() | customers),
+        draw(st.none() | tenders),
+        {program: draw(award_accounts(program)) for program in award_programs},
+        {program: draw(loyalty_accounts(program)) for program in loyalty_programs},
+    )
+
+
+points_by_rule = st.dictionaries(names, counts, max_size=3)
+receipts = _builds(
+    Receipt,
+    id=ids,
+    account=ids,
+    kind=names,
+    day=days,
+    program_version=small,
+    lines=st.lists(
+        _builds(
+            LineEarning,
+            number=small,
+            quantity=small,
+            amount=counts,
+            returned_quantity=small,
+            points=points_by_rule,
+            points_returned=points_by_rule,
+        ),
+        max_size=4,
+    ),
+    basket_points=points_by_rule,
+    basket_returned=st.booleans(),
+    tender_amount=counts,
+    awards=st.lists(ids, max_size=3),
+    voided=st.booleans(),
+    original_id=names,
+    points_recovered=points_by_rule,
+)
+postings = _builds(
+    Posting,
+    program=names,
+    program_version=small,
+    balance=st.sampled_from(codec.BALANCES),
+    kind=names,
+    amount=counts,
+    rule=names,
+    day=days,
+    account=names,
+)
+results = _builds(
+    Result,
+    id=ids,
+    account=ids,
+    status=st.sampled_from(codec.RESULT_STATUSES),
+    reason=names,
+    postings=st.lists(postings, max_size=4),
+    awards=st.lists(
+        _builds(
+            AwardIssue,
+            code=ids,
+            kind=st.sampled_from(codec.ISSUE_KINDS),
+            rule=names,
+            program=names,
+            value=counts,
+            points_cost=counts,
+            expires_day=maybe_days,
+        ),
+        max_size=2,
+    ),
+    redeemed=st.lists(ids, max_size=2),
+    moves=st.lists(
+        _builds(
+            LevelMove,
+            program=names,
+            rule=names,
+            kind=st.sampled_from(codec.MOVE_KINDS),
+            from_level=names,
+            to_level=names,
+        ),
+        max_size=2,
+    ),
+    tender=st.none()
+    | _builds(
+        TenderDecision,
+        op=names,
+        approved=st.booleans(),
+        requested=counts,
+        approved_amount=counts,
+        balance=counts,
+        reason=names,
+    ),
+    trace=st.lists(
+        _builds(
+            TraceEntry, program=names, rule=names, fired=st.booleans(), points=counts, reason=names
+        ),
+        max_size=3,
+    ),
+    balances=st.dictionaries(names, counts, max_size=3),
+)
+
+
+@given(states())
+def test_every_state_round_trips_exactly(state: AccountState) -> None:
+    data = codec.encode_state(state)
+    assert codec.decode_state(data, state.account) == state
+
+
+@given(receipts)
+def test_every_receipt_round_trips_exactly(receipt: Receipt) -> None:
+    assert codec.decode_receipt(codec.encode_receipt(receipt)) == receipt
+
+
+@given(results)
+def test_every_result_round_trips_exactly(result: Result) -> None:
+    assert codec.decode_result(codec.encode_result(result)) == result
+
+
+def typical_state() -> AccountState:
+    """A card a year into a points program: a level, three lots and the rule counters."""
+    opened = calendar.parse_day("2026-03-10")
+    expiry = 731
+    lots = [
+        Lot(opened, "video", "bonus", 20, opened, opened + expiry, 1),
+        Lot(opened + 1, "base", "regular", 108, opened + 1, opened + 1 + expiry, 1),
+        Lot(opened + 1, "shoes", "bonus", 3, opened + 1, opened + 1 + expiry, 1),
+    ]
+    account = LoyaltyAccount(
+        "points",
+        "silver",
+        opened,
+        opened,
+        opened + 1,
+        lots,
+        earned_ltd=131,
+        earned_ytd=131,
+        ytd_year=2026,
+        earned_since_move=131,
+        earned_by_month={calendar.month_index(opened): 131},
+        rule_day={"base": (opened + 1, 1), "shoes": (opened + 1, 1)},
+        rule_period={"video": (calendar.period_index(opened, "week"), 2)},
+        rule_total={"video": 2},
+    )
+    return AccountState("6001200000000036", 7, loyalty={"points": account})
+
+
+def test_a_typical_account_is_well_under_the_cache_budget() -> None:
+    state = typical_state()
+    data = codec.encode_state(state)
+    print(f"typical account state: {len(data)} bytes")
+    assert len(data) < TYPICAL_ACCOUNT_BYTES_MAX
+    assert codec.decode_state(data, state.account) == state
+
+
+def test_a_new_card_is_a_handful_of_bytes() -> None:
+    assert len(codec.encode_state(AccountState("6001200000000010"))) <= 2
+
+
+def test_every_blob_starts_with_the_format_version() -> None:
+    for data in (
+        codec.encode_state(typical_state()),
+        codec.encode_receipt(Receipt("r1", "a1", "purchase", 20_000, 1)),
+        codec.encode_result(Result("r1", "a1")),
+    ):
+        assert msgpack.unpackb(data, strict_map_key=False)[0] == codec.FORMAT_VERSION
+
+
+@pytest.mark.parametrize(
+    ("decode", "what"),
+    [
+        (lambda data: codec.decode_state(data, "a1"), "account state"),
+        (codec.decode_receipt, "receipt"),
+        (codec.decode_result, "result"),
+    ],
+)
+def test_an_unknown_format_version_is_refused_by_name(decode: Any, what: str) -> None:
+    data = msgpack.packb([99, "r1", "a1"])
+    with pytest.raises(codec.CodecError, match=rf"{what} has format version 99"):
+        decode(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xc1", msgpack.packb({"a": 1}), msgpack.packb(["1"]), msgpack.packb([1, "x", 3])],
+    ids=["empty", "reserved-byte", "map", "text-version", "wrong-types"],
+)
+def test_damaged_bytes_are_refused(data: bytes) -> None:
+    with pytest.raises(codec.CodecError):
+        codec.decode_receipt(data)
+
+
+def test_more_fields_than_the_format_knows_are_refused() -> None:
+    data = msgpack.packb([codec.FORMAT_VERSION, *([0] * 20)])
+    with pytest.raises(codec.CodecError, match="more than"):
+        codec.decode_state(data, "a1")
+
+
+def test_a_value_outside_its_vocabulary_is_refused_when_encoding() -> None:
+    posting = Posting("p", 1, "miles", "regular", 5)  # type: ignore[arg-type]
+    with pytest.raises(codec.CodecError, match="posting balance 'miles'"):
+        codec.encode_result(Result("r1", "a1", postings=[posting]))
+
+
+def test_an_account_filed_under_another_program_is_refused() -> None:
+    state = typical_state()
+    state.loyalty = {"other": state.loyalty["points"]}
+    with pytest.raises(codec.CodecError, match="filed under 'other'"):
+        codec.encode_state(state)
+
+
+def test_an_amount_beyond_64_bits_is_refused() -> None:
+    with pytest.raises(codec.CodecError, match="cannot encode receipt"):
+        codec.encode_receipt(Receipt("r1", "a1", "purchase", 1, 1, tender_amount=2**70))
+
+
+def test_the_demo_run_round_trips_every_state_receipt_and_result() -> None:
+    evaluation = prepare(
+        EXAMPLES / "programs" / "demo.yaml", EXAMPLES / "transactions" / "demo.jsonl", None
+    )
+    requests = evaluation.requests
+    accounts = {
+        request.account: issue_card(evaluation.program, request.account, request.day)
+        for request in requests
+    }
+    outcome = get_engine().evaluate(evaluation.program, accounts, requests, {})
+    for account_id, state in outcome.accounts.items():
+        assert codec.decode_state(codec.encode_state(state), account_id) == state
+    for receipt in outcome.receipts.values():
+        assert codec.decode_receipt(codec.encode_receipt(receipt)) == receipt
+    for result in outcome.results:
+        assert codec.decode_result(codec.encode_result(result)) == result
