@@ -46,8 +46,7 @@ lint: $(STAMP)
 	$(BIN)/python -m mypy processor
 
 run: $(STAMP)
-	$(BIN)/loyalty evaluate --program examples/programs/demo.yaml \
-		--transactions examples/transactions/demo.jsonl
+	$(BIN)/loyalty serve --demo
 
 # Removing the stamp too makes the next `make test` rebuild the extensions it deletes.
 clean:

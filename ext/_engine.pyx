@@ -666,8 +666,11 @@ cdef class PackedLoyalty:
     cdef dict rule_day_other
     cdef dict rule_period
     cdef dict rule_total
-    cdef list coupons
+    cdef list coupons               # coupons the account came with (copied Award objects)
     cdef int64_t coupons_lapse_day  # no active coupon lapses before this day
+    # Coupons issued during the batch, as columns; built as Award objects on the way out.
+    cdef list new_codes
+    cdef I64Vec new_rule, new_issued, new_expires, new_expired
 
     cdef inline int64_t available(self, int64_t day) noexcept:
         cdef Py_ssize_t i
@@ -813,6 +816,7 @@ cdef PackedLoyalty pack_loyalty(PackedProgram program, PackedPlan plan, account)
     packed.rule_total = dict(account.rule_total)
     packed.coupons = [copy.copy(award) for award in account.awards]
     packed.coupons_lapse_day = INT64_MIN  # unknown: the first aging computes it
+    new_coupons(packed)
     return packed
 
 
@@ -829,7 +833,16 @@ cdef PackedLoyalty open_loyalty(PackedProgram program, PackedPlan plan, int64_t 
     packed.rule_total = {}
     packed.coupons = []
     packed.coupons_lapse_day = INT64_MAX
+    new_coupons(packed)
     return packed
+
+
+cdef void new_coupons(PackedLoyalty packed):
+    packed.new_codes = []
+    packed.new_rule = I64Vec(4)
+    packed.new_issued = I64Vec(4)
+    packed.new_expires = I64Vec(4)
+    packed.new_expired = I64Vec(4)
 
 
 cdef object unpack_loyalty(PackedProgram program, PackedLoyalty packed):
@@ -869,7 +882,13 @@ cdef object unpack_loyalty(PackedProgram program, PackedLoyalty packed):
         rule_period=dict(packed.rule_period),
         rule_total=dict(packed.rule_total),
         sustain_extended_until=none_or_day(packed.sustain_until),
-        awards=[copy.copy(award) for award in packed.coupons],
+        awards=[copy.copy(award) for award in packed.coupons] + [
+            Award(packed.new_codes[index], "coupon", strings[packed.new_rule.data[index]],
+                  plan.pid, packed.new_issued.data[index],
+                  none_or_day(packed.new_expires.data[index]), 1,
+                  "expired" if packed.new_expired.data[index] else "active")
+            for index in range(len(packed.new_codes))
+        ],
     )
 
 
@@ -931,6 +950,7 @@ cdef class Batch:
     cdef list award_issues
     # Receipts of purchases taken on the fast path, built only when read.
     cdef dict fast_receipts
+    cdef Py_ssize_t receipts_indexed
     cdef I64Vec rc_lines_at, rc_earn_at, rc_basket_at, rc_has_lines, rc_day
     cdef I64Vec rc_lines, rc_earn, rc_basket
     # The purchase being evaluated, packed.
@@ -1003,12 +1023,16 @@ cdef class Batch:
         if card is not None:
             return <PackedCard> card
         if account in self.ref.states:
-            state = self.ref.states[account]
+            packed = pack_card(self.p, self.ref.states[account])
         else:
             state = self.accounts_in.get(account)
             if state is None:
-                state = AccountState(account)
-        packed = pack_card(self.p, state)
+                # A card the batch has never seen: a fresh state is already a private copy.
+                packed = PackedCard()
+                packed.state = AccountState(account)
+                packed.loyalty = {}
+            else:
+                packed = pack_card(self.p, state)
         self.cards[account] = packed
         return packed
 
@@ -1034,6 +1058,14 @@ cdef class Batch:
 
     # ----------------------------------------------------------------- result rows
 
+    cdef dict fast_receipt_rows(self):
+        """Request id -> fast-path row, brought up to date only when someone asks."""
+        cdef Py_ssize_t row
+        for row in range(self.receipts_indexed, len(self.meta)):
+            self.fast_receipts[self.meta[row].id] = row
+        self.receipts_indexed = len(self.meta)
+        return self.fast_receipts
+
     cdef void open_row(self, request):
         self.row_posts.push(self.posts.size)
         self.row_traces.push(self.traces.size)
@@ -1045,9 +1077,8 @@ cdef class Batch:
         self.rc_basket_at.push(self.rc_basket.size)
         self.rc_has_lines.push(0)
         self.rc_day.push(request.day)
-        self.fast_receipts[request.id] = len(self.meta)
-        self.meta.append((request.id, request.account))
-        self.results.append(len(self.meta) - 1)
+        self.results.append(len(self.meta))
+        self.meta.append(request)
 
     cdef inline void post(self, int64_t program, int64_t version, int64_t balance, int64_t kind,
                           int64_t amount, int64_t rule, int64_t day) noexcept:
@@ -1100,8 +1131,8 @@ cdef class Batch:
         cdef list strings = self.p.strings.values
         cdef Py_ssize_t rows = self.row_posts.size
         cdef Py_ssize_t i, start, end
-        request_id, account = self.meta[row]
-        result = Result(request_id, account)
+        request = self.meta[row]
+        result = Result(request.id, request.account)
         start = self.row_posts.data[row]
         end = self.row_posts.data[row + 1] if row + 1 < rows else self.posts.size
         for i in range(start, end, 8):
@@ -1133,15 +1164,16 @@ cdef class Batch:
             result.balances[strings[self.bals.data[i]]] = self.bals.data[i + 1]
         start = self.row_awards.data[row]
         end = self.row_awards.data[row + 1] if row + 1 < rows else len(self.award_issues)
-        result.awards.extend(self.award_issues[start:end])
+        for issue in self.award_issues[start:end]:
+            result.awards.append(AwardIssue(*issue) if type(issue) is tuple else issue)
         return result
 
     cdef object build_receipt(self, Py_ssize_t row):
         cdef list strings = self.p.strings.values
         cdef Py_ssize_t rows = self.rc_lines_at.size
         cdef Py_ssize_t i, start, end
-        request_id, account = self.meta[row]
-        receipt = Receipt(request_id, account, "purchase", self.rc_day.data[row],
+        request = self.meta[row]
+        receipt = Receipt(request.id, request.account, "purchase", self.rc_day.data[row],
                           self.program.version)
         start = self.rc_lines_at.data[row]
         end = self.rc_lines_at.data[row + 1] if row + 1 < rows else self.rc_lines.size
@@ -1313,14 +1345,28 @@ cdef class Batch:
                 i += 1
         if expired:
             self.expire_posting(plan, expired, day, self.p.s_lot_expiry)
-        if account.coupons and day >= account.coupons_lapse_day:
-            account.coupons_lapse_day = INT64_MAX
-            for coupon in account.coupons:
-                if coupon.status == "active" and coupon.expires_day is not None:
-                    if coupon.expires_day <= day:
-                        coupon.status = "expired"
-                    elif coupon.expires_day < account.coupons_lapse_day:
-                        account.coupons_lapse_day = coupon.expires_day
+        if day >= account.coupons_lapse_day:
+            self.expire_coupons(account, day)
+
+    cdef void expire_coupons(self, PackedLoyalty account, int64_t day):
+        """Mark lapsed coupons expired, and remember when the next one lapses."""
+        cdef Py_ssize_t i
+        cdef int64_t expires
+        account.coupons_lapse_day = INT64_MAX
+        for coupon in account.coupons:
+            if coupon.status == "active" and coupon.expires_day is not None:
+                if coupon.expires_day <= day:
+                    coupon.status = "expired"
+                elif coupon.expires_day < account.coupons_lapse_day:
+                    account.coupons_lapse_day = coupon.expires_day
+        for i in range(account.new_expires.size):
+            expires = account.new_expires.data[i]
+            if account.new_expired.data[i] or expires == NONE_DAY:
+                continue
+            if expires <= day:
+                account.new_expired.data[i] = 1
+            elif expires < account.coupons_lapse_day:
+                account.coupons_lapse_day = expires
 
     cdef void expire_posting(self, PackedPlan plan, int64_t expired, int64_t day, int64_t why):
         self.post(plan.pid_string, plan.version, self.p.s_points, self.p.s_expire, -expired,
@@ -1635,9 +1681,8 @@ cdef class Batch:
                 return self.p.strings.id(refusal)
             self.absorb(scratch)
             code = award_code(model.coupon_prefix, plan.pid, request.id, model.id, ordinal)
-            self.award_issues.append(
-                AwardIssue(code, "e_award", model.id, holder.id, value, cost, expires_day)
-            )
+            self.award_issues.append((code, "e_award", model.id, holder.id, value, cost,
+                                      expires_day))
         elif rule.type == AWARD_CERTIFICATE:
             holder = award.holder
             refusal = _awards.refusal(holder, card.state, day)
@@ -1652,14 +1697,15 @@ cdef class Batch:
             self.absorb(scratch)
         else:
             code = award_code(model.coupon_prefix, plan.pid, request.id, model.id, ordinal)
-            account.coupons.append(
-                Award(code, "coupon", model.id, plan.pid, day, expires_day, 1)
-            )
+            account.new_codes.append(code)
+            account.new_rule.push(rule.rule_string)
+            account.new_issued.push(day)
+            account.new_expires.push(expires)
+            account.new_expired.push(0)
             if expires < account.coupons_lapse_day and expires != NONE_DAY:
                 account.coupons_lapse_day = expires
-            self.award_issues.append(
-                AwardIssue(code, "coupon", model.id, plan.pid, 0, cost, expires_day)
-            )
+            # A tuple now, an AwardIssue when the result is read: most results never are.
+            self.award_issues.append((code, "coupon", model.id, plan.pid, 0, cost, expires_day))
         spend(account, cost, day)
         self.post(plan.pid_string, plan.version, self.p.s_points, self.p.s_award_cost, -cost,
                   rule.rule_string, day)
@@ -1867,7 +1913,7 @@ class _ReceiptView:
 
     def get(self, request_id, default=None):
         cdef Batch batch = <Batch> self.batch
-        row = batch.fast_receipts.get(request_id)
+        row = batch.fast_receipt_rows().get(request_id)
         if row is not None:
             return batch.build_receipt(row)
         return batch.receipts_in.get(request_id, default)
@@ -1948,7 +1994,7 @@ class LazyReceipts(Mapping):
     def __init__(self, batch):
         self._batch = batch
         self._built = {}
-        self._pending = dict((<Batch> batch).fast_receipts)
+        self._pending = dict((<Batch> batch).fast_receipt_rows())
         for request_id, receipt in (<Batch> batch).ref.new_receipts.items():
             self._pending.pop(request_id, None)
             self._built[request_id] = receipt

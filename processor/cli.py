@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from processor import __version__
 from processor.engine import ENGINES
@@ -30,6 +31,77 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         for result in evaluate.run(evaluation):
             out.write(json.dumps(formatter.result(result)) + "\n")
+    return 0
+
+
+SERVER_FLAGS = (
+    "listen",
+    "metrics_listen",
+    "workers",
+    "database_url",
+    "redis_url",
+    "data_dir",
+    "engine",
+    "demo",
+)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from processor.settings import Settings
+
+    given = {name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name, None)}
+    return Settings(**given)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from processor import server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return server.run(_settings(args))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from processor import server
+    from processor.store.migrate import migrate
+
+    resolved = server.resolve_servers(_settings(args))
+    try:
+        applied = migrate(resolved.database_url)
+    finally:
+        resolved.stop()
+    print("applied: " + (", ".join(applied) if applied else "nothing, the schema is current"))
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor import server
+    from processor.store.ledger import Store
+
+    resolved = server.resolve_servers(_settings(args))
+
+    async def check() -> list[Any]:
+        async with Store(resolved.database_url) as store:
+            return await store.reconcile()
+
+    try:
+        mismatches = asyncio.run(check())
+    finally:
+        resolved.stop()
+    for mismatch in mismatches:
+        print(
+            f"{mismatch.account_id} {mismatch.program or '-'} {mismatch.balance}: state "
+            f"{mismatch.state_balance} != ledger {mismatch.ledger_sum}"
+        )
+    print(f"{len(mismatches)} mismatches")
+    return 1 if mismatches else 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_settings(args).redacted(), indent=2))
     return 0
 
 
@@ -74,6 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(handler=_evaluate)
 
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    _server_flags(serve)
+    serve.add_argument(
+        "--demo", action="store_true", help="load the demo program and cards before serving"
+    )
+    serve.set_defaults(handler=_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    _server_flags(migrate)
+    migrate.set_defaults(handler=_migrate)
+
+    reconcile = commands.add_parser(
+        "reconcile", help="check every balance against the sum of its ledger rows"
+    )
+    _server_flags(reconcile)
+    reconcile.set_defaults(handler=_reconcile)
+
+    config = commands.add_parser("config", help="settings")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the effective settings, redacted")
+    _server_flags(show)
+    show.set_defaults(handler=_config_show)
+
     info = commands.add_parser("info", help="print the version and the engine in use")
     info.set_defaults(handler=_info)
 
@@ -81,6 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("program")
     check.set_defaults(handler=_check)
     return parser
+
+
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", help="gRPC address (default 127.0.0.1:50051)")
+    parser.add_argument(
+        "--metrics-listen", dest="metrics_listen", help="metrics address (default 127.0.0.1:8000)"
+    )
+    parser.add_argument("--workers", type=int, help="server processes sharing the port")
+    parser.add_argument(
+        "--database-url",
+        dest="database_url",
+        help="PostgreSQL URL (env LOYALTY_DATABASE_URL; default: embedded)",
+    )
+    parser.add_argument(
+        "--redis-url", dest="redis_url", help="Redis URL (env LOYALTY_REDIS_URL; default: embedded)"
+    )
+    parser.add_argument("--data-dir", dest="data_dir", help="embedded servers' data (.data)")
+    parser.add_argument("--engine", choices=ENGINES, help="rule engine")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

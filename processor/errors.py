@@ -28,6 +28,33 @@ class BadRequestError(LoyaltyError):
     reason = "INVALID_ARGUMENT"
 
 
+class InvalidFieldError(BadRequestError):
+    """One field of a request is malformed; ``field`` is its path in the message."""
+
+    def __init__(self, field: str, message: str, *, reason: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(f"{field}: {message}", reason=reason)
+        self.field = field
+
+
+class NotFoundError(LoyaltyError):
+    """The request names something that does not exist (a card, a program, an award)."""
+
+    reason = "NOT_FOUND"
+
+
+class AuthenticationError(LoyaltyError):
+    """The caller or the cardholder could not be authenticated (code 2001)."""
+
+    reason = "AUTHENTICATION_FAILED"
+    code = 2001
+
+
+class OverloadedError(LoyaltyError):
+    """A bounded queue is full; the caller should back off and retry."""
+
+    reason = "OVERLOADED"
+
+
 class DeclinedError(LoyaltyError):
     """A well-formed request that the program's rules refuse."""
 
@@ -85,6 +112,13 @@ class InputFileError(BadRequestError):
         self.problems = problems
         lines = [f"{file}: {problem}" for problem in problems]
         super().__init__("\n".join(lines))
+
+
+def mask_card(number: str) -> str:
+    """A card number fit for logs and error messages: first 6 and last 4 digits only."""
+    if len(number) <= 10:
+        return "*" * len(number)
+    return number[:6] + "*" * (len(number) - 10) + number[-4:]
 
 
 def check(condition: bool, message: str) -> None:

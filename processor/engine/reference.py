@@ -48,6 +48,7 @@ from processor.engine.types import (
     TraceEntry,
     Void,
 )
+from processor.errors import mask_card
 
 LINES_MAX = 1000
 """Most lines one purchase may carry; a bound on the work one request can cause."""
@@ -179,7 +180,7 @@ def _apply(
 
 def _require_active_card(state: AccountState) -> None:
     if state.status != "active":
-        raise Declined("CARD_INACTIVE", f"card {state.account} is {state.status}")
+        raise Declined("CARD_INACTIVE", f"card {mask_card(state.account)} is {state.status}")
 
 
 def _require_pin(program: CompiledProgram, request: RequestBase) -> None:

@@ -1,0 +1,149 @@
+"""Batching: requests from every connection, gathered for a few milliseconds.
+
+Handlers put work on a bounded queue and await its future; one flusher task takes up to
+``batch_requests_max`` items (or whatever arrived within ``flush_interval_ms`` of the
+first) and hands them to the pipeline as one batch. Batches are processed one at a time,
+in arrival order, which is what keeps one account's requests in order across batches;
+inside a batch the engine applies them in list order.
+
+A full queue is answered at once with ``OverloadedError`` (RESOURCE_EXHAUSTED) rather than
+a growing heap, and an item whose gRPC deadline has passed before its batch starts is
+dropped without being evaluated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from processor.errors import OverloadedError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH_MAX = 20_000
+BATCH_REQUESTS_MAX = 1_000
+FLUSH_INTERVAL_MS = 2.0
+
+
+@dataclass(slots=True)
+class Item:
+    """One request waiting for its batch; ``future`` receives its answer."""
+
+    payload: Any
+    deadline: float | None  # time.monotonic() after which nobody waits for the answer
+    future: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+Process = Callable[[list[Item]], Awaitable[None]]
+
+
+class Batcher:
+    """Gathers items into batches and runs ``process`` on each, one batch at a time."""
+
+    def __init__(
+        self,
+        process: Process,
+        *,
+        queue_depth_max: int = QUEUE_DEPTH_MAX,
+        batch_requests_max: int = BATCH_REQUESTS_MAX,
+        flush_interval_ms: float = FLUSH_INTERVAL_MS,
+    ) -> None:
+        if queue_depth_max < 1 or batch_requests_max < 1 or flush_interval_ms < 0:
+            raise ValueError(
+                "queue_depth_max and batch_requests_max must be >= 1, flush_interval_ms >= 0"
+            )
+        self._process = process
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_depth_max)
+        self._batch_requests_max = batch_requests_max
+        self._flush_interval_seconds = flush_interval_ms / 1000
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.rejected_total = 0
+        self.expired_total = 0
+        self.batches_total = 0
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    def submit(self, payload: Any, deadline: float | None = None) -> asyncio.Future[Any]:
+        """Queue one request; its future resolves with the answer or the error."""
+        if self._closing:
+            raise UnavailableError("the server is shutting down", reason="SHUTTING_DOWN")
+        item = Item(payload, deadline)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.rejected_total += 1
+            raise OverloadedError(
+                f"more than {self._queue.maxsize} requests are waiting; retry with backoff"
+            ) from None
+        return item.future
+
+    async def drain(self) -> None:
+        """Refuse new work, let everything queued be processed and answered, then stop."""
+        self._closing = True
+        await self._queue.join()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            live = []
+            for item in batch:
+                if item.expired or item.future.done():
+                    self.expired_total += 1
+                    if not item.future.done():
+                        item.future.cancel()
+                else:
+                    live.append(item)
+            try:
+                if live:
+                    self.batches_total += 1
+                    await self._process(live)
+            except Exception as error:  # the pipeline answers items itself; this is a bug
+                log.exception("batch processing failed")
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _next_batch(self) -> list[Item]:
+        first = await self._queue.get()
+        batch = [first]
+        flush_at = time.monotonic() + self._flush_interval_seconds
+        while len(batch) < self._batch_requests_max:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = flush_at - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch

@@ -1,0 +1,442 @@
+"""The path of one batch: admission, evaluation, commit, cache refresh, answers.
+
+Every request reaches this module through the batcher (processor.batcher). A batch:
+
+1. **Replays.** Request ids already posted on their card are answered with the stored
+   answer (``replayed``), and nothing is evaluated for them; the same id with another
+   payload is refused (IDEMPOTENCY_MISMATCH).
+2. **Admission.** The card must exist and belong to an active program; a PIN, when given,
+   must verify (PIN_INVALID, code 2001), and then counts as verified for the engine.
+3. **State.** Account states come from Redis when it has them, from PostgreSQL
+   otherwise; receipts of the originals of returns and voids from PostgreSQL.
+4. **Evaluation.** One engine call per program for the whole batch; same-account
+   requests are applied in arrival order.
+5. **Commit.** One PostgreSQL transaction: ledger rows, new account versions (optimistic
+   concurrency against the versions read), receipts and idempotency rows. A version
+   conflict (another process got there first) commits nothing: the batch is evaluated
+   again on fresh state, up to ``conflict_retries_max`` times.
+6. **Cache, then answers.** Redis is refreshed with the committed states, and only then
+   is any client answered.
+
+Dry runs are evaluated on the same state but each on its own, and nothing of them is
+written or remembered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from processor import wire
+from processor.batcher import Item
+from processor.engine import CompiledProgram, Engine
+from processor.engine.types import (
+    AccountState,
+    Receipt,
+    Request,
+    Result,
+    Return,
+    TenderRequest,
+    Void,
+)
+from processor.errors import (
+    AuthenticationError,
+    InvalidFieldError,
+    LoyaltyError,
+    NotFoundError,
+    UnavailableError,
+    mask_card,
+)
+from processor.store import codec
+from processor.store.ledger import (
+    AccountWrite,
+    CommitBatch,
+    IdempotencyRecord,
+    Store,
+    ledger_entries,
+)
+
+log = logging.getLogger(__name__)
+
+CONFLICT_RETRIES_MAX = 8
+"""Re-evaluations of a batch whose accounts another process changed meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One request as the services hand it over."""
+
+    request: Request
+    payload_hash: bytes  # identifies the request's content, for replay checks
+    pin: str | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a service sends back: the result and the program that produced it."""
+
+    result: Result | None
+    program: CompiledProgram | None
+    replayed: bool = False
+    response: bytes = b""  # the stored answer of a replay, as the contract encodes it
+
+
+class Encoder(Protocol):
+    """Turns a result into the bytes stored for replays (the contract's Result message)."""
+
+    def __call__(self, result: Result, program: CompiledProgram) -> bytes: ...
+
+
+class Cards(Protocol):
+    async def cards(self, numbers: Sequence[str]) -> dict[str, Any]: ...
+
+    def verify_pin(self, record: Any, pin: str) -> bool: ...
+
+    async def customers(self, ids: Sequence[str]) -> dict[str, Any]: ...
+
+
+class Programs(Protocol):
+    def for_card(self, card_number: str) -> CompiledProgram: ...
+
+
+class Cache(Protocol):
+    async def get_many(self, account_ids: Iterable[str]) -> dict[str, tuple[int, bytes]]: ...
+
+    async def put_many(self, entries: dict[str, tuple[int, bytes]]) -> int: ...
+
+    async def invalidate(self, account_ids: Iterable[str]) -> int: ...
+
+
+def payload_hash(message: Any) -> bytes:
+    """A stable hash of a request message's content (dry_run and pin left out)."""
+    return hashlib.blake2b(message.SerializeToString(deterministic=True), digest_size=16).digest()
+
+
+class Pipeline:
+    """Processes batches; ``process`` is the batcher's callback."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        cache: Cache | None,
+        programs: Programs,
+        cards: Cards,
+        engine: Engine,
+        encode: Encoder,
+        conflict_retries_max: int = CONFLICT_RETRIES_MAX,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.programs = programs
+        self.cards = cards
+        self.engine = engine
+        self.encode = encode
+        self.conflict_retries_max = conflict_retries_max
+        self.conflicts_total = 0
+        self.cache_hits_total = 0
+        self.cache_misses_total = 0
+
+    async def process(self, items: list[Item]) -> None:
+        """Answer every item of a batch, with a result or an error."""
+        try:
+            live = await self._answer_replays(items)
+            admitted = await self._admit(live)
+            await self._evaluate_and_commit(admitted)
+        except LoyaltyError as error:
+            _fail(items, error)
+        except Exception as error:
+            log.exception("unexpected failure processing a batch of %d", len(items))
+            _fail(items, error)
+
+    # ----------------------------------------------------------------- replays
+
+    async def _answer_replays(self, items: list[Item]) -> list[Item]:
+        keys = [
+            (item.payload.request.account, item.payload.request.id)
+            for item in items
+            if not item.payload.dry_run
+        ]
+        seen = await self.store.seen(keys) if keys else {}
+        live: list[Item] = []
+        first: dict[tuple[str, str], Item] = {}
+        for item in items:
+            submission: Submission = item.payload
+            request = submission.request
+            key = (request.account, request.id)
+            stored = None if submission.dry_run else seen.get(request.id)
+            if stored is not None:
+                stored_hash, response = stored
+                if stored_hash != submission.payload_hash:
+                    _settle(item, error=_mismatch(request))
+                else:
+                    _settle(item, Answer(None, None, replayed=True, response=response))
+                continue
+            if not submission.dry_run and key in first:
+                # The same id twice in one batch: the second waits for the first's answer.
+                first[key].future.add_done_callback(_echo(item, submission, first[key]))
+                continue
+            if not submission.dry_run:
+                first[key] = item
+            live.append(item)
+        return live
+
+    # ----------------------------------------------------------------- admission
+
+    async def _admit(self, items: list[Item]) -> list[tuple[Item, CompiledProgram]]:
+        numbers = set()
+        for item in items:
+            request = item.payload.request
+            numbers.add(request.account)
+            if isinstance(request, TenderRequest) and request.target_account:
+                numbers.add(request.target_account)
+        records = await self.cards.cards(sorted(numbers)) if numbers else {}
+        admitted = []
+        for item in items:
+            submission: Submission = item.payload
+            try:
+                program = self._admit_one(submission, records)
+            except LoyaltyError as error:
+                _settle(item, error=error)
+                continue
+            resolved = wire.resolve_currency(submission.request, program)
+            if resolved is not submission.request:
+                submission = dataclasses.replace(submission, request=resolved)
+                item.payload = submission
+            if submission.pin is not None:
+                record = records[submission.request.account]
+                if not self.cards.verify_pin(record, submission.pin):
+                    _settle(
+                        item,
+                        error=AuthenticationError("the PIN does not match", reason="PIN_INVALID"),
+                    )
+                    continue
+                item.payload = dataclasses.replace(
+                    submission,
+                    request=dataclasses.replace(submission.request, pin_verified=True),
+                )
+            admitted.append((item, program))
+        return admitted
+
+    def _admit_one(self, submission: Submission, records: dict[str, Any]) -> CompiledProgram:
+        request = submission.request
+        if request.account not in records:
+            raise NotFoundError(f"no card {mask_card(request.account)}", reason="UNKNOWN_CARD")
+        target = getattr(request, "target_account", "")
+        if target and target not in records:
+            raise NotFoundError(f"no card {mask_card(target)}", reason="UNKNOWN_CARD")
+        program = self.programs.for_card(request.account)
+        if target and self.programs.for_card(target) is not program:
+            raise InvalidFieldError("target_account", "the cards belong to different programs")
+        return program
+
+    # ----------------------------------------------------------------- evaluation and commit
+
+    async def _evaluate_and_commit(self, admitted: list[tuple[Item, CompiledProgram]]) -> None:
+        pending = [pair for pair in admitted if not pair[0].payload.dry_run]
+        dry = [pair for pair in admitted if pair[0].payload.dry_run]
+        for attempt in range(self.conflict_retries_max + 1):
+            if not pending and not dry:
+                return
+            accounts = _accounts_of([item.payload.request for item, _ in pending + dry])
+            states = await self.load_states(accounts, fresh=attempt > 0)
+            await self._apply_card_records(states)
+            receipts = await self._load_receipts(
+                [item.payload.request for item, _ in pending + dry]
+            )
+            self._answer_dry_runs(dry, states, receipts)
+            dry = []
+            if not pending:
+                return
+            evaluated = self._evaluate(pending, states, receipts)
+            outcome = await self.store.commit(evaluated.batch)
+            if outcome.committed:
+                await self._refresh_cache(outcome.versions, outcome.encoded)
+                for item, answer in evaluated.answers:
+                    _settle(item, answer)
+                return
+            self.conflicts_total += 1
+            if self.cache is not None:
+                await self.cache.invalidate(outcome.conflicts)
+            if outcome.replayed:
+                # Someone else posted some of these ids meanwhile: answer those as replays.
+                pending = await self._settle_replayed(pending)
+        _fail(
+            [item for item, _ in pending],
+            UnavailableError(
+                "the accounts kept changing under this batch; retry", reason="CONCURRENT_UPDATE"
+            ),
+        )
+
+    async def _settle_replayed(
+        self, pending: list[tuple[Item, CompiledProgram]]
+    ) -> list[tuple[Item, CompiledProgram]]:
+        live = await self._answer_replays([item for item, _ in pending])
+        keep = {id(item) for item in live}
+        return [(item, program) for item, program in pending if id(item) in keep]
+
+    async def load_states(
+        self, accounts: list[str], *, fresh: bool
+    ) -> dict[str, tuple[int, AccountState]]:
+        found: dict[str, tuple[int, bytes]] = {}
+        if self.cache is not None and not fresh:
+            found = await self.cache.get_many(accounts)
+        self.cache_hits_total += len(found)
+        missing = [account for account in accounts if account not in found]
+        self.cache_misses_total += len(missing)
+        if missing:
+            found.update(await self.store.load_encoded(missing))
+        states = {}
+        for account in accounts:
+            if account in found:
+                version, blob = found[account]
+                states[account] = (version, codec.decode_state(blob, account))
+            else:
+                states[account] = (0, AccountState(account))
+        return states
+
+    async def _apply_card_records(self, states: dict[str, tuple[int, AccountState]]) -> None:
+        """The card's status and customer are the catalog's, whatever the state last held."""
+        records = await self.cards.cards(sorted(states))
+        customer_ids = sorted({r.customer_id for r in records.values() if r.customer_id})
+        customers = await self.cards.customers(customer_ids) if customer_ids else {}
+        for account, (_, state) in states.items():
+            record = records.get(account)
+            if record is None:
+                continue
+            state.status = record.status if record.status in ("active", "expired") else "inactive"
+            state.customer = customers.get(record.customer_id) if record.customer_id else None
+
+    async def _load_receipts(self, requests: list[Request]) -> dict[str, Receipt]:
+        keys = [
+            (request.account, request.original_id)
+            for request in requests
+            if isinstance(request, Return | Void)
+        ]
+        receipts = await self.store.load_receipts(keys) if keys else {}
+        # A void of a return also needs the purchase the return came from.
+        second = [
+            (receipt.account, receipt.original_id)
+            for receipt in receipts.values()
+            if receipt.original_id and receipt.original_id not in receipts
+        ]
+        if second:
+            receipts.update(await self.store.load_receipts(second))
+        return receipts
+
+    def _answer_dry_runs(
+        self,
+        dry: list[tuple[Item, CompiledProgram]],
+        states: dict[str, tuple[int, AccountState]],
+        receipts: dict[str, Receipt],
+    ) -> None:
+        plain = {account: state for account, (_, state) in states.items()}
+        for item, program in dry:
+            outcome = self.engine.evaluate(program, plain, [item.payload.request], receipts)
+            _settle(item, Answer(outcome.results[0], program))
+
+    def _evaluate(
+        self,
+        pending: list[tuple[Item, CompiledProgram]],
+        states: dict[str, tuple[int, AccountState]],
+        receipts: dict[str, Receipt],
+    ) -> _Evaluated:
+        by_program: dict[int, list[tuple[Item, CompiledProgram]]] = defaultdict(list)
+        for pair in pending:
+            by_program[id(pair[1])].append(pair)
+        plain = {account: state for account, (_, state) in states.items()}
+        batch = CommitBatch()
+        answers: list[tuple[Item, Answer]] = []
+        changed: dict[str, AccountState] = {}
+        for group in by_program.values():
+            program = group[0][1]
+            requests = [item.payload.request for item, _ in group]
+            outcome = self.engine.evaluate(program, plain, requests, receipts)
+            for (item, _), result in zip(group, outcome.results, strict=True):
+                answers.append((item, Answer(result, program)))
+                batch.postings.extend(ledger_entries(result))
+                batch.idempotency.append(
+                    IdempotencyRecord(
+                        result.account,
+                        result.id,
+                        item.payload.payload_hash,
+                        self.encode(result, program),
+                    )
+                )
+            for account in outcome.accounts:
+                changed[account] = outcome.accounts[account]
+                plain[account] = changed[account]
+            batch.receipts.extend(outcome.receipts[key] for key in outcome.receipts)
+        for account, state in changed.items():
+            batch.accounts.append(AccountWrite(state, states[account][0]))
+        return _Evaluated(batch, answers)
+
+    async def _refresh_cache(self, versions: Any, encoded: Any) -> None:
+        if self.cache is None or not versions:
+            return
+        await self.cache.put_many(
+            {account: (versions[account], encoded[account]) for account in versions}
+        )
+
+
+@dataclass(slots=True)
+class _Evaluated:
+    batch: CommitBatch
+    answers: list[tuple[Item, Answer]]
+
+
+def _accounts_of(requests: Iterable[Request]) -> list[str]:
+    accounts: dict[str, None] = {}
+    for request in requests:
+        accounts[request.account] = None
+        target = getattr(request, "target_account", "")
+        if target:
+            accounts[target] = None
+    return list(accounts)
+
+
+def _mismatch(request: Request) -> InvalidFieldError:
+    return InvalidFieldError(
+        "context.request_id",
+        f"{request.id!r} was already posted on this card with a different payload",
+        reason="IDEMPOTENCY_MISMATCH",
+    )
+
+
+def _echo(item: Item, submission: Submission, first: Item) -> Any:
+    def copy_answer(done: Any) -> None:
+        if item.future.done():
+            return
+        if done.cancelled():
+            item.future.cancel()
+        elif done.exception() is not None:
+            item.future.set_exception(done.exception())
+        else:
+            first_submission: Submission = first.payload
+            if first_submission.payload_hash != submission.payload_hash:
+                item.future.set_exception(_mismatch(submission.request))
+            else:
+                answer: Answer = done.result()
+                item.future.set_result(dataclasses.replace(answer, replayed=True))
+
+    return copy_answer
+
+
+def _settle(item: Item, answer: Answer | None = None, error: BaseException | None = None) -> None:
+    if item.future.done():
+        return
+    if error is not None:
+        item.future.set_exception(error)
+    else:
+        item.future.set_result(answer)
+
+
+def _fail(items: Iterable[Item], error: BaseException) -> None:
+    for item in items:
+        _settle(item, error=error)

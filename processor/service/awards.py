@@ -1,0 +1,46 @@
+"""AwardService: a card's coupons, certificates and e-award value, and their redemption."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import grpc
+
+from processor import calendar, proto, wire
+from processor.batcher import Batcher
+from processor.errors import InvalidFieldError, NotFoundError, mask_card
+from processor.pipeline import Pipeline
+from processor.service.posting import hash_of, result_message, submit
+
+AWARDS_PAGE_MAX = 100
+
+
+class AwardServicer(proto.awards_grpc.AwardServiceServicer):
+    def __init__(self, batcher: Batcher, pipeline: Pipeline) -> None:
+        self.batcher = batcher
+        self.pipeline = pipeline
+
+    async def ListAwards(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        account = request.account
+        if not account.isdigit():
+            raise InvalidFieldError("account", "a card number is digits only")
+        program = self.pipeline.programs.for_card(account)
+        records = await self.pipeline.cards.cards([account])
+        if account not in records:
+            raise NotFoundError(f"no card {mask_card(account)}", reason="UNKNOWN_CARD")
+        states = await self.pipeline.load_states([account], fresh=False)
+        _, state = states[account]
+        today = calendar.to_day(datetime.date.today())
+        return wire.awards_to_proto(state, program, today, request)
+
+    async def RedeemAward(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        wire_context, engine_request = wire.award_redemption_from_proto(request)
+        future = submit(self.batcher, context, engine_request, hash_of(request), wire_context)
+        return proto.awards.RedeemAwardResponse(result=result_message(await future))
+
+    async def RedeemAwardValue(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        wire_context, engine_request = wire.award_redemption_from_proto(request)
+        wire.check_award_currency(request, self.pipeline.programs.for_card(engine_request.account))
+        future = submit(self.batcher, context, engine_request, hash_of(request), wire_context)
+        return proto.awards.RedeemAwardValueResponse(result=result_message(await future))

@@ -1,0 +1,64 @@
+"""What every posting RPC does: hand a request to the batcher and wait for its answer.
+
+The answer of a replayed request is the stored one, marked ``replayed``; a fresh one is
+the engine's result as the contract encodes it. Dry runs and deadlines are honoured here,
+so each servicer stays a list of one-line adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+
+from processor import proto, wire
+from processor.batcher import Batcher
+from processor.engine import CompiledProgram
+from processor.engine.types import Request, Result
+from processor.pipeline import Answer, Submission, payload_hash
+
+
+def encode_result(result: Result, program: CompiledProgram) -> bytes:
+    """The bytes stored for replays: the contract's Result message."""
+    message: Any = wire.result_to_proto(result, program)
+    return bytes(message.SerializeToString(deterministic=True))
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def hash_of(message: Any) -> bytes:
+    """The payload hash of a request message, without its PIN and dry-run flag: a retry
+    that re-enters the PIN is still the same request."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    target = copy.transaction.context if hasattr(copy, "transaction") else copy.context
+    target.ClearField("pin")
+    target.ClearField("dry_run")
+    return payload_hash(copy)
+
+
+def submit(
+    batcher: Batcher,
+    context: grpc.aio.ServicerContext,
+    request: Request,
+    message_hash: bytes,
+    wire_context: wire.Context,
+) -> asyncio.Future[Any]:
+    submission = Submission(request, message_hash, wire_context.pin, wire_context.dry_run)
+    return batcher.submit(submission, deadline_of(context))
+
+
+def result_message(answer: Answer) -> Any:
+    """The contract's Result for an answer, replayed or fresh."""
+    if answer.replayed and answer.result is None:
+        message = proto.common.Result()
+        message.ParseFromString(answer.response)
+        message.replayed = True
+        return message
+    assert answer.result is not None and answer.program is not None
+    return wire.result_to_proto(answer.result, answer.program, replayed=answer.replayed)

@@ -1,0 +1,87 @@
+"""TransactionService: purchases, returns, voids and engagements, one or many at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from processor import proto, wire
+from processor.batcher import Batcher
+from processor.errors import InvalidFieldError
+from processor.service.posting import hash_of, result_message, submit
+
+TRANSACTIONS_PER_CALL_MAX = 1_000
+STREAM_IN_FLIGHT_MAX = 256
+"""Requests of one stream waiting for their answers; reading stops beyond it (flow control)."""
+
+
+class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+
+    async def PostTransaction(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        future = self._submit(request.transaction, request, context)
+        answer = await future
+        return proto.transactions.PostTransactionResponse(result=result_message(answer))
+
+    async def PostTransactions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        count = len(request.transactions)
+        if not 1 <= count <= TRANSACTIONS_PER_CALL_MAX:
+            raise InvalidFieldError(
+                "transactions",
+                f"{count} transactions; send 1 to {TRANSACTIONS_PER_CALL_MAX}",
+                reason="TOO_MANY_TRANSACTIONS",
+            )
+        futures = []
+        for index, transaction in enumerate(request.transactions):
+            single = proto.transactions.PostTransactionRequest(transaction=transaction)
+            futures.append(self._submit(transaction, single, context, f"transactions[{index}]"))
+        answers = await asyncio.gather(*futures)
+        return proto.transactions.PostTransactionsResponse(
+            results=[result_message(answer) for answer in answers]
+        )
+
+    async def StreamTransactions(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        waiting: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_IN_FLIGHT_MAX)
+
+        async def read() -> None:
+            try:
+                async for message in requests:
+                    single = proto.transactions.PostTransactionRequest(
+                        transaction=message.transaction
+                    )
+                    try:
+                        future = self._submit(message.transaction, single, context)
+                    except Exception as error:  # answered in order, as the stream's error
+                        future = asyncio.get_running_loop().create_future()
+                        future.set_exception(error)
+                    await waiting.put(future)
+            finally:
+                await waiting.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                future = await waiting.get()
+                if future is None:
+                    break
+                answer = await future
+                yield proto.transactions.StreamTransactionsResponse(result=result_message(answer))
+            await reader
+        finally:
+            reader.cancel()
+
+    def _submit(
+        self,
+        transaction: Any,
+        message: Any,
+        context: grpc.aio.ServicerContext,
+        field: str = "transaction",
+    ) -> Any:
+        wire_context, engine_request = wire.transaction_from_proto(transaction, field)
+        return submit(self.batcher, context, engine_request, hash_of(message), wire_context)

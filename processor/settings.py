@@ -1,0 +1,51 @@
+"""One settings object: defaults, then a config file, then LOYALTY_* variables, then flags.
+
+``loyalty config show`` prints the effective settings with secrets redacted. Every
+limit the server enforces is a field here, named with its unit last.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The server's settings; environment variables are LOYALTY_<FIELD> (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="forbid")
+
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:8000"
+    workers: int = Field(default=1, ge=1, le=64)
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    cache_key_prefix: str = Field(default="loyalty:", max_length=32)
+    data_dir: Path = Path(".data")
+    engine: str | None = None
+    batch_requests_max: int = Field(default=1_000, ge=1, le=10_000)
+    flush_interval_ms: float = Field(default=2.0, ge=0, le=1_000)
+    queue_depth_max: int = Field(default=20_000, ge=1, le=1_000_000)
+    grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    registry_refresh_seconds: float = Field(default=1.0, gt=0, le=600)
+    demo: bool = False
+    demo_cards: int = Field(default=2_000, ge=0, le=100_000)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as printable values, secrets replaced by a marker."""
+        shown: dict[str, Any] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                shown[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                shown[name] = str(value)
+            else:
+                shown[name] = value
+        return shown
+
+
+def secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()

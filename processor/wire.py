@@ -1,0 +1,860 @@
+"""Conversions between the loyalty.v1 messages and the engine's requests and results.
+
+Admission happens here: every request message is checked against the contract (shape,
+sizes, amounts, currencies, dates) before anything else looks at it, by the same rules
+``processor.records`` applies to JSON request files. A violation raises
+:class:`~processor.errors.InvalidFieldError` naming the field by its protobuf path
+(``transaction.purchase.lines[2].amount``) with an upper-case reason:
+
+- ``INVALID_AMOUNT``: a negative amount, or more than :data:`AMOUNT_UNITS_MAX` units;
+- ``CURRENCY_UNKNOWN``: not an ISO 4217 code;
+- ``CURRENCY_NOT_ALLOWED``: a currency other than the one the amount must be in;
+- ``INVALID_EXCHANGE_RATE``: an exchange rate that is not a positive decimal;
+- ``TOO_MANY_LINES``, ``TOO_MANY_CODES``: more than 1,000 lines or 32 codes;
+- ``INVALID_ARGUMENT``: anything else (a missing field, a bad date, a repeated line number).
+
+Error texts never repeat a PIN or a card number. Everything here is a pure function.
+
+Amounts whose currency the client left empty mean "the program's currency"; the program
+is known only once the card is looked up, so :func:`resolve_currency` finishes those
+requests then.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from processor import calendar, money
+from processor.engine.plan import CompiledProgram
+from processor.engine.types import (
+    AccountState,
+    Award,
+    AwardAccount,
+    AwardIssue,
+    AwardRedemption,
+    Customer,
+    Engagement,
+    LevelMove,
+    Line,
+    Posting,
+    Purchase,
+    Request,
+    Result,
+    Return,
+    ReturnLine,
+    TenderDecision,
+    TenderLine,
+    TenderOp,
+    TenderRequest,
+    TraceEntry,
+    Void,
+)
+from processor.errors import InvalidFieldError
+from processor.proto import awards, common, tender, transactions
+
+REQUEST_ID_CHARS_MAX = 64
+ACCOUNT_DIGITS_MIN = 8
+ACCOUNT_DIGITS_MAX = 32
+LOCATION_CHARS_MAX = 64
+PIN_DIGITS_MAX = 12
+AMOUNT_UNITS_MAX = 10**14
+LINES_MAX = 1000
+LINE_QUANTITY_MAX = 1_000_000
+HIERARCHY_NODES_MAX = 16
+ATTRIBUTES_MAX = 64
+TENDERS_MAX = 32
+CODES_MAX = 32
+AUDIENCES_MAX = 256
+ENGAGEMENT_COUNT_MAX = 1000
+NAME_CHARS_MAX = 64  # items, codes, programs, engagement kinds, customer ids, attributes
+TENDER_TYPE_CHARS_MAX = 32
+EXCHANGE_RATE_CHARS_MAX = 32
+EXCHANGE_RATE_DECIMALS_MAX = 9  # what processor.money.convert accepts
+
+INVALID_AMOUNT = "INVALID_AMOUNT"
+CURRENCY_UNKNOWN = "CURRENCY_UNKNOWN"
+CURRENCY_NOT_ALLOWED = "CURRENCY_NOT_ALLOWED"
+INVALID_EXCHANGE_RATE = "INVALID_EXCHANGE_RATE"
+TOO_MANY_LINES = "TOO_MANY_LINES"
+TOO_MANY_CODES = "TOO_MANY_CODES"
+
+_ACCOUNT = re.compile(rf"[0-9]{{{ACCOUNT_DIGITS_MIN},{ACCOUNT_DIGITS_MAX}}}")
+_PIN = re.compile(rf"[0-9]{{1,{PIN_DIGITS_MAX}}}")
+_LOCAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The RequestContext of a request, checked: who, when, where, and how it was made.
+
+    ``pin`` is the PIN as entered, for the pipeline to verify against the card's hash; it
+    is left out of ``repr`` so no log line can carry it.
+    """
+
+    request_id: str
+    account: str
+    day: int
+    second: int
+    location: str = ""
+    card_present: bool = True
+    pin: str | None = dataclasses.field(default=None, repr=False)
+    dry_run: bool = False
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def context_from_proto(message: common.RequestContext, field: str = "context") -> Context:
+    """The checked context of a request; ``field`` is the message's path, for errors."""
+    _text(message.request_id, _join(field, "request_id"), REQUEST_ID_CHARS_MAX)
+    _card_number(message.account, _join(field, "account"))
+    day, second = _local_time(message.local_time, _join(field, "local_time"))
+    _text(message.location, _join(field, "location"), LOCATION_CHARS_MAX, required=False)
+    pin: str | None = None
+    if message.HasField("pin"):
+        pin = message.pin
+        if not _PIN.fullmatch(pin):
+            raise InvalidFieldError(
+                _join(field, "pin"), f"must be 1 to {PIN_DIGITS_MAX} digits when given"
+            )
+    return Context(
+        request_id=message.request_id,
+        account=message.account,
+        day=day,
+        second=second,
+        location=message.location,
+        card_present=message.card_present if message.HasField("card_present") else True,
+        pin=pin,
+        dry_run=message.dry_run,
+    )
+
+
+def transaction_from_proto(
+    message: transactions.Transaction, field: str = "transaction"
+) -> tuple[Context, Purchase | Return | Void | Engagement]:
+    """The context and engine request of a Transaction (``field`` is its path: use
+    ``transactions[3]`` for one of a PostTransactions call)."""
+    context = _required_context(message, field)
+    kind = message.WhichOneof("kind")
+    if kind == "purchase":
+        return context, _purchase(context, message.purchase, _join(field, "purchase"))
+    if kind == "sale_return":
+        return context, _return(context, message.sale_return, _join(field, "sale_return"))
+    if kind == "void":
+        original_id = _text(
+            message.void.original_id, _join(field, "void.original_id"), REQUEST_ID_CHARS_MAX
+        )
+        return context, Void(**_base(context), original_id=original_id)
+    if kind == "engagement":
+        return context, _engagement(context, message.engagement, _join(field, "engagement"))
+    raise InvalidFieldError(
+        _join(field, "kind"), "one of purchase, sale_return, void or engagement is required"
+    )
+
+
+TenderMessage = (
+    tender.ActivateRequest
+    | tender.ReloadRequest
+    | tender.GetBalanceRequest
+    | tender.RedeemRequest
+    | tender.PreAuthorizeRequest
+    | tender.CaptureRequest
+    | tender.ReleaseRequest
+    | tender.CashOutRequest
+    | tender.MergeRequest
+)
+
+TENDER_OPS: dict[str, TenderOp] = {
+    "Activate": "activate",
+    "Reload": "reload",
+    "GetBalance": "balance",
+    "Redeem": "redeem",
+    "PreAuthorize": "preauth",
+    "Capture": "capture",
+    "Release": "release",
+    "CashOut": "cash_out",
+    "Merge": "merge",
+}
+"""The engine operation of each TenderService method."""
+
+_TENDER_MESSAGES: dict[str, type] = {
+    "activate": tender.ActivateRequest,
+    "reload": tender.ReloadRequest,
+    "balance": tender.GetBalanceRequest,
+    "redeem": tender.RedeemRequest,
+    "preauth": tender.PreAuthorizeRequest,
+    "capture": tender.CaptureRequest,
+    "release": tender.ReleaseRequest,
+    "cash_out": tender.CashOutRequest,
+    "merge": tender.MergeRequest,
+}
+
+
+def tender_from_proto(op: str, message: TenderMessage) -> tuple[Context, TenderRequest]:
+    """The context and engine request of a TenderService request for ``op`` (an engine
+    operation, see :data:`TENDER_OPS`).
+
+    An empty ``amount.currency`` leaves the request's currency empty: see
+    :func:`resolve_currency`. A message of another type than ``op`` takes is a bug of the
+    caller (TypeError), not of the client.
+    """
+    expected = _TENDER_MESSAGES.get(op)
+    if expected is None or not isinstance(message, expected):
+        raise TypeError(f"tender operation {op!r} does not take a {type(message).__name__}")
+    context = _required_context(message, "")
+    reference_id = target_account = currency = ""
+    amount = 0
+    exchange_rate = None
+    if isinstance(message, tender.CaptureRequest | tender.ReleaseRequest):
+        reference_id = _text(
+            message.preauthorization_id, "preauthorization_id", REQUEST_ID_CHARS_MAX
+        )
+    if isinstance(message, tender.MergeRequest):
+        target_account = _card_number(message.target_account, "target_account")
+    if not isinstance(
+        message, tender.GetBalanceRequest | tender.ReleaseRequest | tender.MergeRequest
+    ):
+        amount, currency = _money(message.amount, "amount")
+        exchange_rate = _exchange_rate(message.exchange_rate, "exchange_rate")
+    return context, TenderRequest(
+        **_base(context),
+        op=cast(TenderOp, op),
+        amount=amount,
+        currency=currency,
+        exchange_rate=exchange_rate,
+        reference_id=reference_id,
+        target_account=target_account,
+    )
+
+
+def award_redemption_from_proto(
+    message: awards.RedeemAwardRequest | awards.RedeemAwardValueRequest,
+) -> tuple[Context, AwardRedemption]:
+    """The context and engine request of RedeemAward (a code) or RedeemAwardValue (an
+    amount of an award program's value).
+
+    The engine request has no currency: a RedeemAwardValue amount is in the award
+    program's currency, which :func:`check_award_currency` holds it to once the program
+    is known.
+    """
+    context = _required_context(message, "")
+    if isinstance(message, awards.RedeemAwardRequest):
+        code = _text(message.code, "code", NAME_CHARS_MAX)
+        return context, AwardRedemption(**_base(context), code=code)
+    program = _text(message.program, "program", NAME_CHARS_MAX)
+    amount, _ = _money(message.amount, "amount")
+    return context, AwardRedemption(**_base(context), program=program, amount=amount)
+
+
+RequestT = TypeVar("RequestT", bound=Request)
+
+
+def resolve_currency(request: RequestT, program: CompiledProgram) -> RequestT:
+    """``request`` with an empty currency replaced by its program's: the card's tender
+    program for a stored-value request. Other requests are returned as they are."""
+    if isinstance(request, TenderRequest) and not request.currency and program.tender:
+        return dataclasses.replace(request, currency=program.tender.currency.upper())
+    return request
+
+
+def check_award_currency(message: awards.RedeemAwardValueRequest, program: CompiledProgram) -> None:
+    """Refuse a RedeemAwardValue amount in another currency than its award program's
+    (``CURRENCY_NOT_ALLOWED``); an unknown program is left to the engine to decline."""
+    held = program.award_programs.get(message.program)
+    currency = message.amount.currency
+    if held is not None and currency and currency.upper() != held.currency.upper():
+        raise InvalidFieldError(
+            "amount.currency",
+            f"must be {held.currency}, the currency of award program {held.id}",
+            reason=CURRENCY_NOT_ALLOWED,
+        )
+
+
+def _purchase(context: Context, message: transactions.Purchase, field: str) -> Purchase:
+    currency = _currency(message.currency, _join(field, "currency"), required=True)
+    if len(message.lines) > LINES_MAX:
+        raise InvalidFieldError(
+            _join(field, "lines"), f"has more than {LINES_MAX} lines", reason=TOO_MANY_LINES
+        )
+    if len(message.tenders) > TENDERS_MAX:
+        raise InvalidFieldError(_join(field, "tenders"), f"has more than {TENDERS_MAX} tenders")
+    if len(message.redeem_codes) > CODES_MAX:
+        raise InvalidFieldError(
+            _join(field, "redeem_codes"), f"has more than {CODES_MAX} codes", reason=TOO_MANY_CODES
+        )
+    lines = _lines(message.lines, _join(field, "lines"))
+    tenders = tuple(
+        TenderLine(
+            _text(item.type, _join(field, f"tenders[{index}].type"), TENDER_TYPE_CHARS_MAX),
+            _amount(item.amount, _join(field, f"tenders[{index}].amount")),
+        )
+        for index, item in enumerate(message.tenders)
+    )
+    stored_value = 0
+    if message.HasField("stored_value"):
+        path = _join(field, "stored_value")
+        stored_value, sent = _money(message.stored_value, path)
+        if sent and sent != currency:
+            raise InvalidFieldError(
+                _join(path, "currency"),
+                f"must be the purchase's currency {currency} (or empty)",
+                reason=CURRENCY_NOT_ALLOWED,
+            )
+    codes = tuple(
+        _text(code, _join(field, f"redeem_codes[{index}]"), NAME_CHARS_MAX)
+        for index, code in enumerate(message.redeem_codes)
+    )
+    return Purchase(
+        **_base(context),
+        currency=currency,
+        exchange_rate=_exchange_rate(message.exchange_rate, _join(field, "exchange_rate")),
+        lines=lines,
+        tenders=tenders,
+        customer=_customer(message, _join(field, "customer")),
+        stored_value=stored_value,
+        redeem_codes=codes,
+    )
+
+
+def _lines(messages: Iterable[common.Line], field: str) -> tuple[Line, ...]:
+    lines: list[Line] = []
+    seen: set[int] = set()
+    for index, message in enumerate(messages):
+        path = f"{field}[{index}]"
+        number = _line_number(message.number, _join(path, "number"), seen)
+        if not 1 <= message.quantity <= LINE_QUANTITY_MAX:
+            raise InvalidFieldError(_join(path, "quantity"), f"must be 1 to {LINE_QUANTITY_MAX:,}")
+        if len(message.hierarchy) > HIERARCHY_NODES_MAX:
+            raise InvalidFieldError(
+                _join(path, "hierarchy"), f"has more than {HIERARCHY_NODES_MAX} nodes"
+            )
+        if len(message.attributes) > ATTRIBUTES_MAX:
+            raise InvalidFieldError(
+                _join(path, "attributes"), f"has more than {ATTRIBUTES_MAX} attributes"
+            )
+        for node_index, node in enumerate(message.hierarchy):
+            _text(node, _join(path, f"hierarchy[{node_index}]"), NAME_CHARS_MAX)
+        for key in message.attributes:
+            _text(key, _join(path, f"attributes[{key[:NAME_CHARS_MAX]!r}]"), NAME_CHARS_MAX)
+        lines.append(
+            Line(
+                number=number,
+                item=_text(message.item, _join(path, "item"), NAME_CHARS_MAX),
+                amount=_amount(message.amount, _join(path, "amount")),
+                quantity=message.quantity,
+                hierarchy=tuple(message.hierarchy),
+                attributes=tuple(sorted(message.attributes.items())),
+                merchandise=not message.non_merchandise,
+            )
+        )
+    return tuple(lines)
+
+
+def _line_number(number: int, field: str, seen: set[int]) -> int:
+    if number < 1:
+        raise InvalidFieldError(field, "must be at least 1")
+    if number in seen:
+        raise InvalidFieldError(field, f"line number {number} is repeated")
+    seen.add(number)
+    return number
+
+
+def _return(context: Context, message: transactions.Return, field: str) -> Return:
+    original_id = _text(message.original_id, _join(field, "original_id"), REQUEST_ID_CHARS_MAX)
+    if len(message.lines) > LINES_MAX:
+        raise InvalidFieldError(
+            _join(field, "lines"), f"has more than {LINES_MAX} lines", reason=TOO_MANY_LINES
+        )
+    seen: set[int] = set()
+    lines = []
+    for index, line in enumerate(message.lines):
+        path = _join(field, f"lines[{index}]")
+        number = _line_number(line.number, _join(path, "number"), seen)
+        if not 1 <= line.quantity <= LINE_QUANTITY_MAX:
+            raise InvalidFieldError(_join(path, "quantity"), f"must be 1 to {LINE_QUANTITY_MAX:,}")
+        lines.append(ReturnLine(number, line.quantity))
+    return Return(**_base(context), original_id=original_id, lines=tuple(lines))
+
+
+def _engagement(context: Context, message: transactions.Engagement, field: str) -> Engagement:
+    kind = _text(message.kind, _join(field, "kind"), NAME_CHARS_MAX)
+    if not 1 <= message.count <= ENGAGEMENT_COUNT_MAX:
+        raise InvalidFieldError(_join(field, "count"), f"must be 1 to {ENGAGEMENT_COUNT_MAX:,}")
+    return Engagement(
+        **_base(context),
+        kind=kind,
+        count=message.count,
+        customer=_customer(message, _join(field, "customer")),
+    )
+
+
+def _customer(
+    parent: transactions.Purchase | transactions.Engagement, field: str
+) -> Customer | None:
+    if not parent.HasField("customer"):
+        return None
+    message = parent.customer
+    if len(message.audiences) > AUDIENCES_MAX:
+        raise InvalidFieldError(
+            _join(field, "audiences"), f"has more than {AUDIENCES_MAX} audiences"
+        )
+    audiences = frozenset(
+        _text(audience, _join(field, f"audiences[{index}]"), NAME_CHARS_MAX)
+        for index, audience in enumerate(message.audiences)
+    )
+    return Customer(
+        id=_text(message.id, _join(field, "id"), NAME_CHARS_MAX),
+        birth_day=_date(message.birth_date, _join(field, "birth_date")),
+        signup_day=_date(message.signup_date, _join(field, "signup_date")),
+        audiences=audiences,
+    )
+
+
+HasContext = (
+    transactions.Transaction
+    | TenderMessage
+    | awards.RedeemAwardRequest
+    | awards.RedeemAwardValueRequest
+)
+
+
+def _required_context(message: HasContext, field: str) -> Context:
+    path = _join(field, "context")
+    if not message.HasField("context"):
+        raise InvalidFieldError(path, "is required")
+    return context_from_proto(message.context, path)
+
+
+def _base(context: Context) -> dict[str, Any]:
+    """The RequestBase fields of an engine request; pin_verified is the pipeline's to set."""
+    return {
+        "id": context.request_id,
+        "account": context.account,
+        "day": context.day,
+        "second": context.second,
+        "location": context.location,
+        "card_present": context.card_present,
+        "pin_verified": False,
+    }
+
+
+def _card_number(value: str, field: str) -> str:
+    if not _ACCOUNT.fullmatch(value):
+        raise InvalidFieldError(
+            field, f"must be a card number of {ACCOUNT_DIGITS_MIN} to {ACCOUNT_DIGITS_MAX} digits"
+        )
+    return value
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
+
+
+def _text(value: str, field: str, chars_max: int, *, required: bool = True) -> str:
+    """``value`` when it is printable text of at most ``chars_max`` characters."""
+    if required and not value:
+        raise InvalidFieldError(field, "is required")
+    if len(value) > chars_max:
+        raise InvalidFieldError(field, f"is longer than {chars_max} characters")
+    if not value.isprintable():
+        raise InvalidFieldError(field, "must be printable text")
+    return value
+
+
+def _local_time(value: str, field: str) -> tuple[int, int]:
+    if not _LOCAL_TIME.fullmatch(value):
+        raise InvalidFieldError(field, "must be a local time YYYY-MM-DDTHH:MM:SS")
+    try:
+        return calendar.parse_local_time(value)
+    except ValueError:
+        raise InvalidFieldError(field, f"{value!r} is not a valid date and time") from None
+
+
+def _date(value: str, field: str) -> int | None:
+    """The day number of an optional ``YYYY-MM-DD`` date (empty means none)."""
+    if not value:
+        return None
+    if not _DATE.fullmatch(value):
+        raise InvalidFieldError(field, "must be a date YYYY-MM-DD")
+    try:
+        return calendar.parse_day(value)
+    except ValueError:
+        raise InvalidFieldError(field, f"{value!r} is not a valid date") from None
+
+
+def _amount(units: int, field: str) -> int:
+    if units < 0:
+        raise InvalidFieldError(field, "must not be negative", reason=INVALID_AMOUNT)
+    if units > AMOUNT_UNITS_MAX:
+        raise InvalidFieldError(
+            field, f"must be at most {AMOUNT_UNITS_MAX} units", reason=INVALID_AMOUNT
+        )
+    return units
+
+
+def _money(message: common.Money, field: str) -> tuple[int, str]:
+    """(units, upper-case currency or "") of a Money sent by a client."""
+    units = _amount(message.units, _join(field, "units"))
+    return units, _currency(message.currency, _join(field, "currency"), required=False)
+
+
+def _currency(value: str, field: str, *, required: bool) -> str:
+    if not value and not required:
+        return ""
+    if not _CURRENCY.fullmatch(value) or not money.is_currency(value):
+        raise InvalidFieldError(
+            field, "must be an ISO 4217 currency code such as USD", reason=CURRENCY_UNKNOWN
+        )
+    return value.upper()
+
+
+def _exchange_rate(value: str, field: str) -> str | None:
+    """A positive decimal rate ("1.0825"), or None when not given."""
+    if not value:
+        return None
+    problem = ""
+    if len(value) > EXCHANGE_RATE_CHARS_MAX or not _DECIMAL.fullmatch(value):
+        problem = "must be a positive decimal number such as 1.0825"
+    else:
+        try:
+            if money.ratio(value, EXCHANGE_RATE_DECIMALS_MAX) <= 0:
+                problem = "must be greater than 0"
+        except ValueError:
+            problem = f"has more than {EXCHANGE_RATE_DECIMALS_MAX} decimal places"
+    if problem:
+        raise InvalidFieldError(field, problem, reason=INVALID_EXCHANGE_RATE)
+    return value
+
+
+# --------------------------------------------------------------------------- results
+
+_STATUSES = {
+    "approved": common.RESULT_STATUS_APPROVED,
+    "declined": common.RESULT_STATUS_DECLINED,
+}
+_POSTING_BALANCES = {
+    "points": common.POSTING_BALANCE_POINTS,
+    "tender": common.POSTING_BALANCE_TENDER,
+    "award_value": common.POSTING_BALANCE_AWARD_VALUE,
+}
+_AWARD_KINDS = {
+    "coupon": common.AWARD_KIND_COUPON,
+    "certificate": common.AWARD_KIND_CERTIFICATE,
+    "e_award": common.AWARD_KIND_E_AWARD,
+}
+_MOVE_KINDS = {
+    "advancement": common.LEVEL_MOVE_KIND_ADVANCEMENT,
+    "sustain": common.LEVEL_MOVE_KIND_SUSTAIN,
+    "demotion": common.LEVEL_MOVE_KIND_DEMOTION,
+    "extension": common.LEVEL_MOVE_KIND_EXTENSION,
+}
+# Operations without a contract value (the reversal of a voided load) are UNSPECIFIED.
+_TENDER_OPERATIONS = {
+    "activate": common.TENDER_OPERATION_ACTIVATE,
+    "reload": common.TENDER_OPERATION_RELOAD,
+    "redeem": common.TENDER_OPERATION_REDEEM,
+    "balance": common.TENDER_OPERATION_BALANCE,
+    "preauth": common.TENDER_OPERATION_PREAUTHORIZE,
+    "capture": common.TENDER_OPERATION_CAPTURE,
+    "release": common.TENDER_OPERATION_RELEASE,
+    "cash_out": common.TENDER_OPERATION_CASH_OUT,
+    "merge": common.TENDER_OPERATION_MERGE,
+}
+_HELD_STATUSES = {
+    "active": awards.AWARD_STATUS_ACTIVE,
+    "redeemed": awards.AWARD_STATUS_REDEEMED,
+    "expired": awards.AWARD_STATUS_EXPIRED,
+    "void": awards.AWARD_STATUS_VOID,
+}
+_ACCOUNT_STATUSES = {
+    "inactive": awards.AWARD_ACCOUNT_STATUS_INACTIVE,
+    "active": awards.AWARD_ACCOUNT_STATUS_ACTIVE,
+    "expired": awards.AWARD_ACCOUNT_STATUS_EXPIRED,
+}
+
+
+def balance_exponents(program: CompiledProgram) -> dict[str, int]:
+    """The decimal digits of every balance name ``program`` can answer: the points
+    precision for ``points:<id>`` and ``escrow:<id>``, the currency's ISO 4217 exponent
+    for ``tender`` and ``award:<id>``."""
+    exponents: dict[str, int] = {}
+    for plan in program.loyalty:
+        exponents[f"points:{plan.program.id}"] = plan.program.points_precision
+        exponents[f"escrow:{plan.program.id}"] = plan.program.points_precision
+    if program.tender is not None:
+        exponents["tender"] = money.currency_exponent(program.tender.currency)
+    for award in program.award_programs.values():
+        exponents[f"award:{award.id}"] = money.currency_exponent(award.currency)
+    return exponents
+
+
+def balance_name(posting: Posting) -> str:
+    """The key of the balance a posting changes, as Result.balances names it."""
+    if posting.balance == "points":
+        return f"points:{posting.program}"
+    if posting.balance == "award_value":
+        return f"award:{posting.program}"
+    return "tender"
+
+
+def result_to_proto(
+    result: Result,
+    program: CompiledProgram,
+    *,
+    replayed: bool = False,
+    request: Request | None = None,
+) -> common.Result:
+    """The loyalty.v1 Result of an engine result under ``program``.
+
+    ``request`` (when given) names the currency a stored-value decision's ``requested``
+    amount was sent in; without it, it is the tender program's. Balance names the program
+    does not define get no exponent.
+    """
+    exponents = balance_exponents(program)
+    names = set(result.balances) | {balance_name(posting) for posting in result.postings}
+    message = common.Result(
+        request_id=result.id,
+        account=result.account,
+        status=_STATUSES[result.status],
+        reason=result.reason,
+        postings=[_posting(posting) for posting in result.postings],
+        awards=[_award_issue(award, program) for award in result.awards],
+        redeemed_codes=result.redeemed,
+        moves=[_move(move) for move in result.moves],
+        trace=[_trace(entry, exponents) for entry in result.trace],
+        balances=result.balances,
+        balance_exponents={name: exponents[name] for name in names if name in exponents},
+        replayed=replayed,
+    )
+    if result.tender is not None:
+        message.tender.CopyFrom(_decision(result.tender, program, request))
+    return message
+
+
+def _posting(posting: Posting) -> common.Posting:
+    return common.Posting(
+        program=posting.program,
+        program_version=posting.program_version,
+        balance=_POSTING_BALANCES[posting.balance],
+        kind=posting.kind,
+        amount=posting.amount,
+        balance_name=balance_name(posting),
+        rule=posting.rule,
+        date=calendar.format_day(posting.day),
+        account=posting.account,
+    )
+
+
+def _award_issue(award: AwardIssue, program: CompiledProgram) -> common.AwardIssue:
+    return common.AwardIssue(
+        code=award.code,
+        kind=_AWARD_KINDS[award.kind],
+        rule=award.rule,
+        program=award.program,
+        value=common.Money(units=award.value, currency=_holder_currency(award.program, program)),
+        points_cost=common.Points(
+            units=award.points_cost, precision=_rule_precision(award, program)
+        ),
+        expires_date=_last_day(award.expires_day),
+    )
+
+
+def _holder_currency(holder: str, program: CompiledProgram) -> str:
+    if holder in program.award_programs:
+        return program.award_programs[holder].currency.upper()
+    for plan in program.loyalty:
+        if plan.program.id == holder:
+            return plan.program.currency.upper()
+    return ""
+
+
+def _rule_precision(award: AwardIssue, program: CompiledProgram) -> int:
+    """The points precision of the loyalty program whose award rule issued ``award``."""
+    for plan in program.loyalty:
+        if plan.program.id == award.program or any(
+            award_plan.rule.id == award.rule for award_plan in plan.award
+        ):
+            return plan.program.points_precision
+    return 0
+
+
+def _move(move: LevelMove) -> common.LevelMove:
+    return common.LevelMove(
+        program=move.program,
+        rule=move.rule,
+        kind=_MOVE_KINDS[move.kind],
+        from_level=move.from_level,
+        to_level=move.to_level,
+    )
+
+
+def _trace(entry: TraceEntry, exponents: Mapping[str, int]) -> common.TraceEntry:
+    return common.TraceEntry(
+        program=entry.program,
+        rule=entry.rule,
+        fired=entry.fired,
+        points=common.Points(
+            units=entry.points, precision=exponents.get(f"points:{entry.program}", 0)
+        ),
+        reason=entry.reason,
+    )
+
+
+def _decision(
+    decision: TenderDecision, program: CompiledProgram, request: Request | None
+) -> common.TenderDecision:
+    currency = program.tender.currency.upper() if program.tender is not None else ""
+    sent = currency
+    if isinstance(request, TenderRequest | Purchase) and request.currency:
+        sent = request.currency.upper()
+    return common.TenderDecision(
+        operation=_TENDER_OPERATIONS.get(decision.op, common.TENDER_OPERATION_UNSPECIFIED),
+        approved=decision.approved,
+        requested=common.Money(units=decision.requested, currency=sent),
+        approved_amount=common.Money(units=decision.approved_amount, currency=currency),
+        balance=common.Money(units=decision.balance, currency=currency),
+        reason=decision.reason,
+    )
+
+
+def _last_day(expires_day: int | None) -> str:
+    """The last usable date of something the engine expires at ``expires_day``.
+
+    The engine's expiry day is the first day it is no longer usable; the contract's
+    ``expires_date`` of an award is the last day it is.
+    """
+    return "" if expires_day is None else calendar.format_day(expires_day - 1)
+
+
+# --------------------------------------------------------------------------- awards
+
+
+AWARDS_PAGE_MAX = 100
+
+
+def awards_to_proto(
+    state: AccountState,
+    program: CompiledProgram,
+    day: int,
+    request: awards.ListAwardsRequest | None = None,
+) -> awards.ListAwardsResponse:
+    """A card's ListAwardsResponse on ``day``: its coupons and certificates, newest first,
+    with their status, last usable date and redemptions left, and its e-award value in each
+    award program.
+
+    ``request`` gives the page (``page_size``, ``page_token``) and ``include_inactive``;
+    without it every award is listed on one page. Page tokens name the last award of a
+    page, so awards issued between two pages move nothing on the next one.
+    """
+    include_inactive = request is None or request.include_inactive
+    page_size = AWARDS_PAGE_MAX if request is None else request.page_size or AWARDS_PAGE_MAX
+    held = [
+        (award, _account_expired(account, day))
+        for account in state.awards.values()
+        for award in account.awards
+    ]
+    held += [(award, False) for account in state.loyalty.values() for award in account.awards]
+    listed = sorted(
+        ((_award_order(award), _held_award(award, day, lapsed)) for award, lapsed in held),
+        key=lambda pair: pair[0],
+    )
+    if not include_inactive:
+        listed = [pair for pair in listed if pair[1].status == awards.AWARD_STATUS_ACTIVE]
+    if request is not None and request.page_token:
+        after = _page_position(request.page_token)
+        listed = [pair for pair in listed if pair[0] > after]
+    page = listed[: min(page_size, AWARDS_PAGE_MAX)]
+    token = ""
+    if len(listed) > len(page):
+        issued, code = page[-1][0]
+        token = base64.urlsafe_b64encode(f"{issued}:{code}".encode()).decode()
+    return awards.ListAwardsResponse(
+        awards=[held_award for _, held_award in page],
+        values=[_award_value(state.awards[key], program, day) for key in sorted(state.awards)],
+        next_page_token=token,
+    )
+
+
+def _award_order(award: Award) -> tuple[int, str]:
+    """Newest first, then by code: the listing's order and its page tokens' position."""
+    return -award.issued_day, award.code
+
+
+def _page_position(token: str) -> tuple[int, str]:
+    try:
+        issued, _, code = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        return int(issued), code
+    except ValueError:
+        raise InvalidFieldError("page_token", "is not a token this server gave") from None
+
+
+def _award_value(
+    account: AwardAccount, program: CompiledProgram, day: int
+) -> awards.AwardValueBalance:
+    expired = _account_expired(account, day)
+    available = 0
+    if not expired:
+        available = sum(
+            lot.amount for lot in account.value if lot.expires_day is None or day < lot.expires_day
+        )
+    held = program.award_programs.get(account.program)
+    return awards.AwardValueBalance(
+        program=account.program,
+        balance=common.Money(units=available, currency=held.currency.upper() if held else ""),
+        status=_ACCOUNT_STATUSES["expired" if expired else account.status],
+        expires_date=(
+            "" if account.expires_day is None else calendar.format_day(account.expires_day)
+        ),
+    )
+
+
+def _account_expired(account: AwardAccount, day: int) -> bool:
+    """Whether an award program account is expired on ``day`` (everything in it is)."""
+    return account.status == "expired" or (
+        account.expires_day is not None and account.expires_day <= day
+    )
+
+
+def _held_award(award: Award, day: int, account_expired: bool = False) -> awards.HeldAward:
+    """A held award with its status on ``day``: the engine marks expiries only when the
+    card is next used, so an award can be past its date here while still "active" there."""
+    status = award.status
+    if status == "active" and award.redemptions_left == 0:
+        status = "redeemed"
+    lapsed = award.expires_day is not None and award.expires_day <= day
+    if status == "active" and (lapsed or account_expired):
+        status = "expired"
+    return awards.HeldAward(
+        code=award.code,
+        kind=_AWARD_KINDS[award.kind],
+        rule=award.rule,
+        program=award.program,
+        issued_date=calendar.format_day(award.issued_day),
+        expires_date=_last_day(award.expires_day),
+        redemptions_left=award.redemptions_left,
+        status=_HELD_STATUSES[status],
+    )
+
+
+__all__ = [
+    "TENDER_OPS",
+    "Context",
+    "award_redemption_from_proto",
+    "awards_to_proto",
+    "balance_exponents",
+    "balance_name",
+    "check_award_currency",
+    "context_from_proto",
+    "resolve_currency",
+    "result_to_proto",
+    "tender_from_proto",
+    "transaction_from_proto",
+]
