@@ -42,7 +42,6 @@ import socket
 import stat
 import subprocess
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from typing import Final
 import psycopg
 from psycopg import sql
 
+from processor.embedded.processes import process_alive, wait_for_exit
 from processor.errors import DatabaseUnavailableError
 
 with warnings.catch_warnings():
@@ -181,7 +181,7 @@ def find_running(data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR) -> Embedde
     if info is None:
         return None
     pid, port = info
-    if not _process_alive(pid):
+    if not process_alive(pid):
         return None
     try:
         with psycopg.connect(
@@ -208,7 +208,7 @@ def stop(
     """Stop the server running from ``data_dir``, whoever started it; True if one ran."""
     directory = Path(data_dir).expanduser().resolve()
     info = _read_pid_file(directory)
-    if info is None or not _process_alive(info[0]):
+    if info is None or not process_alive(info[0]):
         return False
     _pg_ctl_stop(directory, timeout_seconds)
     log.info("stopped embedded postgres in %s (pid %d)", directory, info[0])
@@ -320,12 +320,12 @@ def _pg_ctl_stop(directory: Path, timeout_seconds: float) -> None:
             "pg_ctl stop",
         )  # fmt: skip
     except EmbeddedPostgresError:
-        if info is None or not _process_alive(info[0]):
+        if info is None or not process_alive(info[0]):
             return  # it was already gone
         log.warning("postgres pid %d did not stop; sending SIGQUIT", info[0])
         with contextlib.suppress(ProcessLookupError):
             os.kill(info[0], signal.SIGQUIT)  # immediate shutdown; recovery on next start
-        _wait_for_exit(info[0], timeout_seconds)
+        wait_for_exit(info[0], timeout_seconds)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -383,29 +383,6 @@ def _read_pid_file(directory: Path) -> tuple[int, int] | None:
         return int(lines[0]), int(lines[3])
     except (IndexError, ValueError):
         return None
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return state.rpartition(")")[2].split()[:1] != ["Z"]
-
-
-def _wait_for_exit(pid: int, timeout_seconds: float) -> bool:
-    deadline = time.monotonic() + timeout_seconds
-    while _process_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_INTERVAL_SECONDS)
-    return True
 
 
 def _free_port() -> int:

