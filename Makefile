@@ -8,7 +8,7 @@ EXT_SOURCES := $(wildcard ext/*.pyx ext/*.pxd ext/*.pxi)
 PROTO_SOURCES := $(wildcard proto/loyalty/v1/*.proto)
 
 .DEFAULT_GOAL := test
-.PHONY: install test build proto lint run bench-engine clean distclean
+.PHONY: install test build proto lint run bench bench-engine clean distclean
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ build: $(STAMP)
 # Regenerate loyalty/v1 from proto/ after editing a .proto file.
 proto: $(STAMP)
 	$(BIN)/python setup.py build_proto
+
+# A short complete load test (about 4 minutes): seeding, the transport ceiling, a durable
+# batched and streamed run, a 60-second locust run and the SLA gate; reports in bench/results/.
+bench: $(STAMP)
+	$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install --no-build-isolation -e '.[bench]'
+	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 bench-engine: $(STAMP)
 	$(BIN)/python bench/engine_bench.py

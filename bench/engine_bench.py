@@ -53,8 +53,15 @@ def workload(count: int, seed: int, cards: int) -> list[Purchase]:
         for number in range(1, rng.randint(1, 10) + 1):
             item, hierarchy, attributes = rng.choice(catalogue)
             lines.append(
-                Line(number, item, int(10 ** rng.uniform(2, 3.78)), rng.choice((1, 1, 1, 2, 3)),
-                     hierarchy, attributes, rng.random() < 0.95)
+                Line(
+                    number,
+                    item,
+                    int(10 ** rng.uniform(2, 3.78)),
+                    rng.choice((1, 1, 1, 2, 3)),
+                    hierarchy,
+                    attributes,
+                    rng.random() < 0.95,
+                )
             )
         requests.append(
             Purchase(
@@ -89,11 +96,18 @@ def main() -> int:
     parser.add_argument("--cards", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3, help="runs per engine; median kept")
-    parser.add_argument("--reference-sample", type=int, default=20_000,
-                        help="transactions the slow reference engine times (a prefix)")
+    parser.add_argument(
+        "--reference-sample",
+        type=int,
+        default=20_000,
+        help="transactions the slow reference engine times (a prefix)",
+    )
     args = parser.parse_args()
-    print(f"seed {args.seed}, {args.transactions} transactions, {args.cards} cards, "
-          f"python {platform.python_version()}, {platform.machine()}", file=sys.stderr)
+    print(
+        f"seed {args.seed}, {args.transactions} transactions, {args.cards} cards, "
+        f"python {platform.python_version()}, {platform.machine()}",
+        file=sys.stderr,
+    )
     program = compile_program(load_program(DEMO))
     requests = workload(args.transactions, args.seed, args.cards)
     sample = requests[: args.reference_sample]
@@ -105,15 +119,22 @@ def main() -> int:
         return 1
     cython_rate = len(requests) / compiled_seconds
     python_rate = len(sample) / reference_seconds
-    print(f"cython: {compiled_seconds:.3f} s for {len(requests)} (median of {args.repeats}); "
-          f"python: {reference_seconds:.3f} s for {len(sample)}", file=sys.stderr)
-    print(json.dumps({
-        "cython_txn_per_s": round(cython_rate),
-        "python_txn_per_s": round(python_rate),
-        "speedup": round(cython_rate / python_rate, 1),
-        "transactions": len(requests),
-        "seed": args.seed,
-    }))
+    print(
+        f"cython: {compiled_seconds:.3f} s for {len(requests)} (median of {args.repeats}); "
+        f"python: {reference_seconds:.3f} s for {len(sample)}",
+        file=sys.stderr,
+    )
+    print(
+        json.dumps(
+            {
+                "cython_txn_per_s": round(cython_rate),
+                "python_txn_per_s": round(python_rate),
+                "speedup": round(cython_rate / python_rate, 1),
+                "transactions": len(requests),
+                "seed": args.seed,
+            }
+        )
+    )
     return 0
 
 

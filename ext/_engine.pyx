@@ -1680,7 +1680,8 @@ cdef class Batch:
             if refusal:
                 return self.p.strings.id(refusal)
             self.absorb(scratch)
-            code = award_code(model.coupon_prefix, plan.pid, request.id, model.id, ordinal)
+            code = award_code(model.coupon_prefix, plan.pid, request.account, request.id, model.id,
+                              ordinal)
             self.award_issues.append((code, "e_award", model.id, holder.id, value, cost,
                                       expires_day))
         elif rule.type == AWARD_CERTIFICATE:
@@ -1696,7 +1697,8 @@ cdef class Batch:
             )
             self.absorb(scratch)
         else:
-            code = award_code(model.coupon_prefix, plan.pid, request.id, model.id, ordinal)
+            code = award_code(model.coupon_prefix, plan.pid, request.account, request.id, model.id,
+                              ordinal)
             account.new_codes.append(code)
             account.new_rule.push(rule.rule_string)
             account.new_issued.push(day)

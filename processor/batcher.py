@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from processor import metrics
 from processor.errors import OverloadedError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Item:
     future: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    queued_at: float = field(default_factory=time.monotonic)  # for batch_wait_seconds
 
     @property
     def expired(self) -> bool:
@@ -84,20 +86,26 @@ class Batcher:
     def submit(self, payload: Any, deadline: float | None = None) -> asyncio.Future[Any]:
         """Queue one request; its future resolves with the answer or the error."""
         if self._closing:
+            metrics.REJECTED_SHUTTING_DOWN.inc()
             raise UnavailableError("the server is shutting down", reason="SHUTTING_DOWN")
         item = Item(payload, deadline)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self.rejected_total += 1
+            metrics.REJECTED_QUEUE_FULL.inc()
             raise OverloadedError(
                 f"more than {self._queue.maxsize} requests are waiting; retry with backoff"
             ) from None
         return item.future
 
+    def close(self) -> None:
+        """Refuse new work from now on (UNAVAILABLE, reason SHUTTING_DOWN)."""
+        self._closing = True
+
     async def drain(self) -> None:
         """Refuse new work, let everything queued be processed and answered, then stop."""
-        self._closing = True
+        self.close()
         await self._queue.join()
         if self._task is not None:
             self._task.cancel()
@@ -112,6 +120,8 @@ class Batcher:
             for item in batch:
                 if item.expired or item.future.done():
                     self.expired_total += 1
+                    why = metrics.REJECTED_DEADLINE if item.expired else metrics.REJECTED_CANCELLED
+                    why.inc()
                     if not item.future.done():
                         item.future.cancel()
                 else:
@@ -119,6 +129,8 @@ class Batcher:
             try:
                 if live:
                     self.batches_total += 1
+                    metrics.BATCH_SIZE.observe(len(live))
+                    metrics.BATCH_WAIT.observe(time.monotonic() - live[0].queued_at)
                     await self._process(live)
             except Exception as error:  # the pipeline answers items itself; this is a bug
                 log.exception("batch processing failed")

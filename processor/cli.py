@@ -100,6 +100,20 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
+def _seed(args: argparse.Namespace) -> int:
+    from processor import seed
+
+    report = seed.run(
+        _settings(args),
+        args.accounts,
+        warm_cache=args.warm,
+        chunk_accounts=args.chunk_accounts,
+        seed_value=args.random_seed,
+    )
+    print(json.dumps(report.as_dict()))
+    return 0
+
+
 def _config_show(args: argparse.Namespace) -> int:
     print(json.dumps(_settings(args).redacted(), indent=2))
     return 0
@@ -162,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _server_flags(reconcile)
     reconcile.set_defaults(handler=_reconcile)
+
+    seed = commands.add_parser(
+        "seed", help="bulk-load cards, customers and accounts for load tests (resumable)"
+    )
+    seed.add_argument(
+        "--accounts", type=int, required=True, help="seeded accounts wanted in all (not added)"
+    )
+    seed.add_argument("--warm", action="store_true", help="then fill the Redis cache with them")
+    seed.add_argument(
+        "--chunk-accounts", dest="chunk_accounts", type=int, default=50_000,
+        help="accounts per transaction (50,000)",
+    )  # fmt: skip
+    seed.add_argument(
+        "--random-seed", dest="random_seed", type=int, default=7, help="generator seed (7)"
+    )
+    _server_flags(seed)
+    seed.set_defaults(handler=_seed)
 
     config = commands.add_parser("config", help="settings")
     config_commands = config.add_subparsers(dest="config_command", required=True)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from processor import wire
+from processor import metrics, wire
 from processor.batcher import Item
 from processor.engine import CompiledProgram, Engine
 from processor.engine.types import (
@@ -255,13 +256,19 @@ class Pipeline:
             if not pending:
                 return
             evaluated = self._evaluate(pending, states, receipts)
-            outcome = await self.store.commit(evaluated.batch)
+            committing = time.perf_counter()
+            try:
+                outcome = await self.store.commit(evaluated.batch)
+            finally:
+                metrics.COMMIT.observe(time.perf_counter() - committing)
             if outcome.committed:
                 await self._refresh_cache(outcome.versions, outcome.encoded)
                 for item, answer in evaluated.answers:
                     _settle(item, answer)
+                _record(evaluated)
                 return
             self.conflicts_total += 1
+            metrics.CONCURRENCY_RETRIES.inc()
             if self.cache is not None:
                 await self.cache.invalidate(outcome.conflicts)
             if outcome.replayed:
@@ -354,10 +361,13 @@ class Pipeline:
         batch = CommitBatch()
         answers: list[tuple[Item, Answer]] = []
         changed: dict[str, AccountState] = {}
+        engine_seconds = 0.0
         for group in by_program.values():
             program = group[0][1]
             requests = [item.payload.request for item, _ in group]
+            started = time.perf_counter()
             outcome = self.engine.evaluate(program, plain, requests, receipts)
+            engine_seconds += time.perf_counter() - started
             for (item, _), result in zip(group, outcome.results, strict=True):
                 answers.append((item, Answer(result, program)))
                 batch.postings.extend(ledger_entries(result))
@@ -375,6 +385,7 @@ class Pipeline:
             batch.receipts.extend(outcome.receipts[key] for key in outcome.receipts)
         for account, state in changed.items():
             batch.accounts.append(AccountWrite(state, states[account][0]))
+        metrics.ENGINE.observe(engine_seconds)
         return _Evaluated(batch, answers)
 
     async def _refresh_cache(self, versions: Any, encoded: Any) -> None:
@@ -389,6 +400,17 @@ class Pipeline:
 class _Evaluated:
     batch: CommitBatch
     answers: list[tuple[Item, Answer]]
+
+
+def _record(evaluated: _Evaluated) -> None:
+    """Count a committed batch's results (never a replay's, never a rolled-back attempt's)."""
+    try:
+        metrics.record_results(
+            [(answer.result, answer.program) for _, answer in evaluated.answers],
+            {write.account_id: write.state for write in evaluated.batch.accounts},
+        )
+    except Exception:  # metrics must never fail a committed batch
+        log.exception("recording the metrics of a committed batch failed")
 
 
 def _accounts_of(requests: Iterable[Request]) -> list[str]:

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from processor import proto
+from processor import logs, metrics, proto
 from processor.batcher import Batcher
 from processor.cache import AccountCache
 from processor.engine import get_engine
@@ -45,6 +46,8 @@ from processor.store.migrate import migrate
 log = logging.getLogger(__name__)
 
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024
+WORKER_POLL_SECONDS = 0.2
+"""How often the parent of several workers looks for workers that exited."""
 
 
 @dataclass(slots=True)
@@ -139,10 +142,17 @@ class Running:
     tasks: list[asyncio.Task[Any]]
 
     async def stop(self, grace_seconds: float) -> None:
-        """NOT_SERVING, refuse new calls, finish in-flight ones, drain, close."""
+        """NOT_SERVING, refuse new work, answer what is queued, end the calls, close.
+
+        The batcher closes before the server stops: a stream still open then gets
+        SHUTTING_DOWN (UNAVAILABLE, retryable) for new requests instead of queuing work
+        that would be committed after its caller is gone; everything already queued is
+        committed and answered while the calls that wait for it are still open.
+        """
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_seconds)
+        self.batcher.close()
         await self.batcher.drain()
+        await self.server.stop(grace_seconds)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -206,10 +216,12 @@ async def start(settings: Settings, database_url: str, redis_url: str | None) ->
     await server.start()
     for name in ["", *proto.SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    sampler = metrics.Sampler(batcher=batcher, store=store, cache=cache)
     tasks = [
         asyncio.get_running_loop().create_task(
             registry.run_refresher(settings.registry_refresh_seconds), name="registry"
-        )
+        ),
+        asyncio.get_running_loop().create_task(sampler.run(), name="metrics"),
     ]
     log.info("serving on port %d (engine %s)", port, pipeline.engine.name)
     return Running(server, port, health_servicer, batcher, pipeline, registry, store, cache, tasks)
@@ -242,18 +254,16 @@ async def serve(
 
 
 def _start_metrics(settings: Settings) -> Any:
-    """The /metrics endpoint; one per process in this release (single-worker)."""
+    """The /metrics endpoint of a single-process server; with several workers the parent
+    serves it (see ``_run_workers``)."""
     if settings.workers > 1 or not settings.metrics_listen:
         return None
-    from prometheus_client import start_http_server
-
-    host, _, port = settings.metrics_listen.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1")
-    return server
+    return metrics.start_exposition(settings.metrics_listen)
 
 
 def run(settings: Settings) -> int:
     """``loyalty serve``: prepare once, then serve in one process or ``workers`` forks."""
+    logs.install(settings.log_format, settings.log_level)
     resolved = prepare(settings)
     try:
         if settings.workers == 1:
@@ -274,7 +284,13 @@ def _run_worker(settings: Settings, resolved: Resolved) -> None:
 
 def _run_workers(settings: Settings, resolved: Resolved) -> int:
     """Fork the workers before any gRPC object exists; the kernel balances connections
-    across them through SO_REUSEPORT."""
+    across them through SO_REUSEPORT.
+
+    Metrics switch to multiprocess mode first, in an emptied directory under the data
+    directory (or the one PROMETHEUS_MULTIPROC_DIR names); once the workers are forked this
+    process serves the one /metrics endpoint over all of them and marks each worker dead
+    when it exits."""
+    metrics.use_multiprocess(metrics.multiprocess_dir() or Path(settings.data_dir) / "metrics")
     children = []
     for _ in range(settings.workers):
         pid = os.fork()
@@ -296,10 +312,26 @@ def _run_workers(settings: Settings, resolved: Resolved) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    exposition = None
+    if settings.metrics_listen:
+        exposition = metrics.start_exposition(settings.metrics_listen)
     status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+    try:
+        # Each worker is reaped by its own pid (the embedded servers are children too), as
+        # soon as it exits, so its gauges leave the totals while the others still serve.
+        waiting = list(children)
+        while waiting:
+            for child in list(waiting):
+                pid, code = os.waitpid(child, os.WNOHANG)
+                if pid == child:
+                    waiting.remove(child)
+                    metrics.mark_process_dead(child)
+                    status = status or os.waitstatus_to_exitcode(code)
+            if waiting:
+                time.sleep(WORKER_POLL_SECONDS)
+    finally:
+        if exposition is not None:
+            exposition.shutdown()
     return 1 if status else 0
 
 

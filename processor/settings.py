@@ -7,9 +7,9 @@ limit the server enforces is a field here, named with its unit last.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,8 +31,17 @@ class Settings(BaseSettings):
     queue_depth_max: int = Field(default=20_000, ge=1, le=1_000_000)
     grace_seconds: float = Field(default=10.0, ge=0, le=600)
     registry_refresh_seconds: float = Field(default=1.0, gt=0, le=600)
+    log_format: Literal["plain", "json"] = "plain"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     demo: bool = False
     demo_cards: int = Field(default=2_000, ge=0, le=100_000)
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
     def redacted(self) -> dict[str, Any]:
         """The settings as printable values, secrets replaced by a marker."""

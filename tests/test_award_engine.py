@@ -68,8 +68,12 @@ def request(
     day: int = MONDAY, second: int = NOON, location: str = "S1", **changes: Any
 ) -> AwardRedemption:
     return AwardRedemption(
-        id=changes.pop("id", "r1"), account="card-1", day=day, second=second,
-        location=location, **changes,
+        id=changes.pop("id", "r1"),
+        account="card-1",
+        day=day,
+        second=second,
+        location=location,
+        **changes,
     )
 
 
@@ -103,8 +107,11 @@ def test_ensure_account_opens_an_account_that_expires_after_account_expiry() -> 
     state, _ = fresh()
     account = awards.ensure_account(program, state, MONDAY)
     assert account == AwardAccount(
-        program="rewards", status="active", created_day=MONDAY,
-        expires_day=calendar.days_from_civil(2025, 6, 3), last_activity_day=MONDAY,
+        program="rewards",
+        status="active",
+        created_day=MONDAY,
+        expires_day=calendar.days_from_civil(2025, 6, 3),
+        last_activity_day=MONDAY,
     )
     assert state.awards == {"rewards": account}
 
@@ -128,8 +135,14 @@ def test_account_without_account_expiry_never_expires() -> None:
 def activation_program(**changes: Any) -> AwardProgram:
     certificates = [
         certificate(id="welcome", precedence=2, issue="account_activated", expiry="1 month"),
-        certificate(id="first", precedence=1, issue="account_activated", expiry="7 days",
-                    unlimited_redemptions=True, max_redemptions=None),
+        certificate(
+            id="first",
+            precedence=1,
+            issue="account_activated",
+            expiry="7 days",
+            unlimited_redemptions=True,
+            max_redemptions=None,
+        ),
         certificate(id="register", precedence=3, issue="card_registered", expiry="1 year"),
         certificate(id="ten-off", precedence=4),
     ]
@@ -155,10 +168,24 @@ def test_activation_issues_its_certificates_in_precedence_order() -> None:
     state, result = fresh()
     awards.on_account_activated(program, state, request(), result, VERSION)
     assert result.awards == [
-        AwardIssue(award_code("", "rewards", "r1", "first", 0), "certificate", "first",
-                   "rewards", 0, 0, MONDAY + 7),
-        AwardIssue(award_code("", "rewards", "r1", "welcome", 0), "certificate", "welcome",
-                   "rewards", 0, 0, calendar.days_from_civil(2024, 7, 3)),
+        AwardIssue(
+            award_code("", "rewards", "card-1", "r1", "first", 0),
+            "certificate",
+            "first",
+            "rewards",
+            0,
+            0,
+            MONDAY + 7,
+        ),
+        AwardIssue(
+            award_code("", "rewards", "card-1", "r1", "welcome", 0),
+            "certificate",
+            "welcome",
+            "rewards",
+            0,
+            0,
+            calendar.days_from_civil(2024, 7, 3),
+        ),
     ]
     held = state.awards["rewards"].awards
     assert [(award.rule, award.redemptions_left) for award in held] == [
@@ -243,8 +270,8 @@ def test_issued_certificate_code_derives_from_prefix_program_request_and_ordinal
     state, result = fresh()
     first = awards.issue_certificate(program, "ten-off", state, request(), result, VERSION)
     second = awards.issue_certificate(program, "ten-off", state, request(), result, VERSION)
-    assert first.code == award_code("RW-", "rewards", "r1", "ten-off", 0)
-    assert second.code == award_code("RW-", "rewards", "r1", "ten-off", 1)
+    assert first.code == award_code("RW-", "rewards", "card-1", "r1", "ten-off", 0)
+    assert second.code == award_code("RW-", "rewards", "card-1", "r1", "ten-off", 1)
     assert first.code.startswith("RW-") and len(first.code) == len("RW-") + 16
     assert first.code != second.code
 
@@ -338,8 +365,9 @@ def test_add_value_credits_an_e_award_lot() -> None:
 def test_add_value_honours_the_issuer_expiry() -> None:
     program = make_program(award_expiry="90 days")
     state, result = fresh()
-    awards.add_value(program, state, 100, request(), result, VERSION, source="x",
-                     expires_day=MONDAY + 5)
+    awards.add_value(
+        program, state, 100, request(), result, VERSION, source="x", expires_day=MONDAY + 5
+    )
     assert state.awards["rewards"].value[0].expires_day == MONDAY + 5
 
 
@@ -491,8 +519,15 @@ def test_card_required_declines_a_redemption_without_the_card() -> None:
 
 
 def purchase(currency: str) -> Purchase:
-    return Purchase(id="p1", account="card-1", day=MONDAY, second=NOON, location="S1",
-                    currency=currency, exchange_rate="1.08")
+    return Purchase(
+        id="p1",
+        account="card-1",
+        day=MONDAY,
+        second=NOON,
+        location="S1",
+        currency=currency,
+        exchange_rate="1.08",
+    )
 
 
 def test_foreign_currency_sale_cannot_spend_value_unless_allowed() -> None:
@@ -516,8 +551,13 @@ def test_foreign_currency_sale_spends_value_when_allowed() -> None:
 
 def coupon(code: str = "CP-1", **changes: Any) -> Award:
     fields: dict[str, Any] = {
-        "code": code, "kind": "coupon", "rule": "coupon-rule", "program": "loyal",
-        "issued_day": MONDAY - 1, "expires_day": MONDAY + 10, "redemptions_left": 1,
+        "code": code,
+        "kind": "coupon",
+        "rule": "coupon-rule",
+        "program": "loyal",
+        "issued_day": MONDAY - 1,
+        "expires_day": MONDAY + 10,
+        "redemptions_left": 1,
     }
     fields.update(changes)
     return Award(**fields)
@@ -526,7 +566,11 @@ def coupon(code: str = "CP-1", **changes: Any) -> Award:
 def with_coupon(award: Award) -> AccountState:
     state = AccountState(account="card-1")
     state.loyalty["loyal"] = LoyaltyAccount(
-        program="loyal", level="base", created_day=0, level_since_day=0, last_activity_day=0,
+        program="loyal",
+        level="base",
+        created_day=0,
+        level_since_day=0,
+        last_activity_day=0,
         awards=[award],
     )
     return state
@@ -792,8 +836,9 @@ def test_activity_extends_award_expiry_when_the_program_says_so() -> None:
     account = state.awards["rewards"]
     account.awards = [
         coupon("A", kind="certificate", program="rewards", expires_day=MONDAY + 5),
-        coupon("B", kind="certificate", program="rewards", expires_day=MONDAY + 5,
-               status="redeemed"),
+        coupon(
+            "B", kind="certificate", program="rewards", expires_day=MONDAY + 5, status="redeemed"
+        ),
     ]
     awards.touch_activity(program, state, MONDAY)
     assert [lot.expires_day for lot in account.value] == [MONDAY + 30, MONDAY + 90, None, MONDAY]
@@ -832,8 +877,9 @@ operations = st.lists(
 def test_balance_always_equals_the_sum_of_award_value_postings(
     steps: list[tuple[str, int, int]], reloads: bool
 ) -> None:
-    program = make_program(award_expiry="15 days", extend_expiry_on_activity=True,
-                           allow_reloads=reloads)
+    program = make_program(
+        award_expiry="15 days", extend_expiry_on_activity=True, allow_reloads=reloads
+    )
     state = AccountState(account="card-1")
     posted = 0
     day = MONDAY
@@ -856,8 +902,12 @@ def test_balance_always_equals_the_sum_of_award_value_postings(
 
 
 def _apply(
-    program: AwardProgram, state: AccountState, operation: str, amount: int,
-    at: AwardRedemption, result: Result,
+    program: AwardProgram,
+    state: AccountState,
+    operation: str,
+    amount: int,
+    at: AwardRedemption,
+    result: Result,
 ) -> None:
     if operation == "add":
         awards.add_value(program, state, amount, at, result, VERSION, source="p")

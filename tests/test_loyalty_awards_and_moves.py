@@ -46,7 +46,9 @@ def dollars(amount: int, request_id: str = "p1", on: int = DAY) -> Any:
 
 
 def codes(rule: str, count: int, prefix: str = "", request_id: str = "p1") -> list[str]:
-    return [award_code(prefix, PROGRAM, request_id, rule, ordinal) for ordinal in range(count)]
+    return [
+        award_code(prefix, PROGRAM, CARD, request_id, rule, ordinal) for ordinal in range(count)
+    ]
 
 
 # --------------------------------------------------------------------------- coupons
@@ -107,7 +109,10 @@ def test_award_rule_levels_limit_who_gets_the_award() -> None:
 def test_award_rule_dates_bound_the_award() -> None:
     rule = coupon_rule(start_date="2026-03-08")
     assert why(Ledger(build(award=[rule])).one(dollars(100)), "coupon") == (
-        False, 0, "outside rule dates")
+        False,
+        0,
+        "outside rule dates",
+    )
 
 
 def test_award_issued_by_job_waits_for_the_job() -> None:
@@ -137,8 +142,11 @@ def test_relative_award_expiry_expires_the_coupon() -> None:
 
 
 def test_program_award_expiry_takes_the_award_programs_expiry() -> None:
-    compiled = build(award_programs=[wallet(award_expiry="6 months")], award_program=WALLET,
-                     award=[coupon_rule(expiry={"type": "program"})])
+    compiled = build(
+        award_programs=[wallet(award_expiry="6 months")],
+        award_program=WALLET,
+        award=[coupon_rule(expiry={"type": "program"})],
+    )
     issued = Ledger(compiled).one(dollars(100)).awards[0]
     assert issued.expires_day == day("2026-09-07")
 
@@ -147,8 +155,13 @@ def test_program_award_expiry_takes_the_award_programs_expiry() -> None:
 
 
 def e_award(**fields: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"cost_type": "fixed", "threshold": "500", "cost": "500",
-                            "amount": "10.00", "award_program": WALLET}
+    data: dict[str, Any] = {
+        "cost_type": "fixed",
+        "threshold": "500",
+        "cost": "500",
+        "amount": "10.00",
+        "award_program": WALLET,
+    }
     data.update(fields)
     return award_rule("credit", "e_award", **data)
 
@@ -167,8 +180,13 @@ def test_fixed_e_award_places_value_in_the_award_program() -> None:
 
 
 def cashback(**fields: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"cost_type": "cashback", "threshold": "1000", "cost": "0",
-                            "award_factor": "0.004", "award_program": WALLET}
+    data: dict[str, Any] = {
+        "cost_type": "cashback",
+        "threshold": "1000",
+        "cost": "0",
+        "award_factor": "0.004",
+        "award_program": WALLET,
+    }
     data.update(fields)
     return award_rule("cash", "e_award", **data)
 
@@ -177,8 +195,11 @@ def cashback(**fields: Any) -> dict[str, Any]:
 def test_cashback_converts_points_by_award_factor_and_reset_balance(
     reset: bool, charged: int, left: int
 ) -> None:
-    compiled = build(award_programs=[wallet()], award=[cashback(reset_balance=reset)],
-                     issue=[issue_rule(multiplier="100")])
+    compiled = build(
+        award_programs=[wallet()],
+        award=[cashback(reset_balance=reset)],
+        issue=[issue_rule(multiplier="100")],
+    )
     result = Ledger(compiled).one(purchase("p1", line(amount=1234)))
     # 1234 points x 0.004 dollars = 4.936 dollars: 493 cents, worth 1232.5 points
     assert why(result, "cash") == (True, 0, "1 issued")
@@ -189,8 +210,11 @@ def test_cashback_converts_points_by_award_factor_and_reset_balance(
 
 
 def test_cashback_below_minimum_award_is_not_issued() -> None:
-    compiled = build(award_programs=[wallet()], award=[cashback(minimum_award="5.00")],
-                     issue=[issue_rule(multiplier="100")])
+    compiled = build(
+        award_programs=[wallet()],
+        award=[cashback(minimum_award="5.00")],
+        issue=[issue_rule(multiplier="100")],
+    )
     result = Ledger(compiled).one(purchase("p1", line(amount=1234)))
     assert why(result, "cash") == (False, 0, "below minimum award")
     assert result.balances[POINTS] == 1234
@@ -218,8 +242,12 @@ def test_award_program_out_of_its_dates_refuses_the_award() -> None:
 
 
 def certificate_rule(**fields: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"certificate": "coffee", "threshold": "300", "cost": "300",
-                            "award_program": WALLET}
+    data: dict[str, Any] = {
+        "certificate": "coffee",
+        "threshold": "300",
+        "cost": "300",
+        "award_program": WALLET,
+    }
     data.update(fields)
     return award_rule("coffee-rule", "certificate", **data)
 
@@ -239,8 +267,9 @@ def test_certificate_rule_issues_into_the_award_program_with_points_cost() -> No
 
 
 def test_certificate_rule_codes_carry_the_rules_coupon_prefix() -> None:
-    compiled = build(award_programs=[wallet(coupon_prefix="W")],
-                     award=[certificate_rule(coupon_prefix="CERT-")])
+    compiled = build(
+        award_programs=[wallet(coupon_prefix="W")], award=[certificate_rule(coupon_prefix="CERT-")]
+    )
     (issued,) = Ledger(compiled).one(dollars(300)).awards
     assert issued.code.startswith("CERT-")
 
@@ -290,25 +319,39 @@ def test_since_last_move_counts_points_after_the_last_move_only() -> None:
 
 
 @pytest.mark.parametrize(("december", "moved"), [(90, True), (89, False)])
-def test_average_per_month_averages_the_months_before_this_one(december: int, moved: bool
-                                                                ) -> None:
+def test_average_per_month_averages_the_months_before_this_one(december: int, moved: bool) -> None:
     state = account_at("silver")
     march = calendar.month_index(DAY)
-    state.loyalty[PROGRAM].earned_by_month = {march - 3: december, march - 2: 120,
-                                              march - 1: 90, march - 4: 1000}
-    rule = movement_rule("up", test={"type": "average_per_month", "months": 3},
-                         from_level="silver", to_level="gold", threshold="100")
+    state.loyalty[PROGRAM].earned_by_month = {
+        march - 3: december,
+        march - 2: 120,
+        march - 1: 90,
+        march - 4: 1000,
+    }
+    rule = movement_rule(
+        "up",
+        test={"type": "average_per_month", "months": 3},
+        from_level="silver",
+        to_level="gold",
+        threshold="100",
+    )
     result = Ledger(build(movement=[rule]), state).one(dollars(500))
     assert (result.moves != []) is moved
 
 
 def test_time_since_last_move_waits_for_the_period_and_the_points() -> None:
-    rule = movement_rule("up", test={"type": "time_since_last_move", "period": "6 months"},
-                         from_level="silver", to_level="gold", threshold="10")
+    rule = movement_rule(
+        "up",
+        test={"type": "time_since_last_move", "period": "6 months"},
+        from_level="silver",
+        to_level="gold",
+        threshold="10",
+    )
     compiled = build(movement=[rule])
     opened = day("2025-09-07")
     early = Ledger(compiled, account_at("silver", opened=opened)).one(
-        dollars(10, on=day("2026-03-06")))
+        dollars(10, on=day("2026-03-06"))
+    )
     short = Ledger(compiled, account_at("silver", opened=opened)).one(dollars(9))
     due = Ledger(compiled, account_at("silver", opened=opened)).one(dollars(10))
     assert why(early, "up") == (False, 0, "test not met")
@@ -321,9 +364,11 @@ def test_movement_precedence_picks_the_first_rule_that_passes() -> None:
     platinum = advancement("to-platinum", "silver", "platinum", "500", precedence=1)
     compiled = build(movement=[gold, platinum])
     assert moves(Ledger(compiled).one(dollars(600))) == [
-        ("to-platinum", "advancement", "silver", "platinum")]
+        ("to-platinum", "advancement", "silver", "platinum")
+    ]
     assert moves(Ledger(compiled).one(dollars(200))) == [
-        ("to-gold", "advancement", "silver", "gold")]
+        ("to-gold", "advancement", "silver", "gold")
+    ]
 
 
 def test_movement_by_job_waits_for_the_job() -> None:
@@ -351,11 +396,24 @@ def test_movement_cost_above_the_balance_blocks_the_move() -> None:
     assert ledger.account.level == "silver"
 
 
-KEEP_GOLD = movement_rule("keep", "sustain", level="gold", threshold="100", change="job",
-                          test={"type": "time_since_last_move", "period": "12 months"})
-DROP_GOLD = movement_rule("drop", "demotion", from_level="gold", to_level="silver",
-                          threshold="100", change="job", precedence=2,
-                          test={"type": "time_since_last_move", "period": "12 months"})
+KEEP_GOLD = movement_rule(
+    "keep",
+    "sustain",
+    level="gold",
+    threshold="100",
+    change="job",
+    test={"type": "time_since_last_move", "period": "12 months"},
+)
+DROP_GOLD = movement_rule(
+    "drop",
+    "demotion",
+    from_level="gold",
+    to_level="silver",
+    threshold="100",
+    change="job",
+    precedence=2,
+    test={"type": "time_since_last_move", "period": "12 months"},
+)
 
 
 def test_sustain_keeps_the_level_and_restarts_the_clock() -> None:
@@ -381,8 +439,15 @@ def test_time_based_demotion_by_job_when_too_few_points_were_earned() -> None:
 
 
 def test_points_demotion_runs_by_job_only() -> None:
-    drop = movement_rule("drop", "demotion", from_level="gold", to_level="silver",
-                         threshold="100", change="job", test={"type": "ytd"})
+    drop = movement_rule(
+        "drop",
+        "demotion",
+        from_level="gold",
+        to_level="silver",
+        threshold="100",
+        change="job",
+        test={"type": "ytd"},
+    )
     ledger = Ledger(build(movement=[drop]), account_at("gold"))
     sale = ledger.one(dollars(50))
     assert why(sale, "drop") == (False, 0, "changes level by job")
@@ -390,10 +455,18 @@ def test_points_demotion_runs_by_job_only() -> None:
 
 
 EXTENDED_DROP = movement_rule(
-    "drop", "demotion", from_level="platinum", to_level="gold", threshold="500",
-    change="job", test={"type": "time_since_last_move", "period": "12 months"},
-    extension={"test": {"type": "average_per_month", "months": 3}, "threshold": "50",
-               "extend_by": "3 months"},
+    "drop",
+    "demotion",
+    from_level="platinum",
+    to_level="gold",
+    threshold="500",
+    change="job",
+    test={"type": "time_since_last_move", "period": "12 months"},
+    extension={
+        "test": {"type": "average_per_month", "months": 3},
+        "threshold": "50",
+        "extend_by": "3 months",
+    },
 )
 
 
@@ -423,19 +496,25 @@ def test_extension_is_traced_once_as_extended() -> None:
 
 
 def test_one_purchase_can_cascade_across_two_levels() -> None:
-    compiled = build(movement=[advancement("to-gold", "silver", "gold", "100"),
-                               advancement("to-platinum", "gold", "platinum", "300",
-                                           precedence=2)])
+    compiled = build(
+        movement=[
+            advancement("to-gold", "silver", "gold", "100"),
+            advancement("to-platinum", "gold", "platinum", "300", precedence=2),
+        ]
+    )
     ledger = Ledger(compiled)
     result = ledger.one(dollars(350))
-    assert moves(result) == [("to-gold", "advancement", "silver", "gold"),
-                             ("to-platinum", "advancement", "gold", "platinum")]
+    assert moves(result) == [
+        ("to-gold", "advancement", "silver", "gold"),
+        ("to-platinum", "advancement", "gold", "platinum"),
+    ]
     assert ledger.account.level == "platinum"
 
 
 def test_levels_move_on_points_earned_not_on_the_spendable_balance() -> None:
-    compiled = build(award=[coupon_rule()],
-                     movement=[advancement("to-gold", "silver", "gold", "150")])
+    compiled = build(
+        award=[coupon_rule()], movement=[advancement("to-gold", "silver", "gold", "150")]
+    )
     ledger = Ledger(compiled)
     first, second = ledger.send(dollars(100), dollars(60, "p2"))
     assert first.balances[POINTS] == 0
@@ -461,82 +540,141 @@ COUPON = coupon_rule()
 AWARD_PROBLEMS = [
     ({**COUPON, "end_date": "2025-01-01"}, f"{A}.end_date", "is before start_date"),
     ({**COUPON, "levels": ["diamond"]}, f"{A}.levels[0]", "unknown level 'diamond'"),
-    ({**COUPON, "threshold": "100.5"}, f"{A}.threshold",
-     "100.5 has more decimals than points_precision 0 allows"),
+    (
+        {**COUPON, "threshold": "100.5"},
+        f"{A}.threshold",
+        "100.5 has more decimals than points_precision 0 allows",
+    ),
     ({**COUPON, "cost": "0"}, f"{A}.cost", "must be above 0"),
     ({**COUPON, "threshold": "50"}, f"{A}.threshold", "50 is below cost 100"),
     ({**COUPON, "cost_type": "cashback"}, f"{A}.cost_type", "applies only to e_award rules"),
-    ({**COUPON, "award_program": WALLET}, f"{A}.award_program",
-     "has no meaning for coupon rules"),
+    ({**COUPON, "award_program": WALLET}, f"{A}.award_program", "has no meaning for coupon rules"),
     ({**COUPON, "amount": "5.00"}, f"{A}.amount", "applies only to e_award rules"),
-    ({**COUPON, "reset_balance": True}, f"{A}.reset_balance",
-     "applies only to cashback e-awards"),
-    ({**COUPON, "expiry": {"type": "relative"}}, f"{A}.expiry.after",
-     "is required for relative expiry"),
-    ({**COUPON, "expiry": {"type": "program"}}, f"{A}.expiry.type",
-     "program expiry needs an award_program"),
+    ({**COUPON, "reset_balance": True}, f"{A}.reset_balance", "applies only to cashback e-awards"),
+    (
+        {**COUPON, "expiry": {"type": "relative"}},
+        f"{A}.expiry.after",
+        "is required for relative expiry",
+    ),
+    (
+        {**COUPON, "expiry": {"type": "program"}},
+        f"{A}.expiry.type",
+        "program expiry needs an award_program",
+    ),
     (e_award(award_program=None), f"{A}.award_program", "is required for e_award rules"),
     (e_award(award_program="vault"), f"{A}.award_program", "unknown award program 'vault'"),
     (e_award(amount=None), f"{A}.amount", "is required for a fixed e-award"),
-    (e_award(amount="10.001"), f"{A}.amount",
-     "amount in USD 10.001 has more than 2 decimal places"),
+    (
+        e_award(amount="10.001"),
+        f"{A}.amount",
+        "amount in USD 10.001 has more than 2 decimal places",
+    ),
     (e_award(award_factor="0.01"), f"{A}.award_factor", "applies only to cashback e-awards"),
     (e_award(minimum_award="1.00"), f"{A}.minimum_award", "applies only to cashback e-awards"),
     (cashback(award_factor=None), f"{A}.award_factor", "is required for a cashback e-award"),
-    (certificate_rule(certificate=None), f"{A}.certificate",
-     "is required for certificate rules"),
+    (certificate_rule(certificate=None), f"{A}.certificate", "is required for certificate rules"),
     (certificate_rule(certificate="tea"), f"{A}.certificate", "unknown certificate 'tea'"),
 ]
 MOVE_PROBLEMS = [
     (advancement("m", "silver", "diamond", "10"), f"{M}.to_level", "unknown level 'diamond'"),
-    (advancement("m", None, "gold", "10"), f"{M}.from_level",
-     "is required for advancement rules"),
-    ({**advancement("m", "silver", "gold", "10"), "level": "gold"}, f"{M}.level",
-     "has no meaning for advancement rules"),
+    (advancement("m", None, "gold", "10"), f"{M}.from_level", "is required for advancement rules"),
+    (
+        {**advancement("m", "silver", "gold", "10"), "level": "gold"},
+        f"{M}.level",
+        "has no meaning for advancement rules",
+    ),
     ({**KEEP_GOLD, "from_level": "gold"}, f"{M}.from_level", "has no meaning for sustain rules"),
-    (advancement("m", "gold", "silver", "10"), f"{M}.to_level",
-     "an advancement must go to a higher level"),
-    ({**DROP_GOLD, "to_level": "platinum"}, f"{M}.to_level",
-     "a demotion must go to a lower level"),
-    (advancement("m", "silver", "gold", "10", "average_per_month"), f"{M}.test.months",
-     "is required for average_per_month"),
-    ({**advancement("m", "silver", "gold", "10"), "test": {"type": "ytd", "months": 3}},
-     f"{M}.test.months", "has no meaning for ytd"),
-    (advancement("m", "silver", "gold", "10", "time_since_last_move"), f"{M}.test.period",
-     "is required for time_since_last_move"),
-    ({**advancement("m", "silver", "gold", "10"), "test": {"type": "ltd", "period": "1 year"}},
-     f"{M}.test.period", "has no meaning for ltd"),
-    (advancement("m", "silver", "gold", "10.5"), f"{M}.threshold",
-     "10.5 has more decimals than points_precision 0 allows"),
-    (advancement("m", "silver", "gold", "10", cost="0.5"), f"{M}.cost",
-     "0.5 has more decimals than points_precision 0 allows"),
-    ({**DROP_GOLD, "test": {"type": "ytd"}, "change": "immediately"}, f"{M}.change",
-     "a demotion on a points test must run by job, or every new account would be demoted "
-     "at once"),
-    ({**advancement("m", "silver", "gold", "10"), "extension": {
-        "test": {"type": "ytd"}, "threshold": "1", "extend_by": "1 month"}},
-     f"{M}.extension", "extends sustain and demotion rules only"),
-    ({**DROP_GOLD, "extension": {"test": {"type": "time_since_last_move", "period": "1 month"},
-                                 "threshold": "1", "extend_by": "1 month"}},
-     f"{M}.extension.test.type", "must be a points test"),
-    ({**DROP_GOLD, "extension": {"test": {"type": "ytd"}, "threshold": "1.5",
-                                 "extend_by": "1 month"}},
-     f"{M}.extension.threshold", "1.5 has more decimals than points_precision 0 allows"),
+    (
+        advancement("m", "gold", "silver", "10"),
+        f"{M}.to_level",
+        "an advancement must go to a higher level",
+    ),
+    ({**DROP_GOLD, "to_level": "platinum"}, f"{M}.to_level", "a demotion must go to a lower level"),
+    (
+        advancement("m", "silver", "gold", "10", "average_per_month"),
+        f"{M}.test.months",
+        "is required for average_per_month",
+    ),
+    (
+        {**advancement("m", "silver", "gold", "10"), "test": {"type": "ytd", "months": 3}},
+        f"{M}.test.months",
+        "has no meaning for ytd",
+    ),
+    (
+        advancement("m", "silver", "gold", "10", "time_since_last_move"),
+        f"{M}.test.period",
+        "is required for time_since_last_move",
+    ),
+    (
+        {**advancement("m", "silver", "gold", "10"), "test": {"type": "ltd", "period": "1 year"}},
+        f"{M}.test.period",
+        "has no meaning for ltd",
+    ),
+    (
+        advancement("m", "silver", "gold", "10.5"),
+        f"{M}.threshold",
+        "10.5 has more decimals than points_precision 0 allows",
+    ),
+    (
+        advancement("m", "silver", "gold", "10", cost="0.5"),
+        f"{M}.cost",
+        "0.5 has more decimals than points_precision 0 allows",
+    ),
+    (
+        {**DROP_GOLD, "test": {"type": "ytd"}, "change": "immediately"},
+        f"{M}.change",
+        "a demotion on a points test must run by job, or every new account would be demoted "
+        "at once",
+    ),
+    (
+        {
+            **advancement("m", "silver", "gold", "10"),
+            "extension": {"test": {"type": "ytd"}, "threshold": "1", "extend_by": "1 month"},
+        },
+        f"{M}.extension",
+        "extends sustain and demotion rules only",
+    ),
+    (
+        {
+            **DROP_GOLD,
+            "extension": {
+                "test": {"type": "time_since_last_move", "period": "1 month"},
+                "threshold": "1",
+                "extend_by": "1 month",
+            },
+        },
+        f"{M}.extension.test.type",
+        "must be a points test",
+    ),
+    (
+        {
+            **DROP_GOLD,
+            "extension": {"test": {"type": "ytd"}, "threshold": "1.5", "extend_by": "1 month"},
+        },
+        f"{M}.extension.threshold",
+        "1.5 has more decimals than points_precision 0 allows",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("rule", "path", "reason"), AWARD_PROBLEMS,
-                         ids=[f"{path}:{reason}" for _, path, reason in AWARD_PROBLEMS])
-def test_award_rule_problems_name_their_field(rule: dict[str, Any], path: str, reason: str
-                                              ) -> None:
+@pytest.mark.parametrize(
+    ("rule", "path", "reason"),
+    AWARD_PROBLEMS,
+    ids=[f"{path}:{reason}" for _, path, reason in AWARD_PROBLEMS],
+)
+def test_award_rule_problems_name_their_field(rule: dict[str, Any], path: str, reason: str) -> None:
     rule = {key: value for key, value in rule.items() if value is not None}
     assert Problem(path, reason) in invalid(award=[rule])
 
 
-@pytest.mark.parametrize(("rule", "path", "reason"), MOVE_PROBLEMS,
-                         ids=[f"{path}:{reason}" for _, path, reason in MOVE_PROBLEMS])
-def test_movement_rule_problems_name_their_field(rule: dict[str, Any], path: str, reason: str
-                                                 ) -> None:
+@pytest.mark.parametrize(
+    ("rule", "path", "reason"),
+    MOVE_PROBLEMS,
+    ids=[f"{path}:{reason}" for _, path, reason in MOVE_PROBLEMS],
+)
+def test_movement_rule_problems_name_their_field(
+    rule: dict[str, Any], path: str, reason: str
+) -> None:
     rule = {key: value for key, value in rule.items() if value is not None}
     assert Problem(path, reason) in invalid(movement=[rule])
 
@@ -544,24 +682,33 @@ def test_movement_rule_problems_name_their_field(rule: dict[str, Any], path: str
 def test_two_award_rules_with_one_precedence_are_refused() -> None:
     problems = invalid(award=[coupon_rule("a"), coupon_rule("b")])
     assert Problem("loyalty_programs[0].award_rules", "precedence '1' is used more than once") in (
-        problems)
+        problems
+    )
 
 
 def test_overlapping_movement_rules_from_one_level_need_distinct_precedence() -> None:
-    problems = invalid(movement=[advancement("a", "silver", "gold", "10"),
-                                 advancement("b", "silver", "platinum", "20")])
-    assert Problem(
-        "loyalty_programs[0].movement_rules[1].precedence",
-        "equals that of movement_rules[0] from the same level with overlapping dates: "
-        "the order would be undefined",
-    ) in problems
+    problems = invalid(
+        movement=[
+            advancement("a", "silver", "gold", "10"),
+            advancement("b", "silver", "platinum", "20"),
+        ]
+    )
+    assert (
+        Problem(
+            "loyalty_programs[0].movement_rules[1].precedence",
+            "equals that of movement_rules[0] from the same level with overlapping dates: "
+            "the order would be undefined",
+        )
+        in problems
+    )
 
 
 def test_movement_rules_with_one_precedence_and_separate_dates_are_accepted() -> None:
     first = advancement("a", "silver", "gold", "10", end_date="2026-06-30")
     second = advancement("b", "silver", "gold", "20", start_date="2026-07-01")
-    assert len(compile_file(program_file(loyalty(movement=[first, second]))).loyalty[0].movement
-               ) == 2
+    assert (
+        len(compile_file(program_file(loyalty(movement=[first, second]))).loyalty[0].movement) == 2
+    )
 
 
 def test_an_unknown_target_level_reads_with_file_and_path() -> None:

@@ -205,7 +205,7 @@ def _next_code(
         1 for issue in result.awards if issue.program == program.id and issue.rule == certificate_id
     )
     chosen = program.coupon_prefix if prefix is None else prefix
-    return award_code(chosen, program.id, request.id, certificate_id, ordinal)
+    return award_code(chosen, program.id, request.account, request.id, certificate_id, ordinal)
 
 
 # --------------------------------------------------------------------------- e-award value

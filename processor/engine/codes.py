@@ -1,7 +1,8 @@
 """Deterministic award codes.
 
 The engine is a pure function, so the codes of the coupons and certificates it
-issues are derived from what caused them (program, request id, rule, ordinal)
+issues are derived from what caused them (program, card, request id, rule, ordinal:
+request ids are unique per card, not across cards)
 rather than drawn at random: replaying a request yields the same codes, and the
 two engine implementations agree code for code.
 """

@@ -693,7 +693,9 @@ def _issue_award(
         )
         if refusal:
             return refusal
-        code = award_code(rule.coupon_prefix, plan.program.id, request.id, rule.id, ordinal)
+        code = award_code(
+            rule.coupon_prefix, plan.program.id, request.account, request.id, rule.id, ordinal
+        )
         result.awards.append(
             AwardIssue(code, "e_award", rule.id, award.holder.id, value, cost, expires_day)
         )
@@ -715,7 +717,9 @@ def _issue_award(
             prefix=rule.coupon_prefix or None,
         )
     else:
-        code = award_code(rule.coupon_prefix, plan.program.id, request.id, rule.id, ordinal)
+        code = award_code(
+            rule.coupon_prefix, plan.program.id, request.account, request.id, rule.id, ordinal
+        )
         account.awards.append(Award(code, "coupon", rule.id, plan.program.id, day, expires_day, 1))
         result.awards.append(
             AwardIssue(code, "coupon", rule.id, plan.program.id, 0, cost, expires_day)

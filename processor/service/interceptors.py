@@ -6,8 +6,9 @@ all the others):
 
 1. :class:`RequestIdInterceptor` gives the call its request id before anything else
    runs, so every log line of the call, errors included, carries it.
-2. (a metrics interceptor goes here: outside the error mapping, so it sees the final
-   status of every call, mapped errors included, and times the whole call.)
+2. :class:`processor.metrics.MetricsInterceptor` records the ``grpc_server_*`` metrics:
+   outside the error mapping, so it sees the final status of every call, mapped errors
+   included, and times the whole call.
 3. :class:`ErrorInterceptor` turns any exception escaping the layers inside it into the
    status of :mod:`processor.service.errors`.
 4. (an authentication interceptor goes here: inside the error mapping, so it only has to
@@ -35,6 +36,7 @@ from typing import Any
 import grpc
 
 from processor.errors import LoyaltyError, UnavailableError
+from processor.metrics import MetricsInterceptor
 from processor.service import errors
 
 log = logging.getLogger(__name__)
@@ -195,7 +197,7 @@ def _request_id(metadata: Any) -> str:
 
 def default_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The server's interceptors, outermost first (see the module's docstring)."""
-    return [RequestIdInterceptor(), ErrorInterceptor()]
+    return [RequestIdInterceptor(), MetricsInterceptor(), ErrorInterceptor()]
 
 
 __all__ = [

@@ -10,7 +10,7 @@ import grpc
 
 from processor import proto, wire
 from processor.batcher import Batcher
-from processor.errors import InvalidFieldError
+from processor.errors import InvalidFieldError, LoyaltyError
 from processor.service.posting import hash_of, result_message, submit
 
 TRANSACTIONS_PER_CALL_MAX = 1_000
@@ -35,10 +35,22 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
                 f"{count} transactions; send 1 to {TRANSACTIONS_PER_CALL_MAX}",
                 reason="TOO_MANY_TRANSACTIONS",
             )
-        futures = []
+        # Every transaction is checked before any is queued: a call that fails posts nothing.
+        checked = []
         for index, transaction in enumerate(request.transactions):
+            try:
+                checked.append(wire.transaction_from_proto(transaction, f"transactions[{index}]"))
+            except LoyaltyError as error:
+                error.metadata = {"index": str(index)}  # type: ignore[attr-defined]
+                raise
+        futures = []
+        for transaction, (wire_context, engine_request) in zip(
+            request.transactions, checked, strict=True
+        ):
             single = proto.transactions.PostTransactionRequest(transaction=transaction)
-            futures.append(self._submit(transaction, single, context, f"transactions[{index}]"))
+            futures.append(
+                submit(self.batcher, context, engine_request, hash_of(single), wire_context)
+            )
         answers = await asyncio.gather(*futures)
         return proto.transactions.PostTransactionsResponse(
             results=[result_message(answer) for answer in answers]

@@ -1,0 +1,666 @@
+"""The processor's Prometheus metrics: every series it exports, declared once, here.
+
+Conventions (prometheus/client_python): base units (``_seconds``; money in minor units,
+points in the program's scaled units), counters named ``..._total``, and label sets that
+are bounded and known up front. No label ever holds a card number, a customer id or a
+request id: programs, levels, kinds, reasons and gRPC methods are the only label values,
+and each comes from configuration or a fixed vocabulary.
+
+What records what:
+
+- :class:`MetricsInterceptor` (the gRPC server metrics, in the conventional names of
+  go-grpc-prometheus): started, handled by status code, handling time, messages in and out,
+  and failures by their ``google.rpc.ErrorInfo`` reason and numeric code;
+- :func:`record_results` (the business metrics), called by the pipeline for the results of
+  a committed batch only, so a replay or a rolled-back attempt never counts twice;
+- the batcher and the pipeline (batch size, queue wait, engine and commit time, retries,
+  refusals), and :class:`Sampler`, which copies gauges and the cache's own counters once a
+  second.
+
+Several worker processes (``--workers`` > 1) use the client's multiprocess mode: the
+parent calls :func:`use_multiprocess` on an emptied directory BEFORE forking, serves the
+one ``/metrics`` endpoint over a ``MultiProcessCollector`` (:func:`start_exposition`) and
+calls :func:`mark_process_dead` for each worker that exits. Its documented limits hold:
+no per-process collectors (process_*, python_gc_*) in that mode, gauges aggregate by their
+``multiprocess_mode`` (``livesum`` for levels, ``max`` for flags), and no exemplars.
+"""
+
+# grpcio ships no type information.
+# mypy: disable-error-code="import-untyped"
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+import prometheus_client
+from google.rpc import error_details_pb2, status_pb2
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    values,
+)
+from prometheus_client.metrics import MetricWrapperBase
+
+log = logging.getLogger(__name__)
+
+# The *_created series double every counter and histogram and do not exist in multiprocess
+# mode; leaving them out keeps one and several workers alike.
+prometheus_client.disable_created_metrics()
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+"""The registry of every metric below (plus process and GC collectors in one process)."""
+
+MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+LATENCY_BUCKETS_SECONDS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Call latency: from 100 microseconds (the batcher's floor is a few ms, a replay is less)
+up; 0.2 s is the service-level objective, so it is a bucket boundary."""
+
+STAGE_BUCKETS_SECONDS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5,
+)  # fmt: skip
+"""One step of a batch (queue wait, engine, commit): from 50 microseconds."""
+
+BATCH_SIZE_BUCKETS: Final = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+GRPC_LABELS: Final = ("grpc_service", "grpc_method", "grpc_type")
+
+# --------------------------------------------------------------------------- gRPC server
+
+GRPC_STARTED = Counter(
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    GRPC_LABELS,
+    registry=REGISTRY,
+)
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by gRPC status code (a declined transaction is OK).",
+    (*GRPC_LABELS, "grpc_code"),
+    registry=REGISTRY,
+)
+GRPC_HANDLING = Histogram(
+    "grpc_server_handling_seconds",
+    "Time from the start of an RPC to its status, as the server saw it.",
+    GRPC_LABELS,
+    buckets=LATENCY_BUCKETS_SECONDS,
+    registry=REGISTRY,
+)
+GRPC_RECEIVED = Counter(
+    "grpc_server_msg_received_total",
+    "Request messages received by the server.",
+    GRPC_LABELS,
+    registry=REGISTRY,
+)
+GRPC_SENT = Counter(
+    "grpc_server_msg_sent_total",
+    "Response messages sent by the server.",
+    GRPC_LABELS,
+    registry=REGISTRY,
+)
+GRPC_ERRORS = Counter(
+    "grpc_server_errors_total",
+    "RPCs that ended with an error status, by google.rpc.ErrorInfo reason and numeric code "
+    "(code 1001: the database is unavailable).",
+    ("grpc_service", "grpc_method", "grpc_code", "reason", "code"),
+    registry=REGISTRY,
+)
+
+# --------------------------------------------------------------------------- business
+
+TRANSACTIONS = Counter(
+    "transactions_total",
+    "Committed requests by card program and outcome (approved, declined) with the decline "
+    "reason; replays are not counted.",
+    ("program", "outcome", "reason"),
+    registry=REGISTRY,
+)
+POINTS_ISSUED = Counter(
+    "points_issued_total",
+    "Points added to balances (scaled by the program's points precision), by loyalty "
+    "program, the account's level once its batch committed, and posting kind.",
+    ("program", "level", "kind"),
+    registry=REGISTRY,
+)
+POINTS_REDEEMED = Counter(
+    "points_redeemed_total",
+    "Points taken off balances (scaled by the program's points precision): award and move "
+    "costs, returns, expiry; by loyalty program, level and posting kind.",
+    ("program", "level", "kind"),
+    registry=REGISTRY,
+)
+AWARDS_ISSUED = Counter(
+    "awards_issued_total",
+    "Awards issued, by the program holding them and kind (coupon, certificate, e_award).",
+    ("program", "kind"),
+    registry=REGISTRY,
+)
+AWARDS_REDEEMED = Counter(
+    "awards_redeemed_total",
+    "Award redemptions: coupon and certificate uses, and e-award value spends.",
+    ("program", "kind"),
+    registry=REGISTRY,
+)
+LEVEL_MOVES = Counter(
+    "level_moves_total",
+    "Level moves, by loyalty program and kind (advancement, sustain, demotion, extension).",
+    ("program", "kind"),
+    registry=REGISTRY,
+)
+TENDER_VALUE = Counter(
+    "tender_value_total",
+    "Stored value in minor units of the tender program's currency, by kind: issued "
+    "(activations, reloads, reversals) or redeemed (redemptions, captures, cash-outs).",
+    ("program", "kind"),
+    registry=REGISTRY,
+)
+
+# --------------------------------------------------------------------------- internals
+
+BATCH_SIZE = Histogram(
+    "batch_size",
+    "Requests evaluated together in one batch.",
+    buckets=BATCH_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
+BATCH_WAIT = Histogram(
+    "batch_wait_seconds",
+    "How long the oldest request of each batch waited in the queue.",
+    buckets=STAGE_BUCKETS_SECONDS,
+    registry=REGISTRY,
+)
+ENGINE = Histogram(
+    "engine_seconds",
+    "Rule engine time for one batch (every program's call).",
+    buckets=STAGE_BUCKETS_SECONDS,
+    registry=REGISTRY,
+)
+COMMIT = Histogram(
+    "commit_seconds",
+    "PostgreSQL time to commit one batch (one transaction), failed attempts included.",
+    buckets=STAGE_BUCKETS_SECONDS,
+    registry=REGISTRY,
+)
+CONCURRENCY_RETRIES = Counter(
+    "concurrency_retries_total",
+    "Batches evaluated again because another process changed their accounts first.",
+    registry=REGISTRY,
+)
+CACHE_HITS = Counter(
+    "cache_hits_total",
+    "Account states read from Redis.",
+    registry=REGISTRY,
+)
+CACHE_MISSES = Counter(
+    "cache_misses_total",
+    "Account states Redis did not have (read from PostgreSQL instead).",
+    registry=REGISTRY,
+)
+CACHE_ERRORS = Counter(
+    "cache_errors_total",
+    "Redis calls that failed (each answered as a miss or a no-op).",
+    registry=REGISTRY,
+)
+CACHE_CIRCUIT_OPEN = Gauge(
+    "cache_circuit_open",
+    "1 while the cache skips Redis after repeated errors (worst worker).",
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
+DB_POOL_IN_USE = Gauge(
+    "db_pool_in_use",
+    "PostgreSQL connections lent out of the pools (sum over live workers).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+DB_POOL_WAITING = Gauge(
+    "db_pool_waiting",
+    "Callers waiting for a PostgreSQL connection (sum over live workers).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+QUEUE_DEPTH = Gauge(
+    "queue_depth",
+    "Requests waiting for a batch (sum over live workers).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+REQUESTS_REJECTED = Counter(
+    "requests_rejected_total",
+    "Requests refused before evaluation: queue_full (RESOURCE_EXHAUSTED), shutting_down "
+    "(UNAVAILABLE), deadline_expired (the deadline passed while queued), cancelled (the "
+    "caller gave up while queued).",
+    ("reason",),
+    registry=REGISTRY,
+)
+
+DECLARED: Final[tuple[MetricWrapperBase, ...]] = tuple(
+    value for value in globals().values() if isinstance(value, MetricWrapperBase)
+)
+"""Every metric of this module, in declaration order."""
+
+REJECTED_QUEUE_FULL: Final = REQUESTS_REJECTED.labels("queue_full")
+REJECTED_SHUTTING_DOWN: Final = REQUESTS_REJECTED.labels("shutting_down")
+REJECTED_DEADLINE: Final = REQUESTS_REJECTED.labels("deadline_expired")
+REJECTED_CANCELLED: Final = REQUESTS_REJECTED.labels("cancelled")
+
+
+def exported_names() -> set[str]:
+    """Every series name the metrics above export (histograms with their suffixes)."""
+    names: set[str] = set()
+    for metric in DECLARED:
+        for family in metric.describe():
+            if family.type == "counter":
+                names.add(f"{family.name}_total")
+            elif family.type == "histogram":
+                names.update(f"{family.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+            else:
+                names.add(family.name)
+    return names
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def use_multiprocess(directory: Path) -> Path:
+    """Switch this process (and the workers it will fork) to multiprocess mode.
+
+    Call it before forking and before any value is recorded. ``directory`` is created and
+    emptied of earlier runs' files (stale files would add old counts to new ones). The
+    mode is normally chosen by the client library when it is first imported; this module
+    is imported earlier than the settings are read, so the values of the metrics declared
+    above are made again in the mode now chosen.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_DIR_ENV] = str(directory)
+    values.ValueClass = values.get_value_class()
+    _state.multiprocess_dir = directory
+    for metric in DECLARED:
+        if not metric._labelnames:
+            metric._metric_init()
+            continue
+        with metric._lock:
+            children = list(metric._metrics.values())
+        for child in children:
+            child._metric_init()
+    return directory
+
+
+class _State:
+    multiprocess_dir: Path | None = None  # set by use_multiprocess()
+    process_collectors: bool = False
+
+
+_state = _State()
+
+
+def multiprocess_dir() -> Path | None:
+    """The directory PROMETHEUS_MULTIPROC_DIR names, if any."""
+    value = os.environ.get(MULTIPROC_DIR_ENV)
+    return Path(value) if value else None
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget an exited worker's gauges (its counters keep counting in the totals)."""
+    if _state.multiprocess_dir is not None:
+        multiprocess.mark_process_dead(pid, str(_state.multiprocess_dir))
+
+
+def start_exposition(listen: str) -> Any:
+    """Serve ``/metrics`` on ``host:port``; returns the server (``shutdown()`` stops it).
+
+    After :func:`use_multiprocess` the endpoint merges every worker's files; otherwise it
+    serves :data:`REGISTRY`, this process's own values, with the process and
+    garbage-collector metrics added.
+    """
+    host, _, port = listen.rpartition(":")
+    registry: CollectorRegistry = REGISTRY
+    if _state.multiprocess_dir is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(_state.multiprocess_dir))
+    else:
+        _add_process_collectors()
+    server, _thread = prometheus_client.start_http_server(
+        int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry
+    )
+    return server
+
+
+def _add_process_collectors() -> None:
+    if not _state.process_collectors:
+        prometheus_client.ProcessCollector(registry=REGISTRY)
+        prometheus_client.GCCollector(registry=REGISTRY)
+        _state.process_collectors = True
+
+
+# --------------------------------------------------------------------------- gRPC interceptor
+
+_STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+_CODE_BY_VALUE: Final = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class _MethodSeries:
+    """The label children of one method, made once (labels() on every call costs)."""
+
+    __slots__ = ("handling", "labels", "received", "sent", "started")
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.started = GRPC_STARTED.labels(*labels)
+        self.received = GRPC_RECEIVED.labels(*labels)
+        self.sent = GRPC_SENT.labels(*labels)
+        self.handling = GRPC_HANDLING.labels(*labels)
+
+    def handled(self, code: grpc.StatusCode) -> None:
+        GRPC_HANDLED.labels(*self.labels, code.name).inc()
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Records the ``grpc_server_*`` metrics of every call.
+
+    It sits outside the error mapping (see processor.service.interceptors), so it sees
+    each call's final status, mapped errors included, and times the whole call. A call
+    the client cancelled counts as CANCELLED, one whose deadline passed as
+    DEADLINE_EXCEEDED. Servicer methods that are plain functions pass through unmeasured.
+    """
+
+    def __init__(self) -> None:
+        self._series: dict[str, _MethodSeries] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        series = self._series.get(method)
+        if series is None:
+            series = self._series[method] = _MethodSeries(_method_labels(method, handler))
+        return _wrap(handler, series)
+
+
+def _method_labels(full_method: str, handler: Any) -> tuple[str, str, str]:
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
+    kind = {
+        (False, False): "unary",
+        (True, False): "client_stream",
+        (False, True): "server_stream",
+        (True, True): "bidi_stream",
+    }[(bool(streaming_in), bool(streaming_out))]
+    return service or "unknown", method or "unknown", kind
+
+
+def _wrap(handler: Any, series: _MethodSeries) -> Any:
+    if handler.unary_unary is not None:
+        make, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+    elif handler.unary_stream is not None:
+        make, behaviour = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+    elif handler.stream_unary is not None:
+        make, behaviour = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+    else:
+        make, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+    return make(
+        _measured(behaviour, series, streaming_in=bool(handler.request_streaming)),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _measured(behaviour: Any, series: _MethodSeries, *, streaming_in: bool) -> Any:
+    def begin(request: Any) -> Any:
+        series.started.inc()
+        if not streaming_in:
+            series.received.inc()
+            return request
+        return _counted(request, series)
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                async for response in behaviour(begin(request), context):
+                    series.sent.inc()
+                    yield response
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                _finish(series, context, error, started)
+
+        return stream
+    if inspect.iscoroutinefunction(behaviour):
+
+        async def unary(request: Any, context: Any) -> Any:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                response = await behaviour(begin(request), context)
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                _finish(series, context, error, started)
+            if response is not None:
+                series.sent.inc()
+            return response
+
+        return unary
+    return behaviour
+
+
+async def _counted(requests: Any, series: _MethodSeries) -> AsyncIterator[Any]:
+    async for request in requests:
+        series.received.inc()
+        yield request
+
+
+def _finish(
+    series: _MethodSeries, context: Any, error: BaseException | None, started: float
+) -> None:
+    series.handling.observe(time.perf_counter() - started)
+    code = _status_code(context, error)
+    series.handled(code)
+    if code != grpc.StatusCode.OK:
+        reason, numeric = _reason(context)
+        service, method, _ = series.labels
+        GRPC_ERRORS.labels(service, method, code.name, reason, numeric).inc()
+
+
+def _status_code(context: Any, error: BaseException | None) -> grpc.StatusCode:
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        remaining = _time_remaining(context)
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    code = _code_of(context)
+    if error is None:
+        return code or grpc.StatusCode.OK
+    if isinstance(error, grpc.aio.AbortError):
+        return code or grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.UNKNOWN  # escaped every mapping: grpc answers it UNKNOWN
+
+
+def _code_of(context: Any) -> grpc.StatusCode | None:
+    try:
+        code = context.code()
+    except Exception:
+        return None
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        return _CODE_BY_VALUE.get(code)
+    return None
+
+
+def _time_remaining(context: Any) -> float | None:
+    try:
+        remaining = context.time_remaining()
+    except Exception:
+        return None
+    return remaining if isinstance(remaining, int | float) else None
+
+
+def _reason(context: Any) -> tuple[str, str]:
+    """The ErrorInfo reason and numeric code of a failed call, from its status details."""
+    try:
+        trailing = context.trailing_metadata() or ()
+    except Exception:
+        return "", ""
+    for key, value in trailing:
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        with contextlib.suppress(Exception):
+            status = status_pb2.Status.FromString(value)
+            for packed in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if packed.Unpack(info):
+                    return str(info.reason), str(info.metadata.get("code", ""))
+    return "", ""
+
+
+# --------------------------------------------------------------------------- business metrics
+
+_SPENT_AWARD_VALUE_KINDS: Final = frozenset({"redeem"})
+_MOVED_TENDER_KINDS: Final = frozenset({"merge_in", "merge_out"})
+
+
+def record_results(results: Iterable[tuple[Any, Any]], states: Mapping[str, Any]) -> None:
+    """Count a committed batch's results: ``(Result, CompiledProgram)`` pairs, and the
+    committed account states by account id (for levels and the kinds of awards redeemed).
+
+    Counts are summed per label set first, so a batch costs one increment per series.
+    """
+    tally: Tally[tuple[Any, tuple[str, ...]]] = Tally()
+    for result, program in results:
+        declined = result.status != "approved"
+        outcome = ("declined", result.reason or "DECLINED") if declined else ("approved", "")
+        tally[(TRANSACTIONS, (program.id, *outcome))] += 1
+        state = states.get(result.account)
+        for posting in result.postings:
+            owner = states.get(posting.account) if posting.account else state
+            _tally_posting(tally, posting, owner)
+        for award in result.awards:
+            tally[(AWARDS_ISSUED, (award.program, award.kind))] += 1
+        for code in result.redeemed:
+            tally[(AWARDS_REDEEMED, _award_labels(state, code))] += 1
+        for move in result.moves:
+            tally[(LEVEL_MOVES, (move.program, move.kind))] += 1
+    for (metric, labels), amount in tally.items():
+        metric.labels(*labels).inc(amount)
+
+
+def _tally_posting(tally: Tally[tuple[Any, tuple[str, ...]]], posting: Any, state: Any) -> None:
+    amount = posting.amount
+    if amount == 0:
+        return
+    if posting.balance == "points":
+        level = _level(state, posting.program)
+        metric = POINTS_ISSUED if amount > 0 else POINTS_REDEEMED
+        tally[(metric, (posting.program, level, posting.kind))] += abs(amount)
+    elif posting.balance == "tender" and posting.kind not in _MOVED_TENDER_KINDS:
+        kind = "issued" if amount > 0 else "redeemed"
+        tally[(TENDER_VALUE, (posting.program, kind))] += abs(amount)
+    elif posting.balance == "award_value" and posting.kind in _SPENT_AWARD_VALUE_KINDS:
+        tally[(AWARDS_REDEEMED, (posting.program, "e_award"))] += 1
+
+
+def _level(state: Any, program: str) -> str:
+    account = state.loyalty.get(program) if state is not None else None
+    return str(account.level) if account is not None else ""
+
+
+def _award_labels(state: Any, code: str) -> tuple[str, str]:
+    if state is not None:
+        held = [account.awards for account in state.awards.values()]
+        held += [account.awards for account in state.loyalty.values()]
+        for awards in held:
+            for award in awards:
+                if award.code == code:
+                    return str(award.program), str(award.kind)
+    return "", "unknown"
+
+
+# --------------------------------------------------------------------------- sampling
+
+SAMPLE_INTERVAL_SECONDS: Final = 1.0
+
+
+class Sampler:
+    """Copies what the serving parts count or hold into the metrics, once a second: the
+    queue depth, the database pool, and the cache's own counters (as increments)."""
+
+    def __init__(self, *, batcher: Any, store: Any, cache: Any | None) -> None:
+        self._batcher = batcher
+        self._pool = getattr(store, "_pool", None)
+        self._cache = cache
+        self._cache_seen = (0, 0, 0)
+
+    def sample(self) -> None:
+        QUEUE_DEPTH.set(self._batcher.depth)
+        if self._pool is not None:
+            stats = self._pool.get_stats()
+            size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
+            DB_POOL_IN_USE.set(max(size - available, 0))
+            DB_POOL_WAITING.set(stats.get("requests_waiting", 0))
+        if self._cache is not None:
+            now = (self._cache.hits_total, self._cache.misses_total, self._cache.errors_total)
+            for metric, current, seen in zip(
+                (CACHE_HITS, CACHE_MISSES, CACHE_ERRORS), now, self._cache_seen, strict=True
+            ):
+                if current > seen:
+                    metric.inc(current - seen)
+            self._cache_seen = now
+            CACHE_CIRCUIT_OPEN.set(1 if self._cache.circuit_open else 0)
+
+    async def run(self, interval_seconds: float = SAMPLE_INTERVAL_SECONDS) -> None:
+        """Sample until cancelled, and once more then (the last counts of a shutdown)."""
+        try:
+            while True:
+                self._sample_logged()
+                await asyncio.sleep(interval_seconds)
+        finally:
+            self._sample_logged()
+
+    def _sample_logged(self) -> None:
+        try:
+            self.sample()
+        except Exception:  # metrics must never take the server down
+            log.exception("sampling metrics failed")
+
+
+__all__ = [
+    "DECLARED",
+    "REGISTRY",
+    "MetricsInterceptor",
+    "Sampler",
+    "exported_names",
+    "mark_process_dead",
+    "record_results",
+    "start_exposition",
+    "use_multiprocess",
+]

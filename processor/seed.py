@@ -1,0 +1,944 @@
+"""Bulk-load customers, cards and accounts for load tests: ``loyalty seed --accounts N``.
+
+Seeded cards continue the numbering of the demo program's first generated series (serial
+prefix, sequence, Luhn check digit), after the highest sequence it has used, in a batch of
+their own (:data:`SEED_BATCH`), active, each registered to a customer of its own. Each card
+gets an account whose state looks like a real one: a seeded mix of levels (70% silver, 22%
+gold, 8% platinum), a few point lots earned over the past months with their escrow and
+expiry as the program sets them, counters, some coupons, and for some cards a gift-card
+balance or e-award value. Every balance has one ``opening`` ledger row, so that balances
+still equal the sum of their ledger rows (``loyalty reconcile`` passes on a seeded
+database).
+
+Speed. Rows go in with binary COPY, four tables per chunk in one transaction, written as
+ready-made binary tuples: every column that does not change from card to card is encoded
+once, and account states are drawn from a pool of :data:`TEMPLATES` distinct states, each
+encoded once with :mod:`processor.store.codec` (a state does not hold its card number, so
+one encoding serves any card). On a large load into a small table, the secondary indexes
+of ``cards`` are dropped before the load and built after it, which is faster than keeping
+them up to date row by row; primary keys stay, so a resumed run can never duplicate a row.
+
+Resuming. A chunk commits whole or not at all and the seeded cards are recognised by their
+batch, so running the command again counts what is there and loads only the rest:
+``--accounts`` is the total wanted, not an increment. A run killed between dropping and
+rebuilding indexes leaves them to the next run, which builds any missing one first.
+
+``--warm`` then copies the seeded accounts' states into the Redis cache
+(:meth:`processor.cache.AccountCache.put_many`, pipelined), so a load test starts hot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import random
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Final, Literal
+
+import psycopg
+
+from processor import calendar
+from processor.cache import CIRCUIT_COOLDOWN_SECONDS, AccountCache
+from processor.cards import first_sequences
+from processor.engine.types import (
+    AccountState,
+    Award,
+    AwardAccount,
+    Lot,
+    LoyaltyAccount,
+    TenderAccount,
+    ValueLot,
+)
+from processor.program.model import ProgramFile
+from processor.store import codec
+from processor.store.catalog import parse_stored_program
+from processor.store.ledger import ledger_month
+
+SEED_BATCH: Final = "seed"
+"""The card batch of seeded cards: how a later run finds what an earlier one loaded."""
+
+OPENING_REQUEST_ID: Final = "seed-opening"
+"""The request id of the opening ledger rows of seeded balances."""
+
+OPENING_KIND: Final = "opening"
+
+CHUNK_ACCOUNTS: Final = 50_000
+"""Accounts per chunk: one transaction of four COPYs."""
+
+CHUNK_ACCOUNTS_MAX: Final = 1_000_000
+ACCOUNTS_MAX: Final = 100_000_000
+
+TEMPLATES: Final = 4_096
+"""Distinct account states per run; each card draws one at random."""
+
+LEVEL_MIX: Final = (0.70, 0.22, 0.08)
+"""Share of accounts at the program's first, second and third level."""
+
+TENDER_SHARE: Final = 0.35
+"""Share of cards with an activated gift-card balance."""
+
+AWARD_VALUE_SHARE: Final = 0.10
+"""Share of cards above the first level holding e-award value."""
+
+AUDIENCE_MIX: Final = ((0.85, ()), (0.13, ("newsletter",)), (0.02, ("newsletter", "vip:A")))
+"""Share of customers in each combination of audience lists."""
+
+COPY_JOBS: Final = 2
+"""Connections copying chunks at once, while the next chunk is encoded."""
+
+WARM_CHUNK_ACCOUNTS: Final = 2_000
+"""Accounts read from PostgreSQL and written to Redis per call: small enough that one
+call stays well inside the cache's operation deadline."""
+
+WARM_ATTEMPTS: Final = 4
+
+WARM_CALLS_IN_FLIGHT: Final = 4
+
+DEFER_INDEXES_MIN_ACCOUNTS: Final = 200_000
+"""Loads at least this large, into a table at most a tenth their size, defer indexes."""
+
+# The secondary indexes of ``cards`` (migrations 0001 and 0002) the load may defer. Before
+# every load, and after it, each one missing is built again from this definition.
+DEFERRABLE_INDEXES: Final = (
+    (
+        "cards_customer",
+        "CREATE INDEX IF NOT EXISTS cards_customer ON cards (customer_id)"
+        " WHERE customer_id IS NOT NULL",
+    ),
+    (
+        "cards_series_batch",
+        "CREATE INDEX IF NOT EXISTS cards_series_batch ON cards (definition, series, batch)",
+    ),
+    (
+        "cards_series_sequence",
+        "CREATE UNIQUE INDEX IF NOT EXISTS cards_series_sequence"
+        " ON cards (definition, series, sequence) WHERE sequence IS NOT NULL",
+    ),
+)
+
+_COPY_CUSTOMERS: Final = (
+    "COPY customers (customer_id, birth_day, signup_day, audiences) FROM STDIN (FORMAT BINARY)"
+)
+_COPY_CARDS: Final = (
+    "COPY cards (card_number, definition, program, series, batch, status, pin_hash,"
+    " customer_id, expires_day, attributes, sequence) FROM STDIN (FORMAT BINARY)"
+)
+_COPY_ACCOUNTS: Final = "COPY accounts (account_id, version, state) FROM STDIN (FORMAT BINARY)"
+_COPY_LEDGER: Final = (
+    "COPY ledger (account_id, month, request_id, seq, program, program_version, balance, kind,"
+    " amount, rule, day) FROM STDIN (FORMAT BINARY)"
+)
+_COPY_STATEMENTS: Final = (_COPY_CUSTOMERS, _COPY_CARDS, _COPY_ACCOUNTS, _COPY_LEDGER)
+_SEEDED: Final = (
+    "SELECT count(*), max(sequence) FROM cards WHERE definition = %s AND series = %s AND batch = %s"
+)
+_HIGHEST: Final = (
+    "SELECT max(sequence) FROM cards WHERE definition = %s AND series = %s AND sequence IS NOT NULL"
+)
+_SEEDED_RANGE: Final = (
+    "SELECT min(card_number), max(card_number) FROM cards"
+    " WHERE definition = %s AND series = %s AND batch = %s"
+)
+_ACCOUNTS_FROM: Final = (
+    "SELECT account_id, version, state FROM accounts"
+    " WHERE account_id >= %s AND account_id <= %s ORDER BY account_id LIMIT %s"
+)
+_ACCOUNTS_AFTER: Final = (
+    "SELECT account_id, version, state FROM accounts"
+    " WHERE account_id > %s AND account_id <= %s ORDER BY account_id LIMIT %s"
+)
+
+# PostgreSQL's binary COPY framing: signature, flags, header extension length; trailer.
+_COPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER: Final = struct.pack(">h", -1)
+_NULL: Final = struct.pack(">i", -1)
+_TEXT_OID: Final = 25
+
+
+class SeedError(Exception):
+    """The database cannot be seeded as asked (no program, a full card range)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeedTarget:
+    """Where seeded cards go: the program file, its series and numbering."""
+
+    program: ProgramFile
+    version: int
+    series_id: str
+    first_sequence: int  # the series' first sequence number
+    today: int
+
+    @property
+    def program_id(self) -> str:
+        return self.program.id
+
+    @property
+    def prefix(self) -> str:
+        return self.program.card.serial_prefix
+
+    @property
+    def number_length(self) -> int:
+        return self.program.card.number_length
+
+
+@dataclass(slots=True)
+class SeedReport:
+    """What a run did and how fast."""
+
+    wanted: int
+    present_before: int
+    loaded: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    index_seconds: float = 0.0
+    deferred_indexes: bool = False
+    warmed: int = 0
+    warm_seconds: float = 0.0
+    first_card: str = ""
+    last_card: str = ""
+
+    @property
+    def accounts_per_second(self) -> float:
+        return self.loaded / self.seconds if self.seconds else 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {
+            **fields,
+            "accounts_per_second": round(self.accounts_per_second),
+            "rows_per_second": round(self.rows_per_second),
+        }
+
+
+# --------------------------------------------------------------------------- card numbers
+
+
+def luhn_digit(body: str) -> str:
+    """The Luhn check digit of a string of digits (as ``stdnum.luhn.calc_check_digit``)."""
+    total = 0
+    double = True
+    for char in reversed(body):
+        digit = ord(char) - 48
+        if double:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+        double = not double
+    return str(-total % 10)
+
+
+def card_numbers(prefix: str, first: int, count: int, length: int) -> list[str]:
+    """``count`` card numbers from sequence ``first``: prefix, padded sequence, check digit.
+
+    The same numbers as :func:`processor.cards.card_number`, about ten times faster: the
+    Luhn sum of the prefix and of the leading digits is reused across a run of sequences.
+    """
+    digits = length - len(prefix) - 1
+    if digits < 1 or first < 0 or first + count > 10**digits:
+        raise SeedError(
+            f"sequences {first}..{first + count - 1} do not fit {digits} digits of a "
+            f"{length}-digit card number with prefix {prefix}"
+        )
+    numbers: list[str] = []
+    # The last three digits of the sequence vary fastest; the Luhn sum of everything before
+    # them is computed once per thousand.
+    tail_sums = []
+    for tail in range(1000):
+        text = f"{tail:03d}"
+        # The last digit of the body is doubled (the check digit follows it).
+        tail_sums.append(_luhn_sum(text, double_last=True))
+    sequence = first
+    end = first + count
+    while sequence < end:
+        head_value, tail = divmod(sequence, 1000)
+        run = min(end - sequence, 1000 - tail)
+        if digits > 3:
+            head = f"{prefix}{head_value:0{digits - 3}d}"
+            head_sum = _luhn_sum(head, double_last=False)
+            for offset in range(tail, tail + run):
+                check = -(head_sum + tail_sums[offset]) % 10
+                numbers.append(f"{head}{offset:03d}{check}")
+        else:
+            for offset in range(sequence, sequence + run):
+                body = f"{prefix}{offset:0{digits}d}"
+                numbers.append(body + luhn_digit(body))
+        sequence += run
+    return numbers
+
+
+def _luhn_sum(text: str, *, double_last: bool) -> int:
+    total = 0
+    double = double_last
+    for char in reversed(text):
+        digit = ord(char) - 48
+        if double:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+        double = not double
+    return total
+
+
+# --------------------------------------------------------------------------- states
+
+
+def account_templates(
+    program: ProgramFile, version: int, today: int, rng: random.Random, count: int = TEMPLATES
+) -> list[AccountState]:
+    """``count`` realistic account states of the program's first loyalty program.
+
+    Levels follow :data:`LEVEL_MIX`; lots were earned over the past year under the issue
+    rules open to the level (regular and bonus), released after the level's escrow and
+    expiring as its point aging says; year-to-date and lifetime earnings agree with the
+    level (a gold account earned at least what promotes to gold). Some hold a coupon, a
+    gift-card balance or e-award value.
+    """
+    if not program.loyalty_programs:
+        raise SeedError(f"program file {program.id} has no loyalty program to seed accounts in")
+    loyalty = program.loyalty_programs[0]
+    levels = [level.id for level in loyalty.levels][: len(LEVEL_MIX)]
+    weights = LEVEL_MIX[: len(levels)]
+    regular = [rule.id for rule in loyalty.issue_rules if not rule.is_bonus] or ["opening"]
+    coupon_rules = [rule for rule in loyalty.award_rules if rule.type == "coupon"]
+    award_program = program.award_programs[0] if program.award_programs else None
+    scale = 10**loyalty.points_precision
+    year = calendar.year_of(today)
+    states = []
+    for index in range(count):
+        level_id = rng.choices(levels, weights)[0]
+        rank = levels.index(level_id)
+        level = loyalty.level(level_id)
+        bonus = [
+            rule.id
+            for rule in loyalty.issue_rules
+            if rule.is_bonus and (not rule.levels or level_id in rule.levels)
+        ]
+        created = today - rng.randint(60, 3 * 365)
+        last_activity = today - rng.randint(0, min(45, today - created))
+        lots = []
+        for _ in range(rng.choice((1, 2, 3, 3, 4, 5))):
+            earned = rng.randint(max(created, today - 330), last_activity)
+            is_bonus = bool(bonus) and rng.random() < 0.3
+            kind: Literal["regular", "bonus"] = "bonus" if is_bonus else "regular"
+            rule = rng.choice(bonus if is_bonus else regular)
+            points = rng.randint(5, 150 * (1 + rank)) * scale
+            available = earned + (level.escrow.after(0) if level.escrow else 0)
+            aging = level.age_points
+            expires = aging.after.after(earned) if aging and aging.type == "relative" else None
+            lots.append(Lot(earned, rule, kind, points, available, expires, version))
+        lots.sort(key=lambda lot: lot.earned_day)
+        balance = sum(lot.points for lot in lots)
+        # Earnings consistent with the level: what promoted the account, at least.
+        floor = (0, 1000, 5000)[min(rank, 2)] * scale
+        earned_ytd = max(balance, floor if rank == 1 else 0) + rng.randint(0, 400) * scale
+        earned_ltd = max(earned_ytd + rng.randint(0, 3000) * scale, floor)
+        by_month: dict[int, int] = {}
+        for lot in lots:
+            month = calendar.month_index(lot.earned_day)
+            by_month[month] = by_month.get(month, 0) + lot.points
+        account = LoyaltyAccount(
+            program=loyalty.id,
+            level=level_id,
+            created_day=created,
+            level_since_day=max(created, today - rng.randint(30, 400)),
+            last_activity_day=last_activity,
+            lots=lots,
+            earned_ltd=earned_ltd,
+            earned_ytd=earned_ytd,
+            ytd_year=year,
+            earned_since_move=rng.randint(0, 800) * scale,
+            earned_by_month=by_month,
+            rule_total={rule: rng.randint(1, 40) for rule in {lot.rule for lot in lots}},
+        )
+        if coupon_rules and rng.random() < 0.15:
+            coupon = rng.choice(coupon_rules)
+            issued = rng.randint(max(created, today - 50), today)
+            expires_day = (
+                coupon.expiry.after.after(issued) if coupon.expiry and coupon.expiry.after else None
+            )
+            prefix = coupon.coupon_prefix or ""
+            account.awards.append(
+                Award(
+                    f"{prefix}S{index:05d}", "coupon", coupon.id, loyalty.id, issued, expires_day, 1
+                )
+            )
+        state = AccountState(account="", version=1, loyalty={loyalty.id: account})
+        if program.tender is not None and rng.random() < TENDER_SHARE:
+            tender = program.tender
+            amount = rng.choice((1000, 2500, 2500, 5000, 5000, 10000, 20000))
+            spent = rng.randint(0, amount // 100) * 100
+            activated = rng.randint(created, today)
+            state.tender = TenderAccount(
+                status="active",
+                balance=amount - spent,
+                book_value=amount - spent,
+                activated_day=activated,
+                expires_day=tender.account_expiry.after(activated)
+                if tender.account_expiry
+                else None,
+                usage_day=last_activity,
+                lifetime_uses=rng.randint(1, 12),
+            )
+        if award_program is not None and rank > 0 and rng.random() < AWARD_VALUE_SHARE * 3:
+            added = rng.randint(max(created, today - 120), today)
+            expiry = award_program.award_expiry
+            state.awards[award_program.id] = AwardAccount(
+                program=award_program.id,
+                created_day=created,
+                last_activity_day=added,
+                funded=True,
+                value=[ValueLot(added, 1000, expiry.after(added) if expiry else None, "seed")],
+            )
+        states.append(state)
+    return states
+
+
+def opening_postings(state: AccountState, program: ProgramFile) -> list[tuple[str, str, int]]:
+    """(program, balance, amount) of the opening ledger rows that make ``state`` reconcile."""
+    rows = []
+    for program_id, loyalty in state.loyalty.items():
+        points = sum(lot.points for lot in loyalty.lots) - loyalty.debt
+        if points:
+            rows.append((program_id, "points", points))
+    for program_id, award in state.awards.items():
+        if award.balance:
+            rows.append((program_id, "award_value", award.balance))
+    if state.tender is not None and state.tender.balance:
+        tender_id = program.tender.id if program.tender is not None else ""
+        rows.append((tender_id, "tender", state.tender.balance))
+    return rows
+
+
+# --------------------------------------------------------------------------- binary rows
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return struct.pack(">i", len(data)) + data
+
+
+def _bytea(value: bytes) -> bytes:
+    return struct.pack(">i", len(value)) + value
+
+
+def _int4(value: int) -> bytes:
+    return b"\x00\x00\x00\x04" + struct.pack(">i", value)
+
+
+def _int8(value: int) -> bytes:
+    return b"\x00\x00\x00\x08" + struct.pack(">q", value)
+
+
+def _text_array(values: Sequence[str]) -> bytes:
+    """A ``text[]`` in PostgreSQL's binary array format (one dimension, no NULLs)."""
+    if not values:
+        body = struct.pack(">iii", 0, 0, _TEXT_OID)
+    else:
+        body = struct.pack(">iiiii", 1, 0, _TEXT_OID, len(values), 1)
+        body += b"".join(_text(value) for value in values)
+    return _bytea(body)
+
+
+def _jsonb(text: str) -> bytes:
+    return _bytea(b"\x01" + text.encode())  # jsonb's binary form: version 1, then the text
+
+
+_FIELDS_4 = struct.pack(">h", 4)
+_FIELDS_3 = struct.pack(">h", 3)
+_FIELDS_11 = struct.pack(">h", 11)
+
+
+class _RowMaker:
+    """Binary COPY tuples for the four tables, with every constant part encoded once."""
+
+    def __init__(self, target: SeedTarget, templates: Sequence[AccountState], seed: int) -> None:
+        self.target = target
+        program = target.program
+        self.seed = seed
+        series = next(one for one in program.series if one.id == target.series_id)
+        expires = series.expires_day(target.today)
+        self.cards_middle = b"".join(
+            (
+                _text(program.id),
+                _text(program.id),
+                _text(target.series_id),
+                _text(SEED_BATCH),
+                _text("active"),
+                _NULL,
+            )
+        )
+        self.cards_after_customer = (_NULL if expires is None else _int4(expires)) + _jsonb("{}")
+        self.states = [_bytea(codec.encode_state(state)) for state in templates]
+        self.state_sizes = [len(state) - 4 for state in self.states]
+        self.version = _int8(1)
+        month = ledger_month(target.today)
+        self.month = month
+        self.ledger_tails: list[list[bytes]] = []
+        for state in templates:
+            tails = []
+            for seq, (posting_program, balance, amount) in enumerate(
+                opening_postings(state, program)
+            ):
+                tails.append(
+                    b"".join(
+                        (
+                            _int4(month),
+                            _text(OPENING_REQUEST_ID),
+                            _int4(seq),
+                            _text(posting_program),
+                            _int4(target.version),
+                            _text(balance),
+                            _text(OPENING_KIND),
+                            _int8(amount),
+                            _text(""),
+                            _int4(target.today),
+                        )
+                    )
+                )
+            self.ledger_tails.append(tails)
+        audiences, weights = zip(
+            *((_text_array(lists), share) for share, lists in AUDIENCE_MIX), strict=True
+        )
+        self.audiences = list(audiences)
+        self.audience_weights = list(weights)
+
+    def chunk(self, first_sequence: int, count: int) -> tuple[list[bytes], int, list[str]]:
+        """The four COPY streams of ``count`` cards from ``first_sequence``, their row count
+        and the card numbers."""
+        target = self.target
+        rng = random.Random(f"{self.seed}:{target.program_id}:{first_sequence}")
+        numbers = card_numbers(target.prefix, first_sequence, count, target.number_length)
+        picks = rng.choices(range(len(self.states)), k=count)
+        audiences = rng.choices(self.audiences, self.audience_weights, k=count)
+        today = target.today
+        births = [today - rng.randint(18 * 365, 80 * 365) for _ in range(count)]
+        signups = [today - rng.randint(30, 6 * 365) for _ in range(count)]
+        pack_int4 = struct.Struct(">ii").pack
+        pack_int8 = struct.Struct(">iq").pack
+        fields_4, fields_3, fields_11 = _FIELDS_4, _FIELDS_3, _FIELDS_11
+        number_length = struct.pack(">i", len(numbers[0].encode())) if numbers else b""
+        customer_length = struct.pack(">i", len(numbers[0]) + 1) if numbers else b""
+        cards_middle, cards_after = self.cards_middle, self.cards_after_customer
+        states, tails_of, version = self.states, self.ledger_tails, self.version
+        customers: list[bytes] = [_COPY_HEADER]
+        cards: list[bytes] = [_COPY_HEADER]
+        accounts: list[bytes] = [_COPY_HEADER]
+        ledger: list[bytes] = [_COPY_HEADER]
+        ledger_rows = 0
+        sequence = first_sequence
+        for index, number in enumerate(numbers):
+            encoded = number.encode()
+            number_field = number_length + encoded
+            customer_field = customer_length + b"C" + encoded
+            customers.append(
+                fields_4
+                + customer_field
+                + pack_int4(4, births[index])
+                + pack_int4(4, signups[index])
+                + audiences[index]
+            )
+            cards.append(
+                fields_11
+                + number_field
+                + cards_middle
+                + customer_field
+                + cards_after
+                + pack_int8(8, sequence)
+            )
+            template = picks[index]
+            accounts.append(fields_3 + number_field + version + states[template])
+            for tail in tails_of[template]:
+                ledger.append(fields_11 + number_field + tail)
+                ledger_rows += 1
+            sequence += 1
+        for stream in (customers, cards, accounts, ledger):
+            stream.append(_COPY_TRAILER)
+        rows = 3 * count + ledger_rows
+        return (
+            [b"".join(customers), b"".join(cards), b"".join(accounts), b"".join(ledger)],
+            rows,
+            numbers,
+        )
+
+
+# --------------------------------------------------------------------------- the load
+
+
+def find_target(connection: psycopg.Connection[Any], program_id: str | None = None) -> SeedTarget:
+    """The active program file (``program_id``, else the only or first active one) and its
+    first generated series."""
+    rows = connection.execute(
+        "SELECT id, version, source FROM programs WHERE status = 'active' ORDER BY id"
+    ).fetchall()
+    if program_id is not None:
+        rows = [row for row in rows if row[0] == program_id]
+    if not rows:
+        raise SeedError(
+            f"no active program file {program_id or ''} to seed cards of; load the demo "
+            "(`loyalty serve --demo`) or activate one first".replace("  ", " ")
+        )
+    found_id, version, source = rows[0]
+    program = parse_stored_program(found_id, version, source)
+    for series, first in zip(program.series, first_sequences(program.series), strict=True):
+        if first is not None:
+            return SeedTarget(program, version, series.id, first, _today())
+    raise SeedError(f"program file {found_id} has no generated card series")
+
+
+async def _put(cache: AccountCache, entries: dict[str, tuple[int, bytes]]) -> int:
+    """``put_many``, tried again when Redis failed it (the cache absorbs failures as 0)."""
+    written = 0
+    for attempt in range(WARM_ATTEMPTS):
+        failures = cache.errors_total + cache.skipped_total
+        written = await cache.put_many(entries)
+        if cache.errors_total + cache.skipped_total == failures:
+            return written
+        await asyncio.sleep(CIRCUIT_COOLDOWN_SECONDS if cache.circuit_open else 0.2 * (attempt + 1))
+    return written
+
+
+def _today() -> int:
+    import datetime
+
+    return calendar.to_day(datetime.date.today())
+
+
+def seed(
+    database_url: str,
+    accounts: int,
+    *,
+    program_id: str | None = None,
+    chunk_accounts: int = CHUNK_ACCOUNTS,
+    seed_value: int = 7,
+    templates: int = TEMPLATES,
+    defer_indexes: bool | None = None,
+    jobs: int = COPY_JOBS,
+    progress: IO[str] | None = None,
+) -> SeedReport:
+    """Load seeded cards, customers and accounts until ``accounts`` seeded cards exist.
+
+    ``defer_indexes`` None decides by size (:data:`DEFER_INDEXES_MIN_ACCOUNTS`).
+    """
+    if not 0 <= accounts <= ACCOUNTS_MAX:
+        raise ValueError(f"accounts {accounts} is not in 0..{ACCOUNTS_MAX}")
+    if not 1 <= chunk_accounts <= CHUNK_ACCOUNTS_MAX:
+        raise ValueError(f"chunk_accounts {chunk_accounts} is not in 1..{CHUNK_ACCOUNTS_MAX}")
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        # Seeded rows can be loaded again: a commit lost to a crash costs a resumed chunk,
+        # never a wrong row, so the load need not wait for each WAL flush.
+        connection.execute("SET synchronous_commit = off")
+        connection.execute("SET statement_timeout = 0")
+        target = find_target(connection, program_id)
+        _build_missing_indexes(connection)
+        present, _ = _seeded(connection, target)
+        report = SeedReport(wanted=accounts, present_before=present)
+        missing = max(accounts - present, 0)
+        if missing == 0:
+            _fill_range(connection, target, report)
+            return report
+        card_rows = _one(connection, "SELECT count(*) FROM cards")
+        if defer_indexes is None:
+            defer_indexes = missing >= DEFER_INDEXES_MIN_ACCOUNTS and card_rows * 10 <= missing
+        connection.execute("SELECT ensure_ledger_partition(%s)", (ledger_month(target.today),))
+        rng = random.Random(f"{seed_value}:{target.program_id}:templates")
+        states = account_templates(target.program, target.version, target.today, rng, templates)
+        maker = _RowMaker(target, states, seed_value)
+        meter = _Progress(progress, missing)
+        started = time.perf_counter()
+        if defer_indexes:
+            report.deferred_indexes = True
+            for name, _ in DEFERRABLE_INDEXES:
+                connection.execute(f"DROP INDEX IF EXISTS {name}")
+        # Numbers continue after the highest sequence the series used, counted once: the
+        # load is the series' only writer while it runs (a card generated meanwhile fails
+        # the chunk on its primary key, and the next run continues after it).
+        next_sequence = _next_sequence(connection, target)
+        try:
+            _load(database_url, maker, next_sequence, missing, chunk_accounts, jobs, report, meter)
+        finally:
+            report.seconds = time.perf_counter() - started
+            if defer_indexes:
+                index_started = time.perf_counter()
+                meter.note("building indexes")
+                _build_missing_indexes(connection)
+                report.index_seconds = time.perf_counter() - index_started
+                report.seconds += report.index_seconds
+            connection.execute("ANALYZE customers, cards, accounts")
+            meter.done(report)
+        _fill_range(connection, target, report)
+    return report
+
+
+def _load(
+    database_url: str,
+    maker: _RowMaker,
+    first_sequence: int,
+    missing: int,
+    chunk_accounts: int,
+    jobs: int,
+    report: SeedReport,
+    meter: _Progress,
+) -> None:
+    """Generate chunks here while ``jobs`` threads, a connection each, copy earlier ones:
+    PostgreSQL parses and indexes one chunk while Python encodes the next."""
+    local = threading.local()
+    connections: list[psycopg.Connection[Any]] = []
+    lock = threading.Lock()
+
+    def write(streams: list[bytes]) -> None:
+        connection = getattr(local, "connection", None)
+        if connection is None:
+            connection = psycopg.connect(database_url, autocommit=True)
+            connection.execute("SET synchronous_commit = off")
+            connection.execute("SET statement_timeout = 0")
+            local.connection = connection
+            with lock:
+                connections.append(connection)
+        with connection.transaction(), connection.cursor() as cursor:
+            for statement, data in zip(_COPY_STATEMENTS, streams, strict=True):
+                with cursor.copy(statement) as copy:
+                    copy.write(data)
+
+    pending: deque[tuple[concurrent.futures.Future[None], int, int]] = deque()
+
+    def settle_oldest() -> None:
+        future, count, rows = pending.popleft()
+        future.result()
+        report.loaded += count
+        report.rows += rows
+        meter.update(report.loaded, report.rows)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(jobs, "seed-copy") as pool:
+            try:
+                sequence, queued = first_sequence, 0
+                while queued < missing:
+                    count = min(chunk_accounts, missing - queued)
+                    streams, rows, _ = maker.chunk(sequence, count)
+                    while len(pending) > jobs:
+                        settle_oldest()
+                    pending.append((pool.submit(write, streams), count, rows))
+                    sequence += count
+                    queued += count
+                while pending:
+                    settle_oldest()
+            except BaseException:
+                for future, _, _ in pending:
+                    future.cancel()
+                raise
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def _one(connection: psycopg.Connection[Any], query: str, params: Sequence[Any] = ()) -> Any:
+    row = connection.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+def _seeded(connection: psycopg.Connection[Any], target: SeedTarget) -> tuple[int, int | None]:
+    row = connection.execute(_SEEDED, (target.program_id, target.series_id, SEED_BATCH)).fetchone()
+    assert row is not None
+    return int(row[0]), row[1]
+
+
+def _next_sequence(connection: psycopg.Connection[Any], target: SeedTarget) -> int:
+    highest = _one(connection, _HIGHEST, (target.program_id, target.series_id))
+    return target.first_sequence if highest is None else int(highest) + 1
+
+
+def _fill_range(
+    connection: psycopg.Connection[Any], target: SeedTarget, report: SeedReport
+) -> None:
+    row = connection.execute(
+        _SEEDED_RANGE, (target.program_id, target.series_id, SEED_BATCH)
+    ).fetchone()
+    if row is not None and row[0] is not None:
+        report.first_card, report.last_card = row
+
+
+def _build_missing_indexes(connection: psycopg.Connection[Any]) -> None:
+    for _, statement in DEFERRABLE_INDEXES:
+        connection.execute(statement)
+
+
+def seeded_cards(database_url: str, program_id: str | None = None) -> tuple[int, str, str]:
+    """(count, first, last card number) of the seeded cards."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        target = find_target(connection, program_id)
+        count, _ = _seeded(connection, target)
+        report = SeedReport(wanted=count, present_before=count)
+        _fill_range(connection, target, report)
+    return count, report.first_card, report.last_card
+
+
+# --------------------------------------------------------------------------- warming
+
+
+async def warm(
+    database_url: str,
+    cache: AccountCache,
+    first_card: str,
+    last_card: str,
+    *,
+    chunk_accounts: int = WARM_CHUNK_ACCOUNTS,
+    progress: IO[str] | None = None,
+) -> int:
+    """Copy the stored states of the accounts ``first_card``..``last_card`` into the cache;
+    how many were written (an entry holding a newer version is left alone)."""
+    if not first_card:
+        return 0
+    written = 0
+    read = 0
+    in_flight: set[asyncio.Task[int]] = set()
+    meter = _Progress(progress, None, what="warmed")
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as connection:
+        query, after = _ACCOUNTS_FROM, first_card
+        while True:
+            cursor = connection.cursor(binary=True)
+            await cursor.execute(query, (after, last_card, chunk_accounts))
+            rows = await cursor.fetchall()
+            if not rows:
+                break
+            query, after = _ACCOUNTS_AFTER, rows[-1][0]
+            entries = {account: (int(version), bytes(state)) for account, version, state in rows}
+            read += len(entries)
+            in_flight.add(asyncio.ensure_future(_put(cache, entries)))
+            if len(in_flight) >= WARM_CALLS_IN_FLIGHT:
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                written += sum(task.result() for task in done)
+            meter.update(read, read)
+        for task in in_flight:
+            written += await task
+    meter.done(None)
+    return written
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A one-line progress meter with rates, redrawn in place on a terminal."""
+
+    def __init__(self, stream: IO[str] | None, total: int | None, what: str = "accounts") -> None:
+        self.stream = stream
+        self.total = total
+        self.what = what
+        self.started = time.perf_counter()
+        self.last = 0.0
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+
+    def update(self, done: int, rows: int) -> None:
+        if self.stream is None:
+            return
+        now = time.perf_counter()
+        if self.tty and now - self.last < 0.2 and done != self.total:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-9)
+        share = f"/{self.total:,} ({100 * done / self.total:.0f}%)" if self.total else ""
+        line = (
+            f"seed: {done:,}{share} {self.what}, {done / elapsed:,.0f} {self.what}/s, "
+            f"{rows / elapsed:,.0f} rows/s, {elapsed:.1f} s"
+        )
+        self._write(line)
+
+    def note(self, text: str) -> None:
+        if self.stream is not None:
+            self._write(f"seed: {text}")
+
+    def _write(self, line: str) -> None:
+        assert self.stream is not None
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self, report: SeedReport | None) -> None:
+        if self.stream is None:
+            return
+        if self.tty:
+            self.stream.write("\n")
+        if report is not None:
+            self.stream.write(
+                f"seed: loaded {report.loaded:,} accounts ({report.rows:,} rows) in "
+                f"{report.seconds:.1f} s: {report.accounts_per_second:,.0f} accounts/s, "
+                f"{report.rows_per_second:,.0f} rows/s"
+                + (
+                    f", indexes built in {report.index_seconds:.1f} s"
+                    if report.deferred_indexes
+                    else ""
+                )
+                + "\n"
+            )
+        self.stream.flush()
+
+
+# --------------------------------------------------------------------------- command
+
+
+def run(
+    settings: Any,
+    accounts: int,
+    *,
+    warm_cache: bool = False,
+    chunk_accounts: int = CHUNK_ACCOUNTS,
+    seed_value: int = 7,
+    progress: IO[str] | None = sys.stderr,
+    prepare: Callable[[Any], Any] | None = None,
+) -> SeedReport:
+    """``loyalty seed``: servers (embedded when no URLs), migrations, the demo program,
+    then the load and, with ``warm_cache``, the cache."""
+    from processor import server
+
+    resolved = (prepare or server.resolve_servers)(settings)
+    try:
+        from processor.store.migrate import migrate
+
+        migrate(resolved.database_url)
+        asyncio.run(server.load_demo(settings, resolved.database_url))
+        report = seed(
+            resolved.database_url,
+            accounts,
+            chunk_accounts=chunk_accounts,
+            seed_value=seed_value,
+            progress=progress,
+        )
+        if warm_cache:
+            if not resolved.redis_url:
+                raise SeedError("--warm needs a Redis server")
+            report.warmed, report.warm_seconds = asyncio.run(
+                _warm_all(settings, resolved.database_url, resolved.redis_url, report, progress)
+            )
+    finally:
+        resolved.stop()
+    return report
+
+
+async def _warm_all(
+    settings: Any, database_url: str, redis_url: str, report: SeedReport, progress: IO[str] | None
+) -> tuple[int, float]:
+    started = time.perf_counter()
+    cache = AccountCache.from_url(redis_url, key_prefix=settings.cache_key_prefix)
+    try:
+        written = await warm(
+            database_url, cache, report.first_card, report.last_card, progress=progress
+        )
+    finally:
+        await cache.aclose()
+    return written, time.perf_counter() - started

@@ -1,0 +1,264 @@
+"""A served processor: the demo program in the test's own schema, behind a real gRPC server.
+
+Load with ``-p plugins.server`` (``tests/`` on the path; it needs ``plugins.postgres`` and
+``plugins.redis``). Fixtures:
+
+- ``demo_summary``: the demo program with :data:`DEMO_CARDS` cards loaded into ``schema_url``
+  (its :class:`~processor.demo.DemoSummary`); ``cards``: their numbers, in order.
+- ``served``: that schema served in-process on a free loopback port
+  (:func:`processor.server.start`) with a cache key prefix of its own, an open
+  ``grpc.aio`` channel and a stub for each service. Everything is stopped and the
+  prefix's cache keys removed after the test.
+- ``start_served``: a factory for servers with other settings, a second server on the same
+  schema, or a restart, each stopped after the test.
+
+Helpers: :func:`purchase` builds a ``PostTransactionRequest`` for a purchase,
+:func:`line` one of its lines, :func:`context` a ``RequestContext``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import pytest
+import pytest_asyncio
+
+from processor import proto
+from processor.cache import AccountCache
+from processor.cards import card_number
+from processor.demo import DemoSummary, load_demo
+from processor.registry import ProgramRegistry
+from processor.server import Running, start
+from processor.settings import Settings
+from processor.store import Store
+from processor.store.catalog import Catalog
+
+common = proto.common
+transactions = proto.transactions
+
+DEMO_CARDS = 50
+LOCAL_TIME = "2026-03-03T10:00:00"  # a Tuesday morning: no weekend bonus
+LOCATION = "S002"  # an outlet, not a "visit" store: no daily-visit points, no gold bonus
+GRACE_SECONDS = 5.0
+
+
+@dataclass
+class Served:
+    """One running server with a client channel and a stub per service."""
+
+    running: Running
+    demo: DemoSummary
+    channel: grpc.aio.Channel
+    settings: Settings
+    database_url: str
+    redis_url: str
+    transactions: Any = None
+    tender: Any = None
+    awards: Any = None
+    admin: Any = None
+    channel_closed: bool = field(default=False)
+    server_stopped: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        self.transactions = proto.transactions_grpc.TransactionServiceStub(self.channel)
+        self.tender = proto.tender_grpc.TenderServiceStub(self.channel)
+        self.awards = proto.awards_grpc.AwardServiceStub(self.channel)
+        self.admin = proto.admin_grpc.AdminServiceStub(self.channel)
+
+    @property
+    def store(self) -> Store:
+        """The server's own store (for ledger sums and reconcile)."""
+        return self.running.store
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    async def stop_server(self, grace_seconds: float = GRACE_SECONDS) -> None:
+        """What SIGTERM does to ``loyalty serve``: NOT_SERVING, refuse new calls, let
+        in-flight ones finish within the grace period, drain the batcher, close."""
+        if not self.server_stopped:
+            self.server_stopped = True
+            await self.running.stop(grace_seconds)
+
+    async def stop(self) -> None:
+        """Close the channel and stop the server (in-flight batches commit first)."""
+        try:
+            if not self.channel_closed:
+                self.channel_closed = True
+                await self.channel.close()
+        finally:
+            await self.stop_server()
+
+
+StartServed = Callable[..., Awaitable[Served]]
+
+
+def context(
+    account: str,
+    request_id: str,
+    local_time: str = LOCAL_TIME,
+    *,
+    location: str = LOCATION,
+    **fields: Any,
+) -> Any:
+    """A RequestContext for one card."""
+    return common.RequestContext(
+        request_id=request_id,
+        account=account,
+        local_time=local_time,
+        location=location,
+        **fields,
+    )
+
+
+def line(number: int, amount: int, *, item: str = "", quantity: int = 1, **fields: Any) -> Any:
+    """A purchase line: ``amount`` minor units (12000 is $120.00)."""
+    return common.Line(
+        number=number,
+        item=item or f"ITEM-{number}",
+        amount=amount,
+        quantity=quantity,
+        hierarchy=fields.pop("hierarchy", ["APPAREL"]),
+        **fields,
+    )
+
+
+def purchase(
+    account: str,
+    request_id: str,
+    local_time: str = LOCAL_TIME,
+    lines: Sequence[Any] | None = None,
+    *,
+    location: str = LOCATION,
+    currency: str = "USD",
+    context_fields: dict[str, Any] | None = None,
+    **purchase_fields: Any,
+) -> Any:
+    """A PostTransactionRequest for a purchase (one $10.00 line unless ``lines`` are given)."""
+    return transactions.PostTransactionRequest(
+        transaction=transaction(
+            account,
+            request_id,
+            local_time,
+            lines,
+            location=location,
+            currency=currency,
+            context_fields=context_fields,
+            **purchase_fields,
+        )
+    )
+
+
+def transaction(
+    account: str,
+    request_id: str,
+    local_time: str = LOCAL_TIME,
+    lines: Sequence[Any] | None = None,
+    *,
+    location: str = LOCATION,
+    currency: str = "USD",
+    context_fields: dict[str, Any] | None = None,
+    **purchase_fields: Any,
+) -> Any:
+    """The Transaction of a purchase, for PostTransactions and streams."""
+    return transactions.Transaction(
+        context=context(
+            account, request_id, local_time, location=location, **(context_fields or {})
+        ),
+        purchase=transactions.Purchase(
+            currency=currency,
+            lines=list(lines) if lines is not None else [line(1, 1000)],
+            **purchase_fields,
+        ),
+    )
+
+
+async def load_demo_into(database_url: str, cards: int = DEMO_CARDS) -> DemoSummary:
+    """Load the demo program and ``cards`` cards into the schema ``database_url`` names."""
+    async with Store(database_url, pool_size_max=2) as store:
+        catalog = Catalog(store)
+        return await load_demo(catalog, ProgramRegistry(catalog), cards=cards)
+
+
+def unique_prefix() -> str:
+    """A cache key prefix of one test's servers (at most 32 characters)."""
+    return f"t-{uuid.uuid4().hex[:16]}:"
+
+
+async def flush_prefix(redis_url: str, prefix: str) -> int:
+    """Remove every cache key under ``prefix``; how many there were."""
+    async with AccountCache.from_url(redis_url, key_prefix=prefix) as cache:
+        return await cache.flush()
+
+
+@pytest_asyncio.fixture
+async def demo_summary(schema_url: str) -> DemoSummary:
+    """The demo program and :data:`DEMO_CARDS` cards, loaded into the test's schema."""
+    return await load_demo_into(schema_url)
+
+
+@pytest.fixture
+def cards(demo_summary: DemoSummary) -> list[str]:
+    """The demo cards' numbers, in order (the first three are registered to customers)."""
+    return demo_cards(demo_summary)
+
+
+def demo_cards(demo: DemoSummary) -> list[str]:
+    """The numbers of a demo load's cards, in order."""
+    first = demo.first_cards[0]
+    prefix, sequence = first[:5], int(first[5:-1])
+    return [card_number(prefix, sequence + index, len(first)) for index in range(demo.cards)]
+
+
+@pytest_asyncio.fixture
+async def start_served(
+    schema_url: str, redis_url: str, demo_summary: DemoSummary
+) -> AsyncIterator[StartServed]:
+    """``await start_served(**settings)``: a server on the test's schema (or on
+    ``database_url``, a way to the same schema) and Redis (or ``cache_url``). Defaults:
+    port 0, no metrics, a flush interval of 1 ms and one cache key prefix for every server of
+    the test."""
+    started: list[Served] = []
+    prefixes: set[str] = set()
+    default_prefix = unique_prefix()
+
+    async def make(
+        *, database_url: str | None = None, cache_url: str | None = None, **overrides: Any
+    ) -> Served:
+        values: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "",
+            "cache_key_prefix": default_prefix,
+            "flush_interval_ms": 1,
+        }
+        values.update(overrides)
+        settings = Settings(**values)
+        prefixes.add(settings.cache_key_prefix)
+        url, cache = database_url or schema_url, cache_url or redis_url
+        running = await start(settings, url, cache)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        served = Served(running, demo_summary, channel, settings, url, cache)
+        started.append(served)
+        return served
+
+    try:
+        yield make
+    finally:
+        for served in reversed(started):
+            with contextlib.suppress(Exception):
+                await served.stop()
+        for prefix in prefixes:
+            with contextlib.suppress(Exception):
+                await flush_prefix(redis_url, prefix)
+
+
+@pytest_asyncio.fixture
+async def served(start_served: StartServed) -> Served:
+    """The demo program with 50 cards, served in-process on a free port."""
+    return await start_served()

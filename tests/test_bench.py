@@ -1,0 +1,173 @@
+"""The SLA gate (bench/sla.py) over real headless locust runs, and its arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import sla  # noqa: E402
+
+from processor.cache import AccountCache  # noqa: E402
+from processor.server import load_demo, start  # noqa: E402
+from processor.settings import Settings  # noqa: E402
+
+LOCUST = Path(sys.executable).with_name("locust")
+
+
+def _need_locust() -> None:
+    # Never import locust here: importing it patches this process for gevent.
+    if not LOCUST.exists():
+        pytest.skip("locust is not installed (pip install -e '.[bench]')")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _locust(address: str, prefix: Path, seconds: int, users: int, **env: str) -> None:
+    """A headless locust run of LoyaltyUser against ``address``; CSV under ``prefix``."""
+    child = await asyncio.create_subprocess_exec(
+        str(LOCUST), "-f", str(ROOT / "bench" / "locustfile.py"), "--headless",
+        "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", address,
+        "--csv", str(prefix), "--only-summary", "--stop-timeout", "3", "LoyaltyUser",
+        env={**os.environ, **env}, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, errors = await asyncio.wait_for(child.communicate(), seconds + 60)
+    assert Path(f"{prefix}_stats.csv").exists(), errors.decode()[-2000:]
+
+
+async def _serving(address: str) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(150):
+            try:
+                await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                return
+            except grpc.RpcError:
+                await asyncio.sleep(0.1)
+    raise TimeoutError(f"{address} does not answer")
+
+
+async def _warm_up(address: str, card: str) -> None:
+    """A few purchases first: pools connected, program compiled, first-call costs paid."""
+    import random
+
+    import ceiling
+
+    from processor import proto
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = proto.transactions_grpc.TransactionServiceStub(channel)
+        rng = random.Random(5)
+        for number in range(20):
+            transaction = ceiling.purchase(rng, card, f"warm-{number}", ceiling.local_time())
+            await stub.PostTransaction(
+                proto.transactions.PostTransactionRequest(transaction=transaction), timeout=10
+            )
+
+
+def _gate(stats: Path, *args: str) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sla.py"), str(stats), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return result.returncode, result.stdout
+
+
+@pytest.mark.slow
+async def test_gate_fails_a_slow_server(tmp_path: Path) -> None:
+    _need_locust()
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "ceiling.py"), "--listen", f"127.0.0.1:{port}",
+         "--delay-ms", "80"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await _serving(f"127.0.0.1:{port}")
+        await _locust(f"127.0.0.1:{port}", tmp_path / "slow", 5, 4)
+    finally:
+        server.terminate()
+        server.wait(10)
+    code, out = _gate(tmp_path / "slow_stats.csv")
+    assert code == 1, out
+    assert "PostTransaction: p99" in out and "over the SLA of 50 ms" in out
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+async def test_gate_passes_the_real_service(
+    schema_url: str, redis_url: str, redis_key_prefix: str, tmp_path: Path
+) -> None:
+    _need_locust()
+    demo = await load_demo(Settings(demo_cards=50), schema_url)
+    settings = Settings(
+        listen="127.0.0.1:0", metrics_listen="", cache_key_prefix=redis_key_prefix,
+        flush_interval_ms=1,
+    )  # fmt: skip
+    running = await start(settings, schema_url, redis_url)
+    try:
+        await _warm_up(f"127.0.0.1:{running.port}", demo.first_card)
+        await _locust(
+            f"127.0.0.1:{running.port}", tmp_path / "real", 6, 2,
+            BENCH_FIRST_CARD=demo.first_card, BENCH_ACCOUNTS=str(demo.cards), BENCH_RATE="5",
+        )  # fmt: skip
+    finally:
+        await running.stop(5.0)
+        async with AccountCache.from_url(redis_url, key_prefix=redis_key_prefix) as cache:
+            await cache.flush()
+    code, out = _gate(tmp_path / "real_stats.csv")
+    assert code == 0, out
+    stats = sla.read_stats(tmp_path / "real_stats.csv")
+    posting = next(row for row in stats if row.name == "PostTransaction")
+    assert posting.requests > 10 and posting.failures == 0
+
+
+def test_judge_names_every_breach() -> None:
+    rows = [
+        sla.RpcStats("PostTransaction", 1000, 0, 5.0, 60.0, 100.0),
+        sla.RpcStats("GetBalance", 200, 0, 3.0, 20.0, 20.0),
+        sla.RpcStats("Aggregated", 1200, 3, 4.0, 55.0, 120.0),
+    ]
+    verdict = sla.judge(rows)
+    assert not verdict.passed
+    assert verdict.problems == (
+        "PostTransaction: p99 60 ms is over the SLA of 50 ms",
+        "3 of 1200 requests failed (0.250%), more than 0.100%",
+    )
+    assert sla.judge(rows, p99_ms=100, failures_max=0.01).passed
+    assert not sla.judge([sla.RpcStats("Aggregated", 0, 0, None, None, 0.0)]).passed
+
+
+def test_server_quantile_over_the_window() -> None:
+    def scrape(counts: list[float]) -> str:
+        bounds = ["0.001", "0.005", "0.01", "0.05", "+Inf"]
+        lines = ["# TYPE grpc_server_handling_seconds histogram"]
+        for bound, count in zip(bounds, counts, strict=True):
+            lines.append(
+                'grpc_server_handling_seconds_bucket{grpc_service="loyalty.v1.TransactionService",'
+                f'grpc_method="PostTransaction",le="{bound}"}} {count}'
+            )
+        return "\n".join(lines) + "\n"
+
+    before = scrape([100, 100, 100, 100, 100])
+    after = scrape([100, 150, 198, 200, 200])  # the window: 50, 48 and 2 in the buckets
+    p99 = sla.server_p99(after, before)["PostTransaction"]
+    assert 0.01 < p99 <= 0.05
+    assert sla.server_p99(after)["PostTransaction"] <= 0.01  # since start: mostly fast
+    assert sla.histogram_buckets("# nothing here\n") == {}

@@ -1,0 +1,127 @@
+"""Graceful shutdown: SIGTERM a serving ``loyalty serve`` in the middle of a stream of
+purchases. Health turns NOT_SERVING first, every purchase the client saw answered is in
+the ledger, and the process exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from test_metrics import DEMO_CARDS, channels, demo_cards, purchase, serve_process
+
+from processor import proto
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CLIENTS = 8
+TRAFFIC_BEFORE_SIGTERM_SECONDS = 1.0
+CALL_TIMEOUT_SECONDS = 10.0
+GRACE_SECONDS = 5.0
+# Client-side clocks of two connections: the refusal of a new call may overtake the
+# NOT_SERVING message on the Watch stream by a scheduling hiccup, never by more.
+ORDER_SLACK_SECONDS = 0.1
+
+
+async def watch_health(address: str, seen: list[tuple[float, int]]) -> None:
+    """Record (time, status) of the server's health updates until NOT_SERVING, then hang up
+    (as a load balancer would: an open stream would hold the stop for the whole grace)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        with contextlib.suppress(grpc.aio.AioRpcError):  # the server went away
+            async for update in stub.Watch(health_pb2.HealthCheckRequest(service="")):
+                seen.append((time.monotonic(), update.status))
+                if update.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    return
+
+
+async def purchases(
+    stub: Any, accounts: list[str], client: int, acked: dict[str, str], refused: list[float]
+) -> None:
+    """Purchases one after another until the server refuses them."""
+    index = 0
+    while True:
+        account = accounts[(client + index * CLIENTS) % len(accounts)]
+        request_id = f"stop-{client}-{index}"
+        try:
+            await stub.PostTransaction(purchase(account, request_id), timeout=CALL_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.CANCELLED,
+            ), f"{request_id}: {error.code()} {error.details()}"
+            refused.append(time.monotonic())
+            return
+        acked[request_id] = account
+        index += 1
+
+
+def test_sigterm_drains_in_flight_purchases_and_exits_0(
+    fresh_schema_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    grace = {"LOYALTY_GRACE_SECONDS": str(GRACE_SECONDS)}
+    with serve_process(fresh_schema_url, redis_url, tmp_path / "data", env=grace) as server:
+        accounts = demo_cards(server.first_card, DEMO_CARDS)
+        acked: dict[str, str] = {}
+        refused: list[float] = []
+        health: list[tuple[float, int]] = []
+
+        async def scenario() -> float:
+            opened = channels(server.listen, CLIENTS)
+            stubs = [proto.transactions_grpc.TransactionServiceStub(c) for c in opened]
+            watcher = asyncio.create_task(watch_health(server.listen, health))
+            clients = [
+                asyncio.create_task(purchases(stubs[n], accounts, n, acked, refused))
+                for n in range(CLIENTS)
+            ]
+            await asyncio.sleep(TRAFFIC_BEFORE_SIGTERM_SECONDS)
+            assert not refused and acked, "the purchases should flow before the SIGTERM"
+            signalled = time.monotonic()
+            await asyncio.to_thread(server.process.send_signal, 15)
+            await asyncio.wait_for(asyncio.gather(*clients), 30)
+            await asyncio.wait_for(watcher, 30)
+            for channel in opened:
+                await channel.close()
+            return signalled
+
+        signalled = asyncio.run(scenario())
+        code = server.terminate()
+
+    assert code == 0, server.log()
+    assert "shutting down: draining in-flight requests" in server.log()
+    # Health: SERVING, then NOT_SERVING, before any new call was refused.
+    statuses = [status for _, status in health]
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert statuses[0] == serving and not_serving in statuses, statuses
+    turned = next(at for at, status in health if status == not_serving)
+    assert turned >= signalled
+    assert turned <= min(refused) + ORDER_SLACK_SECONDS, turned - min(refused)
+    assert len(refused) == CLIENTS
+
+    # Every purchase answered to the client is committed: idempotency and ledger rows.
+    with psycopg.connect(fresh_schema_url) as connection:
+        posted = {
+            request_id
+            for (request_id,) in connection.execute(
+                "SELECT request_id FROM idempotency WHERE request_id LIKE 'stop-%'"
+            )
+        }
+        in_ledger = {
+            request_id
+            for (request_id,) in connection.execute(
+                "SELECT DISTINCT request_id FROM ledger WHERE request_id LIKE 'stop-%'"
+            )
+        }
+    assert len(acked) > CLIENTS
+    print(f"{len(acked)} purchases acknowledged, {len(refused)} refused after SIGTERM")
+    assert set(acked) <= posted, sorted(set(acked) - posted)[:5]
+    assert set(acked) <= in_ledger, sorted(set(acked) - in_ledger)[:5]
