@@ -24,6 +24,7 @@ written or remembered.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -147,9 +148,14 @@ class Pipeline:
     async def process(self, items: list[Item]) -> None:
         """Answer every item of a batch, with a result or an error."""
         try:
-            live = await self._answer_replays(items)
-            admitted = await self._admit(live)
-            await self._evaluate_and_commit(admitted)
+            # The replay check and the card lookup are independent: one round trip each,
+            # at the same time, on two pooled connections.
+            seen, records = await asyncio.gather(
+                self._seen(items), self.cards.cards(_card_numbers(items))
+            )
+            live = self._answer_replays(items, seen)
+            admitted = self._admit(live, records)
+            await self._evaluate_and_commit(admitted, records)
         except LoyaltyError as error:
             _fail(items, error)
         except Exception as error:
@@ -158,13 +164,17 @@ class Pipeline:
 
     # ----------------------------------------------------------------- replays
 
-    async def _answer_replays(self, items: list[Item]) -> list[Item]:
+    async def _seen(self, items: list[Item]) -> dict[str, tuple[bytes, bytes]]:
         keys = [
             (item.payload.request.account, item.payload.request.id)
             for item in items
             if not item.payload.dry_run
         ]
-        seen = await self.store.seen(keys) if keys else {}
+        return await self.store.seen(keys) if keys else {}
+
+    def _answer_replays(
+        self, items: list[Item], seen: dict[str, tuple[bytes, bytes]]
+    ) -> list[Item]:
         live: list[Item] = []
         first: dict[tuple[str, str], Item] = {}
         for item in items:
@@ -190,14 +200,9 @@ class Pipeline:
 
     # ----------------------------------------------------------------- admission
 
-    async def _admit(self, items: list[Item]) -> list[tuple[Item, CompiledProgram]]:
-        numbers = set()
-        for item in items:
-            request = item.payload.request
-            numbers.add(request.account)
-            if isinstance(request, TenderRequest) and request.target_account:
-                numbers.add(request.target_account)
-        records = await self.cards.cards(sorted(numbers)) if numbers else {}
+    def _admit(
+        self, items: list[Item], records: dict[str, Any]
+    ) -> list[tuple[Item, CompiledProgram]]:
         admitted = []
         for item in items:
             submission: Submission = item.payload
@@ -239,18 +244,23 @@ class Pipeline:
 
     # ----------------------------------------------------------------- evaluation and commit
 
-    async def _evaluate_and_commit(self, admitted: list[tuple[Item, CompiledProgram]]) -> None:
+    async def _evaluate_and_commit(
+        self, admitted: list[tuple[Item, CompiledProgram]], records: dict[str, Any]
+    ) -> None:
         pending = [pair for pair in admitted if not pair[0].payload.dry_run]
         dry = [pair for pair in admitted if pair[0].payload.dry_run]
         for attempt in range(self.conflict_retries_max + 1):
             if not pending and not dry:
                 return
-            accounts = _accounts_of([item.payload.request for item, _ in pending + dry])
-            states = await self.load_states(accounts, fresh=attempt > 0)
-            await self._apply_card_records(states)
-            receipts = await self._load_receipts(
-                [item.payload.request for item, _ in pending + dry]
+            requests = [item.payload.request for item, _ in pending + dry]
+            accounts = _accounts_of(requests)
+            customer_ids = sorted({r.customer_id for r in records.values() if r.customer_id})
+            states, receipts, customers = await asyncio.gather(
+                self.load_states(accounts, fresh=attempt > 0),
+                self._load_receipts(requests),
+                self.cards.customers(customer_ids) if customer_ids else _nothing(),
             )
+            _apply_card_records(states, records, customers)
             self._answer_dry_runs(dry, states, receipts)
             dry = []
             if not pending:
@@ -284,7 +294,8 @@ class Pipeline:
     async def _settle_replayed(
         self, pending: list[tuple[Item, CompiledProgram]]
     ) -> list[tuple[Item, CompiledProgram]]:
-        live = await self._answer_replays([item for item, _ in pending])
+        items = [item for item, _ in pending]
+        live = self._answer_replays(items, await self._seen(items))
         keep = {id(item) for item in live}
         return [(item, program) for item, program in pending if id(item) in keep]
 
@@ -307,18 +318,6 @@ class Pipeline:
             else:
                 states[account] = (0, AccountState(account))
         return states
-
-    async def _apply_card_records(self, states: dict[str, tuple[int, AccountState]]) -> None:
-        """The card's status and customer are the catalog's, whatever the state last held."""
-        records = await self.cards.cards(sorted(states))
-        customer_ids = sorted({r.customer_id for r in records.values() if r.customer_id})
-        customers = await self.cards.customers(customer_ids) if customer_ids else {}
-        for account, (_, state) in states.items():
-            record = records.get(account)
-            if record is None:
-                continue
-            state.status = record.status if record.status in ("active", "expired") else "inactive"
-            state.customer = customers.get(record.customer_id) if record.customer_id else None
 
     async def _load_receipts(self, requests: list[Request]) -> dict[str, Receipt]:
         keys = [
@@ -411,6 +410,34 @@ def _record(evaluated: _Evaluated) -> None:
         )
     except Exception:  # metrics must never fail a committed batch
         log.exception("recording the metrics of a committed batch failed")
+
+
+def _apply_card_records(
+    states: dict[str, tuple[int, AccountState]],
+    records: dict[str, Any],
+    customers: dict[str, Any],
+) -> None:
+    """The card's status and customer are the catalog's, whatever the state last held."""
+    for account, (_, state) in states.items():
+        record = records.get(account)
+        if record is None:
+            continue
+        state.status = record.status if record.status in ("active", "expired") else "inactive"
+        state.customer = customers.get(record.customer_id) if record.customer_id else None
+
+
+async def _nothing() -> dict[str, Any]:
+    return {}
+
+
+def _card_numbers(items: Iterable[Item]) -> list[str]:
+    numbers = set()
+    for item in items:
+        request = item.payload.request
+        numbers.add(request.account)
+        if isinstance(request, TenderRequest) and request.target_account:
+            numbers.add(request.target_account)
+    return sorted(numbers)
 
 
 def _accounts_of(requests: Iterable[Request]) -> list[str]:

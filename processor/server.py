@@ -46,6 +46,7 @@ from processor.store.migrate import migrate
 log = logging.getLogger(__name__)
 
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024
+STREAM_POLL_SECONDS = 0.01
 WORKER_POLL_SECONDS = 0.2
 """How often the parent of several workers looks for workers that exited."""
 
@@ -140,6 +141,7 @@ class Running:
     store: Store
     cache: AccountCache | None
     tasks: list[asyncio.Task[Any]]
+    transactions: TransactionServicer
 
     async def stop(self, grace_seconds: float) -> None:
         """NOT_SERVING, refuse new work, answer what is queued, end the calls, close.
@@ -149,10 +151,15 @@ class Running:
         that would be committed after its caller is gone; everything already queued is
         committed and answered while the calls that wait for it are still open.
         """
+        began = time.monotonic()
         await self.health.enter_graceful_shutdown()
         self.batcher.close()
         await self.batcher.drain()
-        await self.server.stop(grace_seconds)
+        # A stream that sends again is told SHUTTING_DOWN and ends itself; give open streams
+        # the grace period to do so before the server cuts what is left.
+        while self.transactions.streams_open and time.monotonic() - began < grace_seconds:
+            await asyncio.sleep(STREAM_POLL_SECONDS)
+        await self.server.stop(max(0.0, grace_seconds - (time.monotonic() - began)))
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -198,9 +205,8 @@ async def start(settings: Settings, database_url: str, redis_url: str | None) ->
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
         ],
     )
-    proto.transactions_grpc.add_TransactionServiceServicer_to_server(
-        TransactionServicer(batcher), server
-    )
+    transactions = TransactionServicer(batcher)
+    proto.transactions_grpc.add_TransactionServiceServicer_to_server(transactions, server)
     proto.tender_grpc.add_TenderServiceServicer_to_server(TenderServicer(batcher), server)
     proto.awards_grpc.add_AwardServiceServicer_to_server(AwardServicer(batcher, pipeline), server)
     proto.admin_grpc.add_AdminServiceServicer_to_server(
@@ -224,7 +230,18 @@ async def start(settings: Settings, database_url: str, redis_url: str | None) ->
         asyncio.get_running_loop().create_task(sampler.run(), name="metrics"),
     ]
     log.info("serving on port %d (engine %s)", port, pipeline.engine.name)
-    return Running(server, port, health_servicer, batcher, pipeline, registry, store, cache, tasks)
+    return Running(
+        server,
+        port,
+        health_servicer,
+        batcher,
+        pipeline,
+        registry,
+        store,
+        cache,
+        tasks,
+        transactions,
+    )
 
 
 async def serve(

@@ -81,6 +81,13 @@ async def _warm_up(address: str, card: str) -> None:
             )
 
 
+# The gate's threshold in these tests: the same for both runs, far above what the real
+# service needs under this light load and far below the slowed server's 400 ms, so the
+# verdicts do not depend on how busy the shared test machine is. The production SLA (50 ms)
+# is bench/sla.py's default, exercised by make bench.
+GATE_P99_MS = 250
+
+
 def _gate(stats: Path, *args: str) -> tuple[int, str]:
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "sla.py"), str(stats), *args],
@@ -95,7 +102,7 @@ async def test_gate_fails_a_slow_server(tmp_path: Path) -> None:
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "ceiling.py"), "--listen", f"127.0.0.1:{port}",
-         "--delay-ms", "80"],
+         "--delay-ms", "400"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -104,9 +111,9 @@ async def test_gate_fails_a_slow_server(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
-    code, out = _gate(tmp_path / "slow_stats.csv")
+    code, out = _gate(tmp_path / "slow_stats.csv", "--p99-ms", str(GATE_P99_MS))
     assert code == 1, out
-    assert "PostTransaction: p99" in out and "over the SLA of 50 ms" in out
+    assert "PostTransaction: p99" in out and f"over the SLA of {GATE_P99_MS} ms" in out
 
 
 @pytest.mark.slow
@@ -131,7 +138,7 @@ async def test_gate_passes_the_real_service(
         await running.stop(5.0)
         async with AccountCache.from_url(redis_url, key_prefix=redis_key_prefix) as cache:
             await cache.flush()
-    code, out = _gate(tmp_path / "real_stats.csv")
+    code, out = _gate(tmp_path / "real_stats.csv", "--p99-ms", str(GATE_P99_MS))
     assert code == 0, out
     stats = sla.read_stats(tmp_path / "real_stats.csv")
     posting = next(row for row in stats if row.name == "PostTransaction")

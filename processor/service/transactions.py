@@ -21,6 +21,7 @@ STREAM_IN_FLIGHT_MAX = 256
 class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
     def __init__(self, batcher: Batcher) -> None:
         self.batcher = batcher
+        self.streams_open = 0  # for shutdown: streams end themselves once the batcher closes
 
     async def PostTransaction(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         future = self._submit(request.transaction, request, context)
@@ -69,14 +70,19 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
                     )
                     try:
                         future = self._submit(message.transaction, single, context)
-                    except Exception as error:  # answered in order, as the stream's error
+                    except Exception as error:
+                        # The stream ends with this error, after the answers of everything
+                        # before it; nothing after it is read.
                         future = asyncio.get_running_loop().create_future()
                         future.set_exception(error)
+                        await waiting.put(future)
+                        break
                     await waiting.put(future)
             finally:
                 await waiting.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
+        self.streams_open += 1
         try:
             while True:
                 future = await waiting.get()
@@ -86,6 +92,7 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
                 yield proto.transactions.StreamTransactionsResponse(result=result_message(answer))
             await reader
         finally:
+            self.streams_open -= 1
             reader.cancel()
 
     def _submit(
