@@ -87,12 +87,13 @@ class Answer:
     program: CompiledProgram | None
     replayed: bool = False
     response: bytes = b""  # the stored answer of a replay, as the contract encodes it
+    message: Any = None  # the contract's Result, built once for the answer and for replays
 
 
 class Encoder(Protocol):
-    """Turns a result into the bytes stored for replays (the contract's Result message)."""
+    """Turns a result into the contract's Result message and the bytes stored for replays."""
 
-    def __call__(self, result: Result, program: CompiledProgram) -> bytes: ...
+    def __call__(self, result: Result, program: CompiledProgram) -> tuple[Any, bytes]: ...
 
 
 class Cards(Protocol):
@@ -368,14 +369,12 @@ class Pipeline:
             outcome = self.engine.evaluate(program, plain, requests, receipts)
             engine_seconds += time.perf_counter() - started
             for (item, _), result in zip(group, outcome.results, strict=True):
-                answers.append((item, Answer(result, program)))
+                message, response = self.encode(result, program)
+                answers.append((item, Answer(result, program, message=message)))
                 batch.postings.extend(ledger_entries(result))
                 batch.idempotency.append(
                     IdempotencyRecord(
-                        result.account,
-                        result.id,
-                        item.payload.payload_hash,
-                        self.encode(result, program),
+                        result.account, result.id, item.payload.payload_hash, response
                     )
                 )
             for account in outcome.accounts:

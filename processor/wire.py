@@ -581,10 +581,22 @@ _ACCOUNT_STATUSES = {
 }
 
 
+_EXPONENTS: dict[int, tuple[CompiledProgram, dict[str, int]]] = {}
+
+
 def balance_exponents(program: CompiledProgram) -> dict[str, int]:
     """The decimal digits of every balance name ``program`` can answer: the points
     precision for ``points:<id>`` and ``escrow:<id>``, the currency's ISO 4217 exponent
-    for ``tender`` and ``award:<id>``."""
+    for ``tender`` and ``award:<id>``. Computed once per program (every answer needs it)."""
+    cached = _EXPONENTS.get(id(program))
+    if cached is not None and cached[0] is program:
+        return cached[1]
+    exponents = _balance_exponents(program)
+    _EXPONENTS[id(program)] = (program, exponents)
+    return exponents
+
+
+def _balance_exponents(program: CompiledProgram) -> dict[str, int]:
     exponents: dict[str, int] = {}
     for plan in program.loyalty:
         exponents[f"points:{plan.program.id}"] = plan.program.points_precision

@@ -20,10 +20,11 @@ from processor.engine.types import Request, Result
 from processor.pipeline import Answer, Submission, payload_hash
 
 
-def encode_result(result: Result, program: CompiledProgram) -> bytes:
-    """The bytes stored for replays: the contract's Result message."""
+def encode_result(result: Result, program: CompiledProgram) -> tuple[Any, bytes]:
+    """The contract's Result message, and its bytes as stored for replays: built once,
+    it serves both the answer and the idempotency row."""
     message: Any = wire.result_to_proto(result, program)
-    return bytes(message.SerializeToString(deterministic=True))
+    return message, bytes(message.SerializeToString(deterministic=True))
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -58,6 +59,13 @@ def result_message(answer: Answer) -> Any:
     if answer.replayed and answer.result is None:
         message = proto.common.Result()
         message.ParseFromString(answer.response)
+        message.replayed = True
+        return message
+    if answer.message is not None:
+        if not answer.replayed:
+            return answer.message
+        message = proto.common.Result()
+        message.CopyFrom(answer.message)
         message.replayed = True
         return message
     assert answer.result is not None and answer.program is not None
