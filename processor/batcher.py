@@ -73,7 +73,6 @@ class Batcher:
         self._closing = False
         self.rejected_total = 0
         self.expired_total = 0
-        self.batches_total = 0
 
     @property
     def depth(self) -> int:
@@ -128,7 +127,6 @@ class Batcher:
                     live.append(item)
             try:
                 if live:
-                    self.batches_total += 1
                     metrics.BATCH_SIZE.observe(len(live))
                     metrics.BATCH_WAIT.observe(time.monotonic() - live[0].queued_at)
                     await self._process(live)

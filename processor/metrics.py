@@ -616,7 +616,7 @@ class Sampler:
 
     def __init__(self, *, batcher: Any, store: Any, cache: Any | None) -> None:
         self._batcher = batcher
-        self._pool = getattr(store, "_pool", None)
+        self._pool = getattr(store, "pool", None)
         self._cache = cache
         self._cache_seen = (0, 0, 0)
 

@@ -440,17 +440,12 @@ class Formatter:
     """Renders integer amounts as decimals of their program's points or currency."""
 
     def __init__(self, program: CompiledProgram) -> None:
-        self.digits: dict[str, int] = {}
-        self.rule_digits: dict[str, int] = {}
-        for plan in program.loyalty:
-            self.digits[f"points:{plan.program.id}"] = plan.program.points_precision
-            for award_plan in plan.award:
-                self.rule_digits[award_plan.rule.id] = plan.program.points_precision
-            self.digits[f"escrow:{plan.program.id}"] = plan.program.points_precision
-        if program.tender is not None:
-            self.digits["tender"] = money.currency_exponent(program.tender.currency)
-        for award in program.award_programs.values():
-            self.digits[f"award:{award.id}"] = money.currency_exponent(award.currency)
+        self.digits = program.balance_digits
+        self.rule_digits: dict[str, int] = {
+            award_plan.rule.id: plan.program.points_precision
+            for plan in program.loyalty
+            for award_plan in plan.award
+        }
 
     def amount(self, balance: str, units: int) -> str:
         return money.format_units(units, self.digits.get(balance, 0))

@@ -581,31 +581,9 @@ _ACCOUNT_STATUSES = {
 }
 
 
-_EXPONENTS: dict[int, tuple[CompiledProgram, dict[str, int]]] = {}
-
-
 def balance_exponents(program: CompiledProgram) -> dict[str, int]:
-    """The decimal digits of every balance name ``program`` can answer: the points
-    precision for ``points:<id>`` and ``escrow:<id>``, the currency's ISO 4217 exponent
-    for ``tender`` and ``award:<id>``. Computed once per program (every answer needs it)."""
-    cached = _EXPONENTS.get(id(program))
-    if cached is not None and cached[0] is program:
-        return cached[1]
-    exponents = _balance_exponents(program)
-    _EXPONENTS[id(program)] = (program, exponents)
-    return exponents
-
-
-def _balance_exponents(program: CompiledProgram) -> dict[str, int]:
-    exponents: dict[str, int] = {}
-    for plan in program.loyalty:
-        exponents[f"points:{plan.program.id}"] = plan.program.points_precision
-        exponents[f"escrow:{plan.program.id}"] = plan.program.points_precision
-    if program.tender is not None:
-        exponents["tender"] = money.currency_exponent(program.tender.currency)
-    for award in program.award_programs.values():
-        exponents[f"award:{award.id}"] = money.currency_exponent(award.currency)
-    return exponents
+    """The decimal digits of every balance name ``program`` can answer."""
+    return program.balance_digits
 
 
 def balance_name(posting: Posting) -> str:

@@ -67,6 +67,10 @@ class CompiledProgram:
     tender: TenderProgram | None
     award_programs: dict[str, AwardProgram]
     loyalty: tuple[LoyaltyPlan, ...]
+    # Decimal digits of every balance the program's accounts hold, by the name results
+    # use: the points precision for points:<id> and escrow:<id>, the ISO 4217 exponent
+    # for tender and award:<id>.
+    balance_digits: dict[str, int]
     source: ProgramFile = field(repr=False)
 
 
@@ -83,8 +87,21 @@ def compile_program(program: ProgramFile) -> CompiledProgram:
         loyalty=tuple(
             _plan_loyalty(loyalty, award_programs) for loyalty in program.loyalty_programs
         ),
+        balance_digits=_balance_digits(program),
         source=program,
     )
+
+
+def _balance_digits(program: ProgramFile) -> dict[str, int]:
+    digits: dict[str, int] = {}
+    for loyalty in program.loyalty_programs:
+        digits[f"points:{loyalty.id}"] = loyalty.points_precision
+        digits[f"escrow:{loyalty.id}"] = loyalty.points_precision
+    if program.tender is not None:
+        digits["tender"] = money.currency_exponent(program.tender.currency)
+    for award in program.award_programs:
+        digits[f"award:{award.id}"] = money.currency_exponent(award.currency)
+    return digits
 
 
 def _plan_loyalty(program: LoyaltyProgram, awards: dict[str, AwardProgram]) -> LoyaltyPlan:

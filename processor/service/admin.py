@@ -15,7 +15,7 @@ import datetime
 from collections import defaultdict
 from typing import Any, Final
 
-from processor import calendar, money, proto
+from processor import calendar, proto, wire
 from processor.engine import CompiledProgram, compile_program
 from processor.engine.types import AccountState, Award, AwardAccount, LoyaltyAccount, TenderAccount
 from processor.errors import InvalidFieldError, NotFoundError
@@ -313,7 +313,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         response = admin.ListLedgerResponse()
         for row in rows:
             entry = response.entries.add(sequence=row.sequence, request_id=row.request_id)
-            name = balance_name(row.posting.balance, row.posting.program)
+            name = wire.balance_name(row.posting)
             entry.posting.CopyFrom(
                 common.Posting(
                     program=row.posting.program,
@@ -345,28 +345,9 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
 # --------------------------------------------------------------------------- answers
 
 
-def balance_name(balance: str, program: str) -> str:
-    """The key of a ledger balance in Result.balances."""
-    if balance == "points":
-        return f"points:{program}"
-    if balance == "award_value":
-        return f"award:{program}"
-    return "tender"
-
-
 def balance_exponents(program: CompiledProgram | None) -> dict[str, int]:
     """The decimal digits of every balance a program's accounts have, by balance name."""
-    if program is None:
-        return {}
-    digits: dict[str, int] = {}
-    for plan in program.loyalty:
-        digits[f"points:{plan.program.id}"] = plan.program.points_precision
-        digits[f"escrow:{plan.program.id}"] = plan.program.points_precision
-    if program.tender is not None:
-        digits["tender"] = money.currency_exponent(program.tender.currency)
-    for award in program.award_programs.values():
-        digits[f"award:{award.id}"] = money.currency_exponent(award.currency)
-    return digits
+    return {} if program is None else program.balance_digits
 
 
 def account_message(

@@ -38,7 +38,7 @@ from typing import Any, Final, Literal
 
 import psycopg
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+from psycopg_pool import AsyncConnectionPool
 
 from processor import calendar
 from processor.cards import (
@@ -51,12 +51,10 @@ from processor.cards import (
 )
 from processor.engine.types import Customer, Posting
 from processor.errors import (
-    DatabaseUnavailableError,
     DeclinedError,
     InputFileError,
     InternalError,
     InvalidFieldError,
-    LoyaltyError,
     NotFoundError,
     Problem,
 )
@@ -64,7 +62,7 @@ from processor.money import is_currency
 from processor.program.cards import CardBatch, CardSeries, serial_prefix_digits
 from processor.program.loader import parse_document, validate_program
 from processor.program.model import ProgramFile
-from processor.store.ledger import PoolExhaustedError, Store
+from processor.store.ledger import Store, database_error
 
 # --------------------------------------------------------------------------- limits
 
@@ -354,14 +352,6 @@ def decode_page_token(token: str, length: int) -> list[Any]:
     return values
 
 
-def _database_error(error: psycopg.Error, action: str) -> LoyaltyError:
-    if isinstance(error, PoolTimeout | TooManyRequests):
-        return PoolExhaustedError(f"cannot {action}: no database connection came free: {error}")
-    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
-        return DatabaseUnavailableError(f"cannot {action}: PostgreSQL is unavailable: {error}")
-    return InternalError(f"PostgreSQL refused to {action}: {error}")
-
-
 # --------------------------------------------------------------------------- SQL
 
 _PROGRAM_COLUMNS = "id, version, status, name, description, card_type, serial_prefix, source"
@@ -456,7 +446,7 @@ class Catalog:
     """
 
     def __init__(self, store: Store | AsyncConnectionPool[Any], *, pin_key: bytes | None = None):
-        pool = store if isinstance(store, AsyncConnectionPool) else _pool_of(store)
+        pool = store if isinstance(store, AsyncConnectionPool) else store.pool
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] = pool
         self._pin_key = pin_key if pin_key is not None else pin_key_from_environment()
         if not self._pin_key:
@@ -470,7 +460,7 @@ class Catalog:
             async with self._pool.connection() as connection, connection.transaction():
                 yield connection.cursor()
         except psycopg.Error as error:
-            raise _database_error(error, action) from error
+            raise database_error(error, action, self._pool.timeout) from error
 
     @contextlib.asynccontextmanager
     async def _reading(self, action: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
@@ -479,7 +469,7 @@ class Catalog:
             async with self._pool.connection() as connection:
                 yield connection.cursor()
         except psycopg.Error as error:
-            raise _database_error(error, action) from error
+            raise database_error(error, action, self._pool.timeout) from error
 
     async def _lock(self, cursor: psycopg.AsyncCursor[Any], *parts: str) -> None:
         """Serialize the transactions that change one program file or series."""
@@ -1022,7 +1012,7 @@ class Catalog:
                 await cursor.execute(_SELECT_CARDS, (list(numbers),))
                 rows = await cursor.fetchall()
         except psycopg.Error as error:
-            raise _database_error(error, "look up cards") from error
+            raise database_error(error, "look up cards", self._pool.timeout) from error
         day = today()
         found = {}
         for number, program_id, series, batch, status, hashed, customer_id, expires in rows:
@@ -1119,7 +1109,7 @@ class Catalog:
                 )
                 rows = await cursor.fetchall()
         except psycopg.Error as error:
-            raise _database_error(error, "look up customers") from error
+            raise database_error(error, "look up customers", self._pool.timeout) from error
         return {
             customer_id: Customer(customer_id, birth, signup, frozenset(audiences or ()))
             for customer_id, birth, signup, audiences in rows
@@ -1173,14 +1163,6 @@ class Catalog:
 
 
 # --------------------------------------------------------------------------- internals
-
-
-def _pool_of(store: Store) -> AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]:
-    """The Store's pool: the catalog shares its connections, limits and timeouts."""
-    pool = getattr(store, "pool", None)
-    if isinstance(pool, AsyncConnectionPool):
-        return pool
-    return store._pool
 
 
 async def _one(cursor: psycopg.AsyncCursor[Any]) -> Any:

@@ -332,6 +332,11 @@ class Store:
         )
         self._months: set[int] = set()  # ledger partitions known to exist
 
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        """The bounded pool; the catalog shares its connections, limits and timeouts."""
+        return self._pool
+
     async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
         await connection.set_autocommit(True)
         await connection.execute(
@@ -756,10 +761,11 @@ def _check_bytes(value: object, low: int, high: int, what: str) -> None:
 
 
 def _raise_database_error(error: psycopg.Error, action: str, timeout_seconds: float) -> NoReturn:
-    raise _database_error(error, action, timeout_seconds) from error
+    raise database_error(error, action, timeout_seconds) from error
 
 
-def _database_error(error: psycopg.Error, action: str, timeout_seconds: float) -> LoyaltyError:
+def database_error(error: psycopg.Error, action: str, timeout_seconds: float) -> LoyaltyError:
+    """The processor's error for a psycopg failure while doing ``action``."""
     if isinstance(error, PoolTimeout | TooManyRequests):
         return PoolExhaustedError(
             f"cannot {action}: no database connection within {timeout_seconds} s "
