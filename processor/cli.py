@@ -47,10 +47,38 @@ SERVER_FLAGS = (
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    """The settings from flags, LOYALTY_* variables and defaults; an invalid one is a
+    clear error naming its setting, raised before anything starts."""
+    from pydantic import ValidationError
+
+    from processor.errors import InputFileError, Problem
+    from processor.program.loader import pydantic_problems
     from processor.settings import Settings
 
     given = {name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name, None)}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        problems = [
+            Problem(f"{problem.path} (LOYALTY_{problem.path.upper()})", problem.reason)
+            for problem in pydantic_problems(error)
+        ]
+        raise InputFileError("settings", problems) from None
+
+
+def _count(low: int, high: int) -> Any:
+    """An argparse type: an integer from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
+        return value
+
+    return parse
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -138,6 +166,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from processor import seed as seed_limits
+
     parser = argparse.ArgumentParser(prog="loyalty", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loyalty {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,11 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
         "seed", help="bulk-load cards, customers and accounts for load tests (resumable)"
     )
     seed.add_argument(
-        "--accounts", type=int, required=True, help="seeded accounts wanted in all (not added)"
+        "--accounts", type=_count(0, seed_limits.ACCOUNTS_MAX), required=True,
+        help="seeded accounts wanted in all (not added)",
     )
     seed.add_argument("--warm", action="store_true", help="then fill the Redis cache with them")
     seed.add_argument(
-        "--chunk-accounts", dest="chunk_accounts", type=int, default=50_000,
+        "--chunk-accounts",
+        dest="chunk_accounts",
+        type=_count(1, seed_limits.CHUNK_ACCOUNTS_MAX),
+        default=50_000,
         help="accounts per transaction (50,000)",
     )  # fmt: skip
     seed.add_argument(
@@ -214,7 +248,9 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-listen", dest="metrics_listen", help="metrics address (default 127.0.0.1:8000)"
     )
-    parser.add_argument("--workers", type=int, help="server processes sharing the port")
+    parser.add_argument(
+        "--workers", type=_count(1, 64), help="server processes sharing the port"
+    )
     parser.add_argument(
         "--database-url",
         dest="database_url",

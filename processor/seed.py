@@ -56,6 +56,7 @@ from processor.engine.types import (
     TenderAccount,
     ValueLot,
 )
+from processor.errors import BadRequestError
 from processor.program.model import ProgramFile
 from processor.store import codec
 from processor.store.catalog import parse_stored_program
@@ -162,8 +163,10 @@ _NULL: Final = struct.pack(">i", -1)
 _TEXT_OID: Final = 25
 
 
-class SeedError(Exception):
+class SeedError(BadRequestError):
     """The database cannot be seeded as asked (no program, a full card range)."""
+
+    reason = "CANNOT_SEED"
 
 
 @dataclass(frozen=True, slots=True)

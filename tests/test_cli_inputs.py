@@ -1,0 +1,52 @@
+"""Bad server settings and flags fail at once, with a message naming the setting, before
+any server, database or file is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from processor.cli import main
+
+
+def test_a_negative_seed_size_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["seed", "--accounts", "-5", "--data-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "argument --accounts: -5 is not in 0..100000000" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_seed_size_that_is_not_a_number_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["seed", "--accounts", "many"])
+    assert "'many' is not a whole number" in capsys.readouterr().err
+
+
+def test_zero_workers_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--workers", "0"])
+    assert "argument --workers: 0 is not in 1..64" in capsys.readouterr().err
+
+
+def test_an_invalid_setting_from_the_environment_names_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOYALTY_BATCH_REQUESTS_MAX", "0")
+    assert main(["serve", "--data-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "settings: batch_requests_max (LOYALTY_BATCH_REQUESTS_MAX)" in error
+    assert "greater than or equal to 1" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_show_redacts_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOYALTY_DATABASE_URL", "postgresql://app:secret@db/loyalty")
+    assert main(["config", "show"]) == 0
+    shown = capsys.readouterr().out
+    assert "secret" not in shown and '"database_url": "**********"' in shown
