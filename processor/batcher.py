@@ -2,9 +2,16 @@
 
 Handlers put work on a bounded queue and await its future; one flusher task takes up to
 ``batch_requests_max`` items (or whatever arrived within ``flush_interval_ms`` of the
-first) and hands them to the pipeline as one batch. Batches are processed one at a time,
-in arrival order, which is what keeps one account's requests in order across batches;
-inside a batch the engine applies them in list order.
+first) and hands them to the pipeline as one batch.
+
+Up to ``batches_in_flight_max`` batches are processed at once, so that one batch is
+evaluated while another waits for its commit's round trips and WAL flush. What keeps an
+account's requests in order is the batch's *keys* (the accounts it touches, given by
+``keys_of``): a batch that shares a key with a batch still in flight starts only after that
+batch has finished, and batches start in arrival order, so an account's requests are
+evaluated in arrival order across batches; inside a batch the engine applies them in list
+order. Batches on disjoint accounts cannot conflict with each other's commits. Without
+``keys_of`` every batch is taken to share keys with every other: one at a time.
 
 A full queue is answered at once with ``OverloadedError`` (RESOURCE_EXHAUSTED) rather than
 a growing heap, and an item whose gRPC deadline has passed before its batch starts is
@@ -17,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +36,7 @@ log = logging.getLogger(__name__)
 QUEUE_DEPTH_MAX = 20_000
 BATCH_REQUESTS_MAX = 1_000
 FLUSH_INTERVAL_MS = 2.0
+BATCHES_IN_FLIGHT_MAX = 3
 
 
 @dataclass(slots=True)
@@ -48,10 +56,12 @@ class Item:
 
 
 Process = Callable[[list[Item]], Awaitable[None]]
+KeysOf = Callable[[Any], Iterable[str]]
 
 
 class Batcher:
-    """Gathers items into batches and runs ``process`` on each, one batch at a time."""
+    """Gathers items into batches and runs ``process`` on each, several at a time when
+    their keys are disjoint."""
 
     def __init__(
         self,
@@ -60,16 +70,28 @@ class Batcher:
         queue_depth_max: int = QUEUE_DEPTH_MAX,
         batch_requests_max: int = BATCH_REQUESTS_MAX,
         flush_interval_ms: float = FLUSH_INTERVAL_MS,
+        batches_in_flight_max: int = BATCHES_IN_FLIGHT_MAX,
+        keys_of: KeysOf | None = None,
     ) -> None:
-        if queue_depth_max < 1 or batch_requests_max < 1 or flush_interval_ms < 0:
+        if (
+            queue_depth_max < 1
+            or batch_requests_max < 1
+            or batches_in_flight_max < 1
+            or flush_interval_ms < 0
+        ):
             raise ValueError(
-                "queue_depth_max and batch_requests_max must be >= 1, flush_interval_ms >= 0"
+                "queue_depth_max, batch_requests_max and batches_in_flight_max must be >= 1,"
+                " flush_interval_ms >= 0"
             )
         self._process = process
         self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_depth_max)
         self._batch_requests_max = batch_requests_max
         self._flush_interval_seconds = flush_interval_ms / 1000
         self._task: asyncio.Task[None] | None = None
+        self._in_flight_max = batches_in_flight_max if keys_of is not None else 1
+        self._keys_of = keys_of
+        # Each running batch's task and the keys it holds (None: it holds every key).
+        self._in_flight: dict[asyncio.Task[None], frozenset[str] | None] = {}
         self._closing = False
         self.rejected_total = 0
         self.expired_total = 0
@@ -112,32 +134,81 @@ class Batcher:
                 await self._task
             self._task = None
 
+    @property
+    def in_flight(self) -> int:
+        """Batches being processed now."""
+        return len(self._in_flight)
+
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
-            live = []
-            for item in batch:
-                if item.expired or item.future.done():
-                    self.expired_total += 1
-                    why = metrics.REJECTED_DEADLINE if item.expired else metrics.REJECTED_CANCELLED
-                    why.inc()
-                    if not item.future.done():
-                        item.future.cancel()
-                else:
-                    live.append(item)
-            try:
-                if live:
-                    metrics.BATCH_SIZE.observe(len(live))
-                    metrics.BATCH_WAIT.observe(time.monotonic() - live[0].queued_at)
-                    await self._process(live)
-            except Exception as error:  # the pipeline answers items itself; this is a bug
-                log.exception("batch processing failed")
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-            finally:
+            live = self._drop_stale(batch)
+            keys = self._keys(live)
+            # Waiting here, before the next batch is even formed, is what keeps batch starts
+            # in arrival order: a later batch can never overtake this one on a shared key.
+            blockers = [
+                task
+                for task, held in self._in_flight.items()
+                if keys is None or held is None or not keys.isdisjoint(held)
+            ]
+            waited = bool(blockers) or len(self._in_flight) >= self._in_flight_max
+            if blockers:
+                await asyncio.wait(blockers)
+            while len(self._in_flight) >= self._in_flight_max:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            if waited:
+                live = self._drop_stale(live)  # deadlines may have passed while it waited
+            if not live:
                 for _ in batch:
                     self._queue.task_done()
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._process_batch(live, len(batch)), name="batch"
+            )
+            self._in_flight[task] = keys
+            metrics.BATCHES_IN_FLIGHT.set(len(self._in_flight))
+            task.add_done_callback(self._finished)
+
+    def _drop_stale(self, items: list[Item]) -> list[Item]:
+        """The items still wanted: a passed deadline or a caller gone cancels the rest."""
+        live = []
+        for item in items:
+            if item.expired or item.future.done():
+                self.expired_total += 1
+                why = metrics.REJECTED_DEADLINE if item.expired else metrics.REJECTED_CANCELLED
+                why.inc()
+                if not item.future.done():
+                    item.future.cancel()
+            else:
+                live.append(item)
+        return live
+
+    def _keys(self, live: list[Item]) -> frozenset[str] | None:
+        if self._keys_of is None:
+            return None
+        try:
+            return frozenset(key for item in live for key in self._keys_of(item.payload))
+        except Exception:  # a payload the key function cannot read: run it alone
+            log.exception("reading a batch's keys failed; running it alone")
+            return None
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        metrics.BATCHES_IN_FLIGHT.set(len(self._in_flight))
+
+    async def _process_batch(self, live: list[Item], taken: int) -> None:
+        try:
+            metrics.BATCH_SIZE.observe(len(live))
+            metrics.BATCH_WAIT.observe(time.monotonic() - live[0].queued_at)
+            await self._process(live)
+        except Exception as error:  # the pipeline answers items itself; this is a bug
+            log.exception("batch processing failed")
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        finally:
+            for _ in range(taken):
+                self._queue.task_done()
 
     async def _next_batch(self) -> list[Item]:
         first = await self._queue.get()

@@ -242,6 +242,12 @@ QUEUE_DEPTH = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
+BATCHES_IN_FLIGHT = Gauge(
+    "batches_in_flight",
+    "Batches being evaluated or committed at once (sum over live workers).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 REQUESTS_REJECTED = Counter(
     "requests_rejected_total",
     "Requests refused before evaluation: queue_full (RESOURCE_EXHAUSTED), shutting_down "

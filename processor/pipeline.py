@@ -116,6 +116,14 @@ class Cache(Protocol):
     async def invalidate(self, account_ids: Iterable[str]) -> int: ...
 
 
+def submission_keys(submission: Submission) -> tuple[str, ...]:
+    """The accounts a submission touches: the batcher never runs two batches at once that
+    share one, which keeps each account's requests in order and the commits conflict-free."""
+    request = submission.request
+    target = getattr(request, "target_account", "")
+    return (request.account, target) if target else (request.account,)
+
+
 def payload_hash(message: Any) -> bytes:
     """A stable hash of a request message's content (dry_run and pin left out)."""
     return hashlib.blake2b(message.SerializeToString(deterministic=True), digest_size=16).digest()

@@ -30,7 +30,7 @@ from processor import logs, metrics, proto
 from processor.batcher import Batcher
 from processor.cache import AccountCache
 from processor.engine import get_engine
-from processor.pipeline import Pipeline
+from processor.pipeline import Pipeline, submission_keys
 from processor.registry import ProgramRegistry
 from processor.service.admin import AdminServicer
 from processor.service.awards import AwardServicer
@@ -195,6 +195,8 @@ async def start(settings: Settings, database_url: str, redis_url: str | None) ->
         queue_depth_max=settings.queue_depth_max,
         batch_requests_max=settings.batch_requests_max,
         flush_interval_ms=settings.flush_interval_ms,
+        batches_in_flight_max=settings.batches_in_flight_max,
+        keys_of=submission_keys,
     )
     batcher.start()
     server = grpc.aio.server(
