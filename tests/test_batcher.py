@@ -119,9 +119,7 @@ async def test_a_waiting_batch_is_not_overtaken_by_a_later_one() -> None:
 
 async def test_each_accounts_requests_are_processed_in_arrival_order_under_overlap() -> None:
     recorder = Recorder(delay=0.0005, jitter=0.003, seed=7)
-    batcher = Batcher(
-        recorder, flush_interval_ms=0.5, batch_requests_max=7, keys_of=keys_of
-    )
+    batcher = Batcher(recorder, flush_interval_ms=0.5, batch_requests_max=7, keys_of=keys_of)
     batcher.start()
     rng = random.Random(11)
     accounts = [f"card-{n}" for n in range(200)]
