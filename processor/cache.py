@@ -12,27 +12,70 @@ counted in ``skipped_total``), then tries again; one success closes the circuit.
 the API (a non-bytes value, a negative version, a malformed id) is a ``ValueError``, raised
 before anything is sent.
 
-Layout. One plain string per account, ``<prefix>acct:{<account id>}``; the braces are a
-Redis Cluster hash tag, so any companion key of an account (``key(id) + ":<suffix>"``) lands
-in the same slot. The value is the version as 8 bytes big-endian followed by the state::
+Layout. Accounts are grouped into small hashes ("buckets") that Redis stores as listpacks:
+one allocation holding all of a bucket's fields and values back to back, instead of a key,
+an object, a value allocation and a table entry per account. An id is split into its last
+three characters (the field) and the rest (the bucket)::
 
-    [ version: u64 big-endian ][ encoded account state ... ]
+    key    <prefix>acct:{<id[:-3]>}
+    field  <id[-3:]>
+    value  [ n: 1 byte ][ version: n bytes big-endian, no leading zero byte ][ state ... ]
 
-Keeping the version inside the string, rather than in a hash with two fields or a second
-key, costs 8 bytes instead of a second object (MEMORY USAGE on Redis 7.0: 328 bytes for a
-two-field hash, 184 for the string), and lets a Lua script compare versions byte by byte
-(fixed width, big-endian: byte order is numeric order, exact over 64 bits, no floats and no
-locale-dependent string comparison). Every write sets a TTL (``ENTRY_TTL_SECONDS``) so
-accounts that stop transacting leave memory by themselves.
+Card numbers are sequential with a Luhn check digit, so the cards of sequences ...00 to
+...99 share a bucket: 100 cards. An id of three characters or fewer goes whole into the field of
+the bucket ``{}``. No two ids share a (key, field): the bucket followed by the field is the
+id again (the field is exactly three characters whenever the bucket is not empty, and the
+braces, refused in ids and prefixes, delimit the bucket inside the key).
+:meth:`AccountCache.location` gives the pair, :meth:`AccountCache.key` the bucket key. The
+braces are a Redis Cluster hash tag, so a bucket and any companion key (``key(id) +
+":<suffix>"``) land in the same slot (the empty tag of ``{}`` hashes the whole key: still
+one slot).
 
-Memory, measured with a 90-byte state (98-byte value) and a 12-digit account id:
-``MEMORY USAGE`` reports 160-184 bytes per entry (Valkey 8.1 / Redis 7.0 with jemalloc),
-and ``used_memory`` grows by about 190-245 bytes per account once the key-table buckets
-and, on Redis 7.0, the expiry table (about 40 bytes, kept by the TTL) are counted. What
-moves it: the value's size against the allocator's size classes (a 90-byte value instead
-of 98 saved 16 bytes on jemalloc), the key length, and the TTL. Fewer than ~120 bytes per
-account needs either a smaller encoded state or accounts grouped into small listpack
-hashes (measured 116-123 bytes) at the price of a per-account TTL.
+The version sits inside the value (a second field per account would double the listpack
+entries) in its shortest big-endian form: 2 bytes for versions below 256, 9 for
+``VERSION_MAX``. The write script compares two versions without turning them into Lua
+numbers (doubles, inexact above 2**53): with no leading zero bytes a longer version is the
+larger one, and equal lengths compare byte by byte.
+
+TTL. Redis 7.0 and Valkey 8 have no TTL per hash field (HEXPIRE came with Redis 7.4 and
+Valkey 9), so the TTL is the bucket's: every write refreshes it to ``ENTRY_TTL_SECONDS``,
+and a bucket leaves memory once none of its accounts has been written for that long. The
+trade: an idle account stays cached while a bucket neighbour is active, so memory is
+bounded by the active buckets rather than the active accounts (in the worst case, one
+active card per bucket, 100 times as many accounts stay), and an eviction under
+``volatile-lru`` drops a whole bucket. Idle entries risk nothing: a stale entry costs a
+retry at commit, as always.
+
+Listpack settings. A hash stays a listpack while it has at most
+``hash-max-listpack-entries`` fields and no value longer than ``hash-max-listpack-value``
+bytes. The defaults (512 and 64) turn a bucket into a hashtable at its first state, which
+still works but costs about 40-50 bytes more per account (see below). The embedded server and
+``ops/compose.yaml`` set ``LISTPACK_VALUE_BYTES_MIN`` and ``LISTPACK_ENTRIES_MIN``; on any
+other server the cache reads both settings once (CONFIG GET; a refusal is ignored) and logs
+one warning when they are smaller. It never changes a server's settings. A listpack is
+searched linearly: an HGET or HSET walks about 13 KB for a full bucket of card states,
+microseconds.
+
+Memory per account, measured with 100,000 seeded accounts (``processor.seed`` states, 123
+bytes on average, so 125-byte values) under consecutive 16-digit card numbers, as ``MEMORY
+USAGE`` (:meth:`AccountCache.memory_usage_bytes` over 1,000 accounts) / ``used_memory``
+growth; the old layout is one string key per account with its own TTL:
+
+    ============================================  ===========  ==========
+    server                                        buckets      old layout
+    ============================================  ===========  ==========
+    Valkey 8.1 (embedded, libc malloc), listpack  132 / 133    198 / 231
+    Redis 7.0 (jemalloc), listpack settings set   144 / 145    219 / 282
+    Redis 7.0, default settings: hashtables       184 / 194    219 / 282
+    ============================================  ===========  ==========
+
+In a listpack an account costs its value (125 bytes on average), about 6 bytes of entry
+headers and field, and 1-2 bytes of its bucket's key, object and TTL shared by 100; on
+jemalloc about 11 more, as the ~13 KB listpack is rounded up to a 2 KB size class. Under
+120 bytes therefore needs smaller states, not another layout: the state alone averages 123
+bytes. Shorter names in the state encoding, or compressing states in the cache with a
+shared dictionary (zlib with a 32 KB dictionary of sample states: 65 bytes on average),
+would get there.
 
 Writes never go backwards: :meth:`AccountCache.put_many` runs the script, which writes an
 entry only when no entry exists or the stored version is not newer. Two processes refreshing
@@ -44,9 +87,14 @@ Connecting: :meth:`AccountCache.from_url` takes ``redis://``, ``rediss://``, ``u
 ``redis+cluster://`` (or ``rediss+cluster://``) scheme, a ``?cluster=1`` query parameter, or
 ``cluster=True``; the URL then names any one node and the client discovers the others.
 
-Round trips. A standalone server gets one pipeline per call (MGET, or one script call per
-``BATCH_KEYS_MAX`` keys); a cluster gets one pipeline per node, holding one MGET or one
-script call per slot.
+Round trips. A standalone server gets one pipeline per call: one HMGET (or HDEL) per bucket,
+or one script call per ``BATCH_ACCOUNTS_MAX`` accounts; a cluster gets one pipeline per
+node, holding the HMGETs of its buckets or one script call per slot (and batch).
+
+Upgrading from the layout of one string key per account (``<prefix>acct:{<id>}``): the old
+keys expire within ``ENTRY_TTL_SECONDS``. Only where one id is another minus its last three
+characters can an old key bear a bucket's name: reads of that bucket fail (and are served
+from PostgreSQL) until the first write to it replaces the old key.
 """
 
 from __future__ import annotations
@@ -72,6 +120,8 @@ __all__ = [
     "CIRCUIT_COOLDOWN_SECONDS",
     "CIRCUIT_ERRORS_MAX",
     "ENTRY_TTL_SECONDS",
+    "LISTPACK_ENTRIES_MIN",
+    "LISTPACK_VALUE_BYTES_MIN",
     "OPERATION_TIMEOUT_SECONDS",
     "SOCKET_TIMEOUT_SECONDS",
     "VERSION_MAX",
@@ -80,7 +130,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# How long an entry lives after its last refresh; bounds memory to the active accounts.
+# How long a bucket lives after the last write to any of its accounts; bounds memory to
+# the buckets holding an active account.
 ENTRY_TTL_SECONDS = 6 * 3600
 # A dead or black-holed Redis must cost little per batch: connect and read give up fast,
 # and a whole operation (including a cluster's one re-discovery) has a hard deadline.
@@ -93,14 +144,25 @@ CIRCUIT_COOLDOWN_SECONDS = 5.0
 ERROR_LOG_INTERVAL_SECONDS = 30.0
 # Connections per pool (per node in a cluster); a full pool waits up to the deadline.
 CONNECTIONS_MAX = 32
-# Keys per MGET or script call, so one call never blocks the server for long.
-BATCH_KEYS_MAX = 1000
+# Accounts per HMGET, HDEL or script call, so one command never blocks the server for long.
+BATCH_ACCOUNTS_MAX = 1000
 ACCOUNTS_PER_CALL_MAX = 100_000
 ACCOUNT_ID_LENGTH_MAX = 128
 KEY_PREFIX_LENGTH_MAX = 64
 VALUE_BYTES_MAX = 64 * 1024
-VERSION_BYTES = 8
 VERSION_MAX = 2**63 - 1  # PostgreSQL bigint
+# VERSION_MAX in its shortest big-endian form; the script relies on this bound.
+VERSION_BYTES_MAX = 8
+# Three characters: a card number's last two sequence digits and its check digit, so a
+# bucket holds 100 consecutive cards, few enough for a small listpack, many enough that
+# the per-key overhead (about 100 bytes) is 1 byte per account.
+FIELD_LENGTH = 3
+# The server settings under which a bucket of card states stays a listpack: the largest
+# seeded states are about 260 bytes, so 1024 leaves room for accounts with many more lots;
+# 512 fields hold a bucket of 100 cards with room to spare (ids without a check digit can
+# fill 1000 fields: such a full bucket becomes a hashtable, still correct).
+LISTPACK_VALUE_BYTES_MIN = 1024
+LISTPACK_ENTRIES_MIN = 512
 
 _ACCOUNT_NAMESPACE = "acct:"
 _KEY_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.:-]*")
@@ -108,25 +170,54 @@ _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _SCHEME_ALIASES = {"valkey": "redis", "valkeys": "rediss", "valkey+cluster": "redis+cluster"}
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _FALSE_WORDS = {"0", "false", "no", "off", ""}
+_LISTPACK_SETTINGS = {
+    "hash-max-listpack-value": LISTPACK_VALUE_BYTES_MIN,
+    "hash-max-listpack-entries": LISTPACK_ENTRIES_MIN,
+}
 
-# KEYS[i] gets ARGV[i + 1] unless it holds a newer version; ARGV[1] is the TTL in seconds.
-# Returns how many entries were written.
+# KEYS are distinct bucket keys of one slot. ARGV[1] is the TTL in seconds; then, for each
+# key in order, the number of its entries and that many field, value pairs:
+#   ARGV = ttl, n1, field, value, ... (n1 pairs), n2, field, value, ... (n2 pairs), ...
+# An entry is written unless its field holds a newer version; a bucket that got a write
+# has its TTL refreshed. Returns how many entries were written.
 PUT_SCRIPT = b"""
+-- A stored value that does not parse counts as absent: the candidate replaces it.
 local function older(candidate, stored)
-  for i = 1, 8 do
+  local n, m = string.byte(candidate, 1), string.byte(stored, 1)
+  if m == nil or m < 1 or m > 8 or #stored <= m then
+    return false
+  end
+  if n ~= m then
+    return n < m
+  end
+  for i = 2, n + 1 do
     local a, b = string.byte(candidate, i), string.byte(stored, i)
     if a ~= b then return a < b end
   end
   return false
 end
+local at = 2
 local written = 0
-for i, key in ipairs(KEYS) do
-  local value = ARGV[i + 1]
-  local stored = redis.call('GETRANGE', key, 0, 7)
-  if #stored < 8 or not older(value, stored) then
-    redis.call('SET', key, value, 'EX', ARGV[1])
-    written = written + 1
+for _, key in ipairs(KEYS) do
+  local last = at + 2 * tonumber(ARGV[at])
+  local touched = false
+  for i = at + 1, last, 2 do
+    local stored = redis.pcall('HGET', key, ARGV[i])
+    if type(stored) == 'table' and stored.err then
+      -- A string key of the one-key-per-account layout under a bucket's name.
+      redis.call('UNLINK', key)
+      stored = false
+    end
+    if not stored or not older(ARGV[i + 1], stored) then
+      redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+      written = written + 1
+      touched = true
+    end
   end
+  if touched then
+    redis.call('EXPIRE', key, ARGV[1])
+  end
+  at = last + 1
 end
 return written
 """
@@ -141,8 +232,13 @@ _REDIS_FAILURES: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
+# Reading the server's settings may also meet a reply that is not what it should be.
+_CONFIG_FAILURES: tuple[type[BaseException], ...] = (*_REDIS_FAILURES, ValueError, TypeError)
+
 _T = TypeVar("_T")
 Client = aioredis.Redis | RedisCluster
+# One script call: its bucket keys, and ARGV after the TTL (see PUT_SCRIPT).
+_ScriptCall = tuple[list[str], list[int | str | bytes]]
 
 
 class AccountCache:
@@ -184,6 +280,7 @@ class AccountCache:
         self._open_until = 0.0
         self._last_error_log = -float("inf")
         self._errors_unlogged = 0
+        self._listpack_checked = False
         # Counters for metrics: read them, never reset them.
         self.errors_total = 0
         self.skipped_total = 0
@@ -243,9 +340,13 @@ class AccountCache:
         return self._clock() < self._open_until
 
     def key(self, account_id: str) -> str:
-        """The Redis key of an account; companion keys append ``:<suffix>`` to it."""
+        """The key of the bucket holding an account; companion keys append ``:<suffix>``."""
+        return self.location(account_id)[0]
+
+    def location(self, account_id: str) -> tuple[str, str]:
+        """``(bucket key, field)`` of an account's entry."""
         _check_account_id(account_id)
-        return f"{self._key_prefix}{{{account_id}}}"
+        return self._location(account_id)
 
     async def get_many(self, account_ids: Iterable[str]) -> dict[str, tuple[int, bytes]]:
         """``{account id: (version, state)}`` for the cached accounts; misses are absent."""
@@ -255,16 +356,17 @@ class AccountCache:
             _check_account_id(account_id)
         if not ids:
             return {}
-        keys = [self._key(account_id) for account_id in ids]
-        values = await self._guarded("get", lambda: self._mget(keys), None)
+        reads = self._by_bucket(ids)
+        values = await self._guarded("get", lambda: self._hmget_all(reads), None)
         if values is None:
             self.misses_total += len(ids)
             return {}
         found: dict[str, tuple[int, bytes]] = {}
-        for account_id, value in zip(ids, values, strict=True):
-            if isinstance(value, bytes) and len(value) >= VERSION_BYTES:
-                version = int.from_bytes(value[:VERSION_BYTES], "big")
-                found[account_id] = (version, value[VERSION_BYTES:])
+        members = (account_id for _, chunk in reads for _, account_id in chunk)
+        for account_id, value in zip(members, values, strict=True):
+            entry = _decode_entry(value)
+            if entry is not None:
+                found[account_id] = entry
         self.hits_total += len(found)
         self.misses_total += len(ids) - len(found)
         return found
@@ -275,26 +377,23 @@ class AccountCache:
         Returns how many entries were written (0 when Redis is unavailable).
         """
         _check_count(entries)
-        groups: dict[int, tuple[list[str], list[bytes]]] = {}
+        # slot -> bucket key -> [(field, value)]: a script call's keys must share a slot.
+        slots: dict[int, dict[str, list[tuple[str, bytes]]]] = {}
         for account_id, entry in entries.items():
             _check_account_id(account_id)
             value = _encode_entry(account_id, entry)
-            key = self._key(account_id)
+            key, field = self._location(account_id)
             slot = key_slot(key.encode()) if self._cluster else 0
-            keys, values = groups.setdefault(slot, ([], []))
-            keys.append(key)
-            values.append(value)
-        if not groups:
+            slots.setdefault(slot, {}).setdefault(key, []).append((field, value))
+        if not slots:
             return 0
-        calls = [
-            (keys[start : start + BATCH_KEYS_MAX], values[start : start + BATCH_KEYS_MAX])
-            for keys, values in groups.values()
-            for start in range(0, len(keys), BATCH_KEYS_MAX)
-        ]
+        calls = [call for buckets in slots.values() for call in _script_calls(buckets)]
         written = await self._guarded("put", lambda: self._run_put_script(calls), None)
         if written is None:
             return 0
         self.stale_writes_total += len(entries) - written
+        if not self._listpack_checked:
+            await self._check_listpack_settings()
         return written
 
     async def invalidate(self, account_ids: Iterable[str]) -> int:
@@ -302,7 +401,7 @@ class AccountCache:
 
         Prefer :meth:`put_many` with the committed version: a refresh read before the
         invalidation may still land afterwards, which is harmless (the version check at
-        commit time catches it) but costs a retry.
+        commit time catches it) but costs a retry. The bucket neighbours stay.
         """
         ids = list(dict.fromkeys(account_ids))
         _check_count(ids)
@@ -310,11 +409,11 @@ class AccountCache:
             _check_account_id(account_id)
         if not ids:
             return 0
-        keys = [self._key(account_id) for account_id in ids]
-        return await self._guarded("invalidate", lambda: self._unlink(keys), 0)
+        deletes = self._by_bucket(ids)
+        return await self._guarded("invalidate", lambda: self._hdel_all(deletes), 0)
 
     async def flush(self) -> int:
-        """Drop every entry under this cache's prefix (for tests); returns how many."""
+        """Drop every bucket under this cache's prefix (for tests); returns how many."""
 
         async def scan_and_unlink() -> int:
             pattern = f"{self._key_prefix}*"
@@ -324,22 +423,32 @@ class AccountCache:
         return await self._guarded("flush", scan_and_unlink, 0)
 
     async def memory_usage_bytes(self, account_id: str) -> int | None:
-        """What ``MEMORY USAGE`` reports for one account's entry (None if absent)."""
-        key = self.key(account_id)
+        """``MEMORY USAGE`` of the account's bucket over its number of accounts: the
+        bucket's average per account, not this entry's own size (None if not cached)."""
+        key, field = self.location(account_id)
 
         async def usage() -> int | None:
-            result = await self._client.memory_usage(key, samples=0)
-            return None if result is None else int(result)
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hexists(key, field)
+            pipe.hlen(key)
+            pipe.memory_usage(key, samples=0)
+            cached, count, total = await pipe.execute()
+            if not cached or not count or total is None:
+                return None
+            return round(int(total) / int(count))
 
         return await self._guarded("memory", usage, None)
 
     async def ttl_seconds_left(self, account_id: str) -> int | None:
-        """The remaining TTL of one account's entry (None if absent or unavailable)."""
-        key = self.key(account_id)
+        """The remaining TTL of the account's bucket (None if not cached or unavailable)."""
+        key, field = self.location(account_id)
 
         async def ttl() -> int | None:
-            seconds = int(await self._client.ttl(key))
-            return seconds if seconds >= 0 else None
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hexists(key, field)
+            pipe.ttl(key)
+            cached, seconds = await pipe.execute()
+            return int(seconds) if cached and int(seconds) >= 0 else None
 
         return await self._guarded("ttl", ttl, None)
 
@@ -355,29 +464,47 @@ class AccountCache:
 
     # -- Redis calls ------------------------------------------------------------------
 
-    def _key(self, account_id: str) -> str:
-        return f"{self._key_prefix}{{{account_id}}}"
+    def _location(self, account_id: str) -> tuple[str, str]:
+        # Ids of FIELD_LENGTH characters or fewer keep an empty bucket, so every field of a
+        # non-empty bucket has exactly FIELD_LENGTH characters and bucket + field == id.
+        cut = max(len(account_id) - FIELD_LENGTH, 0)
+        return f"{self._key_prefix}{{{account_id[:cut]}}}", account_id[cut:]
 
-    async def _mget(self, keys: list[str]) -> list[Any]:
-        if isinstance(self._client, RedisCluster):
-            return list(await self._client.mget_nonatomic(keys))
-        if len(keys) <= BATCH_KEYS_MAX:
-            return list(await self._client.mget(keys))
+    def _by_bucket(self, ids: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+        """``[(bucket key, [(field, account id), ...])]``, at most BATCH_ACCOUNTS_MAX each."""
+        buckets: dict[str, list[tuple[str, str]]] = {}
+        for account_id in ids:
+            key, field = self._location(account_id)
+            buckets.setdefault(key, []).append((field, account_id))
+        return [
+            (key, members[start : start + BATCH_ACCOUNTS_MAX])
+            for key, members in buckets.items()
+            for start in range(0, len(members), BATCH_ACCOUNTS_MAX)
+        ]
+
+    async def _hmget_all(self, reads: list[tuple[str, list[tuple[str, str]]]]) -> list[Any]:
+        # A cluster pipeline sends each node its own commands, one round trip per node.
         pipe = self._client.pipeline(transaction=False)
-        for start in range(0, len(keys), BATCH_KEYS_MAX):
-            pipe.mget(keys[start : start + BATCH_KEYS_MAX])
-        return [value for chunk in await pipe.execute() for value in chunk]
+        for key, members in reads:
+            pipe.hmget(key, [field for field, _ in members])
+        return [value for values in await pipe.execute() for value in values]
+
+    async def _hdel_all(self, deletes: list[tuple[str, list[tuple[str, str]]]]) -> int:
+        pipe = self._client.pipeline(transaction=False)
+        for key, members in deletes:
+            pipe.hdel(key, *(field for field, _ in members))
+        return sum(int(count) for count in await pipe.execute())
 
     async def _unlink(self, keys: Sequence[str]) -> int:
         if isinstance(self._client, RedisCluster):
             # The cluster client splits a multi-key UNLINK by slot, one pipeline per node.
             return int(await self._client.unlink(*keys))
         pipe = self._client.pipeline(transaction=False)
-        for start in range(0, len(keys), BATCH_KEYS_MAX):
-            pipe.unlink(*keys[start : start + BATCH_KEYS_MAX])
+        for start in range(0, len(keys), BATCH_ACCOUNTS_MAX):
+            pipe.unlink(*keys[start : start + BATCH_ACCOUNTS_MAX])
         return sum(int(count) for count in await pipe.execute())
 
-    async def _run_put_script(self, calls: list[tuple[list[str], list[bytes]]]) -> int:
+    async def _run_put_script(self, calls: list[_ScriptCall]) -> int:
         results = await self._evalsha_all(calls)
         missing = [call for call, result in zip(calls, results, strict=True) if _noscript(result)]
         if missing:
@@ -391,13 +518,35 @@ class AccountCache:
                 raise result
         return sum(int(result) for result in results)
 
-    async def _evalsha_all(self, calls: list[tuple[list[str], list[bytes]]]) -> list[Any]:
+    async def _evalsha_all(self, calls: list[_ScriptCall]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        for keys, values in calls:
+        for keys, arguments in calls:
             pipe.execute_command(
-                "EVALSHA", PUT_SCRIPT_SHA, len(keys), *keys, self.ttl_seconds, *values
+                "EVALSHA", PUT_SCRIPT_SHA, len(keys), *keys, self.ttl_seconds, *arguments
             )
         return list(await pipe.execute(raise_on_error=False))
+
+    async def _check_listpack_settings(self) -> None:
+        """Warn once when the server would store buckets as hashtables (best effort)."""
+        self._listpack_checked = True
+        try:
+            async with asyncio.timeout(self._operation_timeout_seconds):
+                reply = await self._client.config_get("hash-max-listpack-*")
+            settings = {_text(name): int(_text(value)) for name, value in dict(reply).items()}
+        except _CONFIG_FAILURES as error:
+            # Managed services often refuse CONFIG; the cache works either way.
+            log.debug("redis cache: cannot read the listpack settings: %s", error)
+            return
+        if any(settings.get(name, wanted) < wanted for name, wanted in _LISTPACK_SETTINGS.items()):
+            found = ", ".join(f"{name} {settings.get(name, '?')}" for name in _LISTPACK_SETTINGS)
+            wanted = ", ".join(f"{name} {value}" for name, value in _LISTPACK_SETTINGS.items())
+            log.warning(
+                "redis cache: the server has %s; below %s its account buckets are hashtables, "
+                "not listpacks, and take about 40-50 bytes more per account (still correct). Set "
+                "both in the server's configuration.",
+                found,
+                wanted,
+            )
 
     # -- failure handling -------------------------------------------------------------
 
@@ -487,6 +636,38 @@ def _check_account_id(account_id: object) -> None:
         )
 
 
+def _script_calls(buckets: dict[str, list[tuple[str, bytes]]]) -> list[_ScriptCall]:
+    """The script calls writing the buckets of one slot, BATCH_ACCOUNTS_MAX entries each.
+
+    A bucket with more entries than fit in one call continues in the next; each call names
+    a key once, with its count of field, value pairs (the layout PUT_SCRIPT reads).
+    """
+    calls: list[_ScriptCall] = []
+    keys: list[str] = []
+    arguments: list[int | str | bytes] = []
+    room = BATCH_ACCOUNTS_MAX
+    for key, pairs in buckets.items():
+        start = 0
+        while start < len(pairs):
+            if room == 0:
+                calls.append((keys, arguments))
+                keys, arguments, room = [], [], BATCH_ACCOUNTS_MAX
+            chunk = pairs[start : start + room]
+            keys.append(key)
+            arguments.append(len(chunk))
+            for field, value in chunk:
+                arguments += (field, value)
+            start += len(chunk)
+            room -= len(chunk)
+    if keys:
+        calls.append((keys, arguments))
+    return calls
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _encode_entry(account_id: str, entry: object) -> bytes:
     if not isinstance(entry, tuple) or len(entry) != 2:
         raise ValueError(f"account {account_id}: an entry is (version, state), got {entry!r}")
@@ -499,4 +680,15 @@ def _encode_entry(account_id: str, entry: object) -> bytes:
         raise ValueError(
             f"account {account_id}: state is {len(state)} bytes; at most {VALUE_BYTES_MAX}"
         )
-    return version.to_bytes(VERSION_BYTES, "big") + state
+    size = max((version.bit_length() + 7) // 8, 1)
+    return bytes((size,)) + version.to_bytes(size, "big") + state
+
+
+def _decode_entry(value: object) -> tuple[int, bytes] | None:
+    """``(version, state)`` of a stored value; None for a miss or a value that does not parse."""
+    if not isinstance(value, bytes) or not value:
+        return None
+    size = value[0]
+    if not 1 <= size <= VERSION_BYTES_MAX or len(value) <= size:
+        return None
+    return int.from_bytes(value[1 : 1 + size], "big"), value[1 + size :]

@@ -1,4 +1,4 @@
-"""The Redis account cache: versioned writes, hash-tagged keys, and life without Redis.
+"""The Redis account cache: versioned writes, bucketed hash-tagged keys, life without Redis.
 
 Every behaviour runs against a standalone server and against a Redis Cluster (``integration``);
 the failure tests point the cache at a port nobody listens on, or at one that accepts and
@@ -8,6 +8,8 @@ never answers.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import random
 import socket
 import time
@@ -16,19 +18,27 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from plugins.redis import open_cache
+from hypothesis import given
+from hypothesis import strategies as st
+from plugins.redis import REDIS_URL_ENV, open_cache
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from processor import cache as cache_module
 from processor.cache import (
     CIRCUIT_ERRORS_MAX,
+    LISTPACK_ENTRIES_MIN,
+    LISTPACK_VALUE_BYTES_MIN,
     OPERATION_TIMEOUT_SECONDS,
     VERSION_MAX,
     AccountCache,
 )
+from processor.cards import card_number
 from processor.embedded import valkey
 
 STATE = bytes(range(90))  # about the size of one encoded account state
+# The size of a typical seeded state (processor.seed: 123 bytes on average).
+SEEDED_STATE = bytes(range(128))
 
 
 class FakeClock:
@@ -87,7 +97,7 @@ async def test_round_trip(any_cache: AccountCache) -> None:
 
 
 async def test_many_accounts_span_several_commands(any_cache: AccountCache) -> None:
-    count = cache_module.BATCH_KEYS_MAX * 2 + 17
+    count = cache_module.BATCH_ACCOUNTS_MAX * 2 + 17
     entries = {f"acct-{index}": (index, index.to_bytes(4, "big")) for index in range(count)}
     assert await any_cache.put_many(entries) == count
     assert await any_cache.get_many(entries) == entries
@@ -95,12 +105,31 @@ async def test_many_accounts_span_several_commands(any_cache: AccountCache) -> N
     assert await any_cache.get_many(entries) == {}
 
 
+async def test_a_bucket_larger_than_one_command_is_split_across_commands(
+    any_cache: AccountCache,
+) -> None:
+    # Twelve letters make 1,728 three-character fields under the one bucket "big".
+    letters = "abcdefghijkl"
+    fields = [a + b + c for a in letters for b in letters for c in letters]
+    assert len(fields) > cache_module.BATCH_ACCOUNTS_MAX
+    entries = {f"big{field}": (index, field.encode()) for index, field in enumerate(fields)}
+    assert len({any_cache.key(account_id) for account_id in entries}) == 1
+    assert await any_cache.put_many(entries) == len(entries)
+    assert await any_cache.get_many(entries) == entries
+    older = {account_id: (version - 1, b"old") for account_id, (version, _) in entries.items()}
+    del older[f"big{fields[0]}"]  # version 0 has no older version
+    assert await any_cache.put_many(older) == 0
+    assert await any_cache.get_many(entries) == entries
+    assert await any_cache.invalidate(entries) == len(entries)
+    assert await any_cache._client.exists(any_cache.key("bigaaa")) == 0
+
+
 # -- versions only move forward ----------------------------------------------------------
 
 
 async def test_older_version_never_overwrites_newer(any_cache: AccountCache) -> None:
     await any_cache.put_many({"7": (256, b"new")})
-    assert await any_cache.put_many({"7": (255, b"old")}) == 0  # differs in the 7th byte
+    assert await any_cache.put_many({"7": (255, b"old")}) == 0  # one version byte fewer
     assert await any_cache.put_many({"7": (1, b"older")}) == 0
     assert await any_cache.get_many(["7"]) == {"7": (256, b"new")}
     assert any_cache.stale_writes_total == 2
@@ -109,6 +138,71 @@ async def test_older_version_never_overwrites_newer(any_cache: AccountCache) -> 
     assert await any_cache.put_many({"7": (VERSION_MAX, b"last")}) == 1
     assert await any_cache.put_many({"7": (2**32, b"mid")}) == 0
     assert await any_cache.get_many(["7"]) == {"7": (VERSION_MAX, b"last")}
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        (0, 1),
+        (1, 2),
+        (255, 256),
+        (256, 257),
+        (511, 65_280),  # 01ff < ff00: the same length, bytes compared in order
+        (2**32 - 1, 2**32),
+        (2**53, 2**53 + 1),  # where a double would call them equal
+        (2**56 - 1, 2**56),
+        (VERSION_MAX - 1, VERSION_MAX),
+    ],
+)
+async def test_versions_compare_exactly_across_length_boundaries(
+    any_cache: AccountCache, older: int, newer: int
+) -> None:
+    await any_cache.put_many({"b1": (newer, b"new")})
+    assert await any_cache.put_many({"b1": (older, b"old")}) == 0
+    assert await any_cache.get_many(["b1"]) == {"b1": (newer, b"new")}
+
+    await any_cache.put_many({"b2": (older, b"old")})
+    assert await any_cache.put_many({"b2": (newer, b"new")}) == 1
+    assert await any_cache.get_many(["b2"]) == {"b2": (newer, b"new")}
+    assert await any_cache.put_many({"b2": (newer, b"again")}) == 1  # the same version
+    assert any_cache.stale_writes_total == 1
+
+
+@pytest.mark.parametrize(
+    ("version", "stored"),
+    [
+        (0, b"\x01\x00"),
+        (1, b"\x01\x01"),
+        (255, b"\x01\xff"),
+        (256, b"\x02\x01\x00"),
+        (2**32, b"\x05\x01\x00\x00\x00\x00"),
+        (VERSION_MAX, b"\x08\x7f" + b"\xff" * 7),
+    ],
+)
+async def test_version_is_stored_in_its_shortest_form(
+    any_cache: AccountCache, version: int, stored: bytes
+) -> None:
+    await any_cache.put_many({"600120000020017": (version, STATE)})
+    key, field = any_cache.location("600120000020017")
+    assert await any_cache._client.hget(key, field) == stored + STATE
+    assert await any_cache.get_many(["600120000020017"]) == {"600120000020017": (version, STATE)}
+
+
+async def test_random_version_pairs_keep_the_larger(any_cache: AccountCache) -> None:
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+
+    def version() -> int:
+        return rng.getrandbits(rng.randint(0, 63))
+
+    pairs = {f"r{index:04d}": sorted((version(), version())) for index in range(300)}
+    # Larger first, then smaller: every second write is refused unless they are equal.
+    await any_cache.put_many({a: (high, b"high") for a, (_, high) in pairs.items()})
+    equal = sum(low == high for low, high in pairs.values())
+    assert await any_cache.put_many({a: (low, b"low") for a, (low, _) in pairs.items()}) == equal
+    expected = {a: (high, b"low" if low == high else b"high") for a, (low, high) in pairs.items()}
+    assert await any_cache.get_many(pairs) == expected
 
 
 async def test_mixed_batch_writes_only_the_newer_entries(any_cache: AccountCache) -> None:
@@ -155,6 +249,101 @@ async def test_concurrent_writers_leave_the_newest_version(
 # -- invalidation, TTL, keys -------------------------------------------------------------
 
 
+# -- buckets ------------------------------------------------------------------------------
+
+
+# Short ids, ids sharing a prefix, ids one of which is another minus three characters.
+TRICKY_IDS = [
+    "1", "12", "123", "1234", "12345", "123456", "1234567", "0", "00", "000", "0000",
+    "a", "ab", "abc", "abcd", "abcde", "abcdef", "abcabc", "xabc", "xxabc",
+    "6001200000020", "6001200000020017", "6001200000020025", "6001200000021015",
+    "600120000002", "60012000000201", "é", "éé", "ééé", "éééé", "a:b", "a:bc",
+]  # fmt: skip
+
+
+def test_ids_map_to_distinct_buckets_and_fields() -> None:
+    cache = AccountCache(aioredis.Redis(), key_prefix="p:")
+    locations = [cache.location(account_id) for account_id in TRICKY_IDS]
+    assert len(set(locations)) == len(TRICKY_IDS)
+    assert cache.location("12") == ("p:acct:{}", "12")
+    assert cache.location("1234") == ("p:acct:{1}", "234")
+    assert cache.location("6001200000020017") == ("p:acct:{6001200000020}", "017")
+    for account_id, (key, field) in zip(TRICKY_IDS, locations, strict=True):
+        assert key == cache.key(account_id)
+        bucket = key[len("p:acct:{") : -1]
+        assert bucket + field == account_id
+        assert len(field) == 3 or (bucket == "" and len(field) < 3)
+
+
+@given(st.lists(st.text(st.characters(exclude_characters="{}"), min_size=1, max_size=12)))
+def test_any_ids_map_to_distinct_locations(account_ids: list[str]) -> None:
+    cache = AccountCache(aioredis.Redis())
+    distinct = set(account_ids)
+    assert len({cache.location(account_id) for account_id in distinct}) == len(distinct)
+
+
+async def test_tricky_ids_keep_their_own_entries(any_cache: AccountCache) -> None:
+    entries = {
+        account_id: (index, account_id.encode()) for index, account_id in enumerate(TRICKY_IDS)
+    }
+    assert await any_cache.put_many(entries) == len(entries)
+    assert await any_cache.get_many(TRICKY_IDS) == entries
+    assert await any_cache.invalidate(["123", "1234"]) == 2
+    del entries["123"], entries["1234"]
+    assert await any_cache.get_many(TRICKY_IDS) == entries
+
+
+async def test_consecutive_cards_share_one_bucket(any_cache: AccountCache) -> None:
+    cards = [card_number("60012", sequence, 16) for sequence in range(2000, 2100)]
+    assert len({any_cache.key(card) for card in cards}) == 1
+    assert any_cache.key(card_number("60012", 2100, 16)) != any_cache.key(cards[0])
+    await any_cache.put_many({card: (1, STATE) for card in cards})
+    assert await any_cache._client.hlen(any_cache.key(cards[0])) == 100
+
+
+async def test_invalidate_drops_one_account_and_keeps_its_bucket_neighbours(
+    any_cache: AccountCache,
+) -> None:
+    first, second, third = (card_number("60012", sequence, 16) for sequence in (7, 8, 9))
+    key = any_cache.key(first)
+    assert any_cache.key(second) == any_cache.key(third) == key
+    await any_cache.put_many({first: (1, b"1"), second: (2, b"2"), third: (3, b"3")})
+    assert await any_cache.invalidate([second]) == 1
+    assert await any_cache.get_many([first, second, third]) == {first: (1, b"1"), third: (3, b"3")}
+    assert await any_cache._client.hlen(key) == 2
+    assert await any_cache.ttl_seconds_left(first) is not None
+    assert await any_cache.ttl_seconds_left(second) is None
+    # The last account out takes the bucket with it.
+    assert await any_cache.invalidate([first, third, second]) == 2
+    assert await any_cache._client.exists(key) == 0
+
+
+async def test_a_write_refreshes_the_bucket_ttl(any_cache: AccountCache) -> None:
+    first, neighbour = card_number("60012", 41, 16), card_number("60012", 42, 16)
+    await any_cache.put_many({first: (1, STATE)})
+    # As if the bucket had been idle for almost its whole TTL.
+    await any_cache._client.expire(any_cache.key(first), 10)
+    assert await any_cache.ttl_seconds_left(first) in (9, 10)
+    await any_cache.put_many({neighbour: (1, STATE)})
+    left = await any_cache.ttl_seconds_left(first)
+    assert left is not None and any_cache.ttl_seconds - 5 <= left <= any_cache.ttl_seconds
+    # A refused write (an older version) is no write: it leaves the TTL alone.
+    await any_cache._client.expire(any_cache.key(first), 10)
+    assert await any_cache.put_many({first: (0, STATE)}) == 0
+    assert await any_cache.ttl_seconds_left(first) in (9, 10)
+
+
+async def test_a_leftover_string_key_of_the_old_layout_is_replaced(
+    any_cache: AccountCache,
+) -> None:
+    # Under the one-key-per-account layout, account "6001" had the key of bucket "6001".
+    key = any_cache.key("6001017")
+    await any_cache._client.set(key, (1).to_bytes(8, "big") + STATE, ex=60)
+    assert await any_cache.put_many({"6001017": (2, STATE)}) == 1
+    assert await any_cache.get_many(["6001017"]) == {"6001017": (2, STATE)}
+    assert any_cache.errors_total == 0
+
+
 async def test_invalidate(any_cache: AccountCache) -> None:
     await any_cache.put_many({"x": (1, b"x"), "y": (2, b"y")})
     assert await any_cache.invalidate(["x", "absent"]) == 1
@@ -183,30 +372,101 @@ async def test_configured_ttl(
         assert 100 <= left <= 120
 
 
-async def test_keys_carry_the_account_hash_tag(
-    any_cache: AccountCache, redis_key_prefix: str
-) -> None:
-    key = any_cache.key("4242")
-    assert key == f"{redis_key_prefix}acct:{{4242}}"
+async def test_buckets_carry_the_hash_tag(any_cache: AccountCache, redis_key_prefix: str) -> None:
+    key, field = any_cache.location("424242")
+    assert (key, field) == (f"{redis_key_prefix}acct:{{424}}", "242")
     companion = f"{key}:lots"
-    assert key_slot(key.encode()) == key_slot(companion.encode()) == key_slot(b"{4242}")
-    await any_cache.put_many({"4242": (1, STATE)})
+    assert key_slot(key.encode()) == key_slot(companion.encode()) == key_slot(b"{424}")
+    await any_cache.put_many({"424242": (1, STATE)})
     client = any_cache._client
     assert await client.exists(key) == 1
-    raw = await client.get(key)
-    assert raw == (1).to_bytes(8, "big") + STATE
+    assert await client.hgetall(key) == {b"242": b"\x01\x01" + STATE}
     if any_cache.cluster:
-        assert await client.cluster_keyslot(key) == key_slot(b"{4242}")
+        assert await client.cluster_keyslot(key) == key_slot(b"{424}")
 
 
-async def test_memory_per_entry(any_cache: AccountCache) -> None:
-    await any_cache.put_many({"000012345678": (12, STATE)})
-    usage = await any_cache.memory_usage_bytes("000012345678")
-    print(f"MEMORY USAGE of one {len(STATE)}-byte state: {usage} bytes")
-    assert usage is not None
-    # A 98-byte string value, its key and their headers; more means the layout regressed.
-    assert usage <= 200
+async def test_memory_per_account_is_the_bucket_average(any_cache: AccountCache) -> None:
+    cards = [card_number("60012", sequence, 16) for sequence in range(2000, 2100)]
+    await any_cache.put_many({card: (12, STATE) for card in cards})
+    key = any_cache.key(cards[0])
+    total = await any_cache._client.memory_usage(key, samples=0)
+    usage = await any_cache.memory_usage_bytes(cards[0])
+    assert usage == round(total / 100)
+    encoding = await any_cache._client.object("encoding", key)
+    print(f"MEMORY USAGE per account, {len(STATE)}-byte states, {encoding}: {usage} bytes")
+    # A listpack: the 93-byte value, the field and their entry headers, and the bucket's
+    # key and headers shared by 100. A hashtable (small listpack settings): a table entry
+    # and two strings per account. More means the layout regressed.
+    assert usage <= (110 if encoding in (b"listpack", "listpack") else 200)
     assert await any_cache.memory_usage_bytes("absent") is None
+    assert await any_cache.memory_usage_bytes(card_number("60012", 2100, 16)) is None
+
+
+async def test_buckets_stay_listpacks_on_the_embedded_server(cache: AccountCache) -> None:
+    if os.environ.get(REDIS_URL_ENV):
+        pytest.skip(f"{REDIS_URL_ENV} names a server whose listpack settings are its own")
+    cards = [card_number("60012", sequence, 16) for sequence in range(2000, 2100)]
+    await cache.put_many({card: (1, SEEDED_STATE) for card in cards})
+    key = cache.key(cards[0])
+    assert await cache._client.hlen(key) == 100
+    assert await cache._client.object("encoding", key) == b"listpack"
+    # Each account costs its 130-byte value and a few bytes of headers, not a key.
+    usage = await cache.memory_usage_bytes(cards[0])
+    assert usage is not None and usage <= len(SEEDED_STATE) + 20
+
+
+async def test_small_listpack_settings_are_warned_about_once(
+    redis_url: str, redis_key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = aioredis.Redis.from_url(redis_url)
+    original = (await admin.config_get("hash-max-listpack-value"))["hash-max-listpack-value"]
+    # A server that already has a small value (the defaults) is left as it is.
+    lowered = int(original) >= LISTPACK_VALUE_BYTES_MIN
+    try:
+        if lowered:
+            await admin.config_set("hash-max-listpack-value", "64")
+        async with open_cache(redis_url, redis_key_prefix) as small:
+            with caplog.at_level("WARNING", logger="processor.cache"):
+                await small.put_many({"w1": (1, STATE)})
+                await small.put_many({"w2": (1, STATE)})
+                assert await small.get_many(["w1", "w2"]) == {"w1": (1, STATE), "w2": (1, STATE)}
+        warnings = [r.getMessage() for r in caplog.records if "listpack" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert f"hash-max-listpack-value {64 if lowered else original}" in warnings[0]
+        assert "hash-max-listpack-entries" in warnings[0]
+        assert f"hash-max-listpack-value {LISTPACK_VALUE_BYTES_MIN}" in warnings[0]
+    finally:
+        if lowered:
+            await admin.config_set("hash-max-listpack-value", original)
+        await admin.aclose()
+
+
+async def test_sufficient_listpack_settings_are_not_warned_about(
+    cache: AccountCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = await cache._client.config_get("hash-max-listpack-*")
+    if (
+        int(settings["hash-max-listpack-value"]) < LISTPACK_VALUE_BYTES_MIN
+        or int(settings["hash-max-listpack-entries"]) < LISTPACK_ENTRIES_MIN
+    ):
+        pytest.skip("the server keeps small listpack settings")
+    with caplog.at_level("WARNING", logger="processor.cache"):
+        await cache.put_many({"w1": (1, STATE)})
+    assert not [r for r in caplog.records if "listpack" in r.getMessage()]
+
+
+async def test_refused_config_get_is_ignored(
+    cache: AccountCache, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def refused(*args: object, **kwargs: object) -> object:
+        raise ResponseError("unknown command 'CONFIG'")
+
+    monkeypatch.setattr(cache._client, "config_get", refused)
+    with caplog.at_level(logging.WARNING, logger="processor.cache"):
+        assert await cache.put_many({"w1": (1, STATE)}) == 1
+        assert await cache.put_many({"w2": (1, STATE)}) == 1
+    assert not caplog.records
+    assert cache.errors_total == 0 and not cache.circuit_open
 
 
 @pytest.mark.integration
@@ -223,36 +483,43 @@ async def test_lost_script_cache_is_reloaded(cluster_cache: AccountCache) -> Non
 
 
 @pytest.mark.parametrize(
-    "entry",
+    ("entry", "message"),
     [
-        (1, "text"),
-        (1, bytearray(b"x")),
-        (1, None),
-        (-1, b"x"),
-        (VERSION_MAX + 1, b"x"),
-        (True, b"x"),
-        (1.0, b"x"),
-        (1, b"x" * (cache_module.VALUE_BYTES_MAX + 1)),
-        (1,),
-        [1, b"x"],
+        ((1, "text"), "account bad: state must be bytes, got str"),
+        ((1, bytearray(b"x")), "state must be bytes, got bytearray"),
+        ((1, None), "state must be bytes, got NoneType"),
+        ((-1, b"x"), f"version must be an int in 0..{VERSION_MAX}"),
+        ((VERSION_MAX + 1, b"x"), f"version must be an int in 0..{VERSION_MAX}"),
+        ((True, b"x"), "version must be an int"),
+        ((1.0, b"x"), "version must be an int"),
+        ((1, b"x" * (cache_module.VALUE_BYTES_MAX + 1)), "state is 65537 bytes; at most 65536"),
+        ((1,), r"an entry is \(version, state\)"),
+        ([1, b"x"], r"an entry is \(version, state\)"),
     ],
     ids=lambda entry: repr(entry)[:24],
 )
-async def test_bad_entry_is_refused_and_nothing_written(cache: AccountCache, entry: object) -> None:
-    with pytest.raises(ValueError):
+async def test_bad_entry_is_refused_and_nothing_written(
+    cache: AccountCache, entry: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
         await cache.put_many({"good": (1, b"fine"), "bad": entry})
     assert await cache.get_many(["good", "bad"]) == {}
+    assert await cache._client.exists(cache.key("good"), cache.key("bad")) == 0
     assert cache.errors_total == 0
 
 
 @pytest.mark.parametrize("account_id", ["", "a{b", "a}b", 42, None, "x" * 129])
 async def test_bad_account_id_is_refused(cache: AccountCache, account_id: object) -> None:
-    with pytest.raises(ValueError):
-        await cache.put_many({account_id: (1, b"x")})
-    with pytest.raises(ValueError):
+    message = "an account id is a non-empty str of at most 128 characters without braces"
+    with pytest.raises(ValueError, match=message):
+        await cache.put_many({"good": (1, b"x"), account_id: (1, b"x")})
+    assert await cache.get_many(["good"]) == {}
+    with pytest.raises(ValueError, match=message):
         await cache.get_many([account_id])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         await cache.invalidate([account_id])
+    with pytest.raises(ValueError, match=message):
+        cache.location(account_id)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("prefix", ["a{b}:", "with space", "x" * 65])

@@ -23,6 +23,7 @@ import yaml
 from test_metrics import in_process_server, post_purchases
 
 from processor import metrics
+from processor.cache import LISTPACK_ENTRIES_MIN, LISTPACK_VALUE_BYTES_MIN
 from processor.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,6 +272,13 @@ def test_compose_runs_the_stack_with_the_dashboard_provisioned() -> None:
     compose = yaml.safe_load((OPS / "compose.yaml").read_text())
     services = compose["services"]
     assert {"postgres", "redis", "processor", "prometheus", "grafana"} <= set(services)
+    # The account cache's buckets stay compact listpacks only under these settings.
+    redis_flags = services["redis"]["command"]
+    for name, minimum in (
+        ("--hash-max-listpack-value", LISTPACK_VALUE_BYTES_MIN),
+        ("--hash-max-listpack-entries", LISTPACK_ENTRIES_MIN),
+    ):
+        assert int(redis_flags[redis_flags.index(name) + 1]) >= minimum, name
     processor = services["processor"]
     assert processor["build"]["dockerfile"] == "ops/Dockerfile"
     assert (OPS / "Dockerfile").exists() and (OPS / "Dockerfile.dockerignore").exists()

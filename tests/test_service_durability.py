@@ -150,14 +150,14 @@ async def test_a_stale_cache_entry_costs_a_retry_never_a_balance(
     async with AccountCache.from_url(
         served.redis_url, key_prefix=served.settings.cache_key_prefix
     ) as cache:
-        key = cache.key(card)
+        key, field = cache.location(card)
     client = aioredis.Redis.from_url(served.redis_url)
     try:
-        old = await client.get(key)
+        old = await client.hget(key, field)
         assert old is not None
         await post(purchase(card, "st-2", lines=[line(1, 2_000)]), timeout=10)
         # Put version 1 back, as a lagging writer or a failed-over replica might.
-        await client.set(key, old)
+        await client.hset(key, field, old)
         conflicts = served.running.pipeline.conflicts_total
         third = (await post(purchase(card, "st-3", lines=[line(1, 4_000)]), timeout=10)).result
     finally:

@@ -3,10 +3,11 @@
 ``make run`` and the test fixtures use it when no ``LOYALTY_REDIS_URL`` is given:
 
 - :func:`start` starts ``valkey-server`` on loopback (a free port unless one is given) with
-  persistence off, under ``./.data/valkey`` by default, and returns a handle whose ``url`` a
-  client connects to. A server already running from the same data dir (started by this or
-  another process, even one that died without stopping it) is reused instead: the pid file
-  and the port in the data dir are checked against the live server's own ``INFO``.
+  persistence off and hashes kept as listpacks up to 1024-byte values, under
+  ``./.data/valkey`` by default, and returns a handle whose ``url`` a client connects to.
+  A server already running from the same data dir (started by this or another process,
+  even one that died without stopping it) is reused instead: the pid file and the port in
+  the data dir are checked against the live server's own ``INFO``.
 - Only the handle that started a server stops it (``handle.stop()``, also at interpreter
   exit); a reused handle's ``stop()`` leaves the server to its owner. :func:`stop` stops
   whatever runs from a data dir, whoever started it.
@@ -79,10 +80,15 @@ _CLUSTER_NODES_FILE = "nodes.conf"
 
 # A cache needs no durability: no RDB snapshots, no append-only file. An empty `save`
 # must be written out explicitly, since a config without one gets the default schedule.
+# The account cache groups accounts into small hashes; under the default
+# hash-max-listpack-value of 64 bytes a single account state would turn its hash from a
+# compact listpack into a hashtable (see processor.cache, LISTPACK_*_MIN).
 _SETTINGS_BASE: dict[str, str] = {
     "save": '""',
     "appendonly": "no",
     "protected-mode": "yes",
+    "hash-max-listpack-value": "1024",
+    "hash-max-listpack-entries": "512",
 }
 
 
