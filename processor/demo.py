@@ -122,12 +122,12 @@ def _resolve(path: Path) -> Path:
 async def _store(catalog: Catalog, program: ProgramFile, text: str, file_name: str) -> bool:
     """Store the file unless this version is there already; whether it was stored."""
     try:
-        await catalog.get(program.id, program.version)
+        await catalog.get(program.id, program.version, counts=False)
         return False
     except NotFoundError:
         pass
     try:
-        await catalog.get(program.id)
+        await catalog.get(program.id, counts=False)
     except NotFoundError:
         await catalog.create_program(text, file_name)
     else:

@@ -446,3 +446,17 @@ async def test_customers_and_registration(catalog: Catalog) -> None:
         await catalog.set_audiences("C-1", [f"list{i}" for i in range(257)])
     stored = await catalog.get("acme")
     assert (stored.account_count, stored.member_count) == (2, 1)
+
+
+async def test_a_program_read_without_counts_skips_counting_its_cards(catalog: Catalog) -> None:
+    await catalog.create_program(program(), "acme.yaml")
+    await catalog.generate_cards("acme", "main", 6)
+    counted = await catalog.get("acme")
+    uncounted = await catalog.get("acme", counts=False)
+    assert counted.account_count == 6
+    assert (uncounted.account_count, uncounted.member_count) == (0, 0)
+    assert (uncounted.id, uncounted.version, uncounted.parts) == (
+        counted.id,
+        counted.version,
+        counted.parts,
+    )

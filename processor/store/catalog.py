@@ -608,8 +608,12 @@ class Catalog:
             raise NotFoundError(f"no program file {program_id!r}", reason="UNKNOWN_PROGRAM")
         return rows
 
-    async def get(self, program_id: str, version: int = 0) -> ProgramRecord:
-        """One version of a program file: ``version`` 0 reads the active one, else the latest."""
+    async def get(self, program_id: str, version: int = 0, *, counts: bool = True) -> ProgramRecord:
+        """One version of a program file: ``version`` 0 reads the active one, else the latest.
+
+        ``counts`` False leaves ``account_count`` and ``member_count`` at 0: counting scans
+        every card of the program, seconds for ten million, which a caller that only needs
+        the file should not pay."""
         async with self._reading("read a program") as cursor:
             await cursor.execute(
                 f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE id = %s"
@@ -628,8 +632,8 @@ class Catalog:
                 (program_id, chosen[1]),
             )
             parts = tuple(ProgramPart(*row) for row in await cursor.fetchall())
-            counts = await _counts(cursor, [program_id])
-        accounts, members = counts.get(program_id, (0, 0))
+            counted = await _counts(cursor, [program_id]) if counts else {}
+        accounts, members = counted.get(program_id, (0, 0))
         program, chosen_version, status, name, description, card_type, prefix, source = chosen
         return ProgramRecord(
             id=program,
