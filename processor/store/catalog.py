@@ -748,7 +748,7 @@ class Catalog:
         self, program_id: str, series_id: str
     ) -> tuple[ProgramRecord, ProgramFile, CardSeries, int]:
         """The version cards are made under (active, else latest), its series and index."""
-        record = await self.get(program_id)
+        record = await self.get(program_id, counts=False)
         program = parse_stored_program(record.id, record.version, record.source)
         for index, series in enumerate(program.series):
             if series.id == series_id:
