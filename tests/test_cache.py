@@ -8,12 +8,14 @@ never answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -82,6 +84,36 @@ def silent_port() -> Iterator[int]:
         yield int(listener.getsockname()[1])
 
 
+# Script calls as the cache sends them: (sha, [(keys, argv), ...]) per pipeline.
+ScriptCall = tuple[list[str], list[Any]]
+Recorded = list[tuple[str, list[ScriptCall]]]
+
+
+def record_script_calls(account_cache: AccountCache, monkeypatch: pytest.MonkeyPatch) -> Recorded:
+    """Record every batch of EVALSHA commands the cache sends: ``(sha, [(keys, argv)])``.
+
+    Each batch is one pipeline (or one lone command); each ``(keys, argv)`` one EVALSHA.
+    """
+    recorded: Recorded = []
+    send = account_cache._evalsha_all
+
+    async def recording(sha: str, calls: list[Any]) -> list[Any]:
+        recorded.append((sha, list(calls)))
+        return await send(sha, calls)
+
+    monkeypatch.setattr(account_cache, "_evalsha_all", recording)
+    return recorded
+
+
+def read_calls(recorded: Recorded) -> list[ScriptCall]:
+    """The read-script calls among the recorded ones."""
+    return [call for sha, calls in recorded if sha == cache_module.GET_SCRIPT_SHA for call in calls]
+
+
+def distinct_slots(account_cache: AccountCache, account_ids: list[str]) -> int:
+    return len({key_slot(account_cache.key(account_id).encode()) for account_id in account_ids})
+
+
 # -- round trips ------------------------------------------------------------------------
 
 
@@ -125,6 +157,127 @@ async def test_a_bucket_larger_than_one_command_is_split_across_commands(
 
 
 # -- versions only move forward ----------------------------------------------------------
+
+
+async def test_reads_over_many_buckets_return_what_was_written_in_one_script_call(
+    any_cache: AccountCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(11)
+    # 40 buckets holding 1 to 30 accounts each, scattered cards, and ids of the bucket {}.
+    crowded = [
+        card_number("60013", bucket * 100 + sequence, 16)
+        for bucket in range(0, 4000, 100)
+        for sequence in rng.sample(range(100), rng.randint(1, 30))
+    ]
+    scattered = [card_number("60014", rng.randrange(10**9), 16) for _ in range(60)]
+    short = ["7", "42", "999"]
+    entries = {
+        account_id: (rng.randrange(VERSION_MAX), rng.randbytes(rng.randint(0, 200)))
+        for account_id in crowded + scattered + short
+    }
+    assert await any_cache.put_many(entries) == len(entries)
+    # Misses next to hits in written buckets, in buckets never written, and in {}.
+    misses = [card_number("60013", bucket * 100 + 99, 16) for bucket in range(0, 4000, 100)]
+    misses = [account_id for account_id in misses if account_id not in entries]
+    misses += [card_number("60015", sequence * 100, 16) for sequence in range(20)] + ["8"]
+    wanted = list(entries) + misses
+    rng.shuffle(wanted)
+    assert await any_cache.get_many(["warm-up"]) == {}  # loads the script on this server
+    recorded = record_script_calls(any_cache, monkeypatch)
+
+    assert await any_cache.get_many(wanted) == entries
+
+    calls = read_calls(recorded)
+    assert len(recorded) == 1  # one pipeline (or one lone command): one round trip per node
+    expected_calls = distinct_slots(any_cache, wanted) if any_cache.cluster else 1
+    assert len(calls) == expected_calls
+    assert sorted(key for keys, _ in calls for key in keys) == sorted(
+        {any_cache.key(account_id) for account_id in wanted}
+    )
+    assert any_cache.hits_total == len(entries)
+    assert any_cache.misses_total == len(misses) + 1
+    assert any_cache.errors_total == 0
+
+
+async def test_reads_over_more_than_the_batch_limit_are_split(
+    any_cache: AccountCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = cache_module.BATCH_ACCOUNTS_MAX
+    # 25 full buckets of consecutive cards, every other card written: 2,500 ids to read.
+    cards = [card_number("60016", sequence, 16) for sequence in range(2500)]
+    entries = {card: (index, index.to_bytes(3, "big")) for index, card in enumerate(cards[::2])}
+    assert await any_cache.put_many(entries) == len(entries)
+    assert await any_cache.get_many(cards[:1]) == {cards[0]: entries[cards[0]]}  # loads the script
+    recorded = record_script_calls(any_cache, monkeypatch)
+
+    assert await any_cache.get_many(cards) == entries
+
+    calls = read_calls(recorded)
+    # ARGV[1] is the fields, "}" between fields of one key and "{" between keys.
+    fields = [len(str(argv[0]).replace("{", "}").split("}")) for _, argv in calls]
+    assert sum(fields) == len(cards)
+    assert max(fields) <= limit
+    if any_cache.cluster:
+        assert len(calls) == distinct_slots(any_cache, cards)
+    else:
+        assert len(calls) == -(-len(cards) // limit)  # 3: 1,000 + 1,000 + 500
+    assert any_cache.misses_total == len(cards) - len(entries)
+
+
+async def test_a_stored_value_too_short_for_its_version_is_a_miss(
+    any_cache: AccountCache,
+) -> None:
+    good = {"9001001": (5, STATE), "9001002": (0, b"")}
+    assert await any_cache.put_many(good) == 2
+    bucket = any_cache.key("9001001")
+    # Beside them: nothing at all, a version length of 0 or above 8, fewer version bytes than
+    # the length says, a length and no version. (b"\x01\x05" would be version 5, no state.)
+    bad = {"100": b"", "101": b"\x00abc", "102": b"\x09" + bytes(12), "103": b"\x03\x01\x02"}
+    bad["104"] = b"\x01"
+    for field, value in bad.items():
+        await any_cache._client.hset(bucket, field, value)
+    wanted = [f"9001{field}" for field in bad] + list(good)
+
+    assert await any_cache.get_many(wanted) == good
+
+    assert any_cache.hits_total == 2
+    assert any_cache.misses_total == len(bad)
+    assert any_cache.errors_total == 0
+
+
+@pytest.mark.parametrize(
+    "mode", ["standalone", pytest.param("cluster", marks=pytest.mark.integration)]
+)
+async def test_a_read_after_script_flush_reloads_the_script(
+    mode: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SCRIPT FLUSH empties a whole server's script cache: only on servers this test owns (a
+    # private embedded one) or the fixtures own (the cluster).
+    async with contextlib.AsyncExitStack() as stack:
+        if mode == "standalone":
+            server = valkey.start(tmp_path_factory.mktemp("valkey-flush"))
+            stack.callback(server.stop)
+            url = server.url
+        else:
+            url = request.getfixturevalue("cluster_url")
+        account_cache = await stack.enter_async_context(open_cache(url, redis_key_prefix))
+        entries = {f"flush-{index}": (index, STATE) for index in range(50)}
+        assert await account_cache.put_many(entries) == len(entries)
+        assert await account_cache.get_many(entries) == entries  # the script is now loaded
+        await account_cache._client.script_flush()
+        recorded = record_script_calls(account_cache, monkeypatch)
+
+        assert await account_cache.get_many([*entries, "flush-absent"]) == entries
+
+        # The calls went out, missed the script, and were sent once more after SCRIPT LOAD.
+        assert len(recorded) == 2
+        assert recorded[0][1] == recorded[1][1]
+        assert account_cache.errors_total == 0
+        assert account_cache.misses_total == 1
 
 
 async def test_older_version_never_overwrites_newer(any_cache: AccountCache) -> None:
