@@ -899,7 +899,9 @@ cdef class PackedCard:
     cdef object state
     cdef dict loyalty
 
-    cdef object unpack(self, PackedProgram program):
+    cdef object unpack(self, PackedProgram program, bint owned=False):
+        """The card as a Python state. ``owned``: the card is dropped after this, so its
+        private tender and award objects can be handed over instead of copied."""
         state = self.state
         loyalty = {}
         for program_id, account in state.loyalty.items():
@@ -911,6 +913,12 @@ cdef class PackedCard:
         for program_id, packed in self.loyalty.items():
             if program_id not in loyalty:
                 loyalty[program_id] = unpack_loyalty(program, <PackedLoyalty> packed)
+        if owned:
+            return AccountState(
+                account=state.account, version=state.version, status=state.status,
+                customer=state.customer, tender=state.tender, awards=state.awards,
+                loyalty=loyalty,
+            )
         return AccountState(
             account=state.account, version=state.version, status=state.status,
             customer=state.customer, tender=copy.deepcopy(state.tender),
@@ -1053,7 +1061,7 @@ cdef class Batch:
         for account in accounts:
             card = self.cards.pop(account, None)
             if card is not None:
-                self.ref.states[account] = (<PackedCard> card).unpack(self.p)
+                self.ref.states[account] = (<PackedCard> card).unpack(self.p, True)
         self.results.append(self.ref.apply(request))
 
     # ----------------------------------------------------------------- result rows
@@ -1974,7 +1982,7 @@ class LazyAccounts(Mapping):
     def __getitem__(self, account):
         card = self._pending.pop(account, None)
         if card is not None:
-            self._states[account] = (<PackedCard> card).unpack((<Batch> self._batch).p)
+            self._states[account] = (<PackedCard> card).unpack((<Batch> self._batch).p, True)
         return self._states[account]
 
     def __iter__(self):
