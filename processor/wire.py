@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -608,9 +608,29 @@ def result_to_proto(
     amount was sent in; without it, it is the tender program's. Balance names the program
     does not define get no exponent.
     """
+    return common.Result.FromString(
+        result_bytes(result, program, replayed=replayed, request=request)
+    )
+
+
+def result_bytes(
+    result: Result,
+    program: CompiledProgram,
+    *,
+    replayed: bool = False,
+    request: Request | None = None,
+) -> bytes:
+    """The serialized loyalty.v1 Result of an engine result (see ``result_to_proto``).
+
+    Built as bytes because that is what costs least: a result carries one trace entry per
+    rule (15 on average for the demo program), most of them the same from one result to
+    the next, and making each as a Python message cost more than the rest of the result.
+    Each distinct entry is serialized once (``_trace_field``) and appended as an encoded
+    field; protobuf parses repeated fields in any position, so the bytes mean the same
+    as the message built field by field."""
     exponents = balance_exponents(program)
     names = set(result.balances) | {balance_name(posting) for posting in result.postings}
-    message = common.Result(
+    head = common.Result(
         request_id=result.id,
         account=result.account,
         status=_STATUSES[result.status],
@@ -619,14 +639,53 @@ def result_to_proto(
         awards=[_award_issue(award, program) for award in result.awards],
         redeemed_codes=result.redeemed,
         moves=[_move(move) for move in result.moves],
-        trace=[_trace(entry, exponents) for entry in result.trace],
         balances=result.balances,
         balance_exponents={name: exponents[name] for name in names if name in exponents},
         replayed=replayed,
     )
     if result.tender is not None:
-        message.tender.CopyFrom(_decision(result.tender, program, request))
-    return message
+        head.tender.CopyFrom(_decision(result.tender, program, request))
+    if not result.trace:
+        return bytes(head.SerializeToString(deterministic=True))
+    fields = _TRACE_FIELDS
+    parts = [head.SerializeToString(deterministic=True)]
+    for entry in result.trace:
+        precision = exponents.get(f"points:{entry.program}", 0)
+        # A plain tuple: hashed and compared in C, unlike the dataclass itself.
+        key = (entry.program, entry.rule, entry.fired, entry.points, entry.reason, precision)
+        field = fields.get(key)
+        if field is None:
+            if len(fields) >= _TRACE_FIELDS_MAX:
+                fields.clear()  # bounded: entries with points amounts are endless
+            field = fields[key] = _trace_field(entry, precision)
+        parts.append(field)
+    return b"".join(parts)
+
+
+def _trace_field(entry: TraceEntry, precision: int) -> bytes:
+    """One ``Result.trace`` element as an encoded field: tag, length, message."""
+    body = common.TraceEntry(
+        program=entry.program,
+        rule=entry.rule,
+        fired=entry.fired,
+        points=common.Points(units=entry.points, precision=precision),
+        reason=entry.reason,
+    ).SerializeToString(deterministic=True)
+    return _TRACE_TAG + _varint(len(body)) + body
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_TRACE_FIELDS: dict[tuple[str, str, bool, int, str, int], bytes] = {}
+_TRACE_FIELDS_MAX = 65_536
+_TRACE_TAG = _varint(common.Result.DESCRIPTOR.fields_by_name["trace"].number << 3 | 2)
 
 
 def _posting(posting: Posting) -> common.Posting:
@@ -683,18 +742,6 @@ def _move(move: LevelMove) -> common.LevelMove:
         kind=_MOVE_KINDS[move.kind],
         from_level=move.from_level,
         to_level=move.to_level,
-    )
-
-
-def _trace(entry: TraceEntry, exponents: Mapping[str, int]) -> common.TraceEntry:
-    return common.TraceEntry(
-        program=entry.program,
-        rule=entry.rule,
-        fired=entry.fired,
-        points=common.Points(
-            units=entry.points, precision=exponents.get(f"points:{entry.program}", 0)
-        ),
-        reason=entry.reason,
     )
 
 
@@ -844,6 +891,7 @@ __all__ = [
     "check_award_currency",
     "context_from_proto",
     "resolve_currency",
+    "result_bytes",
     "result_to_proto",
     "tender_from_proto",
     "transaction_from_proto",

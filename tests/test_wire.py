@@ -861,3 +861,43 @@ def test_a_page_token_not_given_by_the_server_is_refused() -> None:
     request = awards.ListAwardsRequest(account=CARD, page_token="not a token!")
     error = refused(wire.awards_to_proto, holder(), PROGRAM, DAY, request)
     assert error.field == "page_token"
+
+
+def test_trace_entries_keep_their_order_and_values_while_the_memo_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each distinct trace entry is serialized once and reused; entries carrying points
+    # are endless, so the memo is emptied when full, and nothing read from it may drift.
+    monkeypatch.setattr(wire, "_TRACE_FIELDS_MAX", 8)
+    monkeypatch.setattr(wire, "_TRACE_FIELDS", {})
+    for n in range(40):
+        trace = [
+            TraceEntry("loyal", "base", True, 100 + n),
+            TraceEntry("loyal", "bonus", False, 0, "outside the rule's dates"),
+            TraceEntry("loyal", "vip", n % 2 == 0, n, "" if n % 2 == 0 else "no audience"),
+        ]
+        result = Result(id=f"r-{n}", account=CARD, trace=trace, balances={"points:loyal": n})
+        message = wire.result_to_proto(result, PROGRAM)
+        assert [(e.program, e.rule, e.fired, e.points.units, e.reason) for e in message.trace] == [
+            (e.program, e.rule, e.fired, e.points, e.reason) for e in trace
+        ]
+        assert all(
+            e.points.precision == message.balance_exponents["points:loyal"] for e in message.trace
+        )
+        assert (message.request_id, message.balances["points:loyal"]) == (f"r-{n}", n)
+        assert len(wire._TRACE_FIELDS) <= 8
+
+
+def test_result_bytes_are_what_the_answer_parses_from() -> None:
+    result = Result(
+        id="r-9",
+        account=CARD,
+        postings=[Posting("loyal", 3, "points", "regular", 77, "base", DAY)],
+        trace=[TraceEntry("loyal", "base", True, 77), TraceEntry("loyal", "x", False, 0, "no")],
+        balances={"points:loyal": 77},
+    )
+    data = wire.result_bytes(result, PROGRAM)
+    parsed = common.Result.FromString(data)
+    assert parsed == wire.result_to_proto(result, PROGRAM)
+    # Re-serialized canonically, it is the same message again: nothing was lost.
+    assert common.Result.FromString(parsed.SerializeToString(deterministic=True)) == parsed

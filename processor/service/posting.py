@@ -23,8 +23,8 @@ from processor.pipeline import Answer, Submission, payload_hash
 def encode_result(result: Result, program: CompiledProgram) -> tuple[Any, bytes]:
     """The contract's Result message, and its bytes as stored for replays: built once,
     it serves both the answer and the idempotency row."""
-    message: Any = wire.result_to_proto(result, program)
-    return message, bytes(message.SerializeToString(deterministic=True))
+    data = wire.result_bytes(result, program)
+    return proto.common.Result.FromString(data), data
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
