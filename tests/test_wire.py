@@ -316,6 +316,31 @@ BAD_LINE = [*lines(2), common.Line(number=3, item="SKU", amount=-1, quantity=1)]
             "transaction.purchase.lines[0].hierarchy",
             "INVALID_ARGUMENT",
         ),
+        (
+            purchase(lines=[*lines(1), *lines(1, hierarchy=["dept", ""])[:1]]),
+            "transaction.purchase.lines[1].number",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            purchase(lines=lines(2, hierarchy=["dept", "bad\x07node"])),
+            "transaction.purchase.lines[0].hierarchy[1]",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            purchase(lines=lines(1, attributes={"color": "red", "": "x"})),
+            "transaction.purchase.lines[0].attributes['']",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            purchase(lines=lines(1, attributes={f"k{n}": "v" for n in range(65)})),
+            "transaction.purchase.lines[0].attributes",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            purchase(lines=lines(1, item="S" * 65)),
+            "transaction.purchase.lines[0].item",
+            "INVALID_ARGUMENT",
+        ),
         (purchase(redeem_codes=["C"] * 33), "transaction.purchase.redeem_codes", "TOO_MANY_CODES"),
         (
             purchase(redeem_codes=["C", ""]),
