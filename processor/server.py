@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from processor import logs, metrics, proto
 from processor.batcher import Batcher
 from processor.cache import AccountCache
+from processor.cache_dictionary import sample_states_dictionary
 from processor.engine import get_engine
 from processor.pipeline import Pipeline, submission_keys
 from processor.registry import ProgramRegistry
@@ -174,14 +175,21 @@ async def start(settings: Settings, database_url: str, redis_url: str | None) ->
     """Open the pools, build the pipeline and services, and start serving."""
     store = Store(database_url)
     await store.open()
-    cache = (
-        AccountCache.from_url(redis_url, key_prefix=settings.cache_key_prefix)
-        if redis_url
-        else None
-    )
     catalog = Catalog(store)
     registry = ProgramRegistry(catalog)
     await registry.refresh()
+    cache = None
+    if redis_url:
+        # The candidate compression dictionary: sample states of the active programs. The
+        # first one stored in Redis is the one every process writes with (processor.cache).
+        dictionary = (
+            sample_states_dictionary(program.source for program in registry.programs())
+            if settings.cache_compression
+            else None
+        )
+        cache = AccountCache.from_url(
+            redis_url, key_prefix=settings.cache_key_prefix, dictionary=dictionary
+        )
     pipeline = Pipeline(
         store=store,
         cache=cache,

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
     cache_key_prefix: str = Field(default="loyalty:", max_length=32)
+    cache_compression: bool = True
     data_dir: Path = Path(".data")
     engine: str | None = None
     batch_requests_max: int = Field(default=1_000, ge=1, le=10_000)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +30,7 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from processor import cache as cache_module
+from processor import seed
 from processor.cache import (
     CIRCUIT_ERRORS_MAX,
     LISTPACK_ENTRIES_MIN,
@@ -35,12 +39,16 @@ from processor.cache import (
     VERSION_MAX,
     AccountCache,
 )
+from processor.cache_dictionary import DICTIONARY_BYTES_MAX, sample_states_dictionary
 from processor.cards import card_number
 from processor.embedded import valkey
+from processor.program.loader import load_program
+from processor.store import codec
 
 STATE = bytes(range(90))  # about the size of one encoded account state
 # The size of a typical seeded state (processor.seed: 123 bytes on average).
 SEEDED_STATE = bytes(range(128))
+DEMO_PROGRAM = Path(__file__).resolve().parents[1] / "examples" / "programs" / "demo.yaml"
 
 
 class FakeClock:
@@ -231,7 +239,7 @@ async def test_a_stored_value_too_short_for_its_version_is_a_miss(
     assert await any_cache.put_many(good) == 2
     bucket = any_cache.key("9001001")
     # Beside them: nothing at all, a version length of 0 or above 8, fewer version bytes than
-    # the length says, a length and no version. (b"\x01\x05" would be version 5, no state.)
+    # the length says, a length and no version. (b"\x01\x05\x00" would be version 5, no state.)
     bad = {"100": b"", "101": b"\x00abc", "102": b"\x09" + bytes(12), "103": b"\x03\x01\x02"}
     bad["104"] = b"\x01"
     for field, value in bad.items():
@@ -337,7 +345,8 @@ async def test_version_is_stored_in_its_shortest_form(
 ) -> None:
     await any_cache.put_many({"600120000020017": (version, STATE)})
     key, field = any_cache.location("600120000020017")
-    assert await any_cache._client.hget(key, field) == stored + STATE
+    # The version, then the format byte (0: the state as given; this cache has no dictionary).
+    assert await any_cache._client.hget(key, field) == stored + b"\x00" + STATE
     assert await any_cache.get_many(["600120000020017"]) == {"600120000020017": (version, STATE)}
 
 
@@ -533,7 +542,7 @@ async def test_buckets_carry_the_hash_tag(any_cache: AccountCache, redis_key_pre
     await any_cache.put_many({"424242": (1, STATE)})
     client = any_cache._client
     assert await client.exists(key) == 1
-    assert await client.hgetall(key) == {b"242": b"\x01\x01" + STATE}
+    assert await client.hgetall(key) == {b"242": b"\x01\x01\x00" + STATE}
     if any_cache.cluster:
         assert await client.cluster_keyslot(key) == key_slot(b"{424}")
 
@@ -630,6 +639,297 @@ async def test_lost_script_cache_is_reloaded(cluster_cache: AccountCache) -> Non
     assert await cluster_cache.put_many({"s": (2, b"two"), "s2": (1, b"one")}) == 2
     assert await cluster_cache.get_many(["s"]) == {"s": (2, b"two")}
     assert cluster_cache.errors_total == 0
+
+
+# -- compression with a dictionary shared through Redis --------------------------------
+
+
+@functools.cache
+def seeded_states() -> list[bytes]:
+    """Encoded realistic states of the demo program (123 bytes on average)."""
+    program = load_program(str(DEMO_PROGRAM))
+    states = seed.account_templates(program, 1, seed._today(), random.Random(7), 300)
+    return [codec.encode_state(state) for state in states]
+
+
+@functools.cache
+def demo_dictionary() -> bytes:
+    dictionary = sample_states_dictionary([load_program(str(DEMO_PROGRAM))])
+    assert dictionary is not None
+    return dictionary
+
+
+def other_dictionary() -> bytes:
+    """A usable dictionary with another id: the demo one with its halves swapped."""
+    half = len(demo_dictionary()) // 2
+    return demo_dictionary()[half:] + demo_dictionary()[:half]
+
+
+@pytest.fixture(params=["standalone", pytest.param("cluster", marks=pytest.mark.integration)])
+def any_url(request: pytest.FixtureRequest) -> str:
+    """The standalone server's URL, then the cluster's."""
+    return str(
+        request.getfixturevalue("redis_url" if request.param == "standalone" else "cluster_url")
+    )
+
+
+@pytest.fixture
+def own_prefix(redis_key_prefix: str, request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test alone: its own dict:current."""
+    return f"{redis_key_prefix}{zlib.crc32(request.node.name.encode()):08x}:"
+
+
+async def stored_value(account_cache: AccountCache, account_id: str) -> bytes:
+    key, field = account_cache.location(account_id)
+    value = await account_cache._client.hget(key, field)
+    assert isinstance(value, bytes)
+    return value
+
+
+def stored_format(value: bytes) -> int:
+    return value[1 + value[0]]
+
+
+def stored_dictionary_id(value: bytes) -> int:
+    payload = value[2 + value[0] :]
+    return int.from_bytes(payload[2:6], "big")
+
+
+def cards_of(count: int, first: int = 5000) -> list[str]:
+    return [card_number("60012", sequence, 16) for sequence in range(first, first + count)]
+
+
+async def test_a_compressed_state_round_trips_and_is_smaller_than_the_raw_one(
+    any_url: str, own_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    states = seeded_states()
+    entries = {card: (7, state) for card, state in zip(cards_of(len(states)), states, strict=True)}
+    with caplog.at_level("INFO", logger="processor.cache"):
+        async with open_cache(any_url, own_prefix, dictionary=demo_dictionary()) as compressing:
+            assert await compressing.put_many(entries) == len(entries)
+            assert await compressing.get_many(entries) == entries
+            assert compressing.dictionary_id == zlib.adler32(demo_dictionary())
+            raw_total = packed_total = 0
+            for card, (_, state) in entries.items():
+                value = await stored_value(compressing, card)
+                assert stored_format(value) == 1
+                assert stored_dictionary_id(value) == compressing.dictionary_id
+                raw_total += len(state)
+                packed_total += len(value) - 3  # version length, version, format
+            # Seeded states shrink to about 60% (123 bytes to 80 on average).
+            assert packed_total < 0.75 * raw_total
+            assert compressing.errors_total == 0
+    used = [
+        r.getMessage() for r in caplog.records if "compressing account states" in r.getMessage()
+    ]
+    dictionary_id = zlib.adler32(demo_dictionary())
+    key = compressing.dictionary_key(dictionary_id)
+    assert used == [
+        f"redis cache: compressing account states with dictionary {dictionary_id:08x} "
+        f"({len(demo_dictionary())} bytes, key {key})"
+    ]
+
+
+async def test_caches_with_different_candidates_converge_on_the_first_stored_and_read_each_other(
+    any_url: str, own_prefix: str
+) -> None:
+    states = seeded_states()
+    first_cards, second_cards = cards_of(50), cards_of(50, first=6000)
+    first_entries = {card: (1, states[i]) for i, card in enumerate(first_cards)}
+    second_entries = {card: (2, states[100 + i]) for i, card in enumerate(second_cards)}
+    async with (
+        open_cache(any_url, own_prefix, dictionary=demo_dictionary()) as first,
+        open_cache(any_url, own_prefix, dictionary=other_dictionary()) as second,
+    ):
+        assert await first.put_many(first_entries) == 50
+        assert await second.put_many(second_entries) == 50
+        winner = zlib.adler32(demo_dictionary())
+        assert first.dictionary_id == second.dictionary_id == winner
+        current = await first._client.get(first.current_dictionary_key)
+        assert current == f"{winner:08x}".encode()
+        assert stored_dictionary_id(await stored_value(second, second_cards[0])) == winner
+        # The loser's candidate was offered too (harmless), but nothing is written with it.
+        everything = {**first_entries, **second_entries}
+        assert await first.get_many(everything) == everything
+        assert await second.get_many(everything) == everything
+        assert first.errors_total == second.errors_total == 0
+
+
+async def test_a_value_whose_dictionary_is_gone_is_a_miss_and_the_next_write_replaces_it(
+    any_url: str, own_prefix: str
+) -> None:
+    card, state = cards_of(1)[0], seeded_states()[0]
+    async with open_cache(any_url, own_prefix, dictionary=demo_dictionary()) as first:
+        await first.put_many({card: (3, state)})
+        old_id = first.dictionary_id
+        assert old_id is not None
+        # As after an eviction: the dictionary and the current id are gone, the entry stays.
+        await first._client.delete(first.dictionary_key(old_id))
+        await first._client.delete(first.current_dictionary_key)
+        async with open_cache(any_url, own_prefix, dictionary=other_dictionary()) as second:
+            assert await second.get_many([card]) == {}
+            assert await second.get_many([card]) == {}  # still a miss, no error
+            assert (second.misses_total, second.hits_total, second.errors_total) == (2, 0, 0)
+            # The committed state comes back from PostgreSQL and is written, same version.
+            assert await second.put_many({card: (3, state)}) == 1
+            assert second.dictionary_id == zlib.adler32(other_dictionary()) != old_id
+            assert stored_dictionary_id(await stored_value(second, card)) == second.dictionary_id
+            assert await second.get_many([card]) == {card: (3, state)}
+            # The first cache loads the new dictionary on demand to read it.
+            assert await first.get_many([card]) == {card: (3, state)}
+            assert first.errors_total == second.errors_total == 0
+
+
+async def test_a_damaged_compressed_payload_is_a_miss(any_url: str, own_prefix: str) -> None:
+    cards = cards_of(6)
+    states = seeded_states()[:6]
+    entries = {card: (9, state) for card, state in zip(cards, states, strict=True)}
+    async with open_cache(any_url, own_prefix, dictionary=demo_dictionary()) as compressing:
+        await compressing.put_many(entries)
+        values = [await stored_value(compressing, card) for card in cards]
+        head = 3  # version length, one version byte, format byte
+        damaged = [
+            values[0][:-1],  # truncated: no complete checksum
+            values[1][:-1] + bytes([values[1][-1] ^ 1]),  # the checksum does not match
+            values[2][: head + 20] + bytes([values[2][head + 20] ^ 0x10]) + values[2][head + 21 :],
+            values[3][: head + 3]
+            + bytes([values[3][head + 3] ^ 1])
+            + values[3][head + 4 :],  # DICTID
+            values[4][:head] + b"\x00\x00" + values[4][head + 2 :],  # not a zlib header
+        ]
+        for card, value in zip(cards[:5], damaged, strict=True):
+            key, field = compressing.location(card)
+            await compressing._client.hset(key, field, value)
+        assert await compressing.get_many(cards) == {cards[5]: entries[cards[5]]}
+        assert compressing.errors_total == 0
+        # The next write replaces a damaged value.
+        assert await compressing.put_many({cards[0]: (9, states[0])}) == 1
+        assert await compressing.get_many(cards[:1]) == {cards[0]: (9, states[0])}
+
+
+async def test_states_that_would_not_shrink_are_stored_raw(any_url: str, own_prefix: str) -> None:
+    rng = random.Random(3)
+    entries = {
+        "r1": (1, rng.randbytes(128)),  # incompressible
+        "r2": (1, b""),
+        "r3": (1, b"x"),
+        "r4": (1, seeded_states()[0][:15]),  # too short to try
+    }
+    async with open_cache(any_url, own_prefix, dictionary=demo_dictionary()) as compressing:
+        assert await compressing.put_many(entries) == len(entries)
+        for account_id, (_, state) in entries.items():
+            assert await stored_value(compressing, account_id) == b"\x01\x01\x00" + state
+        assert await compressing.get_many(entries) == entries
+
+
+async def test_a_cache_without_a_dictionary_reads_compressed_values_and_writes_raw(
+    any_url: str, own_prefix: str
+) -> None:
+    cards, states = cards_of(20), seeded_states()[:20]
+    entries = {card: (4, state) for card, state in zip(cards, states, strict=True)}
+    async with (
+        open_cache(any_url, own_prefix, dictionary=demo_dictionary()) as compressing,
+        open_cache(any_url, own_prefix) as plain,
+    ):
+        await compressing.put_many(entries)
+        assert await plain.get_many(entries) == entries
+        assert plain.dictionary_id is None
+        newer = {cards[0]: (5, states[0])}
+        assert await plain.put_many(newer) == 1
+        assert stored_format(await stored_value(plain, cards[0])) == 0
+        assert await compressing.get_many(cards[:1]) == newer
+
+
+async def test_an_older_version_never_overwrites_a_newer_compressed_one(
+    any_url: str, own_prefix: str
+) -> None:
+    card, state, other = cards_of(1)[0], seeded_states()[0], seeded_states()[1]
+    async with (
+        open_cache(any_url, own_prefix, dictionary=demo_dictionary()) as compressing,
+        open_cache(any_url, own_prefix) as plain,
+    ):
+        assert await compressing.put_many({card: (300, state)}) == 1
+        assert await plain.put_many({card: (299, other)}) == 0  # raw, one version byte fewer
+        assert await compressing.put_many({card: (2, other)}) == 0
+        assert await plain.get_many([card]) == {card: (300, state)}
+        assert await plain.put_many({card: (301, other)}) == 1
+        assert await compressing.put_many({card: (300, state)}) == 0
+        assert await compressing.get_many([card]) == {card: (301, other)}
+        assert compressing.stale_writes_total == 2 and plain.stale_writes_total == 1
+
+
+async def test_the_dictionary_keys_have_no_ttl(any_url: str, own_prefix: str) -> None:
+    card = cards_of(1)[0]
+    async with open_cache(any_url, own_prefix, dictionary=demo_dictionary()) as compressing:
+        await compressing.put_many({card: (1, seeded_states()[0])})
+        assert compressing.dictionary_id is not None
+        client = compressing._client
+        assert await client.ttl(compressing.dictionary_key(compressing.dictionary_id)) == -1
+        assert await client.ttl(compressing.current_dictionary_key) == -1
+        assert await client.get(compressing.dictionary_key(compressing.dictionary_id)) == (
+            demo_dictionary()
+        )
+        assert await client.ttl(compressing.key(card)) > 0  # entries expire, the dictionary not
+
+
+async def test_a_lost_dictionary_is_stored_again_at_the_next_check(
+    any_url: str, own_prefix: str
+) -> None:
+    clock = FakeClock()
+    cards, states = cards_of(2), seeded_states()
+    async with open_cache(
+        any_url, own_prefix, dictionary=demo_dictionary(), clock=clock
+    ) as compressing:
+        await compressing.put_many({cards[0]: (1, states[0])})
+        dictionary_id = compressing.dictionary_id
+        assert dictionary_id is not None
+        client = compressing._client
+        await client.delete(compressing.dictionary_key(dictionary_id))
+        await client.delete(compressing.current_dictionary_key)
+        await compressing.put_many({cards[1]: (1, states[1])})  # not due yet: nothing offered
+        assert await client.exists(compressing.dictionary_key(dictionary_id)) == 0
+        clock.now += cache_module.DICTIONARY_CHECK_SECONDS
+        await compressing.put_many({cards[1]: (2, states[1])})
+        assert await client.get(compressing.dictionary_key(dictionary_id)) == demo_dictionary()
+        assert (
+            await client.get(compressing.current_dictionary_key) == f"{dictionary_id:08x}".encode()
+        )
+        async with open_cache(any_url, own_prefix) as reader:
+            assert await reader.get_many(cards) == {
+                cards[0]: (1, states[0]),
+                cards[1]: (2, states[1]),
+            }
+
+
+async def test_seeded_states_take_at_most_120_bytes_per_account_compressed(
+    redis_url: str, own_prefix: str
+) -> None:
+    if os.environ.get(REDIS_URL_ENV):
+        pytest.skip(f"{REDIS_URL_ENV} names a server whose allocator and settings are its own")
+    states = seeded_states()
+    cards = cards_of(100)
+    async with open_cache(redis_url, own_prefix, dictionary=demo_dictionary()) as compressing:
+        await compressing.put_many({card: (1, states[i]) for i, card in enumerate(cards)})
+        usage = await compressing.memory_usage_bytes(cards[0])
+        print(f"MEMORY USAGE per account, seeded states compressed: {usage} bytes")
+        assert usage is not None and usage <= 120
+
+
+def test_the_sample_dictionary_is_deterministic_and_at_most_32_kb() -> None:
+    program = load_program(str(DEMO_PROGRAM))
+    first = sample_states_dictionary([program])
+    assert first is not None and first == sample_states_dictionary([program])
+    assert len(first) == DICTIONARY_BYTES_MAX
+    small = sample_states_dictionary([program], size_max=1000)
+    assert small is not None and len(small) == 1000
+    assert sample_states_dictionary([]) is None
+
+
+@pytest.mark.parametrize("dictionary", [b"", "text", bytes(cache_module.DICTIONARY_BYTES_MAX + 1)])
+def test_a_bad_dictionary_is_refused(dictionary: Any) -> None:
+    client = aioredis.Redis()
+    with pytest.raises(ValueError, match="dictionary"):
+        AccountCache(client, dictionary=dictionary)
 
 
 # -- bad input ---------------------------------------------------------------------------
