@@ -311,22 +311,31 @@ class Pipeline:
     async def load_states(
         self, accounts: list[str], *, fresh: bool
     ) -> dict[str, tuple[int, AccountState]]:
-        found: dict[str, tuple[int, bytes]] = {}
+        states: dict[str, tuple[int, AccountState]] = {}
         if self.cache is not None and not fresh:
-            found = await self.cache.get_many(accounts)
-        self.cache_hits_total += len(found)
-        missing = [account for account in accounts if account not in found]
+            cached = await self.cache.get_many(accounts)
+            undecodable = []
+            for account, (version, blob) in cached.items():
+                try:
+                    states[account] = (version, codec.decode_state(blob, account))
+                except codec.CodecError:
+                    undecodable.append(account)
+            if undecodable:
+                # The cache is an accelerator: a state it cannot give back (written by a
+                # newer release, or damaged) is read from PostgreSQL and written over.
+                log.warning("%d cached account states could not be decoded", len(undecodable))
+                await self.cache.invalidate(undecodable)
+        self.cache_hits_total += len(states)
+        missing = [account for account in accounts if account not in states]
         self.cache_misses_total += len(missing)
-        if missing:
-            found.update(await self.store.load_encoded(missing))
-        states = {}
-        for account in accounts:
+        found = await self.store.load_encoded(missing) if missing else {}
+        for account in missing:
             if account in found:
                 version, blob = found[account]
                 states[account] = (version, codec.decode_state(blob, account))
             else:
                 states[account] = (0, AccountState(account))
-        return states
+        return {account: states[account] for account in accounts}
 
     async def _load_receipts(self, requests: list[Request]) -> dict[str, Receipt]:
         keys = [

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
+import msgpack  # type: ignore[import-untyped, unused-ignore]
 import psycopg
 import pytest
 import redis.asyncio as aioredis
@@ -166,6 +167,34 @@ async def test_a_stale_cache_entry_costs_a_retry_never_a_balance(
     assert (third.status, third.balances[POINTS]) == (APPROVED, 70)
     assert served.running.pipeline.conflicts_total == conflicts + 1
     assert await ledger_points(served, card) == 70
+    assert await served.store.reconcile() == []
+
+
+async def test_a_cached_state_that_cannot_be_decoded_is_read_from_postgresql(
+    served: Served, cards: list[str]
+) -> None:
+    card = cards[49]
+    post = served.transactions.PostTransaction
+    await post(purchase(card, "ud-1", lines=[line(1, 1_000)]), timeout=10)
+    async with AccountCache.from_url(
+        served.redis_url, key_prefix=served.settings.cache_key_prefix
+    ) as cache:
+        key, field = cache.location(card)
+    client = aioredis.Redis.from_url(served.redis_url)
+    try:
+        stored = await client.hget(key, field)
+        assert stored is not None
+        version_prefix = stored[: 1 + stored[0]]
+        # The same version, a raw state of a format this release does not know (as a newer
+        # release might write): it must cost a read from PostgreSQL, not the batch.
+        await client.hset(key, field, version_prefix + b"\x00" + msgpack.packb([99, "?"]))
+        second = (await post(purchase(card, "ud-2", lines=[line(1, 2_000)]), timeout=10)).result
+        rewritten = await client.hget(key, field)
+    finally:
+        await client.aclose()
+    assert (second.status, second.balances[POINTS]) == (APPROVED, 30)
+    assert rewritten is not None and rewritten[: 1 + rewritten[0]] != version_prefix
+    assert await ledger_points(served, card) == 30
     assert await served.store.reconcile() == []
 
 
