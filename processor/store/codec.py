@@ -160,14 +160,19 @@ def _trim(values: list[Any], defaults: Sequence[Any]) -> list[Any]:
 
 def _pad(values: list[Any], defaults: Sequence[Any], what: str) -> list[Any]:
     """``values`` with the fields ``_trim`` left off put back."""
-    if not isinstance(values, list):
+    if type(values) is not list:
         raise CodecError(f"{what} is not an array")
-    if len(values) > len(defaults):
-        raise CodecError(f"{what} has {len(values)} fields, more than {len(defaults)}")
-    missing = defaults[len(values) :]
-    if any(default is _REQUIRED for default in missing):
-        raise CodecError(f"{what} lacks required fields")
-    return [*values, *missing]
+    count = len(values)
+    if count == len(defaults):
+        return values  # nothing was left off: the common case for every busy record
+    if count > len(defaults):
+        raise CodecError(f"{what} has {count} fields, more than {len(defaults)}")
+    missing = defaults[count:]
+    for default in missing:
+        if default is _REQUIRED:
+            raise CodecError(f"{what} lacks required fields")
+    values.extend(missing)
+    return values
 
 
 def _code(value: str, vocabulary: tuple[str, ...], what: str) -> int:
