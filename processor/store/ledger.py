@@ -253,14 +253,17 @@ SELECT t.request_id, {columns} FROM {table} AS t
 JOIN unnest(%b::text[], %b::text[]) AS k(account_id, request_id)
   ON t.account_id = k.account_id AND t.request_id = k.request_id
 """
-_COPY_LEDGER = """
-COPY ledger (account_id, month, request_id, seq, program, program_version, balance, kind,
-             amount, rule, day)
-FROM STDIN (FORMAT BINARY)
+# An INSERT, not a COPY: COPY cannot run inside a pipeline, and a batch's ledger rows are
+# few enough that unnesting arrays costs no more. A row whose key exists belongs to a
+# request another process posted meanwhile: the idempotency insert reports that request,
+# and the batch is rolled back, so skipping the row here only spares an error.
+_INSERT_LEDGER = """
+INSERT INTO ledger (account_id, month, request_id, seq, program, program_version, balance,
+                    kind, amount, rule, day)
+SELECT * FROM unnest(%b::text[], %b::int4[], %b::text[], %b::int4[], %b::text[], %b::int4[],
+                     %b::text[], %b::text[], %b::int8[], %b::text[], %b::int4[])
+ON CONFLICT DO NOTHING
 """
-_LEDGER_TYPES: Final = (
-    "text", "int4", "text", "int4", "text", "int4", "text", "text", "int8", "text", "int4",
-)  # fmt: skip
 _LEDGER_SUMS = """
 SELECT account_id, program, balance, sum(amount)::bigint FROM ledger
 GROUP BY account_id, program, balance
@@ -434,16 +437,47 @@ class Store:
     async def _commit_once(self, staged: _Staged) -> CommitOutcome:
         outcome = CommitOutcome(True, versions=staged.versions, encoded=staged.encoded)
         async with self._pool.connection() as connection:
-            async with connection.transaction():
-                cursor = connection.cursor(binary=True)
-                conflicts = await _write_accounts(cursor, staged)
-                replayed = await _insert_idempotency(cursor, staged)
+            # Pipeline mode: every statement of the batch goes out at once and the answers
+            # come back together, one round trip for the whole transaction instead of one
+            # per statement, each of which a busy event loop or a loaded host made slow.
+            # The writes are sent before the lock's versions are read; when a version or
+            # an id conflicts, the transaction is rolled back, so nothing of them stays.
+            async with connection.pipeline() as pipeline, connection.transaction():
+                lock = connection.cursor(binary=True)
+                await lock.execute(_LOCK_ACCOUNTS, (staged.account_ids,))
+                update = connection.cursor(binary=True)
+                if staged.changed_rows[0]:
+                    await update.execute(_UPDATE_ACCOUNTS, staged.changed_rows)
+                insert = connection.cursor(binary=True)
+                if staged.new_rows[0]:
+                    await insert.execute(_INSERT_ACCOUNTS, staged.new_rows)
+                idempotency = connection.cursor(binary=True)
+                if staged.idempotency_rows[0]:
+                    await idempotency.execute(_INSERT_IDEMPOTENCY, staged.idempotency_rows)
+                writes = connection.cursor(binary=True)
+                if staged.ledger_rows:
+                    await writes.execute(_INSERT_LEDGER, _ledger_columns(staged.ledger_rows))
+                if staged.receipt_rows[0]:
+                    await writes.execute(_UPSERT_RECEIPTS, staged.receipt_rows)
+                await pipeline.sync()
+                conflicts = _account_conflicts(staged, dict(await lock.fetchall()))
+                if not conflicts and staged.new_rows[0]:
+                    inserted = {row[0] for row in await insert.fetchall()}
+                    # Another batch created one of these accounts since the lock looked.
+                    conflicts = tuple(sorted(set(staged.new_rows[0]) - inserted))
+                replayed: tuple[str, ...] = ()
+                if staged.idempotency_rows[0]:
+                    posted = {row[0] for row in await idempotency.fetchall()}
+                    replayed = tuple(sorted(set(staged.idempotency_rows[1]) - posted))
                 if conflicts or replayed:
                     outcome = CommitOutcome(False, conflicts, replayed)
                     raise psycopg.Rollback()
-                await _copy_ledger(cursor, staged.ledger_rows)
-                if staged.receipt_rows[0]:
-                    await cursor.execute(_UPSERT_RECEIPTS, staged.receipt_rows)
+                if staged.changed_rows[0]:
+                    check(
+                        update.rowcount == len(staged.changed_rows[0]),
+                        f"updated {update.rowcount} of {len(staged.changed_rows[0])}"
+                        " locked accounts",
+                    )
             # Leaving the block committed (or rolled back) the transaction.
             check(
                 connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE,
@@ -524,47 +558,22 @@ class _Staged:
     idempotency_rows: tuple[list[str], list[str], list[bytes], list[bytes]]
 
 
-async def _write_accounts(cursor: psycopg.AsyncCursor[Any], staged: _Staged) -> tuple[str, ...]:
+def _account_conflicts(staged: _Staged, current: dict[str, int]) -> tuple[str, ...]:
+    """The accounts whose version under the lock is not the one the batch read."""
     # Locking in account-id order means two batches sharing accounts queue rather than
-    # deadlock; the versions read under the lock are the ones the update will see.
-    await cursor.execute(_LOCK_ACCOUNTS, (staged.account_ids,))
-    current = dict(await cursor.fetchall())
-    conflicts = {
-        account_id
-        for account_id, expected in staged.expected.items()
-        if current.get(account_id, 0) != expected
-    }
-    if conflicts:
-        return tuple(sorted(conflicts))
-    if staged.changed_rows[0]:
-        await cursor.execute(_UPDATE_ACCOUNTS, staged.changed_rows)
-        check(
-            cursor.rowcount == len(staged.changed_rows[0]),
-            f"updated {cursor.rowcount} of {len(staged.changed_rows[0])} locked accounts",
+    # deadlock; the versions read under the lock are the ones the update saw.
+    return tuple(
+        sorted(
+            account_id
+            for account_id, expected in staged.expected.items()
+            if current.get(account_id, 0) != expected
         )
-    if staged.new_rows[0]:
-        await cursor.execute(_INSERT_ACCOUNTS, staged.new_rows)
-        inserted = {row[0] for row in await cursor.fetchall()}
-        # Another batch created one of these accounts since the lock query looked.
-        conflicts = set(staged.new_rows[0]) - inserted
-    return tuple(sorted(conflicts))
+    )
 
 
-async def _insert_idempotency(cursor: psycopg.AsyncCursor[Any], staged: _Staged) -> tuple[str, ...]:
-    if not staged.idempotency_rows[0]:
-        return ()
-    await cursor.execute(_INSERT_IDEMPOTENCY, staged.idempotency_rows)
-    inserted = {row[0] for row in await cursor.fetchall()}
-    return tuple(sorted(set(staged.idempotency_rows[1]) - inserted))
-
-
-async def _copy_ledger(cursor: psycopg.AsyncCursor[Any], rows: list[tuple[Any, ...]]) -> None:
-    if not rows:
-        return
-    async with cursor.copy(_COPY_LEDGER) as copy:
-        copy.set_types(list(_LEDGER_TYPES))
-        for row in rows:
-            await copy.write_row(row)
+def _ledger_columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """The ledger rows as the column arrays ``_INSERT_LEDGER`` unnests."""
+    return tuple(list(column) for column in zip(*rows, strict=True))
 
 
 async def _reconcile(connection: psycopg.AsyncConnection[Any], found: list[Mismatch]) -> None:
