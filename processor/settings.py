@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     engine: str | None = None
     batch_requests_max: int = Field(default=1_000, ge=1, le=10_000)
     flush_interval_ms: float = Field(default=2.0, ge=0, le=1_000)
-    batches_in_flight_max: int = Field(default=3, ge=1, le=16)
+    batches_in_flight_max: int = Field(default=1, ge=1, le=16)
     queue_depth_max: int = Field(default=20_000, ge=1, le=1_000_000)
     grace_seconds: float = Field(default=10.0, ge=0, le=600)
     registry_refresh_seconds: float = Field(default=1.0, gt=0, le=600)

@@ -67,7 +67,7 @@ async def wait_until(predicate, timeout: float = 2.0) -> None:
 async def test_batches_on_different_accounts_are_processed_at_the_same_time() -> None:
     recorder = Recorder()
     recorder.release = asyncio.Event()
-    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of)
+    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of, batches_in_flight_max=3)
     batcher.start()
     first = batcher.submit(Work("A", 1))
     await wait_until(lambda: len(recorder.started) == 1)
@@ -83,7 +83,7 @@ async def test_batches_on_different_accounts_are_processed_at_the_same_time() ->
 async def test_a_batch_sharing_an_account_waits_for_the_one_in_flight() -> None:
     recorder = Recorder()
     recorder.release = asyncio.Event()
-    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of)
+    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of, batches_in_flight_max=3)
     batcher.start()
     first = batcher.submit(Work("A", 1))
     await wait_until(lambda: len(recorder.started) == 1)
@@ -102,7 +102,7 @@ async def test_a_waiting_batch_is_not_overtaken_by_a_later_one() -> None:
     # start before B: batches start in arrival order.
     recorder = Recorder()
     recorder.release = asyncio.Event()
-    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of)
+    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of, batches_in_flight_max=3)
     batcher.start()
     futures = [batcher.submit(Work("A", 1))]
     await wait_until(lambda: len(recorder.started) == 1)
@@ -119,7 +119,13 @@ async def test_a_waiting_batch_is_not_overtaken_by_a_later_one() -> None:
 
 async def test_each_accounts_requests_are_processed_in_arrival_order_under_overlap() -> None:
     recorder = Recorder(delay=0.0005, jitter=0.003, seed=7)
-    batcher = Batcher(recorder, flush_interval_ms=0.5, batch_requests_max=7, keys_of=keys_of)
+    batcher = Batcher(
+        recorder,
+        flush_interval_ms=0.5,
+        batch_requests_max=7,
+        keys_of=keys_of,
+        batches_in_flight_max=3,
+    )
     batcher.start()
     rng = random.Random(11)
     accounts = [f"card-{n}" for n in range(200)]
@@ -177,7 +183,7 @@ async def test_a_batch_whose_keys_cannot_be_read_runs_alone() -> None:
 
     recorder = Recorder()
     recorder.release = asyncio.Event()
-    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=broken)
+    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=broken, batches_in_flight_max=3)
     batcher.start()
     first = batcher.submit(Work("A", 1))
     await wait_until(lambda: len(recorder.started) == 1)
@@ -192,7 +198,7 @@ async def test_a_batch_whose_keys_cannot_be_read_runs_alone() -> None:
 
 async def test_drain_waits_for_every_batch_in_flight() -> None:
     recorder = Recorder(delay=0.02)
-    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of)
+    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of, batches_in_flight_max=3)
     batcher.start()
     futures = []
     for account in "ABC":
@@ -206,7 +212,7 @@ async def test_drain_waits_for_every_batch_in_flight() -> None:
 
 async def test_an_expired_request_is_dropped_and_the_rest_still_run() -> None:
     recorder = Recorder()
-    batcher = Batcher(recorder, flush_interval_ms=5, keys_of=keys_of)
+    batcher = Batcher(recorder, flush_interval_ms=5, keys_of=keys_of, batches_in_flight_max=3)
     batcher.start()
     stale = batcher.submit(Work("A", 1), deadline=0.0)  # long past on the monotonic clock
     fresh = batcher.submit(Work("B", 2))
@@ -238,7 +244,7 @@ def test_bad_limits_are_refused(arguments: dict[str, float]) -> None:
 async def test_a_request_whose_deadline_passes_while_waiting_for_its_account_is_dropped() -> None:
     recorder = Recorder()
     recorder.release = asyncio.Event()
-    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of)
+    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of, batches_in_flight_max=3)
     batcher.start()
     first = batcher.submit(Work("A", 1))
     await wait_until(lambda: len(recorder.started) == 1)
@@ -251,3 +257,16 @@ async def test_a_request_whose_deadline_passes_while_waiting_for_its_account_is_
     await batcher.drain()
     assert batcher.expired_total == 1
     assert recorder.order["A"] == [1]
+
+
+async def test_by_default_one_batch_runs_at_a_time() -> None:
+    recorder = Recorder(delay=0.002)
+    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of)
+    batcher.start()
+    futures = []
+    for n, account in enumerate("ABCDEF"):
+        futures.append(batcher.submit(Work(account, n)))
+        await asyncio.sleep(0.0005)
+    await asyncio.gather(*futures)
+    await batcher.drain()
+    assert recorder.most_running == 1
