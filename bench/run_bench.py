@@ -250,7 +250,9 @@ def run_locust(
 # --------------------------------------------------------------------------- the run
 
 
-def seed_database(database_url: str, redis_url: str | None, accounts: int) -> dict[str, Any]:
+def seed_database(
+    database_url: str, redis_url: str | None, accounts: int, *, warm: bool = True
+) -> dict[str, Any]:
     from processor import seed, server
     from processor.settings import Settings
     from processor.store.migrate import migrate
@@ -260,11 +262,13 @@ def seed_database(database_url: str, redis_url: str | None, accounts: int) -> di
     asyncio.run(server.load_demo(settings, database_url))
     report = seed.seed(database_url, accounts, progress=sys.stderr)
     figures = report.as_dict()
-    if redis_url:
+    if redis_url and warm:
         report.warmed, report.warm_seconds = asyncio.run(
             seed._warm_all(settings, database_url, redis_url, report, sys.stderr)
         )
         figures["warmed"] = report.warmed
+        figures["warm_seconds"] = round(report.warm_seconds, 1)
+    if redis_url:
         figures["redis_bytes_per_account"] = asyncio.run(
             redis_bytes_per_account(redis_url, settings.cache_key_prefix, report.first_card)
         )
@@ -273,7 +277,7 @@ def seed_database(database_url: str, redis_url: str | None, accounts: int) -> di
 
 
 async def redis_bytes_per_account(redis_url: str, key_prefix: str, first_card: str) -> float:
-    """MEMORY USAGE of the cache entries of 1,000 seeded accounts, on average."""
+    """MEMORY USAGE per account of the buckets of 1,000 seeded accounts, on average."""
     from processor.cache import AccountCache
 
     prefix = "60012"
@@ -319,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p99-ms", type=float, default=sla.P99_MS_DEFAULT)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--workers", type=int, default=1, help="loyalty serve --workers")
+    parser.add_argument(
+        "--no-warm",
+        dest="warm",
+        action="store_false",
+        help="leave the cache as it is (already warm from an earlier run, or meant cold)",
+    )
     args = parser.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
     from processor import server
@@ -330,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 2
     try:
         log(f"servers: {'embedded under ' + str(data_dir) if resolved.started else 'from env'}")
-        seeding = seed_database(resolved.database_url, resolved.redis_url, args.accounts)
+        seeding = seed_database(
+            resolved.database_url, resolved.redis_url, args.accounts, warm=args.warm
+        )
         log(f"seeded: {json.dumps(seeding)}")
         workload = Workload(seeding["first_card"], args.accounts)
         # The ceiling, measured with the same client.
