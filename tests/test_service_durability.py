@@ -14,9 +14,10 @@ servers post.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -142,18 +143,27 @@ async def test_flushing_the_cache_while_posting_keeps_every_balance_exact(
     assert await served.store.reconcile() == []
 
 
-async def test_a_stale_cache_entry_costs_a_retry_never_a_balance(
-    served: Served, cards: list[str]
-) -> None:
-    card = cards[44]
-    post = served.transactions.PostTransaction
-    await post(purchase(card, "st-1", lines=[line(1, 1_000)]), timeout=10)
+@contextlib.asynccontextmanager
+async def cache_entry(served: Served, card: str) -> AsyncIterator[tuple[Any, str, str]]:
+    """A raw Redis client, and the bucket and field that hold ``card``'s cached state."""
     async with AccountCache.from_url(
         served.redis_url, key_prefix=served.settings.cache_key_prefix
     ) as cache:
         key, field = cache.location(card)
     client = aioredis.Redis.from_url(served.redis_url)
     try:
+        yield client, key, field
+    finally:
+        await client.aclose()
+
+
+async def test_a_stale_cache_entry_costs_a_retry_never_a_balance(
+    served: Served, cards: list[str]
+) -> None:
+    card = cards[44]
+    post = served.transactions.PostTransaction
+    await post(purchase(card, "st-1", lines=[line(1, 1_000)]), timeout=10)
+    async with cache_entry(served, card) as (client, key, field):
         old = await client.hget(key, field)
         assert old is not None
         await post(purchase(card, "st-2", lines=[line(1, 2_000)]), timeout=10)
@@ -161,8 +171,6 @@ async def test_a_stale_cache_entry_costs_a_retry_never_a_balance(
         await client.hset(key, field, old)
         conflicts = served.running.pipeline.conflicts_total
         third = (await post(purchase(card, "st-3", lines=[line(1, 4_000)]), timeout=10)).result
-    finally:
-        await client.aclose()
     # 10 + 20 + 40: evaluated on the committed state, not on the stale one (10 + 40).
     assert (third.status, third.balances[POINTS]) == (APPROVED, 70)
     assert served.running.pipeline.conflicts_total == conflicts + 1
@@ -176,12 +184,7 @@ async def test_a_cached_state_that_cannot_be_decoded_is_read_from_postgresql(
     card = cards[49]
     post = served.transactions.PostTransaction
     await post(purchase(card, "ud-1", lines=[line(1, 1_000)]), timeout=10)
-    async with AccountCache.from_url(
-        served.redis_url, key_prefix=served.settings.cache_key_prefix
-    ) as cache:
-        key, field = cache.location(card)
-    client = aioredis.Redis.from_url(served.redis_url)
-    try:
+    async with cache_entry(served, card) as (client, key, field):
         stored = await client.hget(key, field)
         assert stored is not None
         version_prefix = stored[: 1 + stored[0]]
@@ -190,8 +193,6 @@ async def test_a_cached_state_that_cannot_be_decoded_is_read_from_postgresql(
         await client.hset(key, field, version_prefix + b"\x00" + msgpack.packb([99, "?"]))
         second = (await post(purchase(card, "ud-2", lines=[line(1, 2_000)]), timeout=10)).result
         rewritten = await client.hget(key, field)
-    finally:
-        await client.aclose()
     assert (second.status, second.balances[POINTS]) == (APPROVED, 30)
     assert rewritten is not None and rewritten[: 1 + rewritten[0]] != version_prefix
     assert await ledger_points(served, card) == 30
