@@ -130,9 +130,11 @@ async def test_gate_passes_the_real_service(
     running = await start(settings, schema_url, redis_url)
     try:
         await _warm_up(f"127.0.0.1:{running.port}", demo.first_card)
+        # Long enough for a few hundred requests: with only dozens, the p99 is the single
+        # slowest request, and one scheduling hiccup of a busy 2-core runner decides it.
         await _locust(
-            f"127.0.0.1:{running.port}", tmp_path / "real", 6, 2,
-            BENCH_FIRST_CARD=demo.first_card, BENCH_ACCOUNTS=str(demo.cards), BENCH_RATE="5",
+            f"127.0.0.1:{running.port}", tmp_path / "real", 14, 4,
+            BENCH_FIRST_CARD=demo.first_card, BENCH_ACCOUNTS=str(demo.cards), BENCH_RATE="6",
         )  # fmt: skip
     finally:
         await running.stop(5.0)
@@ -142,7 +144,7 @@ async def test_gate_passes_the_real_service(
     assert code == 0, out
     stats = sla.read_stats(tmp_path / "real_stats.csv")
     posting = next(row for row in stats if row.name == "PostTransaction")
-    assert posting.requests > 10 and posting.failures == 0
+    assert posting.requests > 150 and posting.failures == 0
 
 
 def test_judge_names_every_breach() -> None:
