@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Final, Literal
 
 import psycopg
+from stdnum import luhn
 
 from processor import calendar
 from processor.cache import CIRCUIT_COOLDOWN_SECONDS, AccountCache
@@ -308,21 +309,6 @@ class SeedReport:
 # --------------------------------------------------------------------------- card numbers
 
 
-def luhn_digit(body: str) -> str:
-    """The Luhn check digit of a string of digits (as ``stdnum.luhn.calc_check_digit``)."""
-    total = 0
-    double = True
-    for char in reversed(body):
-        digit = ord(char) - 48
-        if double:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-        double = not double
-    return str(-total % 10)
-
-
 def card_numbers(prefix: str, first: int, count: int, length: int) -> list[str]:
     """``count`` card numbers from sequence ``first``: prefix, padded sequence, check digit.
 
@@ -333,7 +319,7 @@ def card_numbers(prefix: str, first: int, count: int, length: int) -> list[str]:
     numbers: list[str] = []
     for head, residue, tail, run in _number_runs(prefix, first, count, length):
         if residue is None:
-            numbers.append(head + luhn_digit(head))
+            numbers.append(head + luhn.calc_check_digit(head))
         else:
             numbers.extend(map(head.__add__, _digit_tails(residue)[tail : tail + run]))
     return numbers
@@ -344,7 +330,7 @@ def card_number_bytes(prefix: str, first: int, count: int, length: int) -> list[
     numbers: list[bytes] = []
     for head, residue, tail, run in _number_runs(prefix, first, count, length):
         if residue is None:
-            numbers.append((head + luhn_digit(head)).encode())
+            numbers.append((head + luhn.calc_check_digit(head)).encode())
         else:
             tails = _digit_tails_bytes(residue)[tail : tail + run]
             numbers.extend(map(head.encode().__add__, tails))
