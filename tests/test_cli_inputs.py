@@ -50,3 +50,38 @@ def test_config_show_redacts_secrets(
     assert main(["config", "show"]) == 0
     shown = capsys.readouterr().out
     assert "secret" not in shown and '"database_url": "**********"' in shown
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "why"),
+    [
+        (
+            "LOYALTY_BATCHES_IN_FLIGHT_MAX",
+            "0",
+            "batches_in_flight_max",
+            "greater than or equal to 1",
+        ),
+        (
+            "LOYALTY_BATCHES_IN_FLIGHT_MAX",
+            "17",
+            "batches_in_flight_max",
+            "less than or equal to 16",
+        ),
+        ("LOYALTY_CACHE_COMPRESSION", "maybe", "cache_compression", "valid boolean"),
+    ],
+)
+def test_the_overlap_and_compression_settings_refuse_bad_values(
+    variable: str,
+    value: str,
+    field: str,
+    why: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["serve", "--data-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert f"settings: {field} ({variable})" in error
+    assert why in error
+    assert list(tmp_path.iterdir()) == []
