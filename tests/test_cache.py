@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import socket
-import time
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,7 +34,6 @@ from processor.cache import (
     CIRCUIT_ERRORS_MAX,
     LISTPACK_ENTRIES_MIN,
     LISTPACK_VALUE_BYTES_MIN,
-    OPERATION_TIMEOUT_SECONDS,
     VERSION_MAX,
     AccountCache,
 )
@@ -1027,13 +1025,10 @@ async def test_redis_down_reads_miss_and_writes_do_nothing(closed_port: int, sch
     clock = FakeClock()
     down = AccountCache.from_url(f"{scheme}://127.0.0.1:{closed_port}", clock=clock)
     try:
-        started = time.monotonic()
         assert await down.get_many(["1", "2"]) == {}
         assert await down.put_many({"1": (1, STATE)}) == 0
         assert await down.invalidate(["1"]) == 0
         assert await down.flush() == 0
-        elapsed = time.monotonic() - started
-        assert elapsed < 4 * OPERATION_TIMEOUT_SECONDS
         assert down.errors_total == 4
         assert down.misses_total == 2
         assert not down.circuit_open
@@ -1041,14 +1036,17 @@ async def test_redis_down_reads_miss_and_writes_do_nothing(closed_port: int, sch
         await down.aclose()
 
 
-async def test_silent_redis_costs_at_most_the_timeout(silent_port: int) -> None:
-    silent = AccountCache.from_url(f"redis://127.0.0.1:{silent_port}")
+async def test_a_silent_redis_is_given_up_by_the_operation_timeout(silent_port: int) -> None:
+    # Socket timeouts of an hour: only the cache's own operation timeout can end these calls.
+    # Were it not applied, the calls would hang and the test fail at its timeout.
+    silent = AccountCache.from_url(
+        f"redis://127.0.0.1:{silent_port}",
+        socket_timeout_seconds=3600,
+        socket_connect_timeout_seconds=3600,
+    )
     try:
-        started = time.monotonic()
         assert await silent.get_many(["1"]) == {}
         assert await silent.put_many({"1": (1, STATE)}) == 0
-        elapsed = time.monotonic() - started
-        assert elapsed < 2 * OPERATION_TIMEOUT_SECONDS + 0.5
         assert silent.errors_total == 2
     finally:
         await silent.aclose()

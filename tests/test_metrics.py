@@ -288,8 +288,11 @@ class InProcess:
 
 
 @contextlib.asynccontextmanager
-async def in_process_server(database_url: str, redis_url: str) -> AsyncIterator[InProcess]:
-    """The demo in ``database_url``'s schema, served in this process on a free port."""
+async def in_process_server(
+    database_url: str, redis_url: str, *, grace_seconds: float = 5.0
+) -> AsyncIterator[InProcess]:
+    """The demo in ``database_url``'s schema, served in this process on a free port and
+    stopped on the way out (within ``grace_seconds``), also when the body fails."""
     async with Store(database_url, pool_size_max=2) as store:
         catalog = Catalog(store)
         demo = await load_demo(catalog, ProgramRegistry(catalog), cards=DEMO_CARDS)
@@ -303,7 +306,7 @@ async def in_process_server(database_url: str, redis_url: str) -> AsyncIterator[
         yield InProcess(running, demo, channel)
     finally:
         await channel.close()
-        await running.stop(5.0)
+        await running.stop(grace_seconds)
         with contextlib.suppress(Exception):
             await _flush_prefix(redis_url, prefix)
 
@@ -448,7 +451,6 @@ async def test_a_served_call_records_grpc_business_and_batch_metrics(
         "received": ("grpc_server_msg_received_total", unary),
         "sent": ("grpc_server_msg_sent_total", unary),
         "timed": ("grpc_server_handling_seconds_count", unary),
-        "fast": ("grpc_server_handling_seconds_bucket", {**unary, "le": "0.2"}),
         "reason": (
             "grpc_server_errors_total",
             {
@@ -513,7 +515,6 @@ async def test_a_served_call_records_grpc_business_and_batch_metrics(
     assert delta["ok"] == 6 and delta["not_found"] == 1
     assert delta["started"] == delta["received"] == delta["timed"] == 7
     assert delta["sent"] == 6
-    assert delta["fast"] == 7  # all within the 200 ms objective on an idle server
     assert delta["reason"] == 1
     assert delta["stream_ok"] == 1 and delta["stream_in"] == 3 and delta["stream_out"] == 3
     assert delta["approved"] == 8  # the replay is answered but never counted again

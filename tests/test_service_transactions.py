@@ -519,22 +519,24 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_not_posted(
     start_served: StartServed, cards: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     original = Pipeline.process
+    processing, release = asyncio.Event(), asyncio.Event()
 
-    async def slow(self: Pipeline, items: list[Any]) -> None:
-        await asyncio.sleep(0.5)
+    async def held(self: Pipeline, items: list[Any]) -> None:
+        processing.set()
+        await release.wait()
         await original(self, items)
 
-    monkeypatch.setattr(Pipeline, "process", slow)
+    monkeypatch.setattr(Pipeline, "process", held)
     served = await start_served(batch_requests_max=1)
     card = cards[22]
     post = served.transactions.PostTransaction
     ahead = asyncio.ensure_future(post(purchase(card, "dl-1"), timeout=30))
-    await asyncio.sleep(0.1)  # the first batch is being processed (slowly)
-    started = asyncio.get_running_loop().time()
+    await processing.wait()  # the first batch is held until released
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await post(purchase(card, "dl-2", lines=[line(1, 5_000)]), timeout=0.2)
     assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert asyncio.get_running_loop().time() - started < 0.45  # not held to the slow batch
+    assert not ahead.done()  # answered while the batch ahead was still held: not held to it
+    release.set()
     assert (await ahead).result.status == APPROVED
     await served.running.batcher.drain()
     # The expired request was dropped before evaluation: only the first one is posted.

