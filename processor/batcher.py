@@ -21,12 +21,15 @@ order. Batches on disjoint accounts cannot conflict with each other's commits. W
 A full queue is answered at once with ``OverloadedError`` (RESOURCE_EXHAUSTED) rather than
 a growing heap, and an item whose gRPC deadline has passed before its batch starts is
 dropped without being evaluated.
+
+Stopping never waits forever: ``drain`` answers what is queued within its time limit, then
+cancels the batches still running and answers every request left with SHUTTING_DOWN, so
+a batch stuck on a dead database cannot hold a shutdown (or a test) past its grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -129,15 +132,46 @@ class Batcher:
         """Refuse new work from now on (UNAVAILABLE, reason SHUTTING_DOWN)."""
         self._closing = True
 
-    async def drain(self) -> None:
-        """Refuse new work, let everything queued be processed and answered, then stop."""
+    async def drain(self, timeout_seconds: float | None = None) -> bool:
+        """Refuse new work, let everything queued be processed and answered, then stop.
+
+        With ``timeout_seconds``, what is not answered by then is given up: the batches
+        still running are cancelled and every request left is answered SHUTTING_DOWN.
+        The same happens when the caller is cancelled. Whether everything was answered.
+        """
         self.close()
-        await self._queue.join()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        drained = False
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await self._queue.join()
+            drained = True
+        except TimeoutError:
+            log.warning(
+                "the queue did not drain within %.1f s: giving up %d running batches and %d "
+                "queued requests",
+                timeout_seconds,
+                len(self._in_flight),
+                self._queue.qsize(),
+            )
+        finally:
+            await self._stop()
+        return drained
+
+    async def _stop(self) -> None:
+        """End the flusher and every batch task; answer whatever is left SHUTTING_DOWN."""
+        tasks = [*([self._task] if self._task is not None else []), *self._in_flight]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+        # The tasks answer their own items when cancelled (see _run and _process_batch).
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            _give_up([item])
+            self._queue.task_done()
 
     @property
     def in_flight(self) -> int:
@@ -145,34 +179,49 @@ class Batcher:
         return len(self._in_flight)
 
     async def _run(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            live = self._drop_stale(batch)
-            keys = self._keys(live)
-            # Waiting here, before the next batch is even formed, is what keeps batch starts
-            # in arrival order: a later batch can never overtake this one on a shared key.
-            blockers = [
-                task
-                for task, held in self._in_flight.items()
-                if keys is None or held is None or not keys.isdisjoint(held)
-            ]
-            waited = bool(blockers) or len(self._in_flight) >= self._in_flight_max
-            if blockers:
-                await asyncio.wait(blockers)
-            while len(self._in_flight) >= self._in_flight_max:
-                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-            if waited:
-                live = self._drop_stale(live)  # deadlines may have passed while it waited
-            if not live:
-                for _ in batch:
-                    self._queue.task_done()
-                continue
-            task = asyncio.get_running_loop().create_task(
-                self._process_batch(live, len(batch)), name="batch"
-            )
-            self._in_flight[task] = keys
-            metrics.BATCHES_IN_FLIGHT.set(len(self._in_flight))
-            task.add_done_callback(self._finished)
+        # Items taken off the queue and not yet handed to a batch task: this task answers
+        # them (and marks them done) if it is cancelled while holding them.
+        batch: list[Item] = []
+        try:
+            while True:
+                batch = []
+                await self._next_batch(batch)
+                await self._start_batch(batch)
+        except asyncio.CancelledError:
+            _give_up(batch)
+            for _ in batch:
+                self._queue.task_done()
+            raise
+
+    async def _start_batch(self, batch: list[Item]) -> None:
+        """Start a batch task for the items still wanted, once its keys are free. On
+        return the task owns the items (and marks them done)."""
+        live = self._drop_stale(batch)
+        keys = self._keys(live)
+        # Waiting here, before the next batch is even formed, is what keeps batch starts
+        # in arrival order: a later batch can never overtake this one on a shared key.
+        blockers = [
+            task
+            for task, held in self._in_flight.items()
+            if keys is None or held is None or not keys.isdisjoint(held)
+        ]
+        waited = bool(blockers) or len(self._in_flight) >= self._in_flight_max
+        if blockers:
+            await asyncio.wait(blockers)
+        while len(self._in_flight) >= self._in_flight_max:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+        if waited:
+            live = self._drop_stale(live)  # deadlines may have passed while it waited
+        if not live:
+            for _ in batch:
+                self._queue.task_done()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._process_batch(live, len(batch)), name="batch"
+        )
+        self._in_flight[task] = keys
+        metrics.BATCHES_IN_FLIGHT.set(len(self._in_flight))
+        task.add_done_callback(self._finished)
 
     def _drop_stale(self, items: list[Item]) -> list[Item]:
         """The items still wanted: a passed deadline or a caller gone cancels the rest."""
@@ -211,13 +260,17 @@ class Batcher:
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(error)
+        except asyncio.CancelledError:
+            _give_up(live)
+            raise
         finally:
             for _ in range(taken):
                 self._queue.task_done()
 
-    async def _next_batch(self) -> list[Item]:
-        first = await self._queue.get()
-        batch = [first]
+    async def _next_batch(self, batch: list[Item]) -> None:
+        """Take the next batch off the queue into ``batch`` (filled in place, so that a
+        cancelled caller still holds what was taken)."""
+        batch.append(await self._queue.get())
         flush_at = time.monotonic() + self._flush_interval_seconds
         while len(batch) < self._batch_requests_max:
             try:
@@ -232,4 +285,16 @@ class Batcher:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
-        return batch
+
+
+def _give_up(items: Iterable[Item]) -> None:
+    """Answer SHUTTING_DOWN to the items nobody will process now. A batch cancelled during
+    its commit may have been posted: the request id tells on a retry."""
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(
+                UnavailableError(
+                    "the server stopped before answering; retry with the same request id",
+                    reason="SHUTTING_DOWN",
+                )
+            )

@@ -19,7 +19,8 @@ from processor.engine import Engine, get_engine
 NO_EXTENSIONS = os.environ.get("LOYALTY_NO_EXTENSIONS", "") == "1"
 
 # Servers for integration tests: the ones the environment names, else embedded ones.
-pytest_plugins = ["plugins.postgres", "plugins.redis", "plugins.server"]
+# pytester runs a small suite of its own where a test proves how the suite itself behaves.
+pytest_plugins = ["plugins.postgres", "plugins.redis", "plugins.server", "pytester"]
 
 # "ci" replays the same examples on every run, so a red build is reproducible from its log;
 # "dev" explores new examples each run. Neither has a deadline: timing on shared machines is

@@ -12,6 +12,7 @@ import pytest
 
 from processor import metrics
 from processor.batcher import Batcher, Item
+from processor.errors import UnavailableError
 
 
 @dataclass(frozen=True)
@@ -270,3 +271,34 @@ async def test_by_default_one_batch_runs_at_a_time() -> None:
     await asyncio.gather(*futures)
     await batcher.drain()
     assert recorder.most_running == 1
+
+
+async def test_a_drain_past_its_time_limit_gives_up_what_is_running_held_and_queued() -> None:
+    recorder = Recorder()
+    recorder.release = asyncio.Event()  # never set: a batch stuck on its commit
+    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of)
+    batcher.start()
+    running = batcher.submit(Work("A", 1))
+    await wait_until(lambda: len(recorder.started) == 1)
+    held = batcher.submit(Work("A", 2))  # taken into the next batch, waiting for A
+    await wait_until(lambda: batcher.depth == 0)
+    queued = [batcher.submit(Work("B", n)) for n in range(3)]
+
+    assert await batcher.drain(timeout_seconds=0.05) is False
+
+    for future in [running, held, *queued]:
+        with pytest.raises(UnavailableError) as refused:
+            await future
+        assert refused.value.reason == "SHUTTING_DOWN"
+    assert batcher.in_flight == 0 and batcher.depth == 0
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+    with pytest.raises(UnavailableError):
+        batcher.submit(Work("C", 1))
+
+
+async def test_a_drain_within_its_time_limit_answers_everything() -> None:
+    batcher = Batcher(Recorder(), flush_interval_ms=0, keys_of=keys_of)
+    batcher.start()
+    futures = [batcher.submit(Work("A", n)) for n in range(5)]
+    assert await batcher.drain(timeout_seconds=60) is True
+    assert [future.result() for future in futures] == list(range(5))

@@ -1,6 +1,8 @@
 """Graceful shutdown: SIGTERM a serving ``loyalty serve`` in the middle of a stream of
 purchases. Health turns NOT_SERVING first, every purchase the client saw answered is in
-the ledger, and the process exits 0."""
+the ledger, and the process exits 0. And an in-process stop that nothing can hold: a stuck
+batch or a backed-up stream is given up at the end of the grace period, no task outlives the
+stop, and a test that fails inside a served server leaves the suite running."""
 
 from __future__ import annotations
 
@@ -14,9 +16,22 @@ import grpc  # type: ignore[import-untyped]
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
-from test_metrics import DEMO_CARDS, channels, demo_cards, purchase, serve_process
+from test_metrics import (
+    DEMO_CARDS,
+    channels,
+    demo_cards,
+    in_process_server,
+    purchase,
+    serve_process,
+    transaction,
+)
 
 from processor import proto
+from processor.batcher import Batcher
+from processor.pipeline import Pipeline
+from processor.server import start
+from processor.service.transactions import STREAM_IN_FLIGHT_MAX
+from processor.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -122,3 +137,100 @@ def test_sigterm_drains_in_flight_purchases_and_exits_0(
     print(f"{len(acked)} purchases acknowledged, {len(refused)} refused after SIGTERM")
     assert set(acked) <= posted, sorted(set(acked) - posted)[:5]
     assert set(acked) <= in_ledger, sorted(set(acked) - in_ledger)[:5]
+
+
+# --------------------------------------------------------------------------- in-process stop
+
+
+async def test_a_stop_ends_every_task_with_a_batch_stuck_and_a_stream_backed_up(
+    schema_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure inside a served test stops the server within its grace period and leaves
+    no task of the server running, even with a batch that never finishes and a stream whose
+    reader is blocked on a full queue of answers."""
+
+    async def stuck(self: Pipeline, items: list[Any]) -> None:
+        await asyncio.Event().wait()  # a commit that never returns
+
+    submitted = 0
+    submit = Batcher.submit
+
+    def counting(self: Batcher, *args: Any, **kwargs: Any) -> Any:
+        nonlocal submitted
+        submitted += 1
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "process", stuck)
+    monkeypatch.setattr(Batcher, "submit", counting)
+    backed_up = STREAM_IN_FLIGHT_MAX + 1  # the stream's reader then waits for room
+    with pytest.raises(AssertionError, match="deliberately"):
+        async with in_process_server(schema_url, redis_url, grace_seconds=1.0) as served:
+            stub = proto.transactions_grpc.TransactionServiceStub(served.channel)
+            cards = served.cards
+
+            async def requests() -> Any:
+                for index in range(backed_up + 10):
+                    yield proto.transactions.StreamTransactionsRequest(
+                        transaction=transaction(cards[index % len(cards)], f"backed-{index}")
+                    )
+
+            stream = stub.StreamTransactions(requests(), timeout=60)
+            waiting = asyncio.ensure_future(stream.read())
+            while submitted < backed_up:
+                await asyncio.sleep(0.01)
+            assert served.running.batcher.in_flight == 0, "deliberately failed"
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    assert left == []
+
+
+def test_a_test_failing_inside_a_served_server_lets_the_next_test_run(
+    pytester: pytest.Pytester,
+    database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        asyncio_mode = auto
+        asyncio_default_fixture_loop_scope = function
+        filterwarnings = error
+        timeout = 120
+        markers =
+            slow: slow
+            integration: integration
+        """
+    )
+    pytester.makeconftest('pytest_plugins = ["plugins.postgres", "plugins.redis"]')
+    pytester.makepyfile(
+        test_inner="""
+        from test_metrics import in_process_server, purchase
+        from processor import proto
+
+        async def test_fails_inside(schema_url, redis_url):
+            async with in_process_server(schema_url, redis_url) as served:
+                stub = proto.transactions_grpc.TransactionServiceStub(served.channel)
+                await stub.PostTransaction(purchase(served.cards[0], "inner-1"), timeout=30)
+                assert served.running.batcher.depth == -1, "deliberately failed"
+
+        def test_runs_next():
+            pass
+        """
+    )
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))
+    monkeypatch.setenv("LOYALTY_DATABASE_URL", database_url)
+    monkeypatch.setenv("LOYALTY_REDIS_URL", redis_url)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*deliberately failed*"])
+
+
+async def test_a_start_that_fails_leaves_no_task_or_pool_behind(
+    schema_url: str, redis_url: str
+) -> None:
+    settings = Settings(listen="192.0.2.1:1", metrics_listen="")  # not an address of this host
+    with pytest.raises(OSError, match=r"cannot listen on 192\.0\.2\.1:1"):
+        await start(settings, schema_url, redis_url)
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []

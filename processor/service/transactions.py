@@ -63,11 +63,15 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
         waiting: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_IN_FLIGHT_MAX)
 
         async def read() -> None:
+            # Cancelled means the answering side below is gone: it waits for no end marker,
+            # and putting one into a full queue would never return.
+            cancelled = False
             try:
                 async for message in requests:
                     single = proto.transactions.PostTransactionRequest(
                         transaction=message.transaction
                     )
+                    refused = False
                     try:
                         future = self._submit(message.transaction, single, context)
                     except Exception as error:
@@ -75,11 +79,20 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
                         # before it; nothing after it is read.
                         future = asyncio.get_running_loop().create_future()
                         future.set_exception(error)
+                        refused = True
+                    try:
                         await waiting.put(future)
+                    except asyncio.CancelledError:
+                        future.cancel()  # its answer has nowhere to go now
+                        raise
+                    if refused:
                         break
-                    await waiting.put(future)
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
             finally:
-                await waiting.put(None)
+                if not cancelled:
+                    await waiting.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
         self.streams_open += 1
@@ -94,6 +107,9 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
         finally:
             self.streams_open -= 1
             reader.cancel()
+            # Waited for, so that no reader outlives its call (it ends at once when cancelled).
+            await asyncio.gather(reader, return_exceptions=True)
+            _abandon(waiting)
 
     def _submit(
         self,
@@ -104,3 +120,16 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
     ) -> Any:
         wire_context, engine_request = wire.transaction_from_proto(transaction, field)
         return submit(self.batcher, context, engine_request, hash_of(message), wire_context)
+
+
+def _abandon(waiting: asyncio.Queue[Any]) -> None:
+    """Let go of the answers a stream that ended will never send: what is not evaluated yet
+    is dropped (as for a cancelled unary call); what failed is marked seen."""
+    while not waiting.empty():
+        future = waiting.get_nowait()
+        if future is None:
+            continue
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
