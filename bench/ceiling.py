@@ -37,7 +37,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 if __package__ in (None, ""):  # run as a script: the repository root holds the package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from processor import proto, wire
+from processor import proto
+from processor.wire import admission, answers
 
 common = proto.common
 transactions = proto.transactions
@@ -113,7 +114,7 @@ def fixed_result() -> Any:
     card = "6001200000100014"
     message = purchase(random.Random(3), card, "pos-0001-000123", when)
     message.context.location = "S001"
-    _, request = wire.transaction_from_proto(message)
+    _, request = admission.transaction_from_proto(message)
     day = calendar.parse_day("2026-03-03")
     state = issue_card(program, card, day - 200)
     state.loyalty["points"] = LoyaltyAccount(
@@ -122,7 +123,7 @@ def fixed_result() -> Any:
         earned_ltd=2400, earned_ytd=1300, ytd_year=2026,
     )  # fmt: skip
     outcome = get_engine().evaluate(program, {card: state}, [request])
-    return wire.result_to_proto(outcome.results[0], program)
+    return answers.result_to_proto(outcome.results[0], program)
 
 
 # --------------------------------------------------------------------------- the server

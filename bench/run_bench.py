@@ -5,7 +5,7 @@
 
 1. Servers: ``LOYALTY_DATABASE_URL`` / ``LOYALTY_REDIS_URL`` when set, else an embedded
    PostgreSQL and Valkey in a temporary data directory (removed at the end).
-2. Migrations, the demo program, ``--accounts`` seeded accounts (``processor.seed``,
+2. Migrations, the demo program, ``--accounts`` seeded accounts (``processor.tools.seed``,
    resumable: a second run against the same servers loads nothing), the cache warmed.
 3. The transport ceiling: ``bench/ceiling.py`` started, then the durable client below run
    against it for ``--durable-seconds``.
@@ -56,7 +56,8 @@ import ceiling  # noqa: E402
 import sla  # noqa: E402
 
 from processor import proto  # noqa: E402
-from processor.seed import card_numbers  # noqa: E402
+from processor.runtime import serve as runtime  # noqa: E402
+from processor.tools.seed import card_numbers  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
@@ -253,13 +254,13 @@ def run_locust(
 def seed_database(
     database_url: str, redis_url: str | None, accounts: int, *, warm: bool = True
 ) -> dict[str, Any]:
-    from processor import seed, server
-    from processor.settings import Settings
+    from processor.runtime.settings import Settings
     from processor.store.migrate import migrate
+    from processor.tools import seed
 
     settings = Settings()
     migrate(database_url)
-    asyncio.run(server.load_demo(settings, database_url))
+    asyncio.run(runtime.load_demo(settings, database_url))
     report = seed.seed(database_url, accounts, progress=sys.stderr)
     figures = report.as_dict()
     if redis_url and warm:
@@ -278,7 +279,7 @@ def seed_database(
 
 async def redis_bytes_per_account(redis_url: str, key_prefix: str, first_card: str) -> float:
     """MEMORY USAGE per account of the buckets of 1,000 seeded accounts, on average."""
-    from processor.cache import AccountCache
+    from processor.cache.accounts import AccountCache
 
     prefix = "60012"
     cards = card_numbers(prefix, int(first_card[len(prefix) : -1]), 1_000, len(first_card))
@@ -331,11 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
-    from processor import server
-    from processor.settings import Settings
+
+    from processor.runtime.settings import Settings
 
     data_dir = Path(tempfile.mkdtemp(prefix="loyalty-bench-"))
-    resolved = server.resolve_servers(Settings(data_dir=data_dir))
+    resolved = runtime.resolve_servers(Settings(data_dir=data_dir))
     figures: dict[str, Any] = {}
     code = 2
     try:

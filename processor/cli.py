@@ -14,8 +14,8 @@ from processor.errors import LoyaltyError
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from processor import evaluate
-    from processor.records import Formatter
+    from processor.tools import evaluate
+    from processor.tools.records import Formatter
 
     evaluation = evaluate.prepare(args.program, args.transactions, args.accounts)
     evaluation.engine_name = args.engine
@@ -53,7 +53,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
     from processor.errors import InputFileError, Problem
     from processor.program.loader import pydantic_problems
-    from processor.settings import Settings
+    from processor.runtime.settings import Settings
 
     given = {name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name, None)}
     try:
@@ -84,17 +84,17 @@ def _count(low: int, high: int) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    from processor import server
+    from processor.runtime import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return server.run(_settings(args))
+    return serve.run(_settings(args))
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from processor import server
+    from processor.runtime import serve
     from processor.store.migrate import migrate
 
-    resolved = server.resolve_servers(_settings(args))
+    resolved = serve.resolve_servers(_settings(args))
     try:
         applied = migrate(resolved.database_url)
     finally:
@@ -106,10 +106,10 @@ def _migrate(args: argparse.Namespace) -> int:
 def _reconcile(args: argparse.Namespace) -> int:
     import asyncio
 
-    from processor import server
+    from processor.runtime import serve
     from processor.store.ledger import Store
 
-    resolved = server.resolve_servers(_settings(args))
+    resolved = serve.resolve_servers(_settings(args))
 
     async def check() -> list[Any]:
         async with Store(resolved.database_url) as store:
@@ -129,7 +129,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
-    from processor import seed
+    from processor.tools import seed
 
     report = seed.run(
         _settings(args),
@@ -166,7 +166,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from processor import seed as seed_limits
+    from processor.tools import seed as seed_limits
 
     parser = argparse.ArgumentParser(prog="loyalty", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loyalty {__version__}")
@@ -211,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "seed", help="bulk-load cards, customers and accounts for load tests (resumable)"
     )
     seed.add_argument(
-        "--accounts", type=_count(0, seed_limits.ACCOUNTS_MAX), required=True,
+        "--accounts",
+        type=_count(0, seed_limits.ACCOUNTS_MAX),
+        required=True,
         help="seeded accounts wanted in all (not added)",
     )
     seed.add_argument("--warm", action="store_true", help="then fill the Redis cache with them")
@@ -248,9 +250,7 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-listen", dest="metrics_listen", help="metrics address (default 127.0.0.1:8000)"
     )
-    parser.add_argument(
-        "--workers", type=_count(1, 64), help="server processes sharing the port"
-    )
+    parser.add_argument("--workers", type=_count(1, 64), help="server processes sharing the port")
     parser.add_argument(
         "--database-url",
         dest="database_url",

@@ -20,7 +20,6 @@ import pytest
 import pytest_asyncio
 
 from processor import calendar, proto
-from processor.demo import load_demo
 from processor.engine.types import (
     AccountState,
     Award,
@@ -31,12 +30,13 @@ from processor.engine.types import (
     TenderAccount,
     ValueLot,
 )
-from processor.registry import ProgramRegistry
+from processor.flow.registry import ProgramRegistry
 from processor.service import errors
 from processor.service.admin import AdminServicer
 from processor.service.interceptors import default_interceptors
 from processor.store import AccountWrite, CommitBatch, LedgerEntry, Store
 from processor.store.catalog import Catalog
+from processor.tools.demo import load_demo
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from processor import metrics
-from processor.batcher import Batcher, Item
 from processor.errors import UnavailableError
+from processor.flow.batcher import Batcher, Item
+from processor.runtime import metrics
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import sla  # noqa: E402
 
-from processor.cache import AccountCache  # noqa: E402
-from processor.server import load_demo, start  # noqa: E402
-from processor.settings import Settings  # noqa: E402
+from processor.cache.accounts import AccountCache  # noqa: E402
+from processor.runtime.serve import load_demo  # noqa: E402
+from processor.runtime.settings import Settings  # noqa: E402
+from processor.service.server import start  # noqa: E402
 
 LOCUST = Path(sys.executable).with_name("locust")
 

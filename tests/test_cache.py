@@ -28,23 +28,24 @@ from plugins.redis import REDIS_URL_ENV, open_cache
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from processor import cache as cache_module
-from processor import seed
-from processor.cache import (
+from processor.cache import accounts as cache_module
+from processor.cache.accounts import (
     CIRCUIT_ERRORS_MAX,
     LISTPACK_ENTRIES_MIN,
     LISTPACK_VALUE_BYTES_MIN,
     VERSION_MAX,
     AccountCache,
 )
-from processor.cache_dictionary import DICTIONARY_BYTES_MAX, sample_states_dictionary
+from processor.cache.compression import DICTIONARY_BYTES_MAX, sample_states_dictionary
 from processor.cards import card_number
-from processor.embedded import valkey
+from processor.engine import samples
 from processor.program.loader import load_program
+from processor.runtime.embedded import valkey
 from processor.store import codec
+from processor.tools import seed
 
 STATE = bytes(range(90))  # about the size of one encoded account state
-# The size of a typical seeded state (processor.seed: 123 bytes on average).
+# The size of a typical seeded state (processor.tools.seed: 123 bytes on average).
 SEEDED_STATE = bytes(range(128))
 DEMO_PROGRAM = Path(__file__).resolve().parents[1] / "examples" / "programs" / "demo.yaml"
 
@@ -586,7 +587,7 @@ async def test_small_listpack_settings_are_warned_about_once(
         if lowered:
             await admin.config_set("hash-max-listpack-value", "64")
         async with open_cache(redis_url, redis_key_prefix) as small:
-            with caplog.at_level("WARNING", logger="processor.cache"):
+            with caplog.at_level("WARNING", logger="processor.cache.accounts"):
                 await small.put_many({"w1": (1, STATE)})
                 await small.put_many({"w2": (1, STATE)})
                 assert await small.get_many(["w1", "w2"]) == {"w1": (1, STATE), "w2": (1, STATE)}
@@ -610,7 +611,7 @@ async def test_sufficient_listpack_settings_are_not_warned_about(
         or int(settings["hash-max-listpack-entries"]) < LISTPACK_ENTRIES_MIN
     ):
         pytest.skip("the server keeps small listpack settings")
-    with caplog.at_level("WARNING", logger="processor.cache"):
+    with caplog.at_level("WARNING", logger="processor.cache.accounts"):
         await cache.put_many({"w1": (1, STATE)})
     assert not [r for r in caplog.records if "listpack" in r.getMessage()]
 
@@ -622,7 +623,7 @@ async def test_refused_config_get_is_ignored(
         raise ResponseError("unknown command 'CONFIG'")
 
     monkeypatch.setattr(cache._client, "config_get", refused)
-    with caplog.at_level(logging.WARNING, logger="processor.cache"):
+    with caplog.at_level(logging.WARNING, logger="processor.cache.accounts"):
         assert await cache.put_many({"w1": (1, STATE)}) == 1
         assert await cache.put_many({"w2": (1, STATE)}) == 1
     assert not caplog.records
@@ -646,7 +647,7 @@ async def test_lost_script_cache_is_reloaded(cluster_cache: AccountCache) -> Non
 def seeded_states() -> list[bytes]:
     """Encoded realistic states of the demo program (123 bytes on average)."""
     program = load_program(str(DEMO_PROGRAM))
-    states = seed.account_templates(program, 1, seed._today(), random.Random(7), 300)
+    states = samples.account_templates(program, 1, seed._today(), random.Random(7), 300)
     return [codec.encode_state(state) for state in states]
 
 
@@ -702,7 +703,7 @@ async def test_a_compressed_state_round_trips_and_is_smaller_than_the_raw_one(
 ) -> None:
     states = seeded_states()
     entries = {card: (7, state) for card, state in zip(cards_of(len(states)), states, strict=True)}
-    with caplog.at_level("INFO", logger="processor.cache"):
+    with caplog.at_level("INFO", logger="processor.cache.accounts"):
         async with open_cache(any_url, own_prefix, dictionary=demo_dictionary()) as compressing:
             assert await compressing.put_many(entries) == len(entries)
             assert await compressing.get_many(entries) == entries
@@ -1104,7 +1105,7 @@ async def test_errors_are_logged_once_per_interval(
         error_log_interval_seconds=30.0,
     )
     try:
-        with caplog.at_level("WARNING", logger="processor.cache"):
+        with caplog.at_level("WARNING", logger="processor.cache.accounts"):
             for _ in range(3):
                 await down.get_many(["1"])
             clock.now += 30.0

@@ -37,8 +37,8 @@ from processor.engine.types import (
     TraceEntry,
     ValueLot,
 )
-from processor.evaluate import prepare
 from processor.store import codec
+from processor.tools.evaluate import prepare
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TYPICAL_ACCOUNT_BYTES_MAX = 120

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from processor import logs
+from processor.runtime import logs
+from processor.runtime.settings import Settings
 from processor.service.interceptors import request_id_var
-from processor.settings import Settings
 
 CARD = "6001200000000010"  # 16 digits
 MASKED = "600120******0010"

@@ -1,6 +1,6 @@
 """Metrics: the declared contract, what a served call records, and several workers.
 
-Values are read with ``get_sample_value`` from :data:`processor.metrics.REGISTRY`, the
+Values are read with ``get_sample_value`` from :data:`processor.runtime.metrics.REGISTRY`, the
 processor's own registry (never the client library's global one), as differences around
 the code under test, since other tests' servers record into the same registry.
 
@@ -34,10 +34,9 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor import metrics, proto
-from processor.cache import AccountCache
+from processor import proto
+from processor.cache.accounts import AccountCache
 from processor.cards import card_number
-from processor.demo import DemoSummary, load_demo
 from processor.engine.types import (
     AccountState,
     Award,
@@ -47,11 +46,13 @@ from processor.engine.types import (
     Posting,
     Result,
 )
-from processor.registry import ProgramRegistry
-from processor.server import Running, start
-from processor.settings import Settings
+from processor.flow.registry import ProgramRegistry
+from processor.runtime import metrics
+from processor.runtime.settings import Settings
+from processor.service.server import Running, start
 from processor.store import Store
 from processor.store.catalog import Catalog
+from processor.tools.demo import DemoSummary, load_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CARDS = 20
@@ -411,7 +412,7 @@ def test_use_multiprocess_sends_values_to_the_directory(tmp_path: Path) -> None:
     stale.write_bytes(b"stale")
     script = f"""
 from pathlib import Path
-from processor import metrics
+from processor.runtime import metrics
 metrics.use_multiprocess(Path({str(tmp_path)!r}))
 metrics.CONCURRENCY_RETRIES.inc(3)
 metrics.REJECTED_QUEUE_FULL.inc()

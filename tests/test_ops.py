@@ -22,9 +22,9 @@ import pytest
 import yaml
 from test_metrics import in_process_server, post_purchases
 
-from processor import metrics
-from processor.cache import LISTPACK_ENTRIES_MIN, LISTPACK_VALUE_BYTES_MIN
-from processor.settings import Settings
+from processor.cache.accounts import LISTPACK_ENTRIES_MIN, LISTPACK_VALUE_BYTES_MIN
+from processor.runtime import metrics
+from processor.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "ops"

@@ -25,7 +25,7 @@ from processor.engine.types import (
 )
 from processor.errors import InputFileError, Problem
 from processor.program.loader import load_program
-from processor.records import read_accounts, read_requests
+from processor.tools.records import read_accounts, read_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_PROGRAM = ROOT / "examples" / "programs" / "demo.yaml"
@@ -83,8 +83,19 @@ def test_the_demo_requests_are_read_in_file_order() -> None:
     requests = read_requests(DEMO_REQUESTS)
     assert [r.id for r in requests] == [f"t-{n:04d}" for n in range(1, 14)]
     assert [type(r) for r in requests] == [
-        TenderRequest, Purchase, Purchase, Purchase, Return, Engagement, Purchase, Return,
-        TenderRequest, TenderRequest, Purchase, Void, TenderRequest,
+        TenderRequest,
+        Purchase,
+        Purchase,
+        Purchase,
+        Return,
+        Engagement,
+        Purchase,
+        Return,
+        TenderRequest,
+        TenderRequest,
+        Purchase,
+        Void,
+        TenderRequest,
     ]
 
 
@@ -126,20 +137,46 @@ def test_a_foreign_currency_purchase_keeps_its_currency_and_rate() -> None:
 def test_return_void_and_engagement_records_parse() -> None:
     requests = read_requests(DEMO_REQUESTS)
     whole, partial, void, video = requests[4], requests[7], requests[11], requests[5]
-    assert whole == Return("t-0005", "6001200000000028", calendar.parse_day("2026-03-09"),
-                           11 * 3600, "S002", original_id="t-0004")
+    assert whole == Return(
+        "t-0005",
+        "6001200000000028",
+        calendar.parse_day("2026-03-09"),
+        11 * 3600,
+        "S002",
+        original_id="t-0004",
+    )
     assert isinstance(partial, Return)
     assert partial.lines == (ReturnLine(1, 1),)
-    assert void == Void("t-0012", "6001200000000010", calendar.parse_day("2026-03-12"),
-                        13 * 3600 + 5 * 60, "S001", original_id="t-0009")
-    assert video == Engagement("t-0006", "6001200000000036", calendar.parse_day("2026-03-10"),
-                               20 * 3600, kind="video", count=3)
+    assert void == Void(
+        "t-0012",
+        "6001200000000010",
+        calendar.parse_day("2026-03-12"),
+        13 * 3600 + 5 * 60,
+        "S001",
+        original_id="t-0009",
+    )
+    assert video == Engagement(
+        "t-0006",
+        "6001200000000036",
+        calendar.parse_day("2026-03-10"),
+        20 * 3600,
+        kind="video",
+        count=3,
+    )
 
 
 def test_tender_records_parse_with_their_operation() -> None:
     activate, redeem, balance = (read_requests(DEMO_REQUESTS)[i] for i in (0, 8, 9))
-    assert activate == TenderRequest("t-0001", "6001200000000010", MARCH_2, 9 * 3600, "S001",
-                                     pin_verified=True, op="activate", amount=10000)
+    assert activate == TenderRequest(
+        "t-0001",
+        "6001200000000010",
+        MARCH_2,
+        9 * 3600,
+        "S001",
+        pin_verified=True,
+        op="activate",
+        amount=10000,
+    )
     assert isinstance(redeem, TenderRequest)
     assert (redeem.op, redeem.amount) == ("redeem", 8000)
     assert isinstance(balance, TenderRequest)
@@ -147,16 +184,28 @@ def test_tender_records_parse_with_their_operation() -> None:
 
 
 def test_an_award_redemption_parses(tmp_path: Path) -> None:
-    path = write_lines(tmp_path, {
-        "id": "w-1", "type": "award_redemption", "account": "6001200000000010",
-        "time": "2026-03-02T10:00:00", "program": "rewards", "amount": "7.50",
-    }, {
-        "id": "w-2", "type": "award_redemption", "account": "6001200000000010",
-        "time": "2026-03-02T10:01:00", "code": "NW5-ABC",
-    })
+    path = write_lines(
+        tmp_path,
+        {
+            "id": "w-1",
+            "type": "award_redemption",
+            "account": "6001200000000010",
+            "time": "2026-03-02T10:00:00",
+            "program": "rewards",
+            "amount": "7.50",
+        },
+        {
+            "id": "w-2",
+            "type": "award_redemption",
+            "account": "6001200000000010",
+            "time": "2026-03-02T10:01:00",
+            "code": "NW5-ABC",
+        },
+    )
     assert read_requests(path) == [
-        AwardRedemption("w-1", "6001200000000010", MARCH_2, 10 * 3600, program="rewards",
-                        amount=750),
+        AwardRedemption(
+            "w-1", "6001200000000010", MARCH_2, 10 * 3600, program="rewards", amount=750
+        ),
         AwardRedemption("w-2", "6001200000000010", MARCH_2, 10 * 3600 + 60, code="NW5-ABC"),
     ]
 
@@ -165,8 +214,14 @@ def test_yen_amounts_have_no_decimals(tmp_path: Path) -> None:
     path = write_lines(
         tmp_path,
         request(currency="JPY", amount="1500"),
-        {"id": "p-1", "type": "purchase", "account": "1", "time": "2026-03-02T09:00:00",
-         "currency": "jpy", "lines": [{"number": 1, "item": "TEA", "amount": "980"}]},
+        {
+            "id": "p-1",
+            "type": "purchase",
+            "account": "1",
+            "time": "2026-03-02T09:00:00",
+            "currency": "jpy",
+            "lines": [{"number": 1, "item": "TEA", "amount": "980"}],
+        },
     )
     tender, purchase = read_requests(path)
     assert isinstance(tender, TenderRequest)
@@ -214,10 +269,16 @@ def test_an_unknown_field_names_its_line_and_field(tmp_path: Path) -> None:
 
 
 def test_a_nested_unknown_field_names_its_path(tmp_path: Path) -> None:
-    path = write_lines(tmp_path, {
-        "id": "p-1", "type": "purchase", "account": "1", "time": "2026-03-02T09:00:00",
-        "lines": [{"number": 1, "item": "TEA", "amount": "1.00", "size": "L"}],
-    })
+    path = write_lines(
+        tmp_path,
+        {
+            "id": "p-1",
+            "type": "purchase",
+            "account": "1",
+            "time": "2026-03-02T09:00:00",
+            "lines": [{"number": 1, "item": "TEA", "amount": "1.00", "size": "L"}],
+        },
+    )
     assert only_problem(path) == Problem("line 1.lines[0].size", "unknown field")
 
 
@@ -240,10 +301,16 @@ def test_an_amount_with_more_decimals_than_the_currency_names_its_line(tmp_path:
 
 
 def test_an_inexact_purchase_line_amount_names_its_field(tmp_path: Path) -> None:
-    path = write_lines(tmp_path, {
-        "id": "p-1", "type": "purchase", "account": "1", "time": "2026-03-02T09:00:00",
-        "lines": [{"number": 1, "item": "TEA", "amount": "1.001"}],
-    })
+    path = write_lines(
+        tmp_path,
+        {
+            "id": "p-1",
+            "type": "purchase",
+            "account": "1",
+            "time": "2026-03-02T09:00:00",
+            "lines": [{"number": 1, "item": "TEA", "amount": "1.001"}],
+        },
+    )
     assert only_problem(path).path == "line 1.lines[0].amount"
 
 
@@ -271,7 +338,12 @@ def test_every_bad_line_is_reported_together(tmp_path: Path) -> None:
     )
     found = request_problems(path)
     assert [problem.path for problem in found] == [
-        "line 2", "line 3.colour", "line 4.id", "line 5.amount", "line 6.amount", "line 7.time",
+        "line 2",
+        "line 3.colour",
+        "line 4.id",
+        "line 5.amount",
+        "line 6.amount",
+        "line 7.time",
         "line 8.id",
     ]
     with pytest.raises(InputFileError) as error:
@@ -298,11 +370,20 @@ def test_a_requests_file_that_is_not_utf8_is_rejected(tmp_path: Path) -> None:
 
 
 def test_opening_points_become_one_lot(tmp_path: Path, program: CompiledProgram) -> None:
-    path = write_lines(tmp_path, {
-        "account": "6001", "loyalty": {"points": {
-            "level": "gold", "points": "1200", "earned_ytd": "300", "created": "2026-01-15",
-        }},
-    })
+    path = write_lines(
+        tmp_path,
+        {
+            "account": "6001",
+            "loyalty": {
+                "points": {
+                    "level": "gold",
+                    "points": "1200",
+                    "earned_ytd": "300",
+                    "created": "2026-01-15",
+                }
+            },
+        },
+    )
     state = read_accounts(path, program)["6001"]
     loyalty = state.loyalty["points"]
     assert loyalty.level == "gold"
@@ -323,10 +404,14 @@ def test_an_account_without_points_starts_at_the_start_level_with_no_lots(
 def test_opening_tender_and_award_balances_are_minor_units(
     tmp_path: Path, program: CompiledProgram
 ) -> None:
-    path = write_lines(tmp_path, {
-        "account": "6001", "tender": {"balance": "12.34"},
-        "awards": {"rewards": {"balance": "5.00", "created": "2026-01-15"}},
-    })
+    path = write_lines(
+        tmp_path,
+        {
+            "account": "6001",
+            "tender": {"balance": "12.34"},
+            "awards": {"rewards": {"balance": "5.00", "created": "2026-01-15"}},
+        },
+    )
     state = read_accounts(path, program)["6001"]
     assert state.tender is not None
     assert (state.tender.status, state.tender.balance) == ("active", 1234)

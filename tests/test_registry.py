@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from processor.errors import NotFoundError
-from processor.registry import ProgramRegistry
+from processor.flow.registry import ProgramRegistry
 from processor.store import Store
 from processor.store.catalog import Catalog
 

@@ -1,4 +1,4 @@
-"""Seeding for load tests (processor.seed): numbering, exact rows, resuming, warming."""
+"""Seeding for load tests (processor.tools.seed): numbering, exact rows, resuming, warming."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from processor import calendar, seed
-from processor.cache import AccountCache
+from processor import calendar
+from processor.cache.accounts import AccountCache
 from processor.cards import card_number
-from processor.server import load_demo
-from processor.settings import Settings
+from processor.engine import samples
+from processor.runtime.serve import load_demo
+from processor.runtime.settings import Settings
 from processor.store import Store
 from processor.store.codec import decode_state
 from processor.store.ledger import ledger_month
+from processor.tools import seed
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +121,7 @@ def test_templates_are_valid_states_at_version_1() -> None:
 
     with open("examples/programs/demo.yaml", encoding="utf-8") as file:
         program = parse_program_text(file.read(), "demo.yaml")
-    states = seed.account_templates(program, 1, 20_500, random.Random(1), 300)
+    states = samples.account_templates(program, 1, 20_500, random.Random(1), 300)
     levels = [next(iter(state.loyalty.values())).level for state in states]
     assert {"silver", "gold", "platinum"} <= set(levels)
     assert levels.count("silver") > levels.count("gold") > levels.count("platinum")
@@ -402,8 +404,8 @@ def test_the_seed_warms_the_cache_compressed_with_the_servers_dictionary(
 ) -> None:
     import redis.asyncio as aioredis
 
-    from processor.cache import FORMAT_ZLIB
-    from processor.settings import Settings
+    from processor.cache.accounts import FORMAT_ZLIB
+    from processor.runtime.settings import Settings
 
     report = seed.seed(demo_url, 300, progress=None)
     settings = Settings(cache_key_prefix=redis_key_prefix)

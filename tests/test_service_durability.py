@@ -29,7 +29,7 @@ from plugins.server import Served, StartServed, context, flush_prefix, line, pur
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from processor import proto
-from processor.cache import AccountCache
+from processor.cache.accounts import AccountCache
 from processor.service import errors
 from processor.store import Store
 

@@ -1,7 +1,7 @@
 """TransactionService end to end, in-process: a real grpc.aio server over PostgreSQL and Redis.
 
 The demo program (examples/programs/demo.yaml) is loaded into the test's own schema with
-50 cards and served by :func:`processor.server.start` (fixture ``served``). Every test reads
+50 cards and served by :func:`processor.service.server.start` (fixture ``served``). Every test reads
 what a client sees (answers, statuses, ErrorInfo reasons) and what the system of record
 holds (``Store.ledger_sums``): exact points for the demo rules, exactly-once posting
 (replays, mismatched replays, dry runs), ordering across the three posting RPCs, returns,
@@ -22,7 +22,7 @@ import pytest
 from plugins.server import Served, StartServed, context, line, purchase, transaction
 
 from processor import proto
-from processor.pipeline import Pipeline
+from processor.flow.pipeline import Pipeline
 from processor.service import errors
 
 pytestmark = pytest.mark.integration

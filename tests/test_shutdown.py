@@ -27,11 +27,11 @@ from test_metrics import (
 )
 
 from processor import proto
-from processor.batcher import Batcher
-from processor.pipeline import Pipeline
-from processor.server import start
+from processor.flow.batcher import Batcher
+from processor.flow.pipeline import Pipeline
+from processor.runtime.settings import Settings
+from processor.service.server import start
 from processor.service.transactions import STREAM_IN_FLIGHT_MAX
-from processor.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -32,7 +32,6 @@ from processor import calendar
 from processor.engine import BatchOutcome, get_engine, issue_card
 from processor.engine.types import AccountState, Lot, LoyaltyAccount, Posting, Request, Result
 from processor.errors import DatabaseUnavailableError
-from processor.evaluate import prepare
 from processor.store import (
     AccountWrite,
     CommitBatch,
@@ -46,6 +45,7 @@ from processor.store import (
     migrate,
 )
 from processor.store.migrate import MIGRATION_LOCK_KEY, migrations
+from processor.tools.evaluate import prepare
 
 ALL_MIGRATIONS = [migration.name for migration in migrations()]
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from loyalty_builders import award_rule, compile_file, loyalty, program_file, wallet
 
-from processor import calendar, wire
+from processor import calendar
 from processor.engine.types import (
     AccountState,
     Award,
@@ -38,6 +38,7 @@ from processor.engine.types import (
 )
 from processor.errors import InvalidFieldError
 from processor.proto import awards, common, tender, transactions
+from processor.wire import admission, answers
 
 CARD = "6001200000000010"
 OTHER_CARD = "6001200000000028"
@@ -84,8 +85,8 @@ def refused(call: Any, *args: Any) -> InvalidFieldError:
 
 
 def test_context_converts_every_field() -> None:
-    converted = wire.context_from_proto(context(card_present=False, pin="0042", dry_run=True))
-    assert converted == wire.Context(
+    converted = admission.context_from_proto(context(card_present=False, pin="0042", dry_run=True))
+    assert converted == admission.Context(
         request_id="r-1",
         account=CARD,
         day=DAY,
@@ -98,7 +99,7 @@ def test_context_converts_every_field() -> None:
 
 
 def test_context_defaults_card_present_and_no_pin() -> None:
-    converted = wire.context_from_proto(context(location=""))
+    converted = admission.context_from_proto(context(location=""))
     assert converted.card_present is True
     assert converted.pin is None
     assert converted.location == ""
@@ -106,7 +107,7 @@ def test_context_defaults_card_present_and_no_pin() -> None:
 
 
 def test_context_repr_never_shows_the_pin() -> None:
-    assert "0042" not in repr(wire.context_from_proto(context(pin="0042")))
+    assert "0042" not in repr(admission.context_from_proto(context(pin="0042")))
 
 
 @pytest.mark.parametrize(
@@ -133,19 +134,21 @@ def test_context_repr_never_shows_the_pin() -> None:
     ],
 )
 def test_context_refuses_a_bad_field(fields: dict[str, Any], path: str) -> None:
-    error = refused(wire.context_from_proto, context(**fields))
+    error = refused(admission.context_from_proto, context(**fields))
     assert (error.field, error.reason) == (path, "INVALID_ARGUMENT")
 
 
 def test_a_pin_is_never_repeated_in_an_error() -> None:
-    error = refused(wire.context_from_proto, context(pin="12345678901234"))
+    error = refused(admission.context_from_proto, context(pin="12345678901234"))
     assert "12345678901234" not in str(error)
-    error = refused(wire.context_from_proto, context(account="6001200000000010999999999999999999"))
+    error = refused(
+        admission.context_from_proto, context(account="6001200000000010999999999999999999")
+    )
     assert "6001200000000010" not in str(error)
 
 
 def test_context_path_follows_the_field_it_came_from() -> None:
-    error = refused(wire.context_from_proto, context(account="1"), "transactions[4].context")
+    error = refused(admission.context_from_proto, context(account="1"), "transactions[4].context")
     assert error.field == "transactions[4].context.account"
 
 
@@ -174,7 +177,7 @@ def test_purchase_converts_to_the_exact_engine_request() -> None:
         stored_value=common.Money(units=3000),
         redeem_codes=["NW5-7Q2K", "CERT-1"],
     )
-    converted_context, request = wire.transaction_from_proto(message)
+    converted_context, request = admission.transaction_from_proto(message)
     assert converted_context.request_id == "r-1"
     assert request == Purchase(
         **BASE,
@@ -205,7 +208,7 @@ def test_pin_verified_is_left_to_the_pipeline_and_card_present_is_copied() -> No
     message = purchase()
     message.context.pin = "1234"
     message.context.card_present = False
-    converted_context, request = wire.transaction_from_proto(message)
+    converted_context, request = admission.transaction_from_proto(message)
     assert converted_context.pin == "1234"
     assert request.pin_verified is False
     assert request.card_present is False
@@ -219,22 +222,22 @@ def test_return_void_and_engagement_convert_exactly() -> None:
             lines=[transactions.ReturnLine(number=2, quantity=1)],
         ),
     )
-    assert wire.transaction_from_proto(returned)[1] == Return(
+    assert admission.transaction_from_proto(returned)[1] == Return(
         **BASE, original_id="s1", lines=(ReturnLine(2, 1),)
     )
     whole = transactions.Transaction(
         context=context(), sale_return=transactions.Return(original_id="s1")
     )
-    assert wire.transaction_from_proto(whole)[1] == Return(**BASE, original_id="s1", lines=())
+    assert admission.transaction_from_proto(whole)[1] == Return(**BASE, original_id="s1", lines=())
     voided = transactions.Transaction(context=context(), void=transactions.Void(original_id="e1"))
-    assert wire.transaction_from_proto(voided)[1] == Void(**BASE, original_id="e1")
+    assert admission.transaction_from_proto(voided)[1] == Void(**BASE, original_id="e1")
     engaged = transactions.Transaction(
         context=context(),
         engagement=transactions.Engagement(
             kind="video", count=3, customer=common.Customer(id="C-2")
         ),
     )
-    assert wire.transaction_from_proto(engaged)[1] == Engagement(
+    assert admission.transaction_from_proto(engaged)[1] == Engagement(
         **BASE, kind="video", count=3, customer=Customer("C-2")
     )
 
@@ -413,13 +416,13 @@ BAD_LINE = [*lines(2), common.Line(number=3, item="SKU", amount=-1, quantity=1)]
 def test_transaction_refuses_a_bad_field(
     message: transactions.Transaction, path: str, reason: str
 ) -> None:
-    error = refused(wire.transaction_from_proto, message)
+    error = refused(admission.transaction_from_proto, message)
     assert (error.field, error.reason) == (path, reason)
 
 
 @pytest.mark.parametrize("rate", ["-1", "0", "0.000", "abc", "1e3", "1.0000000001", "1,5", " 1"])
 def test_exchange_rate_must_be_a_positive_decimal(rate: str) -> None:
-    error = refused(wire.transaction_from_proto, purchase(exchange_rate=rate))
+    error = refused(admission.transaction_from_proto, purchase(exchange_rate=rate))
     assert (error.field, error.reason) == (
         "transaction.purchase.exchange_rate",
         "INVALID_EXCHANGE_RATE",
@@ -431,13 +434,13 @@ def test_limits_are_inclusive() -> None:
         lines=lines(1000, amount=10**14, quantity=1_000_000),
         redeem_codes=[f"C{index}" for index in range(32)],
     )
-    request = wire.transaction_from_proto(message)[1]
+    request = admission.transaction_from_proto(message)[1]
     assert isinstance(request, Purchase)
     assert len(request.lines) == 1000 and len(request.redeem_codes) == 32
 
 
 def test_a_transaction_of_a_batch_names_its_index() -> None:
-    error = refused(wire.transaction_from_proto, purchase(lines=BAD_LINE), "transactions[3]")
+    error = refused(admission.transaction_from_proto, purchase(lines=BAD_LINE), "transactions[3]")
     assert error.field == "transactions[3].purchase.lines[2].amount"
 
 
@@ -503,8 +506,8 @@ def test_a_transaction_of_a_batch_names_its_index() -> None:
     ],
 )
 def test_tender_requests_convert_exactly(method: str, message: Any, fields: dict[str, Any]) -> None:
-    op = wire.TENDER_OPS[method]
-    converted_context, request = wire.tender_from_proto(op, message)
+    op = admission.TENDER_OPS[method]
+    converted_context, request = admission.tender_from_proto(op, message)
     assert converted_context.account == CARD
     assert request == TenderRequest(**BASE, op=op, **fields)
 
@@ -560,15 +563,15 @@ def test_tender_requests_convert_exactly(method: str, message: Any, fields: dict
 def test_tender_requests_refuse_a_bad_field(
     op: str, message: Any, path: str, reason: str | None
 ) -> None:
-    error = refused(wire.tender_from_proto, op, message)
+    error = refused(admission.tender_from_proto, op, message)
     assert (error.field, error.reason) == (path, reason or "INVALID_ARGUMENT")
 
 
 def test_a_tender_message_of_another_operation_is_a_caller_bug() -> None:
     with pytest.raises(TypeError):
-        wire.tender_from_proto("redeem", tender.ReloadRequest(context=context()))
+        admission.tender_from_proto("redeem", tender.ReloadRequest(context=context()))
     with pytest.raises(TypeError):
-        wire.tender_from_proto("refund", tender.ReloadRequest(context=context()))
+        admission.tender_from_proto("refund", tender.ReloadRequest(context=context()))
 
 
 TENDER_PROGRAM = {"id": "gift", "name": "Gift", "start_date": "2024-01-01", "currency": "KWD"}
@@ -591,12 +594,12 @@ PROGRAM = compile_file(
 
 
 def test_an_empty_currency_becomes_the_tender_programs() -> None:
-    _, request = wire.tender_from_proto(
+    _, request = admission.tender_from_proto(
         "redeem", tender.RedeemRequest(context=context(), amount=common.Money(units=5))
     )
-    assert wire.resolve_currency(request, PROGRAM).currency == "KWD"
+    assert admission.resolve_currency(request, PROGRAM).currency == "KWD"
     sent = TenderRequest(**BASE, op="redeem", amount=5, currency="EUR")
-    assert wire.resolve_currency(sent, PROGRAM) is sent
+    assert admission.resolve_currency(sent, PROGRAM) is sent
 
 
 # --------------------------------------------------------------------------- awards
@@ -604,11 +607,13 @@ def test_an_empty_currency_becomes_the_tender_programs() -> None:
 
 def test_award_redemptions_convert_exactly() -> None:
     by_code = awards.RedeemAwardRequest(context=context(), code="NW5-7Q2K")
-    assert wire.award_redemption_from_proto(by_code)[1] == AwardRedemption(**BASE, code="NW5-7Q2K")
+    assert admission.award_redemption_from_proto(by_code)[1] == AwardRedemption(
+        **BASE, code="NW5-7Q2K"
+    )
     by_value = awards.RedeemAwardValueRequest(
         context=context(), program="wallet", amount=common.Money(units=500, currency="JPY")
     )
-    assert wire.award_redemption_from_proto(by_value)[1] == AwardRedemption(
+    assert admission.award_redemption_from_proto(by_value)[1] == AwardRedemption(
         **BASE, program="wallet", amount=500
     )
 
@@ -640,7 +645,7 @@ def test_award_redemptions_convert_exactly() -> None:
     ],
 )
 def test_award_redemptions_refuse_a_bad_field(message: Any, path: str, reason: str) -> None:
-    error = refused(wire.award_redemption_from_proto, message)
+    error = refused(admission.award_redemption_from_proto, message)
     assert (error.field, error.reason) == (path, reason)
 
 
@@ -650,9 +655,9 @@ def test_award_value_must_be_in_the_award_programs_currency() -> None:
             context=context(), program="wallet", amount=common.Money(units=5, currency=currency)
         )
 
-    wire.check_award_currency(value("JPY"), PROGRAM)
-    wire.check_award_currency(value(""), PROGRAM)
-    error = refused(wire.check_award_currency, value("USD"), PROGRAM)
+    admission.check_award_currency(value("JPY"), PROGRAM)
+    admission.check_award_currency(value(""), PROGRAM)
+    error = refused(admission.check_award_currency, value("USD"), PROGRAM)
     assert (error.field, error.reason) == ("amount.currency", "CURRENCY_NOT_ALLOWED")
 
 
@@ -679,7 +684,7 @@ def test_result_converts_with_exponents_dates_and_currencies() -> None:
         balances={"points:loyal": 1234, "escrow:loyal": 0, "tender": 7500, "award:wallet": 500},
     )
     sent = TenderRequest(**BASE, op="redeem", amount=3000, currency="EUR", exchange_rate="0.3")
-    message = wire.result_to_proto(result, PROGRAM, replayed=True, request=sent)
+    message = answers.result_to_proto(result, PROGRAM, replayed=True, request=sent)
     date = calendar.format_day(DAY)
     assert message == common.Result(
         request_id="r-1",
@@ -779,7 +784,7 @@ def test_a_declined_result_and_unknown_balance_names() -> None:
         tender=TenderDecision("debit_reversal", False, 100, 0, 50, "INSUFFICIENT_BALANCE"),
         balances={"tender": 50, "points:gone": 3},
     )
-    message = wire.result_to_proto(result, PROGRAM)
+    message = answers.result_to_proto(result, PROGRAM)
     assert message.status == common.RESULT_STATUS_DECLINED
     assert message.reason == "INSUFFICIENT_BALANCE"
     assert message.replayed is False
@@ -827,7 +832,7 @@ def holder() -> AccountState:
 
 
 def test_held_awards_are_listed_newest_first_with_their_status_today() -> None:
-    response = wire.awards_to_proto(holder(), PROGRAM, DAY)
+    response = answers.awards_to_proto(holder(), PROGRAM, DAY)
     assert [(held.code, held.status) for held in response.awards] == [
         ("CPN", awards.AWARD_STATUS_ACTIVE),
         ("GONE", awards.AWARD_STATUS_VOID),
@@ -857,7 +862,7 @@ def test_held_awards_are_listed_newest_first_with_their_status_today() -> None:
 
 
 def test_an_expired_award_account_expires_its_awards_and_value() -> None:
-    response = wire.awards_to_proto(holder(), PROGRAM, DAY + 100)
+    response = answers.awards_to_proto(holder(), PROGRAM, DAY + 100)
     assert {held.code: held.status for held in response.awards}["OLD"] == (
         awards.AWARD_STATUS_EXPIRED
     )
@@ -870,7 +875,7 @@ def test_held_awards_are_paged_and_filtered() -> None:
     request = awards.ListAwardsRequest(account=CARD, page_size=2, include_inactive=True)
     codes = []
     while True:
-        page = wire.awards_to_proto(state, PROGRAM, DAY, request)
+        page = answers.awards_to_proto(state, PROGRAM, DAY, request)
         assert len(page.awards) <= 2 and len(page.values) == 1
         codes += [held.code for held in page.awards]
         if not page.next_page_token:
@@ -878,13 +883,13 @@ def test_held_awards_are_paged_and_filtered() -> None:
         request.page_token = page.next_page_token
         state.awards["wallet"].awards.append(award("NEWER", DAY))  # issued between pages
     assert codes == ["CPN", "GONE", "USED", "LAPSED", "OLD"]
-    active = wire.awards_to_proto(holder(), PROGRAM, DAY, awards.ListAwardsRequest(account=CARD))
+    active = answers.awards_to_proto(holder(), PROGRAM, DAY, awards.ListAwardsRequest(account=CARD))
     assert [held.code for held in active.awards] == ["CPN", "OLD"]
 
 
 def test_a_page_token_not_given_by_the_server_is_refused() -> None:
     request = awards.ListAwardsRequest(account=CARD, page_token="not a token!")
-    error = refused(wire.awards_to_proto, holder(), PROGRAM, DAY, request)
+    error = refused(answers.awards_to_proto, holder(), PROGRAM, DAY, request)
     assert error.field == "page_token"
 
 
@@ -893,8 +898,8 @@ def test_trace_entries_keep_their_order_and_values_while_the_memo_stays_bounded(
 ) -> None:
     # Each distinct trace entry is serialized once and reused; entries carrying points
     # are endless, so the memo is emptied when full, and nothing read from it may drift.
-    monkeypatch.setattr(wire, "_TRACE_FIELDS_MAX", 8)
-    monkeypatch.setattr(wire, "_TRACE_FIELDS", {})
+    monkeypatch.setattr(answers, "_TRACE_FIELDS_MAX", 8)
+    monkeypatch.setattr(answers, "_TRACE_FIELDS", {})
     for n in range(40):
         trace = [
             TraceEntry("loyal", "base", True, 100 + n),
@@ -902,7 +907,7 @@ def test_trace_entries_keep_their_order_and_values_while_the_memo_stays_bounded(
             TraceEntry("loyal", "vip", n % 2 == 0, n, "" if n % 2 == 0 else "no audience"),
         ]
         result = Result(id=f"r-{n}", account=CARD, trace=trace, balances={"points:loyal": n})
-        message = wire.result_to_proto(result, PROGRAM)
+        message = answers.result_to_proto(result, PROGRAM)
         assert [(e.program, e.rule, e.fired, e.points.units, e.reason) for e in message.trace] == [
             (e.program, e.rule, e.fired, e.points, e.reason) for e in trace
         ]
@@ -910,7 +915,7 @@ def test_trace_entries_keep_their_order_and_values_while_the_memo_stays_bounded(
             e.points.precision == message.balance_exponents["points:loyal"] for e in message.trace
         )
         assert (message.request_id, message.balances["points:loyal"]) == (f"r-{n}", n)
-        assert len(wire._TRACE_FIELDS) <= 8
+        assert len(answers._TRACE_FIELDS) <= 8
 
 
 def test_result_bytes_are_what_the_answer_parses_from() -> None:
@@ -921,8 +926,8 @@ def test_result_bytes_are_what_the_answer_parses_from() -> None:
         trace=[TraceEntry("loyal", "base", True, 77), TraceEntry("loyal", "x", False, 0, "no")],
         balances={"points:loyal": 77},
     )
-    data = wire.result_bytes(result, PROGRAM)
+    data = answers.result_bytes(result, PROGRAM)
     parsed = common.Result.FromString(data)
-    assert parsed == wire.result_to_proto(result, PROGRAM)
+    assert parsed == answers.result_to_proto(result, PROGRAM)
     # Re-serialized canonically, it is the same message again: nothing was lost.
     assert common.Result.FromString(parsed.SerializeToString(deterministic=True)) == parsed

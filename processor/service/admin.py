@@ -15,11 +15,11 @@ import datetime
 from collections import defaultdict
 from typing import Any, Final
 
-from processor import calendar, proto, wire
+from processor import calendar, proto
 from processor.engine import CompiledProgram, compile_program
 from processor.engine.types import AccountState, Award, AwardAccount, LoyaltyAccount, TenderAccount
 from processor.errors import InvalidFieldError, NotFoundError
-from processor.registry import ProgramRegistry
+from processor.flow.registry import ProgramRegistry
 from processor.store.catalog import (
     CUSTOMER_ID_CHARS_MAX,
     GENERATE_CARDS_MAX,
@@ -36,6 +36,7 @@ from processor.store.catalog import (
     parse_stored_program,
 )
 from processor.store.ledger import Store
+from processor.wire import answers
 
 admin = proto.admin
 awards = proto.awards
@@ -313,7 +314,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         response = admin.ListLedgerResponse()
         for row in rows:
             entry = response.entries.add(sequence=row.sequence, request_id=row.request_id)
-            name = wire.balance_name(row.posting)
+            name = answers.balance_name(row.posting)
             entry.posting.CopyFrom(
                 common.Posting(
                     program=row.posting.program,

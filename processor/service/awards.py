@@ -7,11 +7,12 @@ from typing import Any
 
 import grpc
 
-from processor import calendar, proto, wire
-from processor.batcher import Batcher
+from processor import calendar, proto
 from processor.errors import InvalidFieldError, NotFoundError, mask_card
-from processor.pipeline import Pipeline
+from processor.flow.batcher import Batcher
+from processor.flow.pipeline import Pipeline
 from processor.service.posting import hash_of, result_message, submit
+from processor.wire import admission, answers
 
 AWARDS_PAGE_MAX = 100
 
@@ -32,15 +33,17 @@ class AwardServicer(proto.awards_grpc.AwardServiceServicer):
         states = await self.pipeline.load_states([account], fresh=False)
         _, state = states[account]
         today = calendar.to_day(datetime.date.today())
-        return wire.awards_to_proto(state, program, today, request)
+        return answers.awards_to_proto(state, program, today, request)
 
     async def RedeemAward(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        wire_context, engine_request = wire.award_redemption_from_proto(request)
+        wire_context, engine_request = admission.award_redemption_from_proto(request)
         future = submit(self.batcher, context, engine_request, hash_of(request), wire_context)
         return proto.awards.RedeemAwardResponse(result=result_message(await future))
 
     async def RedeemAwardValue(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        wire_context, engine_request = wire.award_redemption_from_proto(request)
-        wire.check_award_currency(request, self.pipeline.programs.for_card(engine_request.account))
+        wire_context, engine_request = admission.award_redemption_from_proto(request)
+        admission.check_award_currency(
+            request, self.pipeline.programs.for_card(engine_request.account)
+        )
         future = submit(self.batcher, context, engine_request, hash_of(request), wire_context)
         return proto.awards.RedeemAwardValueResponse(result=result_message(await future))

@@ -6,7 +6,7 @@ all the others):
 
 1. :class:`RequestIdInterceptor` gives the call its request id before anything else
    runs, so every log line of the call, errors included, carries it.
-2. :class:`processor.metrics.MetricsInterceptor` records the ``grpc_server_*`` metrics:
+2. :class:`processor.runtime.metrics.MetricsInterceptor` records the ``grpc_server_*`` metrics:
    outside the error mapping, so it sees the final status of every call, mapped errors
    included, and times the whole call.
 3. :class:`ErrorInterceptor` turns any exception escaping the layers inside it into the
@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 
 from processor.errors import LoyaltyError, UnavailableError
-from processor.metrics import MetricsInterceptor
+from processor.runtime.metrics import MetricsInterceptor
 from processor.service import errors
 
 log = logging.getLogger(__name__)

@@ -13,17 +13,18 @@ from typing import Any
 
 import grpc
 
-from processor import proto, wire
-from processor.batcher import Batcher
+from processor import proto
 from processor.engine import CompiledProgram
 from processor.engine.types import Request, Result
-from processor.pipeline import Answer, Submission, payload_hash
+from processor.flow.batcher import Batcher
+from processor.flow.pipeline import Answer, Submission, payload_hash
+from processor.wire import admission, answers
 
 
 def encode_result(result: Result, program: CompiledProgram) -> tuple[Any, bytes]:
     """The contract's Result message, and its bytes as stored for replays: built once,
     it serves both the answer and the idempotency row."""
-    data = wire.result_bytes(result, program)
+    data = answers.result_bytes(result, program)
     return proto.common.Result.FromString(data), data
 
 
@@ -48,7 +49,7 @@ def submit(
     context: grpc.aio.ServicerContext,
     request: Request,
     message_hash: bytes,
-    wire_context: wire.Context,
+    wire_context: admission.Context,
 ) -> asyncio.Future[Any]:
     submission = Submission(request, message_hash, wire_context.pin, wire_context.dry_run)
     return batcher.submit(submission, deadline_of(context))
@@ -69,4 +70,4 @@ def result_message(answer: Answer) -> Any:
         message.replayed = True
         return message
     assert answer.result is not None and answer.program is not None
-    return wire.result_to_proto(answer.result, answer.program, replayed=answer.replayed)
+    return answers.result_to_proto(answer.result, answer.program, replayed=answer.replayed)

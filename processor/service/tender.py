@@ -6,9 +6,10 @@ from typing import Any
 
 import grpc
 
-from processor import proto, wire
-from processor.batcher import Batcher
+from processor import proto
+from processor.flow.batcher import Batcher
 from processor.service.posting import hash_of, result_message, submit
+from processor.wire import admission
 
 
 class TenderServicer(proto.tender_grpc.TenderServiceServicer):
@@ -18,7 +19,7 @@ class TenderServicer(proto.tender_grpc.TenderServiceServicer):
     async def _post(
         self, op: str, request: Any, response_type: Any, context: grpc.aio.ServicerContext
     ) -> Any:
-        wire_context, engine_request = wire.tender_from_proto(op, request)
+        wire_context, engine_request = admission.tender_from_proto(op, request)
         future = submit(self.batcher, context, engine_request, hash_of(request), wire_context)
         return response_type(result=result_message(await future))
 

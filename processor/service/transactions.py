@@ -8,10 +8,11 @@ from typing import Any
 
 import grpc
 
-from processor import proto, wire
-from processor.batcher import Batcher
+from processor import proto
 from processor.errors import InvalidFieldError, LoyaltyError
+from processor.flow.batcher import Batcher
 from processor.service.posting import hash_of, result_message, submit
+from processor.wire import admission
 
 TRANSACTIONS_PER_CALL_MAX = 1_000
 STREAM_IN_FLIGHT_MAX = 256
@@ -40,7 +41,9 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
         checked = []
         for index, transaction in enumerate(request.transactions):
             try:
-                checked.append(wire.transaction_from_proto(transaction, f"transactions[{index}]"))
+                checked.append(
+                    admission.transaction_from_proto(transaction, f"transactions[{index}]")
+                )
             except LoyaltyError as error:
                 error.metadata = {"index": str(index)}  # type: ignore[attr-defined]
                 raise
@@ -118,7 +121,7 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
         context: grpc.aio.ServicerContext,
         field: str = "transaction",
     ) -> Any:
-        wire_context, engine_request = wire.transaction_from_proto(transaction, field)
+        wire_context, engine_request = admission.transaction_from_proto(transaction, field)
         return submit(self.batcher, context, engine_request, hash_of(message), wire_context)
 
 

@@ -26,7 +26,7 @@ import pytest_asyncio
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from processor.embedded import postgres as embedded_postgres
+from processor.runtime.embedded import postgres as embedded_postgres
 from processor.store import Store, migrate
 
 DATABASE_URL_ENV = "LOYALTY_DATABASE_URL"

@@ -10,7 +10,8 @@ Load with ``-p plugins.redis`` (``tests/`` on the path). Fixtures:
 - ``redis_key_prefix`` (session): a key prefix unique to this test run, so runs sharing one
   server (two developers, two CI jobs) never see each other's keys; nothing here ever
   flushes a whole database.
-- ``cache`` / ``cluster_cache``: an :class:`~processor.cache.AccountCache` under that prefix,
+- ``cache`` / ``cluster_cache``: an :class:`~processor.cache.accounts.AccountCache` under that
+  prefix,
   emptied of its own keys and closed after each test.
 """
 
@@ -25,8 +26,8 @@ import pytest
 import pytest_asyncio
 import redis
 
-from processor.cache import AccountCache
-from processor.embedded import valkey
+from processor.cache.accounts import AccountCache
+from processor.runtime.embedded import valkey
 
 REDIS_URL_ENV = "LOYALTY_REDIS_URL"
 CLUSTER_URL_ENV = "LOYALTY_REDIS_CLUSTER_URL"

@@ -4,9 +4,9 @@ Load with ``-p plugins.server`` (``tests/`` on the path; it needs ``plugins.post
 ``plugins.redis``). Fixtures:
 
 - ``demo_summary``: the demo program with :data:`DEMO_CARDS` cards loaded into ``schema_url``
-  (its :class:`~processor.demo.DemoSummary`); ``cards``: their numbers, in order.
+  (its :class:`~processor.tools.demo.DemoSummary`); ``cards``: their numbers, in order.
 - ``served``: that schema served in-process on a free loopback port
-  (:func:`processor.server.start`) with a cache key prefix of its own, an open
+  (:func:`processor.service.server.start`) with a cache key prefix of its own, an open
   ``grpc.aio`` channel and a stub for each service. Everything is stopped and the
   prefix's cache keys removed after the test.
 - ``start_served``: a factory for servers with other settings, a second server on the same
@@ -29,14 +29,14 @@ import pytest
 import pytest_asyncio
 
 from processor import proto
-from processor.cache import AccountCache
+from processor.cache.accounts import AccountCache
 from processor.cards import card_number
-from processor.demo import DemoSummary, load_demo
-from processor.registry import ProgramRegistry
-from processor.server import Running, start
-from processor.settings import Settings
+from processor.flow.registry import ProgramRegistry
+from processor.runtime.settings import Settings
+from processor.service.server import Running, start
 from processor.store import Store
 from processor.store.catalog import Catalog
+from processor.tools.demo import DemoSummary, load_demo
 
 common = proto.common
 transactions = proto.transactions

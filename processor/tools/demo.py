@@ -18,9 +18,9 @@ from typing import Final
 from processor import calendar
 from processor.cards import GeneratedCard, card_number, first_sequences
 from processor.errors import LoyaltyError, NotFoundError
+from processor.flow.registry import ProgramRegistry
 from processor.program.cards import CardSeries
 from processor.program.model import ProgramFile
-from processor.registry import ProgramRegistry
 from processor.store.catalog import GENERATE_CARDS_MAX, Catalog, parse_program_text
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ DEMO_CUSTOMERS: Final = (
 )
 """Customers enrolled by the demo; the first cards are registered to them, in order."""
 
-_ROOT: Final = Path(__file__).resolve().parent.parent
+_ROOT: Final = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True, slots=True)

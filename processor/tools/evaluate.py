@@ -18,7 +18,7 @@ from typing import Any
 from processor.engine import CompiledProgram, compile_program, get_engine, issue_card
 from processor.engine.types import AccountState, Receipt, Request, Result
 from processor.program.loader import load_program
-from processor.records import Formatter, read_accounts, read_requests
+from processor.tools.records import Formatter, read_accounts, read_requests
 
 BATCH_REQUESTS_MAX = 10_000
 """Requests evaluated per engine call; bounds the working set of one call."""

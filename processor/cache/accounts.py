@@ -57,7 +57,7 @@ one warning when they are smaller. It never changes a server's settings. A listp
 searched linearly: an HGET or HSET walks about 13 KB for a full bucket of card states,
 microseconds.
 
-Memory per account, measured with 100,000 seeded accounts (``processor.seed`` states, 123
+Memory per account, measured with 100,000 seeded accounts (``processor.tools.seed`` states, 123
 bytes on average, so 125-byte values) under consecutive 16-digit card numbers, as ``MEMORY
 USAGE`` (:meth:`AccountCache.memory_usage_bytes` over 1,000 accounts) / ``used_memory``
 growth; the old layout is one string key per account with its own TTL:
@@ -79,7 +79,7 @@ the embedded Valkey 8.1 (values of 82.5 bytes on average), against 133 / 134-137
 uncompressed, measured in one sitting.
 
 Compression. A cache given a candidate ``dictionary`` (the server builds one from sample
-states of its active programs: :mod:`processor.cache_dictionary`) stores a state as format
+states of its active programs: :mod:`processor.cache.compression`) stores a state as format
 1, a zlib stream (RFC 1950) deflated with that preset dictionary, whenever it comes out
 shorter than the state; otherwise, and in every cache without a dictionary, as format 0,
 the state itself. The zlib header names the dictionary (its DICTID, the adler32 of its

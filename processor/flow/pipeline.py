@@ -1,6 +1,6 @@
 """The path of one batch: admission, evaluation, commit, cache refresh, answers.
 
-Every request reaches this module through the batcher (processor.batcher). A batch:
+Every request reaches this module through the batcher (processor.flow.batcher). A batch:
 
 1. **Replays.** Request ids already posted on their card are answered with the stored
    answer (``replayed``), and nothing is evaluated for them; the same id with another
@@ -34,8 +34,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from processor import metrics, wire
-from processor.batcher import Item
 from processor.engine import CompiledProgram, Engine
 from processor.engine.types import (
     AccountState,
@@ -54,6 +52,8 @@ from processor.errors import (
     UnavailableError,
     mask_card,
 )
+from processor.flow.batcher import Item
+from processor.runtime import metrics
 from processor.store import codec
 from processor.store.ledger import (
     AccountWrite,
@@ -62,6 +62,7 @@ from processor.store.ledger import (
     Store,
     ledger_entries,
 )
+from processor.wire import admission
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class Pipeline:
             except LoyaltyError as error:
                 _settle(item, error=error)
                 continue
-            resolved = wire.resolve_currency(submission.request, program)
+            resolved = admission.resolve_currency(submission.request, program)
             if resolved is not submission.request:
                 submission = dataclasses.replace(submission, request=resolved)
                 item.payload = submission

@@ -51,8 +51,8 @@ from typing import Final
 import psycopg
 from psycopg import sql
 
-from processor.embedded.processes import process_alive, wait_for_exit
 from processor.errors import DatabaseUnavailableError
+from processor.runtime.embedded.processes import process_alive, wait_for_exit
 
 with warnings.catch_warnings():
     # Importing the wheel builds its PostgresServer class, which asks platformdirs for a

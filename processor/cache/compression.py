@@ -1,10 +1,10 @@
 """The candidate compression dictionary of the account cache: sample states of the programs.
 
-:class:`processor.cache.AccountCache` compresses each cached state with zlib and a preset
+:class:`processor.cache.accounts.AccountCache` compresses each cached state with zlib and a preset
 dictionary shared through Redis (see "Compression" in its module docstring). What makes a
 good dictionary is what the states repeat: their msgpack structure and the program, level,
 rule and award ids. So the candidate is simply encoded sample states of every active
-program, as :func:`processor.seed.account_templates` makes them, concatenated.
+program, as :func:`processor.engine.samples.account_templates` makes them, concatenated.
 
 The candidate is deterministic (a fixed day and a fixed random seed): every process, and
 every server instance started from the same programs, offers the same bytes, hence the same
@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from processor import calendar
+from processor.engine import samples
 
 if TYPE_CHECKING:
     from processor.program.model import ProgramFile
@@ -47,7 +48,6 @@ def sample_states_dictionary(
 ) -> bytes | None:
     """Encoded sample states of ``programs`` (those with a loyalty program), concatenated,
     at most ``size_max`` bytes; None when no program yields a sample."""
-    from processor import seed  # processor.seed imports the cache: imported when used
     from processor.store.codec import encode_state
 
     usable = sorted(
@@ -60,7 +60,7 @@ def sample_states_dictionary(
     for program in usable:
         rng = random.Random(f"{SAMPLE_SEED}:{program.id}")
         count = max(share // _STATE_BYTES_MIN, 1)
-        states = seed.account_templates(program, program.version, SAMPLE_DAY, rng, count)
+        states = samples.account_templates(program, program.version, SAMPLE_DAY, rng, count)
         # The samples' last bytes, whole states where possible (the cut is in the first one).
         parts.append(b"".join(encode_state(state) for state in states)[-share:])
     dictionary = b"".join(parts)[-size_max:]
@@ -69,7 +69,7 @@ def sample_states_dictionary(
 
 async def active_programs_dictionary(database_url: str) -> bytes | None:
     """:func:`sample_states_dictionary` of the programs active in the database (for tools
-    that build an :class:`~processor.cache.AccountCache` without a program registry)."""
+    that build an :class:`~processor.cache.accounts.AccountCache` without a program registry)."""
     from processor.store.catalog import Catalog, parse_stored_program
     from processor.store.ledger import Store
 

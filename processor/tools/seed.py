@@ -48,7 +48,7 @@ building indexes leaves them, and the detached partition, to the next run, which
 every missing index and attaches the partition before anything else.
 
 ``--warm`` then copies the seeded accounts' states into the Redis cache
-(:meth:`processor.cache.AccountCache.put_many`, pipelined), so a load test starts hot.
+(:meth:`processor.cache.accounts.AccountCache.put_many`, pipelined), so a load test starts hot.
 """
 
 from __future__ import annotations
@@ -67,25 +67,21 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final
 
 import psycopg
 from stdnum import luhn
 
 from processor import calendar
-from processor.cache import CIRCUIT_COOLDOWN_SECONDS, AccountCache
+from processor.cache.accounts import CIRCUIT_COOLDOWN_SECONDS, AccountCache
 from processor.cards import first_sequences
+from processor.engine import samples
 from processor.engine.types import (
     AccountState,
-    Award,
-    AwardAccount,
-    Lot,
-    LoyaltyAccount,
-    TenderAccount,
-    ValueLot,
 )
 from processor.errors import BadRequestError
 from processor.program.model import ProgramFile
+from processor.runtime import serve
 from processor.store import codec
 from processor.store.catalog import parse_stored_program
 from processor.store.ledger import ledger_month
@@ -106,15 +102,6 @@ ACCOUNTS_MAX: Final = 100_000_000
 
 TEMPLATES: Final = 4_096
 """Distinct account states per run; each card draws one at random."""
-
-LEVEL_MIX: Final = (0.70, 0.22, 0.08)
-"""Share of accounts at the program's first, second and third level."""
-
-TENDER_SHARE: Final = 0.35
-"""Share of cards with an activated gift-card balance."""
-
-AWARD_VALUE_SHARE: Final = 0.10
-"""Share of cards above the first level holding e-award value."""
 
 AUDIENCE_MIX: Final = ((0.85, ()), (0.13, ("newsletter",)), (0.02, ("newsletter", "vip:A")))
 """Share of customers in each combination of audience lists."""
@@ -396,117 +383,6 @@ def _luhn_sum(text: str, *, double_last: bool) -> int:
 # --------------------------------------------------------------------------- states
 
 
-def account_templates(
-    program: ProgramFile, version: int, today: int, rng: random.Random, count: int = TEMPLATES
-) -> list[AccountState]:
-    """``count`` realistic account states of the program's first loyalty program.
-
-    Levels follow :data:`LEVEL_MIX`; lots were earned over the past year under the issue
-    rules open to the level (regular and bonus), released after the level's escrow and
-    expiring as its point aging says; year-to-date and lifetime earnings agree with the
-    level (a gold account earned at least what promotes to gold). Some hold a coupon, a
-    gift-card balance or e-award value.
-    """
-    if not program.loyalty_programs:
-        raise SeedError(f"program file {program.id} has no loyalty program to seed accounts in")
-    loyalty = program.loyalty_programs[0]
-    levels = [level.id for level in loyalty.levels][: len(LEVEL_MIX)]
-    weights = LEVEL_MIX[: len(levels)]
-    regular = [rule.id for rule in loyalty.issue_rules if not rule.is_bonus] or ["opening"]
-    coupon_rules = [rule for rule in loyalty.award_rules if rule.type == "coupon"]
-    award_program = program.award_programs[0] if program.award_programs else None
-    scale = 10**loyalty.points_precision
-    year = calendar.year_of(today)
-    states = []
-    for index in range(count):
-        level_id = rng.choices(levels, weights)[0]
-        rank = levels.index(level_id)
-        level = loyalty.level(level_id)
-        bonus = [
-            rule.id
-            for rule in loyalty.issue_rules
-            if rule.is_bonus and (not rule.levels or level_id in rule.levels)
-        ]
-        created = today - rng.randint(60, 3 * 365)
-        last_activity = today - rng.randint(0, min(45, today - created))
-        lots = []
-        for _ in range(rng.choice((1, 2, 3, 3, 4, 5))):
-            earned = rng.randint(max(created, today - 330), last_activity)
-            is_bonus = bool(bonus) and rng.random() < 0.3
-            kind: Literal["regular", "bonus"] = "bonus" if is_bonus else "regular"
-            rule = rng.choice(bonus if is_bonus else regular)
-            points = rng.randint(5, 150 * (1 + rank)) * scale
-            available = earned + (level.escrow.after(0) if level.escrow else 0)
-            aging = level.age_points
-            expires = aging.after.after(earned) if aging and aging.type == "relative" else None
-            lots.append(Lot(earned, rule, kind, points, available, expires, version))
-        lots.sort(key=lambda lot: lot.earned_day)
-        balance = sum(lot.points for lot in lots)
-        # Earnings consistent with the level: what promoted the account, at least.
-        floor = (0, 1000, 5000)[min(rank, 2)] * scale
-        earned_ytd = max(balance, floor if rank == 1 else 0) + rng.randint(0, 400) * scale
-        earned_ltd = max(earned_ytd + rng.randint(0, 3000) * scale, floor)
-        by_month: dict[int, int] = {}
-        for lot in lots:
-            month = calendar.month_index(lot.earned_day)
-            by_month[month] = by_month.get(month, 0) + lot.points
-        account = LoyaltyAccount(
-            program=loyalty.id,
-            level=level_id,
-            created_day=created,
-            level_since_day=max(created, today - rng.randint(30, 400)),
-            last_activity_day=last_activity,
-            lots=lots,
-            earned_ltd=earned_ltd,
-            earned_ytd=earned_ytd,
-            ytd_year=year,
-            earned_since_move=rng.randint(0, 800) * scale,
-            earned_by_month=by_month,
-            rule_total={rule: rng.randint(1, 40) for rule in {lot.rule for lot in lots}},
-        )
-        if coupon_rules and rng.random() < 0.15:
-            coupon = rng.choice(coupon_rules)
-            issued = rng.randint(max(created, today - 50), today)
-            expires_day = (
-                coupon.expiry.after.after(issued) if coupon.expiry and coupon.expiry.after else None
-            )
-            prefix = coupon.coupon_prefix or ""
-            account.awards.append(
-                Award(
-                    f"{prefix}S{index:05d}", "coupon", coupon.id, loyalty.id, issued, expires_day, 1
-                )
-            )
-        state = AccountState(account="", version=1, loyalty={loyalty.id: account})
-        if program.tender is not None and rng.random() < TENDER_SHARE:
-            tender = program.tender
-            amount = rng.choice((1000, 2500, 2500, 5000, 5000, 10000, 20000))
-            spent = rng.randint(0, amount // 100) * 100
-            activated = rng.randint(created, today)
-            state.tender = TenderAccount(
-                status="active",
-                balance=amount - spent,
-                book_value=amount - spent,
-                activated_day=activated,
-                expires_day=tender.account_expiry.after(activated)
-                if tender.account_expiry
-                else None,
-                usage_day=last_activity,
-                lifetime_uses=rng.randint(1, 12),
-            )
-        if award_program is not None and rank > 0 and rng.random() < AWARD_VALUE_SHARE * 3:
-            added = rng.randint(max(created, today - 120), today)
-            expiry = award_program.award_expiry
-            state.awards[award_program.id] = AwardAccount(
-                program=award_program.id,
-                created_day=created,
-                last_activity_day=added,
-                funded=True,
-                value=[ValueLot(added, 1000, expiry.after(added) if expiry else None, "seed")],
-            )
-        states.append(state)
-    return states
-
-
 def opening_postings(state: AccountState, program: ProgramFile) -> list[tuple[str, str, int]]:
     """(program, balance, amount) of the opening ledger rows that make ``state`` reconcile."""
     rows = []
@@ -777,7 +653,13 @@ def seed(
         deferred = _deferrable(connection, missing, defer_indexes)
         detach = _detachable(connection, partition, missing, defer_indexes)
         rng = random.Random(f"{seed_value}:{target.program_id}:templates")
-        states = account_templates(target.program, target.version, target.today, rng, templates)
+        if not target.program.loyalty_programs:
+            raise SeedError(
+                f"program file {target.program_id} has no loyalty program to seed accounts in"
+            )
+        states = samples.account_templates(
+            target.program, target.version, target.today, rng, templates
+        )
         maker = _RowMaker(target, states, seed_value)
         meter = _Progress(progress, missing)
         started = time.perf_counter()
@@ -1299,14 +1181,13 @@ def run(
 ) -> SeedReport:
     """``loyalty seed``: servers (embedded when no URLs), migrations, the demo program,
     then the load and, with ``warm_cache``, the cache."""
-    from processor import server
 
-    resolved = (prepare or server.resolve_servers)(settings)
+    resolved = (prepare or serve.resolve_servers)(settings)
     try:
         from processor.store.migrate import migrate
 
         migrate(resolved.database_url)
-        asyncio.run(server.load_demo(settings, resolved.database_url))
+        asyncio.run(serve.load_demo(settings, resolved.database_url))
         report = seed(
             resolved.database_url,
             accounts,
@@ -1329,10 +1210,10 @@ async def _warm_all(
     settings: Any, database_url: str, redis_url: str, report: SeedReport, progress: IO[str] | None
 ) -> tuple[int, float]:
     started = time.perf_counter()
-    from processor import cache_dictionary
+    from processor.cache import compression as cache_dictionary
 
     # The same candidate dictionary the server offers: whoever stores one first, every
-    # writer compresses with it (processor.cache, "Compression").
+    # writer compresses with it (processor.cache.accounts, "Compression").
     dictionary = (
         await cache_dictionary.active_programs_dictionary(database_url)
         if settings.cache_compression

@@ -36,8 +36,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from processor import metrics
 from processor.errors import OverloadedError, UnavailableError
+from processor.runtime import metrics
 
 log = logging.getLogger(__name__)
 

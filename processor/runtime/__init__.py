@@ -1,0 +1,1 @@
+"""What runs the process: settings, logs, metrics, embedded servers and ``loyalty serve``."""

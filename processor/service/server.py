@@ -1,0 +1,224 @@
+"""The gRPC server of one process: the pipeline wired to its services, started and stopped.
+
+``start`` opens the pools, builds the cache, pipeline, batcher and servicers and starts
+serving; ``Running.stop`` turns health NOT_SERVING, refuses new calls, lets in-flight batches
+commit and answer within the grace period, and closes. How a process gets there (embedded
+servers, migrations, the demo, workers, signals) is processor.runtime.serve's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from processor import proto
+from processor.cache.accounts import AccountCache
+from processor.cache.compression import sample_states_dictionary
+from processor.engine import get_engine
+from processor.flow.batcher import Batcher
+from processor.flow.pipeline import Pipeline, submission_keys
+from processor.flow.registry import ProgramRegistry
+from processor.runtime import metrics
+from processor.runtime.settings import Settings
+from processor.service.admin import AdminServicer
+from processor.service.awards import AwardServicer
+from processor.service.interceptors import default_interceptors
+from processor.service.posting import encode_result
+from processor.service.tender import TenderServicer
+from processor.service.transactions import TransactionServicer
+from processor.store.catalog import Catalog
+from processor.store.ledger import Store
+
+log = logging.getLogger(__name__)
+
+MESSAGE_BYTES_MAX = 8 * 1024 * 1024
+STREAM_POLL_SECONDS = 0.01
+
+
+@dataclass(slots=True)
+class Running:
+    """A serving process's parts, for tests and for shutdown."""
+
+    server: grpc.aio.Server
+    port: int
+    health: Any
+    batcher: Batcher
+    pipeline: Pipeline
+    registry: ProgramRegistry
+    store: Store
+    cache: AccountCache | None
+    tasks: list[asyncio.Task[Any]]
+    transactions: TransactionServicer
+
+    async def stop(self, grace_seconds: float) -> None:
+        """NOT_SERVING, refuse new work, answer what is queued, end the calls, close.
+
+        The batcher closes before the server stops: a stream still open then gets
+        SHUTTING_DOWN (UNAVAILABLE, retryable) for new requests instead of queuing work
+        that would be committed after its caller is gone; everything already queued is
+        committed and answered while the calls that wait for it are still open.
+
+        It ends within the grace period (and the pools' close) whatever is stuck: what the
+        batcher has not answered by then is given up, and every later step runs even if an
+        earlier one failed or this call is cancelled, so no task of the server outlives it.
+        """
+        began = time.monotonic()
+
+        def left() -> float:
+            return max(0.0, grace_seconds - (time.monotonic() - began))
+
+        try:
+            await self.health.enter_graceful_shutdown()
+            self.batcher.close()
+            await self.batcher.drain(left())
+            # A stream that sends again is told SHUTTING_DOWN and ends itself; give open
+            # streams the grace period to do so before the server cuts what is left.
+            while self.transactions.streams_open and left() > 0:
+                await asyncio.sleep(STREAM_POLL_SECONDS)
+        finally:
+            await close_all(
+                lambda: self.batcher.drain(0.0),  # at once, if the above did not get to it
+                lambda: self.server.stop(left()),
+                lambda: cancel_all(self.tasks),
+                self.cache.aclose if self.cache is not None else None,
+                self.store.close,
+            )
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait until each has ended."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def close_all(*steps: Callable[[], Awaitable[Any]] | None) -> None:
+    """Run every step in order, even when one fails or this call is cancelled; then raise
+    the first failure."""
+    failure: BaseException | None = None
+    for step in steps:
+        if step is None:
+            continue
+        try:
+            await step()
+        except BaseException as error:  # the steps after it must still run
+            failure = failure or error
+    if failure is not None:
+        raise failure
+
+
+async def start(settings: Settings, database_url: str, redis_url: str | None) -> Running:
+    """Open the pools, build the pipeline and services, and start serving."""
+    store = Store(database_url)
+    await store.open()
+    try:
+        return await _start_on(store, settings, redis_url)
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> Running:
+    catalog = Catalog(store)
+    registry = ProgramRegistry(catalog)
+    await registry.refresh()
+    cache = None
+    if redis_url:
+        # The candidate compression dictionary: sample states of the active programs. The
+        # first one stored in Redis is the one every process writes with (processor.cache.accounts).
+        dictionary = (
+            sample_states_dictionary(program.source for program in registry.programs())
+            if settings.cache_compression
+            else None
+        )
+        cache = AccountCache.from_url(
+            redis_url, key_prefix=settings.cache_key_prefix, dictionary=dictionary
+        )
+    # Whatever this start began is ended again if a later step fails (a port taken, a
+    # server that will not start), so a failed start leaves no task or pool behind.
+    batcher: Batcher | None = None
+    server: grpc.aio.Server | None = None
+    try:
+        pipeline = Pipeline(
+            store=store,
+            cache=cache,
+            programs=registry,
+            cards=catalog,
+            engine=get_engine(settings.engine),
+            encode=encode_result,
+        )
+        batcher = Batcher(
+            pipeline.process,
+            queue_depth_max=settings.queue_depth_max,
+            batch_requests_max=settings.batch_requests_max,
+            flush_interval_ms=settings.flush_interval_ms,
+            batches_in_flight_max=settings.batches_in_flight_max,
+            keys_of=submission_keys,
+        )
+        batcher.start()
+        server = grpc.aio.server(
+            interceptors=default_interceptors(),
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+                ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+            ],
+        )
+        transactions = TransactionServicer(batcher)
+        proto.transactions_grpc.add_TransactionServiceServicer_to_server(transactions, server)
+        proto.tender_grpc.add_TenderServiceServicer_to_server(TenderServicer(batcher), server)
+        proto.awards_grpc.add_AwardServiceServicer_to_server(
+            AwardServicer(batcher, pipeline), server
+        )
+        proto.admin_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(catalog=catalog, registry=registry, store=store), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = [*proto.SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        try:
+            # grpcio answers a failed bind with 0 in older releases, RuntimeError in newer.
+            port = server.add_insecure_port(settings.listen)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot listen on {settings.listen}: the address cannot be bound")
+        await server.start()
+        for name in ["", *proto.SERVICE_NAMES]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        sampler = metrics.Sampler(batcher=batcher, store=store, cache=cache)
+        tasks = [
+            asyncio.get_running_loop().create_task(
+                registry.run_refresher(settings.registry_refresh_seconds), name="registry"
+            ),
+            asyncio.get_running_loop().create_task(sampler.run(), name="metrics"),
+        ]
+    except BaseException:
+        await close_all(
+            (lambda: batcher.drain(0.0)) if batcher is not None else None,
+            (lambda: server.stop(None)) if server is not None else None,
+            cache.aclose if cache is not None else None,
+        )
+        raise
+    log.info("serving on port %d (engine %s)", port, pipeline.engine.name)
+    return Running(
+        server,
+        port,
+        health_servicer,
+        batcher,
+        pipeline,
+        registry,
+        store,
+        cache,
+        tasks,
+        transactions,
+    )

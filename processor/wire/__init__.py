@@ -1,0 +1,1 @@
+"""The wire: loyalty.v1 messages in (admission) and out (answers)."""
