@@ -34,45 +34,57 @@ import copy
 import gc
 from collections.abc import Mapping
 
-from processor.engine import awards as _awards
-from processor.engine import loyalty as _loyalty
-from processor.engine import reference as _reference
+from processor.engine import shared
 from processor.engine.codes import award_code
 from processor.engine.types import (
     AccountState, Award, AwardIssue, LevelMove, LineEarning, Lot, LoyaltyAccount, Posting,
     Purchase, Receipt, Result, TraceEntry,
 )
 
-DEF NONE_DAY = -9223372036854775807  # stands for "no date" (None) in day columns
-DEF MONTHS_KEPT = 37
-DEF AWARDS_PER_RULE_MAX = 100
+# Compile-time constants: enums for small ints, a macro for the 64-bit one (an enum is a
+# C int). Cython 3 deprecates DEF.
+cdef extern from *:
+    """
+    #define LOYALTY_NONE_DAY (-INT64_MAX)
+    """
+    # Stands for "no date" (None) in day columns.
+    const int64_t NONE_DAY "LOYALTY_NONE_DAY"
+
+cdef enum:
+    MONTHS_KEPT = 37
+    AWARDS_PER_RULE_MAX = 100
 DEF LINES_MAX = 1000
 
 # Calculation types, time rule types, award and movement kinds, as small ints.
-DEF CALC_VALUE = 0
-DEF CALC_QUANTITY = 1
-DEF CALC_ENGAGEMENTS = 2
-DEF CALC_TRANSACTIONS = 3
-DEF CALC_VISITS = 4
+cdef enum Calculation:
+    CALC_VALUE = 0
+    CALC_QUANTITY = 1
+    CALC_ENGAGEMENTS = 2
+    CALC_TRANSACTIONS = 3
+    CALC_VISITS = 4
 
-DEF TIME_BIRTHDAY = 0
-DEF TIME_SIGNUP = 1
-DEF TIME_BONUS = 2
-DEF TIME_BLACKOUT = 3
+cdef enum TimeRule:
+    TIME_BIRTHDAY = 0
+    TIME_SIGNUP = 1
+    TIME_BONUS = 2
+    TIME_BLACKOUT = 3
 
-DEF AWARD_COUPON = 0
-DEF AWARD_EAWARD = 1
-DEF AWARD_CERTIFICATE = 2
+cdef enum AwardKind:
+    AWARD_COUPON = 0
+    AWARD_EAWARD = 1
+    AWARD_CERTIFICATE = 2
 
-DEF MOVE_ADVANCEMENT = 0
-DEF MOVE_SUSTAIN = 1
-DEF MOVE_DEMOTION = 2
+cdef enum MoveKind:
+    MOVE_ADVANCEMENT = 0
+    MOVE_SUSTAIN = 1
+    MOVE_DEMOTION = 2
 
-DEF TEST_YTD = 0
-DEF TEST_LTD = 1
-DEF TEST_SINCE_MOVE = 2
-DEF TEST_AVERAGE = 3
-DEF TEST_TIME = 4
+cdef enum TestKind:
+    TEST_YTD = 0
+    TEST_LTD = 1
+    TEST_SINCE_MOVE = 2
+    TEST_AVERAGE = 3
+    TEST_TIME = 4
 
 _CALCULATIONS = {"item_value": CALC_VALUE, "item_quantity": CALC_QUANTITY,
                  "engagements": CALC_ENGAGEMENTS, "transactions": CALC_TRANSACTIONS,
@@ -978,7 +990,7 @@ cdef class Batch:
         self.program = packed.program
         self.accounts_in = accounts
         self.receipts_in = receipts
-        self.ref = _reference._Batch(packed.program, _AccountView(self), _ReceiptView(self))
+        self.ref = shared.Batch(packed.program, _AccountView(self), _ReceiptView(self))
         self.cards = {}
         self.results = []
         self.meta = []
@@ -1472,7 +1484,7 @@ cdef class Batch:
         if rule.audience:
             if customer is None:
                 return self.p.s_no_customer
-            text = _loyalty._audience_reason(plan.issue_plans[index].rule, customer)
+            text = shared.audience_reason(plan.issue_plans[index].rule, customer)
             if text:
                 return self.p.strings.id(text)
         if rule.times_count:
@@ -1603,7 +1615,7 @@ cdef class Batch:
         cdef int64_t day = self.day
         account.last_activity_day = day
         if plan.holder is not None and plan.holder.id in card.state.awards:
-            _awards.touch_activity(plan.holder, card.state, day)
+            shared.touch_activity(plan.holder, card.state, day)
         self.award_rules(plan, card, account, request)
         self.movement_rules(plan, account, day)
         self.balance(plan.points_balance_string, account.available(day))
@@ -1683,7 +1695,7 @@ cdef class Batch:
             else:
                 value = rule.amount
             scratch = Result(request.id, request.account)
-            refusal = _awards.add_value(holder, card.state, value, request, scratch,
+            refusal = shared.add_value(holder, card.state, value, request, scratch,
                                         plan.version, source=model.id, expires_day=expires_day)
             if refusal:
                 return self.p.strings.id(refusal)
@@ -1694,11 +1706,11 @@ cdef class Batch:
                                       expires_day))
         elif rule.type == AWARD_CERTIFICATE:
             holder = award.holder
-            refusal = _awards.refusal(holder, card.state, day)
+            refusal = shared.refusal(holder, card.state, day)
             if refusal:
                 return self.p.strings.id(refusal)
             scratch = Result(request.id, request.account)
-            _awards.issue_certificate(
+            shared.issue_certificate(
                 holder, model.certificate, card.state, request, scratch, plan.version,
                 expires_day=expires_day, source=model.id, points_cost=cost,
                 prefix=model.coupon_prefix or None,
@@ -2056,6 +2068,6 @@ class CythonEngine:
         finally:
             if collecting:
                 gc.enable()
-        return _reference.BatchOutcome(
+        return shared.BatchOutcome(
             LazyResults(batch), LazyAccounts(batch), LazyReceipts(batch)
         )

@@ -223,7 +223,7 @@ def _time_rule_reason(
     return ""
 
 
-def _audience_reason(rule: IssueRule, customer: Customer | None) -> str:
+def audience_reason(rule: IssueRule, customer: Customer | None) -> str:
     if rule.audience is None:
         return ""
     if customer is None:
@@ -278,7 +278,7 @@ def _common_reason(
         return "outside rule dates"
     if rule.levels and account.level not in rule.levels:
         return f"not for level {account.level}"
-    reason = _audience_reason(rule, _customer(rule, state, customer))
+    reason = audience_reason(rule, _customer(rule, state, customer))
     if reason:
         return reason
     reason = _time_rule_reason(

@@ -89,12 +89,12 @@ def evaluate(
     requests: Sequence[Request],
     receipts: Mapping[str, Receipt],
 ) -> BatchOutcome:
-    batch = _Batch(program, accounts, receipts)
+    batch = Batch(program, accounts, receipts)
     results = [batch.apply(request) for request in requests]
     return BatchOutcome(results, batch.states, batch.new_receipts)
 
 
-class _Batch:
+class Batch:
     """Working copies of the accounts and receipts one batch touches."""
 
     def __init__(

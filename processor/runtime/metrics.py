@@ -54,6 +54,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from processor.service.handlers import wrap_handler
+
 log = logging.getLogger(__name__)
 
 # The *_created series double every counter and histogram and do not exist in multiprocess
@@ -404,7 +406,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         series = self._series.get(method)
         if series is None:
             series = self._series[method] = _MethodSeries(_method_labels(method, handler))
-        return _wrap(handler, series)
+        streaming_in = bool(handler.request_streaming)
+        return wrap_handler(
+            handler, lambda behaviour: _measured(behaviour, series, streaming_in=streaming_in)
+        )
 
 
 def _method_labels(full_method: str, handler: Any) -> tuple[str, str, str]:
@@ -417,22 +422,6 @@ def _method_labels(full_method: str, handler: Any) -> tuple[str, str, str]:
         (True, True): "bidi_stream",
     }[(bool(streaming_in), bool(streaming_out))]
     return service or "unknown", method or "unknown", kind
-
-
-def _wrap(handler: Any, series: _MethodSeries) -> Any:
-    if handler.unary_unary is not None:
-        make, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-    elif handler.unary_stream is not None:
-        make, behaviour = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-    elif handler.stream_unary is not None:
-        make, behaviour = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-    else:
-        make, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
-    return make(
-        _measured(behaviour, series, streaming_in=bool(handler.request_streaming)),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
 
 
 def _measured(behaviour: Any, series: _MethodSeries, *, streaming_in: bool) -> Any:

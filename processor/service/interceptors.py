@@ -38,6 +38,7 @@ import grpc
 from processor.errors import LoyaltyError, UnavailableError
 from processor.runtime.metrics import MetricsInterceptor
 from processor.service import errors
+from processor.service.handlers import Behaviour, wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,6 @@ _REQUEST_ID = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{REQUEST_ID_CHARS_MAX}}}")
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 """The request id of the call being served ("-" outside any call)."""
-
-Behaviour = Callable[[Any, Any], Any]
-Wrap = Callable[[Behaviour], Behaviour]
 
 
 def current_request_id() -> str:
@@ -63,27 +61,6 @@ class RequestIdLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         return True
-
-
-def wrap_handler(handler: grpc.RpcMethodHandler | None, wrap: Wrap) -> Any:
-    """``handler`` with its behaviour replaced by ``wrap(behaviour)``, whatever its kind."""
-    if handler is None:
-        return None
-    make: Any
-    behaviour: Any
-    if handler.unary_unary is not None:
-        make, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-    elif handler.unary_stream is not None:
-        make, behaviour = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-    elif handler.stream_unary is not None:
-        make, behaviour = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-    else:
-        make, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
-    return make(
-        wrap(behaviour),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
 
 
 def around(
