@@ -8,6 +8,9 @@ documents define one, a numeric ``code``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 class LoyaltyError(Exception):
@@ -125,3 +128,11 @@ def check(condition: bool, message: str) -> None:
     """Assert an invariant in a way ``python -O`` cannot remove."""
     if not condition:
         raise InternalError(message)
+
+
+def present(value: _T | None, what: str) -> _T:
+    """``value``, which an invariant says is there: an InternalError naming ``what`` if it is
+    None (unlike ``assert``, which ``python -O`` removes), and a non-optional type for mypy."""
+    if value is None:
+        raise InternalError(f"{what} is missing")
+    return value

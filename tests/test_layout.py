@@ -111,3 +111,14 @@ def test_every_package_folder_has_an_init_saying_what_it_holds() -> None:
         assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), (
             f"{init.relative_to(ROOT)} has no docstring saying what the package holds"
         )
+
+
+def test_no_bare_assert_in_the_package() -> None:
+    # `python -O` removes asserts: invariants use processor.errors.check / present instead.
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in MODULES.values()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Assert)
+    ]
+    assert not found, f"bare asserts: {found}"

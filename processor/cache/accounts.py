@@ -171,6 +171,8 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from processor.errors import InternalError, present
+
 __all__ = [
     "ACCOUNTS_PER_CALL_MAX",
     "CIRCUIT_COOLDOWN_SECONDS",
@@ -762,8 +764,7 @@ class AccountCache:
             self._dictionary_due = self._clock() + DICTIONARY_CHECK_SECONDS
 
     async def _offer_dictionary(self) -> bool:
-        assert self._candidate is not None
-        offer_id, offer = self._candidate
+        offer_id, offer = present(self._candidate, "the dictionary candidate to offer")
         if self._writer is not None:
             offer_id, offer = self._writer[0], self._dictionaries[self._writer[0]]
         offer_key, current_key = self.dictionary_key(offer_id), self.current_dictionary_key
@@ -791,7 +792,8 @@ class AccountCache:
                 return True  # another dictionary with the same id: write uncompressed
             await self._client.set(current_key, f"{offer_id:08x}")
             current_id, data = offer_id, stored
-        assert current_id is not None and isinstance(data, bytes)
+        if current_id is None or not isinstance(data, bytes):
+            raise InternalError("a dictionary was chosen without its id or bytes")
         self._use_dictionary(current_id, data)
         return True
 
@@ -1065,7 +1067,7 @@ def _encode_entry(account_id: str, entry: object, compressor: Any) -> bytes:
     head = bytes((size,)) + version.to_bytes(size, "big")
     if compressor is not None and len(state) >= _COMPRESSED_BYTES_MIN:
         packer = compressor.copy()
-        packed = packer.compress(state) + packer.flush()
+        packed: bytes = packer.compress(state) + packer.flush()
         if len(packed) < len(state):
             return head + b"\x01" + packed
     return head + b"\x00" + state
@@ -1087,7 +1089,7 @@ def _inflate(decoder: Any, payload: bytes) -> bytes | None:
     the stream is damaged (zlib checks the adler32 of the output at its end) or too long."""
     inflater = decoder.copy()
     try:
-        state = inflater.decompress(payload[_ZLIB_HEADER_BYTES:], VALUE_BYTES_MAX + 1)
+        state: bytes = inflater.decompress(payload[_ZLIB_HEADER_BYTES:], VALUE_BYTES_MAX + 1)
     except zlib.error:
         return None
     if not inflater.eof or inflater.unused_data or len(state) > VALUE_BYTES_MAX:

@@ -39,6 +39,7 @@ from processor.engine.types import (
     Result,
     TraceEntry,
 )
+from processor.errors import present
 from processor.program.loyalty import (
     AWARDS_PER_RULE_MAX,
     IssueRule,
@@ -203,12 +204,10 @@ def _time_rule_reason(
 ) -> str:
     for time_rule in rules:
         if time_rule.type == "blackout_period":
-            assert time_rule.window is not None
-            if time_rule.window.matches(day, second):
+            if present(time_rule.window, "a blackout period's window").matches(day, second):
                 return "blackout period"
         elif time_rule.type == "bonus_period":
-            assert time_rule.window is not None
-            if not time_rule.window.matches(day, second):
+            if not present(time_rule.window, "a bonus period's window").matches(day, second):
                 return "outside bonus period"
         else:
             origin = None
@@ -648,8 +647,7 @@ def _expiry(award: AwardPlan, day: int) -> int | None:
     if expiry is None:
         return None
     if expiry.type == "relative":
-        assert expiry.after is not None
-        return expiry.after.after(day)
+        return present(expiry.after, "a relative expiry's period").after(day)
     holder = award.holder
     if holder is None or holder.award_expiry is None:
         return None
@@ -672,7 +670,7 @@ def _issue_award(
     cost, value = award.cost, 0
     expires_day = _expiry(award, day)
     if rule.type == "e_award":
-        assert award.holder is not None
+        holder = present(award.holder, "an e-award's award program")
         if rule.cost_type == "cashback":
             balance = account.available(day)
             value = math.floor(balance * award.value_per_point)
@@ -682,7 +680,7 @@ def _issue_award(
         else:
             value = award.amount_minor
         refusal = awards.add_value(
-            award.holder,
+            holder,
             state,
             value,
             request,
@@ -697,16 +695,17 @@ def _issue_award(
             rule.coupon_prefix, plan.program.id, request.account, request.id, rule.id, ordinal
         )
         result.awards.append(
-            AwardIssue(code, "e_award", rule.id, award.holder.id, value, cost, expires_day)
+            AwardIssue(code, "e_award", rule.id, holder.id, value, cost, expires_day)
         )
     elif rule.type == "certificate":
-        assert award.holder is not None and rule.certificate is not None
-        refusal = awards.refusal(award.holder, state, day)
+        holder = present(award.holder, "a certificate's award program")
+        certificate = present(rule.certificate, "a certificate rule's certificate")
+        refusal = awards.refusal(holder, state, day)
         if refusal:
             return refusal
         awards.issue_certificate(
-            award.holder,
-            rule.certificate,
+            holder,
+            certificate,
             state,
             request,
             result,
@@ -824,8 +823,7 @@ def _movement_due(
     threshold is compared with the points earned since the last move.
     """
     if test.type == "time_since_last_move":
-        assert test.period is not None
-        if test.period.after(account.level_since_day) > day:
+        if present(test.period, "a time test's period").after(account.level_since_day) > day:
             return False
         met = account.earned_since_move >= threshold
     else:

@@ -48,7 +48,7 @@ from processor.engine.types import (
     TraceEntry,
     Void,
 )
-from processor.errors import mask_card
+from processor.errors import mask_card, present
 
 LINES_MAX = 1000
 """Most lines one purchase may carry; a bound on the work one request can cause."""
@@ -452,7 +452,7 @@ def _void(
         _return(program, state, receipt, request, returned, result)
         _restore_codes(state, receipt)
     elif receipt.kind == "return":
-        assert original is not None
+        original = present(original, "the original of a voided return")
         _void_return(program, state, receipt, original, request, result)
     elif receipt.kind == "engagement":
         _void_engagement(program, state, receipt, request, result)

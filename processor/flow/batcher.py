@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from processor.errors import OverloadedError, UnavailableError
 from processor.runtime import metrics
@@ -47,13 +47,19 @@ FLUSH_INTERVAL_MS = 2.0
 BATCHES_IN_FLIGHT_MAX = 1
 
 
+PayloadT = TypeVar("PayloadT")
+"""What a request carries to the batch's processing (the pipeline's Submission)."""
+AnswerT = TypeVar("AnswerT")
+"""What its future resolves with (the pipeline's Answer)."""
+
+
 @dataclass(slots=True)
-class Item:
+class Item(Generic[PayloadT, AnswerT]):
     """One request waiting for its batch; ``future`` receives its answer."""
 
-    payload: Any
+    payload: PayloadT
     deadline: float | None  # time.monotonic() after which nobody waits for the answer
-    future: asyncio.Future[Any] = field(
+    future: asyncio.Future[AnswerT] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     queued_at: float = field(default_factory=time.monotonic)  # for batch_wait_seconds
@@ -63,23 +69,23 @@ class Item:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
 
-Process = Callable[[list[Item]], Awaitable[None]]
-KeysOf = Callable[[Any], Iterable[str]]
+Process = Callable[[list[Item[PayloadT, AnswerT]]], Awaitable[None]]
+KeysOf = Callable[[PayloadT], Iterable[str]]
 
 
-class Batcher:
+class Batcher(Generic[PayloadT, AnswerT]):
     """Gathers items into batches and runs ``process`` on each, several at a time when
     their keys are disjoint."""
 
     def __init__(
         self,
-        process: Process,
+        process: Process[PayloadT, AnswerT],
         *,
         queue_depth_max: int = QUEUE_DEPTH_MAX,
         batch_requests_max: int = BATCH_REQUESTS_MAX,
         flush_interval_ms: float = FLUSH_INTERVAL_MS,
         batches_in_flight_max: int = BATCHES_IN_FLIGHT_MAX,
-        keys_of: KeysOf | None = None,
+        keys_of: KeysOf[PayloadT] | None = None,
     ) -> None:
         if (
             queue_depth_max < 1
@@ -92,7 +98,7 @@ class Batcher:
                 " flush_interval_ms >= 0"
             )
         self._process = process
-        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_depth_max)
+        self._queue: asyncio.Queue[Item[PayloadT, AnswerT]] = asyncio.Queue(maxsize=queue_depth_max)
         self._batch_requests_max = batch_requests_max
         self._flush_interval_seconds = flush_interval_ms / 1000
         self._task: asyncio.Task[None] | None = None
@@ -112,12 +118,12 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
-    def submit(self, payload: Any, deadline: float | None = None) -> asyncio.Future[Any]:
+    def submit(self, payload: PayloadT, deadline: float | None = None) -> asyncio.Future[AnswerT]:
         """Queue one request; its future resolves with the answer or the error."""
         if self._closing:
             metrics.REJECTED_SHUTTING_DOWN.inc()
             raise UnavailableError("the server is shutting down", reason="SHUTTING_DOWN")
-        item = Item(payload, deadline)
+        item: Item[PayloadT, AnswerT] = Item(payload, deadline)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -181,7 +187,7 @@ class Batcher:
     async def _run(self) -> None:
         # Items taken off the queue and not yet handed to a batch task: this task answers
         # them (and marks them done) if it is cancelled while holding them.
-        batch: list[Item] = []
+        batch: list[Item[PayloadT, AnswerT]] = []
         try:
             while True:
                 batch = []
@@ -193,7 +199,7 @@ class Batcher:
                 self._queue.task_done()
             raise
 
-    async def _start_batch(self, batch: list[Item]) -> None:
+    async def _start_batch(self, batch: list[Item[PayloadT, AnswerT]]) -> None:
         """Start a batch task for the items still wanted, once its keys are free. On
         return the task owns the items (and marks them done)."""
         live = self._drop_stale(batch)
@@ -223,7 +229,7 @@ class Batcher:
         metrics.BATCHES_IN_FLIGHT.set(len(self._in_flight))
         task.add_done_callback(self._finished)
 
-    def _drop_stale(self, items: list[Item]) -> list[Item]:
+    def _drop_stale(self, items: list[Item[PayloadT, AnswerT]]) -> list[Item[PayloadT, AnswerT]]:
         """The items still wanted: a passed deadline or a caller gone cancels the rest."""
         live = []
         for item in items:
@@ -237,7 +243,7 @@ class Batcher:
                 live.append(item)
         return live
 
-    def _keys(self, live: list[Item]) -> frozenset[str] | None:
+    def _keys(self, live: list[Item[PayloadT, AnswerT]]) -> frozenset[str] | None:
         if self._keys_of is None:
             return None
         try:
@@ -250,7 +256,7 @@ class Batcher:
         self._in_flight.pop(task, None)
         metrics.BATCHES_IN_FLIGHT.set(len(self._in_flight))
 
-    async def _process_batch(self, live: list[Item], taken: int) -> None:
+    async def _process_batch(self, live: list[Item[PayloadT, AnswerT]], taken: int) -> None:
         try:
             metrics.BATCH_SIZE.observe(len(live))
             metrics.BATCH_WAIT.observe(time.monotonic() - live[0].queued_at)
@@ -267,7 +273,7 @@ class Batcher:
             for _ in range(taken):
                 self._queue.task_done()
 
-    async def _next_batch(self, batch: list[Item]) -> None:
+    async def _next_batch(self, batch: list[Item[PayloadT, AnswerT]]) -> None:
         """Take the next batch off the queue into ``batch`` (filled in place, so that a
         cancelled caller still holds what was taken)."""
         batch.append(await self._queue.get())
@@ -287,7 +293,7 @@ class Batcher:
                 break
 
 
-def _give_up(items: Iterable[Item]) -> None:
+def _give_up(items: Iterable[Item[PayloadT, AnswerT]]) -> None:
     """Answer SHUTTING_DOWN to the items nobody will process now. A batch cancelled during
     its commit may have been posted: the request id tells on a retry."""
     for item in items:

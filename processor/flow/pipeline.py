@@ -51,8 +51,9 @@ from processor.errors import (
     NotFoundError,
     UnavailableError,
     mask_card,
+    present,
 )
-from processor.flow.batcher import Item
+from processor.flow.batcher import Batcher, Item
 from processor.runtime import metrics
 from processor.store import codec
 from processor.store.ledger import (
@@ -89,6 +90,12 @@ class Answer:
     replayed: bool = False
     response: bytes = b""  # the stored answer of a replay, as the contract encodes it
     message: Any = None  # the contract's Result, built once for the answer and for replays
+
+
+Work = Item[Submission, Answer]
+"""A request in a batch: its submission, and the future its answer goes to."""
+SubmissionBatcher = Batcher[Submission, Answer]
+"""The batcher in front of the pipeline."""
 
 
 class Encoder(Protocol):
@@ -155,7 +162,7 @@ class Pipeline:
         self.cache_hits_total = 0
         self.cache_misses_total = 0
 
-    async def process(self, items: list[Item]) -> None:
+    async def process(self, items: list[Work]) -> None:
         """Answer every item of a batch, with a result or an error."""
         try:
             # The replay check and the card lookup are independent: one round trip each,
@@ -174,7 +181,7 @@ class Pipeline:
 
     # ----------------------------------------------------------------- replays
 
-    async def _seen(self, items: list[Item]) -> dict[str, tuple[bytes, bytes]]:
+    async def _seen(self, items: list[Work]) -> dict[str, tuple[bytes, bytes]]:
         keys = [
             (item.payload.request.account, item.payload.request.id)
             for item in items
@@ -183,10 +190,10 @@ class Pipeline:
         return await self.store.seen(keys) if keys else {}
 
     def _answer_replays(
-        self, items: list[Item], seen: dict[str, tuple[bytes, bytes]]
-    ) -> list[Item]:
-        live: list[Item] = []
-        first: dict[tuple[str, str], Item] = {}
+        self, items: list[Work], seen: dict[str, tuple[bytes, bytes]]
+    ) -> list[Work]:
+        live: list[Work] = []
+        first: dict[tuple[str, str], Work] = {}
         for item in items:
             submission: Submission = item.payload
             request = submission.request
@@ -211,8 +218,8 @@ class Pipeline:
     # ----------------------------------------------------------------- admission
 
     def _admit(
-        self, items: list[Item], records: dict[str, Any]
-    ) -> list[tuple[Item, CompiledProgram]]:
+        self, items: list[Work], records: dict[str, Any]
+    ) -> list[tuple[Work, CompiledProgram]]:
         admitted = []
         for item in items:
             submission: Submission = item.payload
@@ -255,7 +262,7 @@ class Pipeline:
     # ----------------------------------------------------------------- evaluation and commit
 
     async def _evaluate_and_commit(
-        self, admitted: list[tuple[Item, CompiledProgram]], records: dict[str, Any]
+        self, admitted: list[tuple[Work, CompiledProgram]], records: dict[str, Any]
     ) -> None:
         pending = [pair for pair in admitted if not pair[0].payload.dry_run]
         dry = [pair for pair in admitted if pair[0].payload.dry_run]
@@ -302,8 +309,8 @@ class Pipeline:
         )
 
     async def _settle_replayed(
-        self, pending: list[tuple[Item, CompiledProgram]]
-    ) -> list[tuple[Item, CompiledProgram]]:
+        self, pending: list[tuple[Work, CompiledProgram]]
+    ) -> list[tuple[Work, CompiledProgram]]:
         items = [item for item, _ in pending]
         live = self._answer_replays(items, await self._seen(items))
         keep = {id(item) for item in live}
@@ -357,7 +364,7 @@ class Pipeline:
 
     def _answer_dry_runs(
         self,
-        dry: list[tuple[Item, CompiledProgram]],
+        dry: list[tuple[Work, CompiledProgram]],
         states: dict[str, tuple[int, AccountState]],
         receipts: dict[str, Receipt],
     ) -> None:
@@ -368,16 +375,16 @@ class Pipeline:
 
     def _evaluate(
         self,
-        pending: list[tuple[Item, CompiledProgram]],
+        pending: list[tuple[Work, CompiledProgram]],
         states: dict[str, tuple[int, AccountState]],
         receipts: dict[str, Receipt],
     ) -> _Evaluated:
-        by_program: dict[int, list[tuple[Item, CompiledProgram]]] = defaultdict(list)
+        by_program: dict[int, list[tuple[Work, CompiledProgram]]] = defaultdict(list)
         for pair in pending:
             by_program[id(pair[1])].append(pair)
         plain = {account: state for account, (_, state) in states.items()}
         batch = CommitBatch()
-        answers: list[tuple[Item, Answer]] = []
+        answers: list[tuple[Work, Answer]] = []
         changed: dict[str, AccountState] = {}
         engine_seconds = 0.0
         for group in by_program.values():
@@ -415,7 +422,7 @@ class Pipeline:
 @dataclass(slots=True)
 class _Evaluated:
     batch: CommitBatch
-    answers: list[tuple[Item, Answer]]
+    answers: list[tuple[Work, Answer]]
 
 
 def _record(evaluated: _Evaluated) -> None:
@@ -447,7 +454,7 @@ async def _nothing() -> dict[str, Any]:
     return {}
 
 
-def _card_numbers(items: Iterable[Item]) -> list[str]:
+def _card_numbers(items: Iterable[Work]) -> list[str]:
     numbers = set()
     for item in items:
         request = item.payload.request
@@ -475,7 +482,7 @@ def _mismatch(request: Request) -> InvalidFieldError:
     )
 
 
-def _echo(item: Item, submission: Submission, first: Item) -> Any:
+def _echo(item: Work, submission: Submission, first: Work) -> Any:
     def copy_answer(done: Any) -> None:
         if item.future.done():
             return
@@ -494,15 +501,15 @@ def _echo(item: Item, submission: Submission, first: Item) -> Any:
     return copy_answer
 
 
-def _settle(item: Item, answer: Answer | None = None, error: BaseException | None = None) -> None:
+def _settle(item: Work, answer: Answer | None = None, error: BaseException | None = None) -> None:
     if item.future.done():
         return
     if error is not None:
         item.future.set_exception(error)
     else:
-        item.future.set_result(answer)
+        item.future.set_result(present(answer, "the answer of a settled request"))
 
 
-def _fail(items: Iterable[Item], error: BaseException) -> None:
+def _fail(items: Iterable[Work], error: BaseException) -> None:
     for item in items:
         _settle(item, error=error)

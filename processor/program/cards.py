@@ -95,7 +95,7 @@ class CardDefinition(Model):
     @property
     def sequence_capacity(self) -> int:
         """How many numbers this definition can generate, sequences starting at 1."""
-        return 10**self.sequence_digits - 1
+        return int(10**self.sequence_digits) - 1
 
     def problems(self, path: str) -> list[Problem]:
         """Every inconsistency among the PIN options (they only mean something with PINs)."""

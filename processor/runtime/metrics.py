@@ -307,7 +307,7 @@ def use_multiprocess(directory: Path) -> Path:
             metric._metric_init()
             continue
         with metric._lock:
-            children = list(metric._metrics.values())
+            children: list[Any] = list(metric._metrics.values())
         for child in children:
             child._metric_init()
     return directory

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
-
-import grpc
 
 from processor import calendar, proto
 from processor.errors import InvalidFieldError, NotFoundError, mask_card
-from processor.flow.batcher import Batcher
-from processor.flow.pipeline import Pipeline
+from processor.flow.pipeline import Pipeline, SubmissionBatcher
+from processor.proto import awards
+from processor.service.handlers import Context
 from processor.service.posting import hash_of, result_message, submit
 from processor.wire import admission, answers
 
@@ -18,11 +16,13 @@ AWARDS_PAGE_MAX = 100
 
 
 class AwardServicer(proto.awards_grpc.AwardServiceServicer):
-    def __init__(self, batcher: Batcher, pipeline: Pipeline) -> None:
+    def __init__(self, batcher: SubmissionBatcher, pipeline: Pipeline) -> None:
         self.batcher = batcher
         self.pipeline = pipeline
 
-    async def ListAwards(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListAwards(
+        self, request: awards.ListAwardsRequest, context: Context
+    ) -> awards.ListAwardsResponse:
         account = request.account
         if not account.isdigit():
             raise InvalidFieldError("account", "a card number is digits only")
@@ -35,15 +35,19 @@ class AwardServicer(proto.awards_grpc.AwardServiceServicer):
         today = calendar.to_day(datetime.date.today())
         return answers.awards_to_proto(state, program, today, request)
 
-    async def RedeemAward(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RedeemAward(
+        self, request: awards.RedeemAwardRequest, context: Context
+    ) -> awards.RedeemAwardResponse:
         wire_context, engine_request = admission.award_redemption_from_proto(request)
         future = submit(self.batcher, context, engine_request, hash_of(request), wire_context)
-        return proto.awards.RedeemAwardResponse(result=result_message(await future))
+        return awards.RedeemAwardResponse(result=result_message(await future))
 
-    async def RedeemAwardValue(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RedeemAwardValue(
+        self, request: awards.RedeemAwardValueRequest, context: Context
+    ) -> awards.RedeemAwardValueResponse:
         wire_context, engine_request = admission.award_redemption_from_proto(request)
         admission.check_award_currency(
             request, self.pipeline.programs.for_card(engine_request.account)
         )
         future = submit(self.batcher, context, engine_request, hash_of(request), wire_context)
-        return proto.awards.RedeemAwardValueResponse(result=result_message(await future))
+        return awards.RedeemAwardValueResponse(result=result_message(await future))

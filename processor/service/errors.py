@@ -48,6 +48,7 @@ from processor.errors import (
     UnavailableError,
 )
 from processor.proto import ERROR_DOMAIN
+from processor.service.handlers import Context
 
 MESSAGE_CHARS_MAX = 1000
 DETAILS_BYTES_MAX = 3000  # serialized google.rpc.Status, before base64 in the trailer
@@ -145,7 +146,7 @@ def to_grpc_status(status: status_pb2.Status) -> grpc.Status:
 
 
 async def abort(
-    context: grpc.aio.ServicerContext,
+    context: Context,
     error: BaseException,
     *,
     metadata: Mapping[str, str] | None = None,

@@ -12,12 +12,15 @@ from typing import Any
 
 import grpc
 
+Context = grpc.aio.ServicerContext[Any, Any]
+"""The context of a call, whatever its messages (servicers read its deadline and metadata)."""
+
 Behaviour = Callable[[Any, Any], Any]
 """A method's implementation: (request or request iterator, context) -> response(s)."""
 Wrap = Callable[[Behaviour], Behaviour]
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler | None, wrap: Wrap) -> Any:
+def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any] | None, wrap: Wrap) -> Any:
     """``handler`` with its behaviour replaced by ``wrap(behaviour)``, whatever its kind."""
     if handler is None:
         return None

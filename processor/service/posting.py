@@ -11,24 +11,23 @@ import asyncio
 import time
 from typing import Any
 
-import grpc
-
 from processor import proto
 from processor.engine import CompiledProgram
 from processor.engine.types import Request, Result
-from processor.flow.batcher import Batcher
-from processor.flow.pipeline import Answer, Submission, payload_hash
+from processor.errors import present
+from processor.flow.pipeline import Answer, Submission, SubmissionBatcher, payload_hash
+from processor.service.handlers import Context
 from processor.wire import admission, answers
 
 
-def encode_result(result: Result, program: CompiledProgram) -> tuple[Any, bytes]:
+def encode_result(result: Result, program: CompiledProgram) -> tuple[proto.common.Result, bytes]:
     """The contract's Result message, and its bytes as stored for replays: built once,
     it serves both the answer and the idempotency row."""
     data = answers.result_bytes(result, program)
     return proto.common.Result.FromString(data), data
 
 
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+def deadline_of(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
@@ -45,17 +44,17 @@ def hash_of(message: Any) -> bytes:
 
 
 def submit(
-    batcher: Batcher,
-    context: grpc.aio.ServicerContext,
+    batcher: SubmissionBatcher,
+    context: Context,
     request: Request,
     message_hash: bytes,
     wire_context: admission.Context,
-) -> asyncio.Future[Any]:
+) -> asyncio.Future[Answer]:
     submission = Submission(request, message_hash, wire_context.pin, wire_context.dry_run)
     return batcher.submit(submission, deadline_of(context))
 
 
-def result_message(answer: Answer) -> Any:
+def result_message(answer: Answer) -> proto.common.Result:
     """The contract's Result for an answer, replayed or fresh."""
     if answer.replayed and answer.result is None:
         message = proto.common.Result()
@@ -64,10 +63,12 @@ def result_message(answer: Answer) -> Any:
         return message
     if answer.message is not None:
         if not answer.replayed:
-            return answer.message
+            built: proto.common.Result = answer.message
+            return built
         message = proto.common.Result()
         message.CopyFrom(answer.message)
         message.replayed = True
         return message
-    assert answer.result is not None and answer.program is not None
-    return answers.result_to_proto(answer.result, answer.program, replayed=answer.replayed)
+    result = present(answer.result, "the result of a fresh answer")
+    program = present(answer.program, "the program of a fresh answer")
+    return answers.result_to_proto(result, program, replayed=answer.replayed)

@@ -24,7 +24,7 @@ from processor.cache.accounts import AccountCache
 from processor.cache.compression import sample_states_dictionary
 from processor.engine import get_engine
 from processor.flow.batcher import Batcher
-from processor.flow.pipeline import Pipeline, submission_keys
+from processor.flow.pipeline import Pipeline, SubmissionBatcher, submission_keys
 from processor.flow.registry import ProgramRegistry
 from processor.runtime import metrics
 from processor.runtime.settings import Settings
@@ -50,7 +50,7 @@ class Running:
     server: grpc.aio.Server
     port: int
     health: Any
-    batcher: Batcher
+    batcher: SubmissionBatcher
     pipeline: Pipeline
     registry: ProgramRegistry
     store: Store
@@ -144,7 +144,7 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
         )
     # Whatever this start began is ended again if a later step fails (a port taken, a
     # server that will not start), so a failed start leaves no task or pool behind.
-    batcher: Batcher | None = None
+    batcher: SubmissionBatcher | None = None
     server: grpc.aio.Server | None = None
     try:
         pipeline = Pipeline(

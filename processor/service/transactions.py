@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
-
-import grpc
 
 from processor import proto
 from processor.errors import InvalidFieldError, LoyaltyError
-from processor.flow.batcher import Batcher
+from processor.flow.pipeline import Answer, SubmissionBatcher
+from processor.proto import transactions
+from processor.service.handlers import Context
 from processor.service.posting import hash_of, result_message, submit
 from processor.wire import admission
 
@@ -20,16 +19,20 @@ STREAM_IN_FLIGHT_MAX = 256
 
 
 class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
-    def __init__(self, batcher: Batcher) -> None:
+    def __init__(self, batcher: SubmissionBatcher) -> None:
         self.batcher = batcher
         self.streams_open = 0  # for shutdown: streams end themselves once the batcher closes
 
-    async def PostTransaction(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def PostTransaction(
+        self, request: transactions.PostTransactionRequest, context: Context
+    ) -> transactions.PostTransactionResponse:
         future = self._submit(request.transaction, request, context)
         answer = await future
-        return proto.transactions.PostTransactionResponse(result=result_message(answer))
+        return transactions.PostTransactionResponse(result=result_message(answer))
 
-    async def PostTransactions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def PostTransactions(
+        self, request: transactions.PostTransactionsRequest, context: Context
+    ) -> transactions.PostTransactionsResponse:
         count = len(request.transactions)
         if not 1 <= count <= TRANSACTIONS_PER_CALL_MAX:
             raise InvalidFieldError(
@@ -51,19 +54,23 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
         for transaction, (wire_context, engine_request) in zip(
             request.transactions, checked, strict=True
         ):
-            single = proto.transactions.PostTransactionRequest(transaction=transaction)
+            single = transactions.PostTransactionRequest(transaction=transaction)
             futures.append(
                 submit(self.batcher, context, engine_request, hash_of(single), wire_context)
             )
         answers = await asyncio.gather(*futures)
-        return proto.transactions.PostTransactionsResponse(
+        return transactions.PostTransactionsResponse(
             results=[result_message(answer) for answer in answers]
         )
 
     async def StreamTransactions(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        waiting: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_IN_FLIGHT_MAX)
+        self,
+        requests: AsyncIterator[transactions.StreamTransactionsRequest],
+        context: Context,
+    ) -> AsyncIterator[transactions.StreamTransactionsResponse]:
+        waiting: asyncio.Queue[asyncio.Future[Answer] | None] = asyncio.Queue(
+            maxsize=STREAM_IN_FLIGHT_MAX
+        )
 
         async def read() -> None:
             # Cancelled means the answering side below is gone: it waits for no end marker,
@@ -71,9 +78,7 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
             cancelled = False
             try:
                 async for message in requests:
-                    single = proto.transactions.PostTransactionRequest(
-                        transaction=message.transaction
-                    )
+                    single = transactions.PostTransactionRequest(transaction=message.transaction)
                     refused = False
                     try:
                         future = self._submit(message.transaction, single, context)
@@ -105,7 +110,7 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
                 if future is None:
                     break
                 answer = await future
-                yield proto.transactions.StreamTransactionsResponse(result=result_message(answer))
+                yield transactions.StreamTransactionsResponse(result=result_message(answer))
             await reader
         finally:
             self.streams_open -= 1
@@ -116,16 +121,16 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
 
     def _submit(
         self,
-        transaction: Any,
-        message: Any,
-        context: grpc.aio.ServicerContext,
+        transaction: transactions.Transaction,
+        message: transactions.PostTransactionRequest,
+        context: Context,
         field: str = "transaction",
-    ) -> Any:
+    ) -> asyncio.Future[Answer]:
         wire_context, engine_request = admission.transaction_from_proto(transaction, field)
         return submit(self.batcher, context, engine_request, hash_of(message), wire_context)
 
 
-def _abandon(waiting: asyncio.Queue[Any]) -> None:
+def _abandon(waiting: asyncio.Queue[asyncio.Future[Answer] | None]) -> None:
     """Let go of the answers a stream that ended will never send: what is not evaluated yet
     is dropped (as for a cancelled unary call); what failed is marked seen."""
     while not waiting.empty():

@@ -39,7 +39,7 @@ from processor.engine.types import (
     ValueLot,
     Void,
 )
-from processor.errors import InputFileError, Problem
+from processor.errors import InputFileError, InternalError, Problem
 from processor.program.base import Day, Model
 from processor.program.loader import format_path
 
@@ -242,7 +242,8 @@ def build_request(record: Any) -> Request:
             reference_id=record.reference_id,
             target_account=record.target_account,
         )
-    assert isinstance(record, AwardRedemptionRecord)
+    if not isinstance(record, AwardRedemptionRecord):
+        raise InternalError(f"no engine request for a {type(record).__name__}")
     return AwardRedemption(
         **common,
         code=record.code,

@@ -79,7 +79,7 @@ from processor.engine import samples
 from processor.engine.types import (
     AccountState,
 )
-from processor.errors import BadRequestError
+from processor.errors import BadRequestError, present
 from processor.program.model import ProgramFile
 from processor.runtime import serve
 from processor.store import codec
@@ -1033,8 +1033,10 @@ def _one(connection: psycopg.Connection[Any], query: str, params: Sequence[Any] 
 
 
 def _seeded(connection: psycopg.Connection[Any], target: SeedTarget) -> tuple[int, int | None]:
-    row = connection.execute(_SEEDED, (target.program_id, target.series_id, SEED_BATCH)).fetchone()
-    assert row is not None
+    row = present(
+        connection.execute(_SEEDED, (target.program_id, target.series_id, SEED_BATCH)).fetchone(),
+        "the count of seeded cards",
+    )
     return int(row[0]), row[1]
 
 
@@ -1139,12 +1141,12 @@ class _Progress:
             self._write(f"seed: {text}")
 
     def _write(self, line: str) -> None:
-        assert self.stream is not None
+        stream = present(self.stream, "the progress stream")
         if self.tty:
-            self.stream.write("\r\x1b[2K" + line)
+            stream.write("\r\x1b[2K" + line)
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            stream.write(line + "\n")
+        stream.flush()
 
     def done(self, report: SeedReport | None) -> None:
         if self.stream is None:
