@@ -322,3 +322,48 @@ def test_the_table_answers_without_a_server() -> None:
     assert errors.status_code_of(ValueError("x")) == grpc.StatusCode.INTERNAL
     grpc_status = errors.to_grpc_status(status)
     assert grpc_status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# --------------------------------------------------------------------------- undecodable bytes
+
+# A field-1 length-delimited value whose length runs past the end: no protobuf parser takes it.
+UNDECODABLE = b"\x0a\xff\xff\xff\x0f\x01"
+
+
+async def test_an_undecodable_unary_request_is_invalid_argument_with_a_reason(
+    channel: grpc.aio.Channel,
+) -> None:
+    call = channel.unary_unary(
+        "/loyalty.v1.TenderService/GetBalance",
+        request_serializer=lambda raw: raw,
+        response_deserializer=tender.GetBalanceResponse.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(UNDECODABLE, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info_of(caught.value).reason == "MALFORMED_MESSAGE"
+
+
+async def test_an_undecodable_stream_message_ends_the_stream_after_the_earlier_answers(
+    channel: grpc.aio.Channel,
+) -> None:
+    good = transactions.StreamTransactionsRequest(
+        transaction=transactions.Transaction(context=common.RequestContext(request_id="ok-1"))
+    ).SerializeToString()
+    call = channel.stream_stream(
+        "/loyalty.v1.TransactionService/StreamTransactions",
+        request_serializer=lambda raw: raw,
+        response_deserializer=transactions.StreamTransactionsResponse.FromString,
+    )
+
+    async def messages() -> AsyncIterator[bytes]:
+        yield good
+        yield UNDECODABLE
+
+    answered = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for answer in call(messages(), timeout=5):
+            answered.append(answer.result.request_id)
+    assert answered == ["ok-1"]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info_of(caught.value).reason == "MALFORMED_MESSAGE"

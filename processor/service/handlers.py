@@ -3,14 +3,21 @@
 A grpc.aio interceptor that acts around a call gets the method's handler and must return
 one of the same kind (unary or streaming, each way) with the same (de)serializers;
 :func:`wrap_handler` does that once, for the request-id, error and metrics interceptors.
+
+A request that does not parse never reaches a servicer as an exception grpc would answer
+UNKNOWN (unary) or INTERNAL (streams): :func:`decoding_leniently` hands the behaviour an
+:class:`Undecodable` in its place, which the error interceptor refuses with
+INVALID_ARGUMENT and reason MALFORMED_MESSAGE.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 Context = grpc.aio.ServicerContext[Any, Any]
 """The context of a call, whatever its messages (servicers read its deadline and metadata)."""
@@ -20,8 +27,35 @@ Behaviour = Callable[[Any, Any], Any]
 Wrap = Callable[[Behaviour], Behaviour]
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any] | None, wrap: Wrap) -> Any:
-    """``handler`` with its behaviour replaced by ``wrap(behaviour)``, whatever its kind."""
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Stands in for a request message whose bytes did not parse."""
+
+    problem: str
+
+
+def decoding_leniently(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """``deserialize``, answering :class:`Undecodable` instead of raising on bad bytes."""
+
+    def decode(data: bytes) -> Any:
+        if deserialize is None:
+            return data
+        try:
+            return deserialize(data)
+        except (DecodeError, ValueError, UnicodeDecodeError) as error:
+            return Undecodable(str(error))
+
+    return decode
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any] | None,
+    wrap: Wrap,
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> Any:
+    """``handler`` with its behaviour replaced by ``wrap(behaviour)``, whatever its kind
+    (and its request deserializer by ``request_deserializer``, when given)."""
     if handler is None:
         return None
     make: Any
@@ -36,6 +70,6 @@ def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any] | None, wrap: Wrap) ->
         make, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
     return make(
         wrap(behaviour),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

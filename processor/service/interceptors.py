@@ -35,10 +35,10 @@ from typing import Any
 
 import grpc
 
-from processor.errors import LoyaltyError, UnavailableError
+from processor.errors import BadRequestError, LoyaltyError, UnavailableError
 from processor.runtime.metrics import MetricsInterceptor
 from processor.service import errors
-from processor.service.handlers import Behaviour, wrap_handler
+from processor.service.handlers import Behaviour, Undecodable, decoding_leniently, wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,57 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             _log_error(method, error)
             await errors.abort(context, error)
 
-        return wrap_handler(handler, lambda behaviour: around(behaviour, failed=failed))
+        if handler is None:
+            return None
+        streaming_in = bool(handler.request_streaming)
+        return wrap_handler(
+            handler,
+            lambda behaviour: around(
+                refusing_undecodable(behaviour, streaming_in=streaming_in), failed=failed
+            ),
+            request_deserializer=decoding_leniently(handler.request_deserializer),
+        )
+
+
+def refusing_undecodable(behaviour: Behaviour, *, streaming_in: bool) -> Behaviour:
+    """``behaviour`` that raises MALFORMED_MESSAGE for an :class:`Undecodable` request: the
+    request of a unary call before it runs, a stream's at the message that did not parse
+    (after the answers of the messages before it)."""
+
+    def refuse(undecodable: Undecodable) -> BadRequestError:
+        return BadRequestError(
+            f"the request message does not parse: {undecodable.problem}",
+            reason="MALFORMED_MESSAGE",
+        )
+
+    async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for message in requests:
+            if isinstance(message, Undecodable):
+                raise refuse(message)
+            yield message
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if streaming_in:
+                request = checked(request)
+            elif isinstance(request, Undecodable):
+                raise refuse(request)
+            async for response in behaviour(request, context):
+                yield response
+
+        return stream
+    if inspect.iscoroutinefunction(behaviour):
+
+        async def unary(request: Any, context: Any) -> Any:
+            if streaming_in:
+                request = checked(request)
+            elif isinstance(request, Undecodable):
+                raise refuse(request)
+            return await behaviour(request, context)
+
+        return unary
+    return behaviour
 
 
 def _log_error(method: str, error: Exception) -> None:
