@@ -16,12 +16,21 @@ import iso4217
 
 
 def currency_exponent(code: str) -> int:
-    """Number of minor-unit digits of an ISO 4217 currency code."""
+    """Number of minor-unit digits of an ISO 4217 currency code.
+
+    Codes the standard lists with no minor unit ("N.A.": XXX for "no currency", XTS for
+    tests, XAU and the other metals, XDR) are not currencies of payment: nothing can be
+    held exactly in them, so they are refused like an unknown code.
+    """
     try:
         exponent = iso4217.Currency(code.upper()).exponent
     except ValueError:
         raise ValueError(f"unknown currency {code!r} (expected an ISO 4217 code)") from None
-    return exponent or 0
+    if exponent is None:
+        raise ValueError(
+            f"{code.upper()} is not a currency of payment (ISO 4217 lists no minor unit)"
+        )
+    return exponent
 
 
 def is_currency(code: str) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from loyalty_builders import award_rule, compile_file, loyalty, program_file, wallet
 
-from processor import calendar
+from processor import calendar, money
 from processor.engine.types import (
     AccountState,
     Award,
@@ -293,6 +293,9 @@ BAD_LINE = [*lines(2), common.Line(number=3, item="SKU", amount=-1, quantity=1)]
         (purchase(currency=""), "transaction.purchase.currency", "CURRENCY_UNKNOWN"),
         (purchase(currency="XYZ"), "transaction.purchase.currency", "CURRENCY_UNKNOWN"),
         (purchase(currency="840"), "transaction.purchase.currency", "CURRENCY_UNKNOWN"),
+        # ISO 4217 codes with no minor unit are not currencies of payment.
+        (purchase(currency="XXX"), "transaction.purchase.currency", "CURRENCY_UNKNOWN"),
+        (purchase(currency="XAU"), "transaction.purchase.currency", "CURRENCY_UNKNOWN"),
         (purchase(lines=lines(1001)), "transaction.purchase.lines", "TOO_MANY_LINES"),
         (
             purchase(lines=[*lines(2), common.Line(number=2, item="X", amount=1, quantity=1)]),
@@ -931,3 +934,11 @@ def test_result_bytes_are_what_the_answer_parses_from() -> None:
     assert parsed == answers.result_to_proto(result, PROGRAM)
     # Re-serialized canonically, it is the same message again: nothing was lost.
     assert common.Result.FromString(parsed.SerializeToString(deterministic=True)) == parsed
+
+
+def test_currency_codes_without_a_minor_unit_are_no_currency_of_payment() -> None:
+    for code in ("XXX", "XTS", "XAU", "XDR"):
+        assert not money.is_currency(code)
+        with pytest.raises(ValueError, match="not a currency of payment"):
+            money.currency_exponent(code)
+    assert money.currency_exponent("JPY") == 0 and money.currency_exponent("CLF") == 4
