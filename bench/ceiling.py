@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: the repository root holds the 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from processor import proto
+from processor.limits import MESSAGE_BYTES_MAX
 from processor.wire import admission, answers
 
 common = proto.common
@@ -58,9 +59,6 @@ BASKET: Final = (
     ("BAG-TOTE", "ACCESSORIES", 1999, 4999),
     ("COFFEE-BEANS", "GROCERY", 899, 1899),
 )
-MESSAGE_BYTES_MAX: Final = 8 * 1024 * 1024
-"""The message size limits of ``processor.server``."""
-
 LOCATIONS: Final = ("S001", "S002", "S003", "WEB")
 TENDER_TYPES: Final = ("visa", "mastercard", "cash", "northwind-visa")
 

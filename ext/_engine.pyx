@@ -29,6 +29,7 @@ from calendar cimport (
     PeriodUnit, add_period, civil_from_days, days_from_civil, days_in_month, floor_mod,
     month_index, weekday, year_of,
 )
+from limits cimport LINES_MAX
 
 import copy
 import gc
@@ -53,7 +54,6 @@ cdef extern from *:
 cdef enum:
     MONTHS_KEPT = 37
     AWARDS_PER_RULE_MAX = 100
-DEF LINES_MAX = 1000
 
 # Calculation types, time rule types, award and movement kinds, as small ints.
 cdef enum Calculation:

@@ -20,7 +20,8 @@ The sub-packages follow the path of one transaction:
 Around them: ``runtime`` (settings, logs, metrics, embedded servers, ``loyalty serve``),
 ``tools`` (seeding, the offline evaluator, JSON records, the demo: never imported by the
 serving path, which tests/test_layout.py checks), ``cli`` (the ``loyalty`` command), and the
-basics every layer uses: ``errors``, ``calendar``, ``money``, ``cards``, ``proto``.
+basics every layer uses: ``errors``, ``calendar``, ``money``, ``cards``, ``proto``, and
+``limits``, every limit of the contract and the store, defined once.
 """
 
 __version__ = "0.1.0"

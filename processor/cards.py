@@ -18,6 +18,7 @@ from pathlib import Path
 from stdnum import luhn
 
 from processor.errors import InputFileError, Problem
+from processor.limits import BALANCE_UNITS_MAX, CARD_DIGITS_MAX, IDENTIFIER_CHARS_MAX
 from processor.money import currency_exponent, to_minor, to_points
 from processor.program.cards import (
     CardDefinition,
@@ -31,12 +32,6 @@ PIN_REQUIRED = "PIN_REQUIRED"
 
 import_rows_max = 1_000_000
 """Most cards one import file may list."""
-
-imported_number_digits_max = 32
-"""Longest card number an import file may give; imports need not match the definition length."""
-
-balance_units_max = 10**15
-"""Largest imported balance in minor or point units, well inside a 64-bit ledger column."""
 
 import_attributes_max = 5
 """Attribute name/value pairs in each line of the manual's import layout."""
@@ -57,7 +52,7 @@ IMPORT_FIELDS: tuple[str, ...] = (
 
 _DIGITS = re.compile(r"[0-9]+")
 _AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?")
-_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_ATTRIBUTE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{IDENTIFIER_CHARS_MAX - 1}}}")
 
 
 def pin_problem(definition: CardDefinition | None, card_present: bool, pin_verified: bool) -> str:
@@ -299,8 +294,8 @@ def _number(line: int, number: str, context: _ImportContext) -> str:
         _problem(context, line, field, "is required")
     elif not _DIGITS.fullmatch(number):
         _problem(context, line, field, f"{number!r} is not all digits")
-    elif len(number) > imported_number_digits_max:
-        _problem(context, line, field, f"has more than {imported_number_digits_max} digits")
+    elif len(number) > CARD_DIGITS_MAX:
+        _problem(context, line, field, f"has more than {CARD_DIGITS_MAX} digits")
     elif not number.startswith(prefix):
         _problem(context, line, field, f"{number} does not start with the prefix {prefix}")
     elif len(number) == len(prefix):
@@ -349,7 +344,7 @@ def _amount(
     except ValueError as error:
         _problem(context, line, field, str(error))
         return None
-    if units > balance_units_max:
+    if units > BALANCE_UNITS_MAX:
         _problem(context, line, field, f"{text} is larger than the ledger holds")
         return None
     return units

@@ -31,6 +31,7 @@ from processor.engine.types import (
     ValueLot,
 )
 from processor.flow.registry import ProgramRegistry
+from processor.limits import MESSAGE_BYTES_MAX
 from processor.service import errors
 from processor.service.admin import AdminServicer
 from processor.service.interceptors import default_interceptors
@@ -47,7 +48,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = (ROOT / "examples" / "programs" / "demo.yaml").read_text(encoding="utf-8")
 CARD = "6001200000000010"
 TODAY = calendar.to_day(datetime.date.today())
-MESSAGE_BYTES_MAX = 8 * 1024 * 1024
 
 
 @dataclass

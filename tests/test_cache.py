@@ -33,12 +33,12 @@ from processor.cache.accounts import (
     CIRCUIT_ERRORS_MAX,
     LISTPACK_ENTRIES_MIN,
     LISTPACK_VALUE_BYTES_MIN,
-    VERSION_MAX,
     AccountCache,
 )
 from processor.cache.compression import DICTIONARY_BYTES_MAX, sample_states_dictionary
 from processor.cards import card_number
 from processor.engine import samples
+from processor.limits import ACCOUNT_VERSION_MAX, CARD_NUMBER_STORED_CHARS_MAX
 from processor.program.loader import load_program
 from processor.runtime.embedded import valkey
 from processor.store import codec
@@ -179,7 +179,7 @@ async def test_reads_over_many_buckets_return_what_was_written_in_one_script_cal
     scattered = [card_number("60014", rng.randrange(10**9), 16) for _ in range(60)]
     short = ["7", "42", "999"]
     entries = {
-        account_id: (rng.randrange(VERSION_MAX), rng.randbytes(rng.randint(0, 200)))
+        account_id: (rng.randrange(ACCOUNT_VERSION_MAX), rng.randbytes(rng.randint(0, 200)))
         for account_id in crowded + scattered + short
     }
     assert await any_cache.put_many(entries) == len(entries)
@@ -295,9 +295,9 @@ async def test_older_version_never_overwrites_newer(any_cache: AccountCache) -> 
     assert any_cache.stale_writes_total == 2
 
     assert await any_cache.put_many({"7": (256, b"new")}) == 1  # the same version: harmless
-    assert await any_cache.put_many({"7": (VERSION_MAX, b"last")}) == 1
+    assert await any_cache.put_many({"7": (ACCOUNT_VERSION_MAX, b"last")}) == 1
     assert await any_cache.put_many({"7": (2**32, b"mid")}) == 0
-    assert await any_cache.get_many(["7"]) == {"7": (VERSION_MAX, b"last")}
+    assert await any_cache.get_many(["7"]) == {"7": (ACCOUNT_VERSION_MAX, b"last")}
 
 
 @pytest.mark.parametrize(
@@ -311,7 +311,7 @@ async def test_older_version_never_overwrites_newer(any_cache: AccountCache) -> 
         (2**32 - 1, 2**32),
         (2**53, 2**53 + 1),  # where a double would call them equal
         (2**56 - 1, 2**56),
-        (VERSION_MAX - 1, VERSION_MAX),
+        (ACCOUNT_VERSION_MAX - 1, ACCOUNT_VERSION_MAX),
     ],
 )
 async def test_versions_compare_exactly_across_length_boundaries(
@@ -336,7 +336,7 @@ async def test_versions_compare_exactly_across_length_boundaries(
         (255, b"\x01\xff"),
         (256, b"\x02\x01\x00"),
         (2**32, b"\x05\x01\x00\x00\x00\x00"),
-        (VERSION_MAX, b"\x08\x7f" + b"\xff" * 7),
+        (ACCOUNT_VERSION_MAX, b"\x08\x7f" + b"\xff" * 7),
     ],
 )
 async def test_version_is_stored_in_its_shortest_form(
@@ -940,8 +940,8 @@ def test_a_bad_dictionary_is_refused(dictionary: Any) -> None:
         ((1, "text"), "account bad: state must be bytes, got str"),
         ((1, bytearray(b"x")), "state must be bytes, got bytearray"),
         ((1, None), "state must be bytes, got NoneType"),
-        ((-1, b"x"), f"version must be an int in 0..{VERSION_MAX}"),
-        ((VERSION_MAX + 1, b"x"), f"version must be an int in 0..{VERSION_MAX}"),
+        ((-1, b"x"), f"version must be an int in 0..{ACCOUNT_VERSION_MAX}"),
+        ((ACCOUNT_VERSION_MAX + 1, b"x"), f"version must be an int in 0..{ACCOUNT_VERSION_MAX}"),
         ((True, b"x"), "version must be an int"),
         ((1.0, b"x"), "version must be an int"),
         ((1, b"x" * (cache_module.VALUE_BYTES_MAX + 1)), "state is 65537 bytes; at most 65536"),
@@ -960,9 +960,14 @@ async def test_bad_entry_is_refused_and_nothing_written(
     assert cache.errors_total == 0
 
 
-@pytest.mark.parametrize("account_id", ["", "a{b", "a}b", 42, None, "x" * 129])
+@pytest.mark.parametrize(
+    "account_id", ["", "a{b", "a}b", 42, None, "x" * (CARD_NUMBER_STORED_CHARS_MAX + 1)]
+)
 async def test_bad_account_id_is_refused(cache: AccountCache, account_id: object) -> None:
-    message = "an account id is a non-empty str of at most 128 characters without braces"
+    message = (
+        f"an account id is a non-empty str of at most {CARD_NUMBER_STORED_CHARS_MAX} characters "
+        "without braces"
+    )
     with pytest.raises(ValueError, match=message):
         await cache.put_many({"good": (1, b"x"), account_id: (1, b"x")})
     assert await cache.get_many(["good"]) == {}

@@ -48,3 +48,8 @@ def test_every_name_the_compiled_engine_takes_is_a_public_name_of_the_shared_mod
 def test_the_shared_module_exports_only_what_the_compiled_engine_uses() -> None:
     used = set(re.findall(r"\bshared\.(\w+)", ENGINE_SOURCE))
     assert set(shared.__all__) == used, "a name in shared.__all__ the compiled engine never uses"
+
+
+def test_the_compiled_engine_has_no_def_constant() -> None:
+    # Cython 3 deprecates DEF: constants are cdef enums, macros, or cimported from ext/*.pxd.
+    assert not re.findall(r"^DEF ", ENGINE_SOURCE, flags=re.M)

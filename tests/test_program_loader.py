@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from processor.errors import InputFileError, Problem
+from processor.limits import PROGRAM_FILE_BYTES_MAX
 from processor.program.loader import load_program, validate_program
 from processor.program.model import ProgramFile
 
@@ -123,6 +124,14 @@ def test_a_directory_cannot_be_read(tmp_path: Path) -> None:
     problem = only_problem(tmp_path)
     assert problem.path == ""
     assert problem.reason.startswith("cannot be read: ")
+
+
+def test_a_file_larger_than_the_api_stores_is_refused(tmp_path: Path) -> None:
+    # The limit of CreateProgram, so that a file `loyalty check` passes can be stored.
+    text = DEMO.read_text(encoding="utf-8")
+    path = tmp_path / "program.yaml"
+    path.write_text(text + "#" * (PROGRAM_FILE_BYTES_MAX + 1 - len(text)), encoding="utf-8")
+    assert only_problem(path) == Problem("", f"is larger than {PROGRAM_FILE_BYTES_MAX} bytes")
 
 
 def test_a_file_that_is_not_utf8_is_rejected(tmp_path: Path) -> None:

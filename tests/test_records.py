@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from processor.engine.types import (
     Void,
 )
 from processor.errors import InputFileError, Problem
+from processor.limits import AMOUNT_UNITS_MAX, BALANCE_UNITS_MAX
 from processor.program.loader import load_program
 from processor.tools.records import read_accounts, read_requests
 
@@ -300,6 +302,20 @@ def test_an_amount_with_more_decimals_than_the_currency_names_its_line(tmp_path:
     assert problem == Problem("line 1.amount", reason)
 
 
+@pytest.mark.parametrize("currency", ["USD", "JPY", "BHD"])
+def test_amounts_are_bounded_in_minor_units_as_on_the_wire(tmp_path: Path, currency: str) -> None:
+    exponent = {"USD": 2, "JPY": 0, "BHD": 3}[currency]
+    largest = Decimal(AMOUNT_UNITS_MAX).scaleb(-exponent)
+    path = write_lines(
+        tmp_path,
+        request(currency=currency, amount=str(largest)),
+        request(id="r-2", currency=currency, amount=str(largest + Decimal(1).scaleb(-exponent))),
+    )
+    assert only_problem(path) == Problem(
+        "line 2.amount", f"must be at most {AMOUNT_UNITS_MAX} units"
+    )
+
+
 def test_an_inexact_purchase_line_amount_names_its_field(tmp_path: Path) -> None:
     path = write_lines(
         tmp_path,
@@ -416,6 +432,23 @@ def test_opening_tender_and_award_balances_are_minor_units(
     assert state.tender is not None
     assert (state.tender.status, state.tender.balance) == ("active", 1234)
     assert state.awards["rewards"].balance == 500
+
+
+def test_an_opening_balance_is_bounded_as_a_card_import_bounds_it(
+    tmp_path: Path, program: CompiledProgram
+) -> None:
+    largest = Decimal(BALANCE_UNITS_MAX).scaleb(-2)
+    over = largest + Decimal("0.01")
+    path = write_lines(
+        tmp_path,
+        {"account": "6001", "tender": {"balance": str(largest)}},
+        {"account": "6002", "tender": {"balance": str(over)}},
+    )
+    with pytest.raises(InputFileError) as error:
+        read_accounts(path, program)
+    assert error.value.problems == [
+        Problem("line 2", f"tender.balance: {over} is larger than the ledger holds")
+    ]
 
 
 def test_account_problems_name_their_lines(tmp_path: Path, program: CompiledProgram) -> None:

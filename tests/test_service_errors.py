@@ -31,6 +31,11 @@ from processor.errors import (
     RedemptionError,
     UnavailableError,
 )
+from processor.limits import (
+    STATUS_DETAILS_BYTES_MAX,
+    STATUS_MESSAGE_CHARS_MAX,
+    VIOLATION_CHARS_MAX,
+)
 from processor.proto import (
     ERROR_DOMAIN,
     common,
@@ -214,14 +219,14 @@ async def test_a_huge_file_error_still_reaches_the_client_bounded(
     error = await failure(channel, "huge-file")
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert errors.reason_of(error) == "INVALID_FILE"
-    assert len(error.details() or "") <= errors.MESSAGE_CHARS_MAX
+    assert len(error.details() or "") <= STATUS_MESSAGE_CHARS_MAX
     status = errors.status_of(error)
-    assert status is not None and status.ByteSize() <= errors.DETAILS_BYTES_MAX
+    assert status is not None and status.ByteSize() <= STATUS_DETAILS_BYTES_MAX
     bad_request = errors.bad_request_of(error)
     assert bad_request is not None
     violations = list(bad_request.field_violations)
     assert violations[0].field == "line 1.CARD_NUMBER"
-    assert len(violations[0].description) == errors.VIOLATION_CHARS_MAX
+    assert len(violations[0].description) == VIOLATION_CHARS_MAX
     shown = len(violations) - 1
     assert violations[-1].description == f"… and {5000 - shown} more problems"
 

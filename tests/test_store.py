@@ -373,7 +373,7 @@ def _hash(batch: CommitBatch, value: bytes) -> None:
 
 
 async def test_an_over_limit_lookup_is_refused(store: Store) -> None:
-    from processor.store.ledger import LOOKUP_KEYS_MAX
+    from processor.limits import LOOKUP_KEYS_MAX
 
     with pytest.raises(InvalidBatchError, match="over"):
         await store.load([f"a{index}" for index in range(LOOKUP_KEYS_MAX + 1)])

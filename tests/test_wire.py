@@ -37,6 +37,7 @@ from processor.engine.types import (
     Void,
 )
 from processor.errors import InvalidFieldError
+from processor.limits import AUDIENCE_CHARS_MAX, IDENTIFIER_CHARS_MAX
 from processor.proto import awards, common, tender, transactions
 from processor.wire import admission, answers
 
@@ -202,6 +203,20 @@ def test_purchase_converts_to_the_exact_engine_request() -> None:
         stored_value=3000,
         redeem_codes=("NW5-7Q2K", "CERT-1"),
     )
+
+
+def test_an_audience_membership_holds_a_list_id_and_its_stratum() -> None:
+    # What SetAudiences stores a purchase may name: "<list id>:<stratum>" with the longest
+    # list id a program file allows.
+    stratified = f"{'L' * IDENTIFIER_CHARS_MAX}:GOLD"
+    longest = "A" * AUDIENCE_CHARS_MAX
+    message = purchase(customer=common.Customer(id="C-1", audiences=[stratified, longest]))
+    request = admission.transaction_from_proto(message)[1]
+    assert isinstance(request, Purchase) and request.customer is not None
+    assert request.customer.audiences == frozenset({stratified, longest})
+    too_long = purchase(customer=common.Customer(id="C-1", audiences=[longest + "A"]))
+    error = refused(admission.transaction_from_proto, too_long)
+    assert error.field == "transaction.purchase.customer.audiences[0]"
 
 
 def test_pin_verified_is_left_to_the_pipeline_and_card_present_is_copied() -> None:

@@ -34,7 +34,7 @@ one slot).
 
 The version sits inside the value (a second field per account would double the listpack
 entries) in its shortest big-endian form: 2 bytes for versions below 256, 9 for
-``VERSION_MAX``. The write script compares two versions without turning them into Lua
+``ACCOUNT_VERSION_MAX``. The write script compares two versions without turning them into Lua
 numbers (doubles, inexact above 2**53): with no leading zero bytes a longer version is the
 larger one, and equal lengths compare byte by byte.
 
@@ -172,6 +172,11 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from processor.errors import InternalError, present
+from processor.limits import (
+    ACCOUNT_VERSION_MAX,
+    CACHE_KEY_PREFIX_CHARS_MAX,
+    CARD_NUMBER_STORED_CHARS_MAX,
+)
 
 __all__ = [
     "ACCOUNTS_PER_CALL_MAX",
@@ -183,7 +188,6 @@ __all__ = [
     "LISTPACK_VALUE_BYTES_MIN",
     "OPERATION_TIMEOUT_SECONDS",
     "SOCKET_TIMEOUT_SECONDS",
-    "VERSION_MAX",
     "AccountCache",
 ]
 
@@ -206,11 +210,8 @@ CONNECTIONS_MAX = 32
 # Accounts per script call or HDEL, so one command never blocks the server for long.
 BATCH_ACCOUNTS_MAX = 1000
 ACCOUNTS_PER_CALL_MAX = 100_000
-ACCOUNT_ID_LENGTH_MAX = 128
-KEY_PREFIX_LENGTH_MAX = 64
 VALUE_BYTES_MAX = 64 * 1024
-VERSION_MAX = 2**63 - 1  # PostgreSQL bigint
-# VERSION_MAX in its shortest big-endian form; the script relies on this bound.
+# ACCOUNT_VERSION_MAX in its shortest big-endian form; the script relies on this bound.
 VERSION_BYTES_MAX = 8
 # Three characters: a card number's last two sequence digits and its check digit, so a
 # bucket holds 100 consecutive cards, few enough for a small listpack, many enough that
@@ -377,9 +378,10 @@ class AccountCache:
         """``dictionary`` is the candidate compression dictionary this cache offers (see
         "Compression" in the module docstring); None writes states uncompressed, and reads
         compressed ones whenever their dictionary can be loaded."""
-        if len(key_prefix) > KEY_PREFIX_LENGTH_MAX or not _KEY_PREFIX_PATTERN.fullmatch(key_prefix):
+        too_long = len(key_prefix) > CACHE_KEY_PREFIX_CHARS_MAX
+        if too_long or not _KEY_PREFIX_PATTERN.fullmatch(key_prefix):
             raise ValueError(
-                f"key_prefix must be at most {KEY_PREFIX_LENGTH_MAX} characters of "
+                f"key_prefix must be at most {CACHE_KEY_PREFIX_CHARS_MAX} characters of "
                 f"[A-Za-z0-9_.:-], got {key_prefix!r}"
             )
         if not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
@@ -989,13 +991,13 @@ def _check_count(items: Sized) -> None:
 def _check_account_id(account_id: object) -> None:
     if (
         not isinstance(account_id, str)
-        or not 0 < len(account_id) <= ACCOUNT_ID_LENGTH_MAX
+        or not 0 < len(account_id) <= CARD_NUMBER_STORED_CHARS_MAX
         or "{" in account_id
         or "}" in account_id
     ):
         raise ValueError(
-            f"an account id is a non-empty str of at most {ACCOUNT_ID_LENGTH_MAX} characters "
-            f"without braces, got {account_id!r}"
+            "an account id is a non-empty str of at most "
+            f"{CARD_NUMBER_STORED_CHARS_MAX} characters without braces, got {account_id!r}"
         )
 
 
@@ -1055,8 +1057,10 @@ def _encode_entry(account_id: str, entry: object, compressor: Any) -> bytes:
     if not isinstance(entry, tuple) or len(entry) != 2:
         raise ValueError(f"account {account_id}: an entry is (version, state), got {entry!r}")
     version, state = entry
-    if type(version) is not int or not 0 <= version <= VERSION_MAX:
-        raise ValueError(f"account {account_id}: version must be an int in 0..{VERSION_MAX}")
+    if type(version) is not int or not 0 <= version <= ACCOUNT_VERSION_MAX:
+        raise ValueError(
+            f"account {account_id}: version must be an int in 0..{ACCOUNT_VERSION_MAX}"
+        )
     if not isinstance(state, bytes):
         raise ValueError(f"account {account_id}: state must be bytes, got {type(state).__name__}")
     if len(state) > VALUE_BYTES_MAX:

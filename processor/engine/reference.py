@@ -49,11 +49,8 @@ from processor.engine.types import (
     Void,
 )
 from processor.errors import mask_card, present
+from processor.limits import LINES_MAX, REDEEM_CODES_MAX
 
-LINES_MAX = 1000
-"""Most lines one purchase may carry; a bound on the work one request can cause."""
-
-REDEEM_CODES_MAX = 32
 DEBIT_OPS = ("redeem", "preauth", "capture", "cash_out", "merge")
 
 _ReceiptLookup = Callable[[str], "Receipt | None"]

@@ -22,7 +22,7 @@ from typing import Final, Protocol
 
 from processor.engine import CompiledProgram, compile_program
 from processor.errors import InputFileError, LoyaltyError, NotFoundError, mask_card
-from processor.program.cards import serial_prefix_digits
+from processor.limits import CARD_SERIAL_PREFIX_DIGITS
 from processor.store.catalog import parse_stored_program
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ProgramRegistry:
 
     def for_card(self, card_number: str) -> CompiledProgram:
         """The active program serving the card; NotFoundError (UNKNOWN_PROGRAM) when none."""
-        program = self._by_prefix.get(card_number[:serial_prefix_digits])
+        program = self._by_prefix.get(card_number[:CARD_SERIAL_PREFIX_DIGITS])
         if program is None:
             raise NotFoundError(
                 f"no active program serves card {mask_card(card_number)}", reason="UNKNOWN_PROGRAM"

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from processor import money
 from processor.errors import Problem
+from processor.limits import TEXT_CHARS_MAX
 from processor.program.base import (
     Identifier,
     Model,
@@ -50,13 +51,10 @@ PERCENT_OFF_MAX = Decimal(100)
 PERCENT_DIGITS_MAX = 2
 """Decimals a percentage discount may have (12.5 % is fine, 12.345 % is not)."""
 
-TEXT_LENGTH_MAX = 200
-"""Longest name a program file may give an offer, certificate or time rule."""
-
 CODE_PREFIX_LENGTH_MAX = 16
 """Longest prefix placed before the generated part of an award code."""
 
-Name = Annotated[str, Field(min_length=1, max_length=TEXT_LENGTH_MAX)]
+Name = Annotated[str, Field(min_length=1, max_length=TEXT_CHARS_MAX)]
 
 IssueSetting = Literal["on_demand", "account_activated", "card_registered"]
 """When a certificate is issued: by a request or loyalty rule, on activation, on registration."""

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from processor import calendar
+from processor.limits import IDENTIFIER_CHARS_MAX, TEXT_CHARS_MAX
 
 
 class Model(BaseModel):
@@ -70,7 +71,8 @@ Factor = Annotated[Decimal, Field(ge=0, le=1_000_000, allow_inf_nan=False, decim
 """A multiplier or conversion factor with at most six decimals."""
 
 Identifier = Annotated[
-    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    str,
+    Field(min_length=1, max_length=IDENTIFIER_CHARS_MAX, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"),
 ]
 """An id a program file gives to a program, level, rule or list."""
 
@@ -118,7 +120,7 @@ class ProgramHeader(Model):
     """Fields every program type shares (the manual's "Program Details")."""
 
     id: Identifier
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=TEXT_CHARS_MAX)
     description: str = ""
     active: bool = True
     start_date: Day

@@ -17,19 +17,14 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from processor.errors import Problem
+from processor.limits import (
+    CARD_DIGITS_MIN,
+    CARD_SERIAL_PREFIX_DIGITS,
+    GENERATED_CARD_DIGITS_MAX,
+    PIN_DIGITS_MAX,
+    TEXT_CHARS_MAX,
+)
 from processor.program.base import Day, Identifier, Model, Period
-
-serial_prefix_digits = 5
-"""The manual's card serial number prefix is exactly five characters, all digits here."""
-
-number_digits_min = 8
-"""Shortest generated card number: the prefix, two sequence digits and the check digit."""
-
-number_digits_max = 19
-"""Longest generated card number, the ISO/IEC 7812 limit for a primary account number."""
-
-pin_digits_max = 12
-"""Longest PIN a card definition may ask for."""
 
 series_cards_max = 10_000_000
 """Most cards one series may hold, so that generating a series stays bounded."""
@@ -40,12 +35,9 @@ series_batches_max = 1_000
 attribute_value_chars_max = 500
 """Longest value of a card or series attribute."""
 
-text_chars_max = 200
-"""Longest name, description or address field."""
-
 AttributeValue = Annotated[str, Field(max_length=attribute_value_chars_max)]
-Text = Annotated[str, Field(max_length=text_chars_max)]
-Name = Annotated[str, Field(min_length=1, max_length=text_chars_max)]
+Text = Annotated[str, Field(max_length=TEXT_CHARS_MAX)]
+Name = Annotated[str, Field(min_length=1, max_length=TEXT_CHARS_MAX)]
 
 
 class CardSupplier(Model):
@@ -71,11 +63,11 @@ class CardDefinition(Model):
 
     type: Name
     description: Text = ""
-    serial_prefix: str = Field(pattern=rf"^[0-9]{{{serial_prefix_digits}}}$")
-    number_length: int = Field(default=16, ge=number_digits_min, le=number_digits_max)
+    serial_prefix: str = Field(pattern=rf"^[0-9]{{{CARD_SERIAL_PREFIX_DIGITS}}}$")
+    number_length: int = Field(default=16, ge=CARD_DIGITS_MIN, le=GENERATED_CARD_DIGITS_MAX)
     active: bool = True
     generate_pin: bool = False
-    pin_length: int = Field(default=0, ge=0, le=pin_digits_max)
+    pin_length: int = Field(default=0, ge=0, le=PIN_DIGITS_MAX)
     pin_required_always: bool = False
     pin_required_without_card: bool = False
     supplier: CardSupplier | None = None

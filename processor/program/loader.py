@@ -20,13 +20,12 @@ from pydantic import ValidationError
 
 from processor.cards import read_card_import
 from processor.errors import InputFileError, Problem
+from processor.limits import PROGRAM_FILE_BYTES_MAX
 from processor.money import is_currency
 from processor.program.award import AwardProgram
 from processor.program.cards import card_problems
 from processor.program.loyalty import loyalty_problems
 from processor.program.model import PROGRAMS_PER_CARD_MAX, ProgramFile
-
-PROGRAM_FILE_BYTES_MAX = 8 * 1024 * 1024
 
 
 class _Loader(yaml.SafeLoader):

@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processor.limits import CACHE_KEY_PREFIX_CHARS_MAX
+
 
 class Settings(BaseSettings):
     """The server's settings; environment variables are LOYALTY_<FIELD> (upper case)."""
@@ -23,7 +25,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
-    cache_key_prefix: str = Field(default="loyalty:", max_length=32)
+    cache_key_prefix: str = Field(default="loyalty:", max_length=CACHE_KEY_PREFIX_CHARS_MAX)
     cache_compression: bool = True
     data_dir: Path = Path(".data")
     engine: str | None = None

@@ -20,14 +20,18 @@ from processor.engine import CompiledProgram, compile_program
 from processor.engine.types import AccountState, Award, AwardAccount, LoyaltyAccount, TenderAccount
 from processor.errors import InvalidFieldError, NotFoundError
 from processor.flow.registry import ProgramRegistry
-from processor.store.catalog import (
+from processor.limits import (
+    CARD_DIGITS_MAX,
+    CARD_IMPORT_BYTES_MAX,
     CUSTOMER_ID_CHARS_MAX,
     GENERATE_CARDS_MAX,
-    IMPORT_TEXT_BYTES_MAX,
+    IDENTIFIER_CHARS_MAX,
     LEDGER_PAGE_SIZE_MAX,
-    PROGRAM_ID_CHARS_MAX,
-    PROGRAM_TEXT_BYTES_MAX,
+    PROGRAM_FILE_BYTES_MAX,
     SEARCH_PAGE_SIZE_MAX,
+    TEXT_CHARS_MAX,
+)
+from processor.store.catalog import (
     Catalog,
     ProgramPart,
     ProgramSummary,
@@ -44,12 +48,6 @@ common = proto.common
 
 LEDGER_PAGE_SIZE_DEFAULT: Final = 100
 """Rows of a ListLedger page when the request leaves page_size at zero."""
-
-CARD_NUMBER_DIGITS_MAX: Final = 32
-"""Longest card number a request may name (the import layout's limit)."""
-
-SERIES_ID_CHARS_MAX: Final = 64
-BATCH_NAME_CHARS_MAX: Final = 200
 
 _TYPES: Final = {
     "tender": admin.PROGRAM_TYPE_TENDER,
@@ -100,21 +98,21 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     # ----------------------------------------------------------------------- program files
 
     async def CreateProgram(self, request: Any, context: Any) -> Any:
-        _check_size(request.content, "content", PROGRAM_TEXT_BYTES_MAX)
+        _check_size(request.content, "content", PROGRAM_FILE_BYTES_MAX)
         program_id, version = await self.catalog.create_program(
             request.content, request.file_name or "program.yaml"
         )
         return admin.CreateProgramResponse(program_id=program_id, version=version)
 
     async def UpdateProgram(self, request: Any, context: Any) -> Any:
-        _check_size(request.content, "content", PROGRAM_TEXT_BYTES_MAX)
+        _check_size(request.content, "content", PROGRAM_FILE_BYTES_MAX)
         program_id, version = await self.catalog.update_program(
             request.content, request.file_name or "program.yaml"
         )
         return admin.UpdateProgramResponse(program_id=program_id, version=version)
 
     async def ActivateProgram(self, request: Any, context: Any) -> Any:
-        program_id = _text(request.program_id, "program_id", PROGRAM_ID_CHARS_MAX)
+        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         version = _version(request.version)
         # Compiled before it is made active, so that a version this release cannot load
         # is refused here rather than failing in every process's refresh.
@@ -127,14 +125,14 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         )
 
     async def DeactivateProgram(self, request: Any, context: Any) -> Any:
-        program_id = _text(request.program_id, "program_id", PROGRAM_ID_CHARS_MAX)
+        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         version = _version(request.version)
         if await self.catalog.deactivate(program_id, version):
             await self.registry.refresh()
         return admin.DeactivateProgramResponse(program_id=program_id, version=version)
 
     async def GetProgram(self, request: Any, context: Any) -> Any:
-        program_id = _text(request.program_id, "program_id", PROGRAM_ID_CHARS_MAX)
+        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         record = await self.catalog.get(program_id, request.version)
         summaries = [
             ProgramSummary(
@@ -186,8 +184,8 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     # ----------------------------------------------------------------------- cards
 
     async def GenerateCards(self, request: Any, context: Any) -> Any:
-        program_id = _text(request.program_id, "program_id", PROGRAM_ID_CHARS_MAX)
-        series_id = _text(request.series_id, "series_id", SERIES_ID_CHARS_MAX)
+        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+        series_id = _text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
         if not 1 <= request.count <= GENERATE_CARDS_MAX:
             raise InvalidFieldError("count", f"must be 1 to {GENERATE_CARDS_MAX}")
         cards = await self.catalog.generate_cards(program_id, series_id, request.count)
@@ -203,9 +201,9 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         )
 
     async def ImportCards(self, request: Any, context: Any) -> Any:
-        program_id = _text(request.program_id, "program_id", PROGRAM_ID_CHARS_MAX)
-        series_id = _text(request.series_id, "series_id", SERIES_ID_CHARS_MAX)
-        _check_size(request.content, "content", IMPORT_TEXT_BYTES_MAX)
+        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+        series_id = _text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
+        _check_size(request.content, "content", CARD_IMPORT_BYTES_MAX)
         summary = await self.catalog.import_cards(
             program_id, series_id, request.content, request.file_name or "cards.csv"
         )
@@ -496,8 +494,8 @@ def _text(value: str, field: str, chars_max: int) -> str:
 def _card_number(value: str, field: str) -> str:
     if not value:
         raise InvalidFieldError(field, "is required")
-    if not value.isdigit() or not value.isascii() or len(value) > CARD_NUMBER_DIGITS_MAX:
-        raise InvalidFieldError(field, f"a card number is 1 to {CARD_NUMBER_DIGITS_MAX} digits")
+    if not value.isdigit() or not value.isascii() or len(value) > CARD_DIGITS_MAX:
+        raise InvalidFieldError(field, f"a card number is 1 to {CARD_DIGITS_MAX} digits")
     return value
 
 
@@ -535,9 +533,9 @@ def _today() -> int:
 
 
 def _batch_request(request: Any) -> tuple[str, str, str, str, str]:
-    program_id = _text(request.program_id, "program_id", PROGRAM_ID_CHARS_MAX)
-    series_id = _text(request.series_id, "series_id", SERIES_ID_CHARS_MAX)
-    batch = _text(request.batch, "batch", BATCH_NAME_CHARS_MAX)
+    program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+    series_id = _text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
+    batch = _text(request.batch, "batch", TEXT_CHARS_MAX)
     first = last = ""
     if request.HasField("range"):
         first = _card_number(request.range.first_number, "range.first_number")

@@ -7,12 +7,11 @@ import datetime
 from processor import calendar, proto
 from processor.errors import InvalidFieldError, NotFoundError, mask_card
 from processor.flow.pipeline import Pipeline, SubmissionBatcher
+from processor.limits import CARD_DIGITS_MAX
 from processor.proto import awards
 from processor.service.handlers import Context
 from processor.service.posting import hash_of, result_message, submit
 from processor.wire import admission, answers
-
-AWARDS_PAGE_MAX = 100
 
 
 class AwardServicer(proto.awards_grpc.AwardServiceServicer):
@@ -24,8 +23,8 @@ class AwardServicer(proto.awards_grpc.AwardServiceServicer):
         self, request: awards.ListAwardsRequest, context: Context
     ) -> awards.ListAwardsResponse:
         account = request.account
-        if not account.isdigit():
-            raise InvalidFieldError("account", "a card number is digits only")
+        if not account.isdigit() or len(account) > CARD_DIGITS_MAX:
+            raise InvalidFieldError("account", f"a card number is 1 to {CARD_DIGITS_MAX} digits")
         program = self.pipeline.programs.for_card(account)
         records = await self.pipeline.cards.cards([account])
         if account not in records:

@@ -13,7 +13,8 @@ Anything that is not a :class:`~processor.errors.LoyaltyError` is a bug: it is a
 ``INTERNAL`` with reason ``INTERNAL`` and a message that tells nothing of the server.
 
 Trailing metadata is bounded (clients refuse more than 8 KiB by default), so messages
-and field violations are cut to :data:`MESSAGE_CHARS_MAX` and :data:`DETAILS_BYTES_MAX`.
+and field violations are cut to :data:`~processor.limits.STATUS_MESSAGE_CHARS_MAX` and
+:data:`~processor.limits.STATUS_DETAILS_BYTES_MAX`.
 
 Clients read the details back with :func:`reason_of`, :func:`error_info_of` and
 :func:`bad_request_of`.
@@ -47,12 +48,13 @@ from processor.errors import (
     RedemptionError,
     UnavailableError,
 )
+from processor.limits import (
+    STATUS_DETAILS_BYTES_MAX,
+    STATUS_MESSAGE_CHARS_MAX,
+    VIOLATION_CHARS_MAX,
+)
 from processor.proto import ERROR_DOMAIN
 from processor.service.handlers import Context
-
-MESSAGE_CHARS_MAX = 1000
-DETAILS_BYTES_MAX = 3000  # serialized google.rpc.Status, before base64 in the trailer
-VIOLATION_CHARS_MAX = 200  # each of a field violation's field and description
 
 STATUS_BY_TYPE: dict[type[BaseException], grpc.StatusCode] = {
     InvalidFieldError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -136,7 +138,8 @@ def status_for(
     _pack(status, info)
     violations = _violations(error)
     if violations:
-        _pack(status, _bounded_bad_request(violations, DETAILS_BYTES_MAX - status.ByteSize()))
+        room = STATUS_DETAILS_BYTES_MAX - status.ByteSize()
+        _pack(status, _bounded_bad_request(violations, room))
     return status
 
 
@@ -218,8 +221,8 @@ def _message(error: BaseException, known: bool) -> str:
     if public is not None:
         return str(public)
     text = str(error)
-    if len(text) > MESSAGE_CHARS_MAX:
-        text = text[: MESSAGE_CHARS_MAX - 1] + "…"
+    if len(text) > STATUS_MESSAGE_CHARS_MAX:
+        text = text[: STATUS_MESSAGE_CHARS_MAX - 1] + "…"
     return text
 
 
@@ -280,8 +283,6 @@ def _detail(error: grpc.RpcError, kind: Any) -> Any:
 
 
 __all__ = [
-    "DETAILS_BYTES_MAX",
-    "MESSAGE_CHARS_MAX",
     "STATUS_BY_REASON",
     "STATUS_BY_TYPE",
     "abort",

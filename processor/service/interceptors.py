@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 
 from processor.errors import BadRequestError, LoyaltyError, UnavailableError
+from processor.limits import REQUEST_ID_HEADER_CHARS_MAX
 from processor.runtime.metrics import MetricsInterceptor
 from processor.service import errors
 from processor.service.handlers import Behaviour, Undecodable, decoding_leniently, wrap_handler
@@ -43,8 +44,7 @@ from processor.service.handlers import Behaviour, Undecodable, decoding_lenientl
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
-REQUEST_ID_CHARS_MAX = 128
-_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{REQUEST_ID_CHARS_MAX}}}")
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{REQUEST_ID_HEADER_CHARS_MAX}}}")
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 """The request id of the call being served ("-" outside any call)."""

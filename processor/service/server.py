@@ -26,6 +26,7 @@ from processor.engine import get_engine
 from processor.flow.batcher import Batcher
 from processor.flow.pipeline import Pipeline, SubmissionBatcher, submission_keys
 from processor.flow.registry import ProgramRegistry
+from processor.limits import MESSAGE_BYTES_MAX
 from processor.runtime import metrics
 from processor.runtime.settings import Settings
 from processor.service.admin import AdminServicer
@@ -39,7 +40,6 @@ from processor.store.ledger import Store
 
 log = logging.getLogger(__name__)
 
-MESSAGE_BYTES_MAX = 8 * 1024 * 1024
 STREAM_POLL_SECONDS = 0.01
 
 

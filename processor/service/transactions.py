@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from processor import proto
 from processor.errors import InvalidFieldError, LoyaltyError
 from processor.flow.pipeline import Answer, SubmissionBatcher
+from processor.limits import TRANSACTIONS_PER_CALL_MAX
 from processor.proto import transactions
 from processor.service.handlers import Context
 from processor.service.posting import hash_of, result_message, submit
 from processor.wire import admission
 
-TRANSACTIONS_PER_CALL_MAX = 1_000
 STREAM_IN_FLIGHT_MAX = 256
 """Requests of one stream waiting for their answers; reading stops beyond it (flow control)."""
 

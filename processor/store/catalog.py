@@ -58,39 +58,23 @@ from processor.errors import (
     NotFoundError,
     Problem,
 )
+from processor.limits import (
+    AUDIENCE_CHARS_MAX,
+    AUDIENCES_MAX,
+    CARD_IMPORT_BYTES_MAX,
+    CARD_SERIAL_PREFIX_DIGITS,
+    CUSTOMER_ID_CHARS_MAX,
+    GENERATE_CARDS_MAX,
+    LEDGER_PAGE_SIZE_MAX,
+    LOOKUP_KEYS_MAX,
+    PROGRAM_FILE_BYTES_MAX,
+    SEARCH_PAGE_SIZE_MAX,
+)
 from processor.money import is_currency
-from processor.program.cards import CardBatch, CardSeries, serial_prefix_digits
+from processor.program.cards import CardBatch, CardSeries
 from processor.program.loader import parse_document, validate_program
 from processor.program.model import ProgramFile
 from processor.store.ledger import Store, database_error
-
-# --------------------------------------------------------------------------- limits
-
-PROGRAM_TEXT_BYTES_MAX: Final = 4 * 1024 * 1024
-"""Largest program file one call may store (docs/api.md)."""
-
-IMPORT_TEXT_BYTES_MAX: Final = 4 * 1024 * 1024
-"""Largest card import file one call may read (docs/api.md)."""
-
-GENERATE_CARDS_MAX: Final = 10_000
-"""Most cards one ``generate_cards`` call makes."""
-
-SEARCH_PAGE_SIZE_MAX: Final = 25
-"""Most programs one search page lists (the manual's "Show More" steps)."""
-
-LEDGER_PAGE_SIZE_MAX: Final = 1_000
-"""Most ledger rows one page lists."""
-
-LOOKUP_KEYS_MAX: Final = 50_000
-"""Most card numbers or customer ids one ``cards`` or ``customers`` call may ask for."""
-
-AUDIENCES_MAX: Final = 256
-"""Most audience lists one customer is a member of."""
-
-AUDIENCE_CHARS_MAX: Final = 128
-CUSTOMER_ID_CHARS_MAX: Final = 64
-CARD_NUMBER_CHARS_MAX: Final = 64
-PROGRAM_ID_CHARS_MAX: Final = 64
 
 PIN_KEY_ENV: Final = "LOYALTY_PIN_KEY"
 """The environment variable holding the server secret PIN hashes are keyed with."""
@@ -227,8 +211,8 @@ def pin_hash(key: bytes, number: str, pin: str) -> bytes:
 def parse_program_text(text: str, file_name: str = "program.yaml") -> ProgramFile:
     """Validate a program file given as text; InputFileError names every problem."""
     raw = text.encode("utf-8")
-    if len(raw) > PROGRAM_TEXT_BYTES_MAX:
-        problem = Problem("", f"is larger than {PROGRAM_TEXT_BYTES_MAX} bytes")
+    if len(raw) > PROGRAM_FILE_BYTES_MAX:
+        problem = Problem("", f"is larger than {PROGRAM_FILE_BYTES_MAX} bytes")
         raise InputFileError(file_name, [problem])
     return validate_program(file_name, parse_document(file_name, raw))
 
@@ -257,9 +241,9 @@ def read_card_import_text(
     its first loyalty program's points precision, as the loader reads a series' import file.
     """
     raw = text.encode("utf-8")
-    if len(raw) > IMPORT_TEXT_BYTES_MAX:
+    if len(raw) > CARD_IMPORT_BYTES_MAX:
         raise InputFileError(
-            file_name, [Problem("", f"is larger than {IMPORT_TEXT_BYTES_MAX} bytes")]
+            file_name, [Problem("", f"is larger than {CARD_IMPORT_BYTES_MAX} bytes")]
         )
     currency, precision = _import_units(program)
     with tempfile.TemporaryDirectory(prefix="loyalty-import-") as folder:
@@ -668,7 +652,7 @@ class Catalog:
         equal with ``exact``, contained otherwise. ``page_size`` is at most 25.
         """
         if serial_prefix and not (
-            len(serial_prefix) == serial_prefix_digits and serial_prefix.isdigit()
+            len(serial_prefix) == CARD_SERIAL_PREFIX_DIGITS and serial_prefix.isdigit()
         ):
             raise InvalidFieldError("card_serial_prefix", "must be exactly five digits")
         if not 1 <= page_size <= SEARCH_PAGE_SIZE_MAX:

@@ -46,15 +46,13 @@ from processor.engine.types import (
     ValueLot,
 )
 from processor.errors import InternalError
+from processor.limits import ENCODED_BLOB_BYTES_MAX
 
 FORMAT_VERSION: Final = 1
 """The layout written by this release, the first element of every blob."""
 
 SUPPORTED_FORMAT_VERSIONS: Final = frozenset({1})
 """The layouts this release reads."""
-
-ENCODED_BYTES_MAX: Final = 4 * 1024 * 1024
-"""Largest blob encoded or decoded; a larger one is a runaway account or damaged data."""
 
 _REQUIRED: Final = object()
 """Marks a field with no default: it is never left off."""
@@ -122,14 +120,14 @@ def _pack(fields: list[Any], what: str) -> bytes:
         data: bytes = msgpack.packb([FORMAT_VERSION, *fields], use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as error:
         raise CodecError(f"cannot encode {what}: {error}") from error
-    if len(data) > ENCODED_BYTES_MAX:
-        raise CodecError(f"{what} encodes to {len(data)} bytes, more than {ENCODED_BYTES_MAX}")
+    if len(data) > ENCODED_BLOB_BYTES_MAX:
+        raise CodecError(f"{what} encodes to {len(data)} bytes, more than {ENCODED_BLOB_BYTES_MAX}")
     return data
 
 
 def _unpack(data: bytes, what: str, build: Callable[[list[Any]], _T]) -> _T:
-    if len(data) > ENCODED_BYTES_MAX:
-        raise CodecError(f"{what} of {len(data)} bytes is larger than {ENCODED_BYTES_MAX}")
+    if len(data) > ENCODED_BLOB_BYTES_MAX:
+        raise CodecError(f"{what} of {len(data)} bytes is larger than {ENCODED_BLOB_BYTES_MAX}")
     try:
         fields = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
     except (ValueError, TypeError, msgpack.UnpackException) as error:

@@ -41,6 +41,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from processor import calendar
 from processor.engine.types import AccountState, Posting, Receipt, Result
 from processor.errors import DatabaseUnavailableError, InternalError, LoyaltyError, check
+from processor.limits import (
+    BATCH_ROWS_MAX,
+    CARD_NUMBER_STORED_CHARS_MAX,
+    EXPECTED_VERSION_MAX,
+    LEDGER_DAY_MAX,
+    LOOKUP_KEYS_MAX,
+    PAYLOAD_HASH_BYTES_MAX,
+    REQUEST_ID_STORED_CHARS_MAX,
+    RESPONSE_BYTES_MAX,
+)
 from processor.store import codec
 
 # --------------------------------------------------------------------------- limits
@@ -73,21 +83,9 @@ COMMIT_ATTEMPTS_MAX: Final = 3
 """Tries of one batch when PostgreSQL breaks a deadlock or serialization failure by
 aborting it; lock order makes both rare, not impossible."""
 
-BATCH_ROWS_MAX: Final = 50_000
-"""Most rows of each kind (accounts, postings, receipts, request ids) one commit may carry."""
-
-LOOKUP_KEYS_MAX: Final = 50_000
-"""Most keys one ``load``, ``load_receipts`` or ``seen`` call may ask for."""
-
-ACCOUNT_ID_CHARS_MAX: Final = 64
-REQUEST_ID_CHARS_MAX: Final = 128
-PAYLOAD_HASH_BYTES_MAX: Final = 64
-RESPONSE_BYTES_MAX: Final = 1024 * 1024
-VERSION_MAX: Final = 2**63 - 2  # the next version must still fit a bigint
 INT32_MAX: Final = 2**31 - 1
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
-LEDGER_DAY_MAX: Final = calendar.days_from_civil(9999, 12, 31)
 
 RECONCILE_CHUNK_ACCOUNTS: Final = 5_000
 """Accounts reconciled per round trip."""
@@ -629,11 +627,12 @@ def _stage(batch: CommitBatch) -> _Staged:
     changed_rows: tuple[list[str], list[int], list[bytes]] = ([], [], [])
     for write in sorted(batch.accounts, key=lambda write: write.account_id):
         account_id = write.account_id
-        _check_id(account_id, ACCOUNT_ID_CHARS_MAX, "account id")
+        _check_id(account_id, CARD_NUMBER_STORED_CHARS_MAX, "account id")
         version = write.expected_version
-        if type(version) is not int or not 0 <= version <= VERSION_MAX:
+        if type(version) is not int or not 0 <= version <= EXPECTED_VERSION_MAX:
             raise InvalidBatchError(
-                f"account {account_id}: expected version {version!r} is not in 0..{VERSION_MAX}"
+                f"account {account_id}: expected version {version!r} "
+                f"is not in 0..{EXPECTED_VERSION_MAX}"
             )
         if account_id in expected:
             raise InvalidBatchError(f"account {account_id} is written twice in one batch")
@@ -668,8 +667,8 @@ def _ledger_rows(
     for entry in entries:
         posting = entry.posting
         where = f"posting {entry.request_id}#{entry.seq} of account {entry.account_id}"
-        _check_id(entry.account_id, ACCOUNT_ID_CHARS_MAX, f"{where}: account id")
-        _check_id(entry.request_id, REQUEST_ID_CHARS_MAX, f"{where}: request id")
+        _check_id(entry.account_id, CARD_NUMBER_STORED_CHARS_MAX, f"{where}: account id")
+        _check_id(entry.request_id, REQUEST_ID_STORED_CHARS_MAX, f"{where}: request id")
         if entry.account_id not in written:
             # A posting changes a balance, so its account's state must change with it, or
             # the balance and the ledger would part ways.
@@ -712,8 +711,12 @@ def _receipt_rows(receipts: Sequence[Receipt]) -> tuple[list[str], list[str], li
     rows: tuple[list[str], list[str], list[bytes]] = ([], [], [])
     keys: set[tuple[str, str]] = set()
     for receipt in sorted(receipts, key=lambda receipt: (receipt.account, receipt.id)):
-        _check_id(receipt.account, ACCOUNT_ID_CHARS_MAX, f"receipt {receipt.id}: account id")
-        _check_id(receipt.id, REQUEST_ID_CHARS_MAX, f"receipt of {receipt.account}: request id")
+        _check_id(
+            receipt.account, CARD_NUMBER_STORED_CHARS_MAX, f"receipt {receipt.id}: account id"
+        )
+        _check_id(
+            receipt.id, REQUEST_ID_STORED_CHARS_MAX, f"receipt of {receipt.account}: request id"
+        )
         if (receipt.account, receipt.id) in keys:
             raise InvalidBatchError(f"receipt {receipt.id} of {receipt.account} appears twice")
         keys.add((receipt.account, receipt.id))
@@ -730,8 +733,8 @@ def _idempotency_rows(
     request_ids: set[str] = set()
     for record in sorted(records, key=lambda record: (record.account_id, record.request_id)):
         where = f"request {record.request_id} of {record.account_id}"
-        _check_id(record.account_id, ACCOUNT_ID_CHARS_MAX, f"{where}: account id")
-        _check_id(record.request_id, REQUEST_ID_CHARS_MAX, f"{where}: request id")
+        _check_id(record.account_id, CARD_NUMBER_STORED_CHARS_MAX, f"{where}: account id")
+        _check_id(record.request_id, REQUEST_ID_STORED_CHARS_MAX, f"{where}: request id")
         _check_bytes(record.payload_hash, 1, PAYLOAD_HASH_BYTES_MAX, f"{where}: payload hash")
         _check_bytes(record.response, 0, RESPONSE_BYTES_MAX, f"{where}: response")
         if record.request_id in request_ids:

@@ -19,9 +19,10 @@ from processor import calendar
 from processor.cards import GeneratedCard, card_number, first_sequences
 from processor.errors import LoyaltyError, NotFoundError
 from processor.flow.registry import ProgramRegistry
+from processor.limits import GENERATE_CARDS_MAX
 from processor.program.cards import CardSeries
 from processor.program.model import ProgramFile
-from processor.store.catalog import GENERATE_CARDS_MAX, Catalog, parse_program_text
+from processor.store.catalog import Catalog, parse_program_text
 
 log = logging.getLogger(__name__)
 

@@ -40,20 +40,37 @@ from processor.engine.types import (
     Void,
 )
 from processor.errors import InputFileError, InternalError, Problem
+from processor.limits import (
+    AMOUNT_UNITS_MAX,
+    AUDIENCES_MAX,
+    BALANCE_UNITS_MAX,
+    CARD_DIGITS_MAX,
+    CUSTOMER_ID_CHARS_MAX,
+    ENGAGEMENT_COUNT_MAX,
+    HIERARCHY_NODES_MAX,
+    LINE_QUANTITY_MAX,
+    LINES_MAX,
+    NAME_CHARS_MAX,
+    REDEEM_CODES_MAX,
+    REQUEST_ID_CHARS_MAX,
+    TENDER_TYPE_CHARS_MAX,
+    TENDERS_MAX,
+)
 from processor.program.base import Day, Model
 from processor.program.loader import format_path
 
 RECORDS_PER_FILE_MAX = 10_000_000
 RECORD_BYTES_MAX = 1_000_000
 
-Amount = Annotated[Decimal, Field(allow_inf_nan=False, ge=0, le=Decimal("1e12"))]
+# The limits are in minor units, so _minor and _balance check them once the currency is known.
+Amount = Annotated[Decimal, Field(allow_inf_nan=False, ge=0)]
 
 
 class CustomerRecord(Model):
-    id: str = Field(min_length=1, max_length=64)
+    id: str = Field(min_length=1, max_length=CUSTOMER_ID_CHARS_MAX)
     birth_date: Day | None = None
     signup_date: Day | None = None
-    audiences: list[str] = Field(default_factory=list, max_length=256)
+    audiences: list[str] = Field(default_factory=list, max_length=AUDIENCES_MAX)
 
     def build(self) -> Customer:
         return Customer(self.id, self.birth_date, self.signup_date, frozenset(self.audiences))
@@ -61,16 +78,16 @@ class CustomerRecord(Model):
 
 class LineRecord(Model):
     number: int = Field(ge=1)
-    item: str = Field(min_length=1, max_length=64)
+    item: str = Field(min_length=1, max_length=NAME_CHARS_MAX)
     amount: Amount
-    quantity: int = Field(default=1, ge=1, le=1_000_000)
-    hierarchy: list[str] = Field(default_factory=list, max_length=16)
+    quantity: int = Field(default=1, ge=1, le=LINE_QUANTITY_MAX)
+    hierarchy: list[str] = Field(default_factory=list, max_length=HIERARCHY_NODES_MAX)
     attributes: dict[str, str] = Field(default_factory=dict)
     merchandise: bool = True
 
 
 class TenderLineRecord(Model):
-    type: str = Field(min_length=1, max_length=32)
+    type: str = Field(min_length=1, max_length=TENDER_TYPE_CHARS_MAX)
     amount: Amount
 
 
@@ -80,8 +97,8 @@ class ReturnLineRecord(Model):
 
 
 class RequestRecord(Model):
-    id: str = Field(min_length=1, max_length=64)
-    account: str = Field(min_length=1, max_length=32)
+    id: str = Field(min_length=1, max_length=REQUEST_ID_CHARS_MAX)
+    account: str = Field(min_length=1, max_length=CARD_DIGITS_MAX)
     time: str
     location: str = ""
     card_present: bool = True
@@ -98,11 +115,11 @@ class PurchaseRecord(RequestRecord):
     type: Literal["purchase"]
     currency: str = Field(default="USD", pattern=r"^[A-Za-z]{3}$")
     exchange_rate: str | None = None
-    lines: list[LineRecord] = Field(default_factory=list, max_length=1000)
-    tenders: list[TenderLineRecord] = Field(default_factory=list, max_length=32)
+    lines: list[LineRecord] = Field(default_factory=list, max_length=LINES_MAX)
+    tenders: list[TenderLineRecord] = Field(default_factory=list, max_length=TENDERS_MAX)
     customer: CustomerRecord | None = None
     stored_value: Amount = Decimal(0)
-    redeem_codes: list[str] = Field(default_factory=list, max_length=32)
+    redeem_codes: list[str] = Field(default_factory=list, max_length=REDEEM_CODES_MAX)
 
 
 class ReturnRecord(RequestRecord):
@@ -119,7 +136,7 @@ class VoidRecord(RequestRecord):
 class EngagementRecord(RequestRecord):
     type: Literal["engagement"]
     kind: str = "engagement"
-    count: int = Field(default=1, ge=1, le=1000)
+    count: int = Field(default=1, ge=1, le=ENGAGEMENT_COUNT_MAX)
     customer: CustomerRecord | None = None
 
 
@@ -173,9 +190,12 @@ class FieldError(ValueError):
 
 def _minor(value: Decimal, currency: str, path: str) -> int:
     try:
-        return money.to_minor(value, currency)
+        units = money.to_minor(value, currency)
     except ValueError as error:
         raise FieldError(path, str(error)) from None
+    if units > AMOUNT_UNITS_MAX:
+        raise FieldError(path, f"must be at most {AMOUNT_UNITS_MAX} units")
+    return units
 
 
 def build_request(record: Any) -> Request:
@@ -353,7 +373,7 @@ class AwardAccountRecord(Model):
 
 
 class AccountRecord(Model):
-    account: str = Field(min_length=1, max_length=32)
+    account: str = Field(min_length=1, max_length=CARD_DIGITS_MAX)
     status: Literal["active", "inactive", "expired"] = "active"
     customer: CustomerRecord | None = None
     loyalty: dict[str, LoyaltyRecord] = Field(default_factory=dict)
@@ -395,14 +415,15 @@ def build_account(record: AccountRecord, program: CompiledProgram) -> AccountSta
             raise ValueError("tender: this program file has no tender program")
         state.tender = TenderAccount(
             status=record.tender.status,
-            balance=money.to_minor(record.tender.balance, program.tender.currency),
+            balance=_balance(record.tender.balance, program.tender.currency, "tender.balance"),
             activated_day=record.tender.activated,
             expires_day=record.tender.expires,
         )
     for program_id, award in record.awards.items():
         if program_id not in program.award_programs:
             raise ValueError(f"awards.{program_id}: no such award program")
-        amount = money.to_minor(award.balance, program.award_programs[program_id].currency)
+        currency = program.award_programs[program_id].currency
+        amount = _balance(award.balance, currency, f"awards.{program_id}.balance")
         state.awards[program_id] = AwardAccount(
             program=program_id,
             created_day=award.created,
@@ -411,6 +432,13 @@ def build_account(record: AccountRecord, program: CompiledProgram) -> AccountSta
             value=[ValueLot(award.created, amount, None, "opening")] if amount else [],
         )
     return state
+
+
+def _balance(value: Decimal, currency: str, path: str) -> int:
+    units = money.to_minor(value, currency)
+    if units > BALANCE_UNITS_MAX:
+        raise ValueError(f"{path}: {value} is larger than the ledger holds")
+    return units
 
 
 def read_accounts(path: str | Path, program: CompiledProgram) -> dict[str, AccountState]:

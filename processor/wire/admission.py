@@ -6,7 +6,8 @@ sizes, amounts, currencies, dates) before anything else looks at it, by the same
 :class:`~processor.errors.InvalidFieldError` naming the field by its protobuf path
 (``transaction.purchase.lines[2].amount``) with an upper-case reason:
 
-- ``INVALID_AMOUNT``: a negative amount, or more than :data:`AMOUNT_UNITS_MAX` units;
+- ``INVALID_AMOUNT``: a negative amount, or more than
+  :data:`~processor.limits.AMOUNT_UNITS_MAX` units;
 - ``CURRENCY_UNKNOWN``: not an ISO 4217 code;
 - ``CURRENCY_NOT_ALLOWED``: a currency other than the one the amount must be in;
 - ``INVALID_EXCHANGE_RATE``: an exchange rate that is not a positive decimal;
@@ -45,26 +46,30 @@ from processor.engine.types import (
     Void,
 )
 from processor.errors import InvalidFieldError
+from processor.limits import (
+    AMOUNT_UNITS_MAX,
+    AUDIENCE_CHARS_MAX,
+    AUDIENCES_MAX,
+    CARD_DIGITS_MAX,
+    CARD_DIGITS_MIN,
+    CUSTOMER_ID_CHARS_MAX,
+    ENGAGEMENT_COUNT_MAX,
+    EXCHANGE_RATE_CHARS_MAX,
+    EXCHANGE_RATE_DECIMALS_MAX,
+    HIERARCHY_NODES_MAX,
+    IDENTIFIER_CHARS_MAX,
+    LINE_ATTRIBUTES_MAX,
+    LINE_QUANTITY_MAX,
+    LINES_MAX,
+    LOCATION_CHARS_MAX,
+    NAME_CHARS_MAX,
+    PIN_DIGITS_MAX,
+    REDEEM_CODES_MAX,
+    REQUEST_ID_CHARS_MAX,
+    TENDER_TYPE_CHARS_MAX,
+    TENDERS_MAX,
+)
 from processor.proto import awards, common, tender, transactions
-
-REQUEST_ID_CHARS_MAX = 64
-ACCOUNT_DIGITS_MIN = 8
-ACCOUNT_DIGITS_MAX = 32
-LOCATION_CHARS_MAX = 64
-PIN_DIGITS_MAX = 12
-AMOUNT_UNITS_MAX = 10**14
-LINES_MAX = 1000
-LINE_QUANTITY_MAX = 1_000_000
-HIERARCHY_NODES_MAX = 16
-ATTRIBUTES_MAX = 64
-TENDERS_MAX = 32
-CODES_MAX = 32
-AUDIENCES_MAX = 256
-ENGAGEMENT_COUNT_MAX = 1000
-NAME_CHARS_MAX = 64  # items, codes, programs, engagement kinds, customer ids, attributes
-TENDER_TYPE_CHARS_MAX = 32
-EXCHANGE_RATE_CHARS_MAX = 32
-EXCHANGE_RATE_DECIMALS_MAX = 9  # what processor.money.convert accepts
 
 INVALID_AMOUNT = "INVALID_AMOUNT"
 CURRENCY_UNKNOWN = "CURRENCY_UNKNOWN"
@@ -73,7 +78,7 @@ INVALID_EXCHANGE_RATE = "INVALID_EXCHANGE_RATE"
 TOO_MANY_LINES = "TOO_MANY_LINES"
 TOO_MANY_CODES = "TOO_MANY_CODES"
 
-_ACCOUNT = re.compile(rf"[0-9]{{{ACCOUNT_DIGITS_MIN},{ACCOUNT_DIGITS_MAX}}}")
+_ACCOUNT = re.compile(rf"[0-9]{{{CARD_DIGITS_MIN},{CARD_DIGITS_MAX}}}")
 _PIN = re.compile(rf"[0-9]{{1,{PIN_DIGITS_MAX}}}")
 _LOCAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -239,7 +244,7 @@ def award_redemption_from_proto(
     if isinstance(message, awards.RedeemAwardRequest):
         code = _text(message.code, "code", NAME_CHARS_MAX)
         return context, AwardRedemption(**_base(context), code=code)
-    program = _text(message.program, "program", NAME_CHARS_MAX)
+    program = _text(message.program, "program", IDENTIFIER_CHARS_MAX)
     amount, _ = _money(message.amount, "amount")
     return context, AwardRedemption(**_base(context), program=program, amount=amount)
 
@@ -276,9 +281,11 @@ def _purchase(context: Context, message: transactions.Purchase, field: str) -> P
         )
     if len(message.tenders) > TENDERS_MAX:
         raise InvalidFieldError(_join(field, "tenders"), f"has more than {TENDERS_MAX} tenders")
-    if len(message.redeem_codes) > CODES_MAX:
+    if len(message.redeem_codes) > REDEEM_CODES_MAX:
         raise InvalidFieldError(
-            _join(field, "redeem_codes"), f"has more than {CODES_MAX} codes", reason=TOO_MANY_CODES
+            _join(field, "redeem_codes"),
+            f"has more than {REDEEM_CODES_MAX} codes",
+            reason=TOO_MANY_CODES,
         )
     lines = _lines(message.lines, _join(field, "lines"))
     tenders = tuple(
@@ -336,7 +343,7 @@ def _lines(messages: Iterable[common.Line], field: str) -> tuple[Line, ...]:
             and 0 <= amount <= AMOUNT_UNITS_MAX
             and _text_ok(item, NAME_CHARS_MAX)
             and len(hierarchy) <= HIERARCHY_NODES_MAX
-            and len(attributes) <= ATTRIBUTES_MAX
+            and len(attributes) <= LINE_ATTRIBUTES_MAX
             and all(_text_ok(node, NAME_CHARS_MAX) for node in hierarchy)
             and all(_text_ok(key, NAME_CHARS_MAX) for key in attributes)
         ):
@@ -370,9 +377,9 @@ def _checked_line(message: common.Line, path: str, seen: set[int]) -> Line:
         raise InvalidFieldError(
             _join(path, "hierarchy"), f"has more than {HIERARCHY_NODES_MAX} nodes"
         )
-    if len(message.attributes) > ATTRIBUTES_MAX:
+    if len(message.attributes) > LINE_ATTRIBUTES_MAX:
         raise InvalidFieldError(
-            _join(path, "attributes"), f"has more than {ATTRIBUTES_MAX} attributes"
+            _join(path, "attributes"), f"has more than {LINE_ATTRIBUTES_MAX} attributes"
         )
     for node_index, node in enumerate(message.hierarchy):
         _text(node, _join(path, f"hierarchy[{node_index}]"), NAME_CHARS_MAX)
@@ -438,11 +445,11 @@ def _customer(
             _join(field, "audiences"), f"has more than {AUDIENCES_MAX} audiences"
         )
     audiences = frozenset(
-        _text(audience, _join(field, f"audiences[{index}]"), NAME_CHARS_MAX)
+        _text(audience, _join(field, f"audiences[{index}]"), AUDIENCE_CHARS_MAX)
         for index, audience in enumerate(message.audiences)
     )
     return Customer(
-        id=_text(message.id, _join(field, "id"), NAME_CHARS_MAX),
+        id=_text(message.id, _join(field, "id"), CUSTOMER_ID_CHARS_MAX),
         birth_day=_date(message.birth_date, _join(field, "birth_date")),
         signup_day=_date(message.signup_date, _join(field, "signup_date")),
         audiences=audiences,
@@ -480,7 +487,7 @@ def _base(context: Context) -> dict[str, Any]:
 def _card_number(value: str, field: str) -> str:
     if not _ACCOUNT.fullmatch(value):
         raise InvalidFieldError(
-            field, f"must be a card number of {ACCOUNT_DIGITS_MIN} to {ACCOUNT_DIGITS_MAX} digits"
+            field, f"must be a card number of {CARD_DIGITS_MIN} to {CARD_DIGITS_MAX} digits"
         )
     return value
 

@@ -27,6 +27,7 @@ from processor.engine.types import (
     TraceEntry,
 )
 from processor.errors import InvalidFieldError
+from processor.limits import AWARDS_PAGE_MAX
 from processor.proto import awards, common
 
 # --------------------------------------------------------------------------- results
@@ -267,9 +268,6 @@ def _last_day(expires_day: int | None) -> str:
 
 
 # --------------------------------------------------------------------------- awards
-
-
-AWARDS_PAGE_MAX = 100
 
 
 def awards_to_proto(

@@ -1,0 +1,208 @@
+"""The limits of the gRPC contract and of the store, each defined once.
+
+Every layer that enforces a limit reads it here: admission of the request messages
+(:mod:`processor.wire.admission`), the services, the JSON request files of the tools
+(:mod:`processor.tools.records`, which apply the same rules), the program model where a
+program file defines what requests name, the store (whose checks mirror the schema's CHECK
+constraints), the account cache, and the compiled engine through ``ext/limits.pxd``, a
+hand-kept copy that ``tests/test_limits.py`` holds equal to this module.
+
+A name ends with its unit: ``CHARS`` (characters), ``DIGITS``, ``BYTES``, ``UNITS`` (integer
+minor units of money or points), or nothing for a count. Where two layers deliberately hold
+different limits for one thing, both are here and the longer name says which layer and why
+(``..._STORED_...``: what the store holds, beyond what a client may send). Where the
+contract documents a value (``proto/loyalty/v1/*.proto``), tests/test_limits.py holds its
+text to the value here: changing one is changing the contract.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from processor import calendar
+
+# --------------------------------------------------------------------------- request context
+
+REQUEST_ID_CHARS_MAX: Final = 64
+"""A client's request id (and the original_id and preauthorization_id naming one), as
+common.proto documents: room for a UUID or a store-register-sequence."""
+
+CARD_DIGITS_MIN: Final = 8
+"""Shortest card number a transaction names: a five-digit serial prefix, two sequence
+digits and the Luhn check digit, the shortest number a card definition generates."""
+
+CARD_DIGITS_MAX: Final = 32
+"""Longest card number a request or a card import file names: imported numbers need not
+follow ISO/IEC 7812, so this is wider than GENERATED_CARD_DIGITS_MAX."""
+
+GENERATED_CARD_DIGITS_MAX: Final = 19
+"""Longest number a card definition generates, the ISO/IEC 7812 limit for a primary account
+number."""
+
+CARD_SERIAL_PREFIX_DIGITS: Final = 5
+"""The manual's card serial number prefix is exactly five digits; it routes a card number to
+its program file."""
+
+PIN_DIGITS_MAX: Final = 12
+"""Longest PIN a request carries or a card definition asks for, the ISO 9564 maximum."""
+
+LOCATION_CHARS_MAX: Final = 64
+"""A store's location id, a key of the program's store directory."""
+
+REQUEST_ID_HEADER_CHARS_MAX: Final = 128
+"""An ``x-request-id`` call header: a log correlation id, often a proxy's or a tracer's, not
+the transaction's request id; a longer one is replaced, never refused, so it may be long."""
+
+# --------------------------------------------------------------------------- purchases
+
+AMOUNT_UNITS_MAX: Final = 10**14
+"""Largest amount a request names, in minor units (a trillion dollars): the sum of a whole
+purchase stays far inside the ledger's 64-bit amounts."""
+
+LINES_MAX: Final = 1000
+"""Lines of one purchase or return, as transactions.proto documents: a bound on the work one
+request can cause (ext/limits.pxd holds the compiled engine's copy)."""
+
+LINE_QUANTITY_MAX: Final = 1_000_000
+"""Units one line sells or returns, as common.proto documents."""
+
+HIERARCHY_NODES_MAX: Final = 16
+"""Merchandise hierarchy nodes of one line, as common.proto documents."""
+
+LINE_ATTRIBUTES_MAX: Final = 64
+"""Attributes of one line; item rules test a few, so this only bounds a line's size."""
+
+TENDERS_MAX: Final = 32
+"""Tenders of one purchase, as transactions.proto documents."""
+
+REDEEM_CODES_MAX: Final = 32
+"""Coupon and certificate codes one purchase presents, as transactions.proto documents."""
+
+NAME_CHARS_MAX: Final = 64
+"""An item id (common.proto: 1 to 64 characters) and every other name a request matches
+against a program file: codes, engagement kinds, hierarchy nodes, attribute names."""
+
+TENDER_TYPE_CHARS_MAX: Final = 32
+"""A tender type ("cash", "visa") as a program's tender rules name it."""
+
+EXCHANGE_RATE_CHARS_MAX: Final = 32
+"""The text of an exchange rate: its nine decimals and any sensible integer part fit."""
+
+EXCHANGE_RATE_DECIMALS_MAX: Final = 9
+"""Decimals of an exchange rate: what processor.money.convert accepts."""
+
+ENGAGEMENT_COUNT_MAX: Final = 1000
+"""Engagements one request reports, as transactions.proto documents."""
+
+TRANSACTIONS_PER_CALL_MAX: Final = 1_000
+"""Transactions of one PostTransactions call, as transactions.proto documents."""
+
+# --------------------------------------------------------------------------- customers
+
+CUSTOMER_ID_CHARS_MAX: Final = 64
+"""A customer's id in the client's systems, as common.proto documents."""
+
+AUDIENCES_MAX: Final = 256
+"""Audience lists one customer is a member of, as common.proto and admin.proto document."""
+
+AUDIENCE_CHARS_MAX: Final = 128
+"""An audience membership, a list id or ``<list id>:<stratum>``: a list id of
+IDENTIFIER_CHARS_MAX leaves room for its stratum."""
+
+# --------------------------------------------------------------------------- program files
+
+IDENTIFIER_CHARS_MAX: Final = 64
+"""An id a program file gives a program, series, level, rule, list or attribute, and by which
+requests name it."""
+
+TEXT_CHARS_MAX: Final = 200
+"""A name, description or address line in a program file; requests name a card batch by its
+name, so they take the same limit."""
+
+PROGRAM_FILE_BYTES_MAX: Final = 4 * 1024 * 1024
+"""A program file, as admin.proto documents; ``loyalty check`` reads files by the same
+limit, so that a file it passes can be stored."""
+
+CARD_IMPORT_BYTES_MAX: Final = 4 * 1024 * 1024
+"""A card import file one ImportCards call reads, as admin.proto documents."""
+
+# --------------------------------------------------------------------------- admin calls
+
+GENERATE_CARDS_MAX: Final = 10_000
+"""Cards one GenerateCards call makes, as admin.proto documents; call again to continue."""
+
+SEARCH_PAGE_SIZE_MAX: Final = 25
+"""Programs of one SearchPrograms page, as admin.proto documents (the manual's "Show More"
+steps)."""
+
+LEDGER_PAGE_SIZE_MAX: Final = 1_000
+"""Ledger rows of one ListLedger page, as admin.proto documents."""
+
+AWARDS_PAGE_MAX: Final = 100
+"""Awards of one ListAwards page, as awards.proto documents."""
+
+# --------------------------------------------------------------------------- messages and errors
+
+MESSAGE_BYTES_MAX: Final = 8 * 1024 * 1024
+"""A gRPC message either way: twice a 4 MiB program or card import file, so either fits with
+the rest of its message (grpc's default is 4 MiB)."""
+
+STATUS_MESSAGE_CHARS_MAX: Final = 1000
+"""The message of a failed call's status, cut so that its trailers stay under the 8 KiB of
+trailing metadata clients accept by default."""
+
+STATUS_DETAILS_BYTES_MAX: Final = 3000
+"""A serialized google.rpc.Status in a failed call's trailer, before base64 (4,000 after):
+with the message it stays under the 8 KiB of trailing metadata clients accept by default."""
+
+VIOLATION_CHARS_MAX: Final = 200
+"""Each of a field violation's field and description, cut so that many fit in the details."""
+
+# --------------------------------------------------------------------------- the store
+
+CARD_NUMBER_STORED_CHARS_MAX: Final = 64
+"""An account id (a card number) as the store holds it, and so the account cache: the
+schema's CHECK on accounts.account_id and cards.card_number (a change takes a migration);
+wider than CARD_DIGITS_MAX, so every number a request names fits."""
+
+REQUEST_ID_STORED_CHARS_MAX: Final = 128
+"""A request id as the ledger, receipts and idempotency hold it: besides clients' ids
+(REQUEST_ID_CHARS_MAX) they hold ids the processor makes, such as a scheduled job's
+``<job id>:<card number>``."""
+
+PAYLOAD_HASH_BYTES_MAX: Final = 64
+"""A request's payload hash: room for any BLAKE2b digest (the pipeline writes 16 bytes)."""
+
+RESPONSE_BYTES_MAX: Final = 1024 * 1024
+"""An encoded answer kept to answer replays: far above any answer, far below the column's
+1 GB."""
+
+ENCODED_BLOB_BYTES_MAX: Final = 4 * 1024 * 1024
+"""An encoded account state, receipt or result; a larger one is a runaway account or damaged
+data."""
+
+ACCOUNT_VERSION_MAX: Final = 2**63 - 1
+"""An account's version: accounts.version is a PostgreSQL bigint, and the cache keeps it."""
+
+EXPECTED_VERSION_MAX: Final = ACCOUNT_VERSION_MAX - 1
+"""The version a commit was evaluated at: the commit writes the next one, which must fit."""
+
+LEDGER_DAY_MAX: Final = calendar.days_from_civil(9999, 12, 31)
+"""The last business day a posting may carry: dates are written YYYY-MM-DD."""
+
+BALANCE_UNITS_MAX: Final = 10**15
+"""Largest opening balance a card import or an account file gives, in minor or point units:
+well inside the ledger's 64-bit amounts."""
+
+BATCH_ROWS_MAX: Final = 50_000
+"""Rows of each kind (accounts, postings, receipts, request ids) one commit may carry."""
+
+LOOKUP_KEYS_MAX: Final = 50_000
+"""Keys (card numbers, customer ids, request ids) one store lookup may ask for: one
+array-bound statement each."""
+
+# --------------------------------------------------------------------------- the account cache
+
+CACHE_KEY_PREFIX_CHARS_MAX: Final = 64
+"""The prefix of every cache key (the ``cache_key_prefix`` setting): room to name a
+deployment, an environment and a run, short next to the state each key holds."""
