@@ -31,6 +31,7 @@ from processor.limits import (
     SEARCH_PAGE_SIZE_MAX,
     TEXT_CHARS_MAX,
 )
+from processor.service.handlers import Context
 from processor.store.catalog import (
     Catalog,
     ProgramPart,
@@ -97,21 +98,27 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
 
     # ----------------------------------------------------------------------- program files
 
-    async def CreateProgram(self, request: Any, context: Any) -> Any:
+    async def CreateProgram(
+        self, request: admin.CreateProgramRequest, context: Context
+    ) -> admin.CreateProgramResponse:
         _check_size(request.content, "content", PROGRAM_FILE_BYTES_MAX)
         program_id, version = await self.catalog.create_program(
             request.content, request.file_name or "program.yaml"
         )
         return admin.CreateProgramResponse(program_id=program_id, version=version)
 
-    async def UpdateProgram(self, request: Any, context: Any) -> Any:
+    async def UpdateProgram(
+        self, request: admin.UpdateProgramRequest, context: Context
+    ) -> admin.UpdateProgramResponse:
         _check_size(request.content, "content", PROGRAM_FILE_BYTES_MAX)
         program_id, version = await self.catalog.update_program(
             request.content, request.file_name or "program.yaml"
         )
         return admin.UpdateProgramResponse(program_id=program_id, version=version)
 
-    async def ActivateProgram(self, request: Any, context: Any) -> Any:
+    async def ActivateProgram(
+        self, request: admin.ActivateProgramRequest, context: Context
+    ) -> admin.ActivateProgramResponse:
         program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         version = _version(request.version)
         # Compiled before it is made active, so that a version this release cannot load
@@ -124,14 +131,18 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
             program_id=program_id, version=version, previous_version=previous
         )
 
-    async def DeactivateProgram(self, request: Any, context: Any) -> Any:
+    async def DeactivateProgram(
+        self, request: admin.DeactivateProgramRequest, context: Context
+    ) -> admin.DeactivateProgramResponse:
         program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         version = _version(request.version)
         if await self.catalog.deactivate(program_id, version):
             await self.registry.refresh()
         return admin.DeactivateProgramResponse(program_id=program_id, version=version)
 
-    async def GetProgram(self, request: Any, context: Any) -> Any:
+    async def GetProgram(
+        self, request: admin.GetProgramRequest, context: Context
+    ) -> admin.GetProgramResponse:
         program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         record = await self.catalog.get(program_id, request.version)
         summaries = [
@@ -157,7 +168,9 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
             versions=list(record.versions),
         )
 
-    async def SearchPrograms(self, request: Any, context: Any) -> Any:
+    async def SearchPrograms(
+        self, request: admin.SearchProgramsRequest, context: Context
+    ) -> admin.SearchProgramsResponse:
         if request.type not in (admin.PROGRAM_TYPE_UNSPECIFIED, *_TYPE_NAMES):
             raise InvalidFieldError("type", f"unknown program type {request.type}")
         status = {
@@ -183,7 +196,9 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
 
     # ----------------------------------------------------------------------- cards
 
-    async def GenerateCards(self, request: Any, context: Any) -> Any:
+    async def GenerateCards(
+        self, request: admin.GenerateCardsRequest, context: Context
+    ) -> admin.GenerateCardsResponse:
         program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         series_id = _text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
         if not 1 <= request.count <= GENERATE_CARDS_MAX:
@@ -200,7 +215,9 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
             remaining_count=remaining,
         )
 
-    async def ImportCards(self, request: Any, context: Any) -> Any:
+    async def ImportCards(
+        self, request: admin.ImportCardsRequest, context: Context
+    ) -> admin.ImportCardsResponse:
         program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         series_id = _text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
         _check_size(request.content, "content", CARD_IMPORT_BYTES_MAX)
@@ -211,7 +228,9 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
             imported_count=summary.imported_count, activated_count=summary.activated_count
         )
 
-    async def SetBatchStatus(self, request: Any, context: Any) -> Any:
+    async def SetBatchStatus(
+        self, request: admin.SetBatchStatusRequest, context: Context
+    ) -> admin.SetBatchStatusResponse:
         program_id, series_id, batch, first, last = _batch_request(request)
         statuses = {admin.CARD_STATUS_ACTIVE: "active", admin.CARD_STATUS_INACTIVE: "inactive"}
         if request.status not in statuses:
@@ -234,7 +253,9 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         )
         return admin.SetBatchStatusResponse(changed_count=changed)
 
-    async def SetBatchExpiry(self, request: Any, context: Any) -> Any:
+    async def SetBatchExpiry(
+        self, request: admin.SetBatchExpiryRequest, context: Context
+    ) -> admin.SetBatchExpiryResponse:
         program_id, series_id, batch, first, last = _batch_request(request)
         expires = _day(request.expires_date, "expires_date")
         if expires is None:
@@ -246,7 +267,9 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
 
     # ----------------------------------------------------------------------- customers
 
-    async def EnrollCustomer(self, request: Any, context: Any) -> Any:
+    async def EnrollCustomer(
+        self, request: admin.EnrollCustomerRequest, context: Context
+    ) -> admin.EnrollCustomerResponse:
         if not request.HasField("customer"):
             raise InvalidFieldError("customer", "is required")
         given = request.customer
@@ -268,20 +291,26 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
             created=created,
         )
 
-    async def RegisterCard(self, request: Any, context: Any) -> Any:
+    async def RegisterCard(
+        self, request: admin.RegisterCardRequest, context: Context
+    ) -> admin.RegisterCardResponse:
         account = _card_number(request.account, "account")
         customer_id = _text(request.customer_id, "customer_id", CUSTOMER_ID_CHARS_MAX)
         await self.catalog.register_card(account, customer_id)
         return admin.RegisterCardResponse(account=account, customer_id=customer_id)
 
-    async def SetAudiences(self, request: Any, context: Any) -> Any:
+    async def SetAudiences(
+        self, request: admin.SetAudiencesRequest, context: Context
+    ) -> admin.SetAudiencesResponse:
         customer_id = _text(request.customer_id, "customer_id", CUSTOMER_ID_CHARS_MAX)
         stored = await self.catalog.set_audiences(customer_id, list(request.audiences))
         return admin.SetAudiencesResponse(audiences=list(stored))
 
     # ----------------------------------------------------------------------- accounts
 
-    async def GetAccount(self, request: Any, context: Any) -> Any:
+    async def GetAccount(
+        self, request: admin.GetAccountRequest, context: Context
+    ) -> admin.GetAccountResponse:
         account = _card_number(request.account, "account")
         records = await self.catalog.cards([account])
         loaded = await self.store.load([account])
@@ -297,7 +326,9 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
             state, version, status, customer_id or "", self._program_of(account), _today()
         )
 
-    async def ListLedger(self, request: Any, context: Any) -> Any:
+    async def ListLedger(
+        self, request: admin.ListLedgerRequest, context: Context
+    ) -> admin.ListLedgerResponse:
         account = _card_number(request.account, "account")
         page_size = _page_size(request.page_size, LEDGER_PAGE_SIZE_DEFAULT, LEDGER_PAGE_SIZE_MAX)
         before = None
@@ -356,7 +387,7 @@ def account_message(
     customer_id: str,
     program: CompiledProgram | None,
     day: int,
-) -> Any:
+) -> admin.GetAccountResponse:
     """The GetAccountResponse of a card's state, as of ``day``."""
     exponents = balance_exponents(program)
     response = admin.GetAccountResponse(
