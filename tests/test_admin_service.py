@@ -485,3 +485,27 @@ async def test_the_demo_loads_once_and_is_served(api: Harness) -> None:
     assert (account.status, account.customer_id) == (admin.ACCOUNT_STATUS_ACTIVE, "DEMO-1")
     records = await api.catalog.cards(list(again.first_cards))
     assert all(record.status == "active" for record in records.values())
+
+
+async def test_text_postgresql_cannot_store_is_refused_naming_the_field(api: Harness) -> None:
+    await northwind(api)
+    customer = common.Customer(id="C-NUL", birth_date="1990-01-01", signup_date="2026-01-01")
+    await api.stub.EnrollCustomer(admin.EnrollCustomerRequest(customer=customer))
+    calls = {
+        "program_id": api.stub.GetProgram(admin.GetProgramRequest(program_id="north\x00wind")),
+        "customer.id": api.stub.EnrollCustomer(
+            admin.EnrollCustomerRequest(customer=common.Customer(id="C\x00-2"))
+        ),
+        "audiences": api.stub.SetAudiences(
+            admin.SetAudiencesRequest(customer_id="C-NUL", audiences=["news\x00letter"])
+        ),
+        "customer_id": api.stub.SetAudiences(
+            admin.SetAudiencesRequest(customer_id="C\x00NUL", audiences=["newsletter"])
+        ),
+    }
+    for field, call in calls.items():
+        failure = await fails(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+        assert field in (failure.details() or ""), failure.details()
+    # Nothing was written: the customer's lists are as enrolled.
+    read = await api.catalog.customers(["C-NUL"])
+    assert read["C-NUL"].audiences == frozenset()

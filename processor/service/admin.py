@@ -519,6 +519,9 @@ def _text(value: str, field: str, chars_max: int) -> str:
         raise InvalidFieldError(field, "is required")
     if len(value) > chars_max:
         raise InvalidFieldError(field, f"is longer than {chars_max} characters")
+    # PostgreSQL refuses NUL in text; other control characters have no place in an id.
+    if not value.isprintable():
+        raise InvalidFieldError(field, "must be printable text")
     return value
 
 

@@ -303,6 +303,9 @@ def _as_day(value: int | str | datetime.date | None, field: str) -> int | None:
 def _check_text(value: object, field: str, chars_max: int) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= chars_max:
         raise InvalidFieldError(field, f"must be 1 to {chars_max} characters")
+    # PostgreSQL refuses NUL in text; other control characters have no place in a name.
+    if not value.isprintable():
+        raise InvalidFieldError(field, "must be printable text")
     return value
 
 
