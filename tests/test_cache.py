@@ -29,6 +29,7 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from processor.cache import accounts as cache_module
+from processor.cache import connect, entries, layout
 from processor.cache.accounts import (
     CIRCUIT_ERRORS_MAX,
     LISTPACK_ENTRIES_MIN,
@@ -114,7 +115,7 @@ def record_script_calls(account_cache: AccountCache, monkeypatch: pytest.MonkeyP
 
 def read_calls(recorded: Recorded) -> list[ScriptCall]:
     """The read-script calls among the recorded ones."""
-    return [call for sha, calls in recorded if sha == cache_module.GET_SCRIPT_SHA for call in calls]
+    return [call for sha, calls in recorded if sha == layout.GET_SCRIPT_SHA for call in calls]
 
 
 def distinct_slots(account_cache: AccountCache, account_ids: list[str]) -> int:
@@ -136,7 +137,7 @@ async def test_round_trip(any_cache: AccountCache) -> None:
 
 
 async def test_many_accounts_span_several_commands(any_cache: AccountCache) -> None:
-    count = cache_module.BATCH_ACCOUNTS_MAX * 2 + 17
+    count = layout.BATCH_ACCOUNTS_MAX * 2 + 17
     entries = {f"acct-{index}": (index, index.to_bytes(4, "big")) for index in range(count)}
     assert await any_cache.put_many(entries) == count
     assert await any_cache.get_many(entries) == entries
@@ -150,7 +151,7 @@ async def test_a_bucket_larger_than_one_command_is_split_across_commands(
     # Twelve letters make 1,728 three-character fields under the one bucket "big".
     letters = "abcdefghijkl"
     fields = [a + b + c for a in letters for b in letters for c in letters]
-    assert len(fields) > cache_module.BATCH_ACCOUNTS_MAX
+    assert len(fields) > layout.BATCH_ACCOUNTS_MAX
     entries = {f"big{field}": (index, field.encode()) for index, field in enumerate(fields)}
     assert len({any_cache.key(account_id) for account_id in entries}) == 1
     assert await any_cache.put_many(entries) == len(entries)
@@ -209,7 +210,7 @@ async def test_reads_over_many_buckets_return_what_was_written_in_one_script_cal
 async def test_reads_over_more_than_the_batch_limit_are_split(
     any_cache: AccountCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    limit = cache_module.BATCH_ACCOUNTS_MAX
+    limit = layout.BATCH_ACCOUNTS_MAX
     # 25 full buckets of consecutive cards, every other card written: 2,500 ids to read.
     cards = [card_number("60016", sequence, 16) for sequence in range(2500)]
     entries = {card: (index, index.to_bytes(3, "big")) for index, card in enumerate(cards[::2])}
@@ -924,7 +925,7 @@ def test_the_sample_dictionary_is_deterministic_and_at_most_32_kb() -> None:
     assert sample_states_dictionary([]) is None
 
 
-@pytest.mark.parametrize("dictionary", [b"", "text", bytes(cache_module.DICTIONARY_BYTES_MAX + 1)])
+@pytest.mark.parametrize("dictionary", [b"", "text", bytes(entries.DICTIONARY_BYTES_MAX + 1)])
 def test_a_bad_dictionary_is_refused(dictionary: Any) -> None:
     client = aioredis.Redis()
     with pytest.raises(ValueError, match="dictionary"):
@@ -944,7 +945,7 @@ def test_a_bad_dictionary_is_refused(dictionary: Any) -> None:
         ((ACCOUNT_VERSION_MAX + 1, b"x"), f"version must be an int in 0..{ACCOUNT_VERSION_MAX}"),
         ((True, b"x"), "version must be an int"),
         ((1.0, b"x"), "version must be an int"),
-        ((1, b"x" * (cache_module.VALUE_BYTES_MAX + 1)), "state is 65537 bytes; at most 65536"),
+        ((1, b"x" * (entries.VALUE_BYTES_MAX + 1)), "state is 65537 bytes; at most 65536"),
         ((1,), r"an entry is \(version, state\)"),
         ([1, b"x"], r"an entry is \(version, state\)"),
     ],
@@ -1004,12 +1005,12 @@ def test_bad_key_prefix_is_refused(prefix: str) -> None:
     ],
 )
 def test_url_forms(url: str, expected: tuple[str, bool]) -> None:
-    assert cache_module._parse_url(url) == expected
+    assert connect.parse_url(url) == expected
 
 
 def test_url_with_a_bad_cluster_flag_is_refused() -> None:
     with pytest.raises(ValueError):
-        cache_module._parse_url("redis://h:1?cluster=maybe")
+        connect.parse_url("redis://h:1?cluster=maybe")
 
 
 async def test_from_url_picks_the_client() -> None:

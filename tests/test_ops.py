@@ -22,7 +22,7 @@ import pytest
 import yaml
 from test_metrics import in_process_server, post_purchases
 
-from processor.cache.accounts import LISTPACK_ENTRIES_MIN, LISTPACK_VALUE_BYTES_MIN
+from processor.cache.layout import LISTPACK_ENTRIES_MIN, LISTPACK_VALUE_BYTES_MIN
 from processor.runtime import metrics
 from processor.runtime.settings import Settings
 

@@ -404,7 +404,7 @@ def test_the_seed_warms_the_cache_compressed_with_the_servers_dictionary(
 ) -> None:
     import redis.asyncio as aioredis
 
-    from processor.cache.accounts import FORMAT_ZLIB
+    from processor.cache.entries import FORMAT_ZLIB
     from processor.runtime.settings import Settings
 
     report = seed.seed(demo_url, 300, progress=None)
