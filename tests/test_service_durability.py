@@ -30,8 +30,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from processor import proto
 from processor.cache.accounts import AccountCache
+from processor.errors import DatabaseUnavailableError
 from processor.service import errors
-from processor.store import Store
+from processor.store import Store, ledger
 
 pytestmark = pytest.mark.integration
 
@@ -503,6 +504,50 @@ async def test_postgres_down_fails_fast_with_1001_and_service_resumes_by_itself(
     async with Store(schema_url, pool_size_max=1) as store:
         assert (await store.ledger_sums(card)) == {(card, "points", "points"): 30}
         assert await store.reconcile() == []
+    await served.stop()
+    await proxy.cut()
+
+
+async def test_after_an_outage_longer_than_a_reconnection_attempt_the_service_resumes(
+    start_served: StartServed, schema_url: str, cards: list[str]
+) -> None:
+    # The old failure: the pool gave a connection up after one long attempt (300 s), the
+    # callers that timed out meanwhile filled its waiting list, and it never connected
+    # again. Attempts of 0.5 s and more failed callers than the list holds reproduce it.
+    given = conninfo_to_dict(schema_url)
+    proxy = Proxy(str(given.get("host") or "127.0.0.1"), int(given.get("port") or 5432))
+    await proxy.open()
+    served = await start_served(
+        database_url=make_conninfo(schema_url, host="127.0.0.1", port=str(proxy.port)),
+        database_reconnect_seconds=0.5,
+    )
+    card = cards[5]
+    post = served.transactions.PostTransaction
+    before = (await post(purchase(card, "lo-1", lines=[line(1, 1_000)]), timeout=10)).result
+    assert before.status == APPROVED
+
+    await proxy.cut()
+    failed = await asyncio.gather(
+        *(served.store.load([card]) for _ in range(ledger.POOL_WAITING_MAX + 20)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(outcome, DatabaseUnavailableError) for outcome in failed)
+    with pytest.raises(grpc.aio.AioRpcError) as down:
+        await post(purchase(card, "lo-2", lines=[line(1, 2_000)]), timeout=30)
+    assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+    await asyncio.sleep(2.0)  # several reconnection attempts begin and are given up
+
+    await proxy.open()  # PostgreSQL is back, on the same address
+    while True:  # a hang guard only: pytest-timeout fails a service that never resumes
+        try:
+            retried = (
+                await post(purchase(card, "lo-2", lines=[line(1, 2_000)]), timeout=10)
+            ).result
+            break
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            await asyncio.sleep(0.2)
+    assert (retried.status, retried.replayed, retried.balances[POINTS]) == (APPROVED, False, 30)
     await served.stop()
     await proxy.cut()
 

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     queue_depth_max: int = Field(default=20_000, ge=1, le=1_000_000)
     grace_seconds: float = Field(default=10.0, ge=0, le=600)
     registry_refresh_seconds: float = Field(default=1.0, gt=0, le=600)
+    # How long one attempt to reconnect to PostgreSQL backs off before a new one starts.
+    database_reconnect_seconds: float = Field(default=5.0, gt=0, le=600)
     log_format: Literal["plain", "json"] = "plain"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     demo: bool = False

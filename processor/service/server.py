@@ -117,7 +117,7 @@ async def close_all(*steps: Callable[[], Awaitable[Any]] | None) -> None:
 
 async def start(settings: Settings, database_url: str, redis_url: str | None) -> Running:
     """Open the pools, build the pipeline and services, and start serving."""
-    store = Store(database_url)
+    store = Store(database_url, reconnect_attempt_seconds=settings.database_reconnect_seconds)
     await store.open()
     try:
         return await _start_on(store, settings, redis_url)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ from processor.limits import (
 )
 from processor.store import codec
 
+log = logging.getLogger(__name__)
+
 # --------------------------------------------------------------------------- limits
 
 POOL_SIZE_MIN: Final = 1
@@ -72,6 +75,12 @@ POOL_ACQUIRE_TIMEOUT_SECONDS: Final = 2.0
 
 CONNECT_TIMEOUT_SECONDS: Final = 5
 """Longest wait for PostgreSQL to accept one new connection."""
+
+RECONNECT_ATTEMPT_SECONDS: Final = 5.0
+"""How long one reconnection attempt lasts: the pool tries after 1 s, then waits twice as
+long each time until this is up, then the store starts a new attempt (see
+``Store._reconnect_failed``). So while PostgreSQL is down a try comes at least every
+RECONNECT_ATTEMPT_SECONDS / 2 seconds, for as long as the server runs."""
 
 STATEMENT_TIMEOUT_MS: Final = 5_000
 """Longest any one statement may run, row-lock waits included."""
@@ -304,6 +313,7 @@ class Store:
         pool_size_max: int = POOL_SIZE_MAX,
         acquire_timeout_seconds: float = POOL_ACQUIRE_TIMEOUT_SECONDS,
         statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
+        reconnect_attempt_seconds: float = RECONNECT_ATTEMPT_SECONDS,
         name: str = "loyalty-store",
     ) -> None:
         if not 1 <= pool_size_max <= POOL_SIZE_LIMIT:
@@ -314,6 +324,10 @@ class Store:
             raise ValueError(f"acquire_timeout_seconds {acquire_timeout_seconds} not in (0, 60]")
         if not 0 < statement_timeout_ms <= 600_000:
             raise ValueError(f"statement_timeout_ms {statement_timeout_ms} not in 1..600000")
+        if not 0 < reconnect_attempt_seconds <= 600:
+            raise ValueError(
+                f"reconnect_attempt_seconds {reconnect_attempt_seconds} not in (0, 600]"
+            )
         self._statement_timeout_ms = statement_timeout_ms
         self._acquire_timeout_seconds = acquire_timeout_seconds
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] = AsyncConnectionPool(
@@ -325,6 +339,8 @@ class Store:
             timeout=acquire_timeout_seconds,
             max_waiting=POOL_WAITING_MAX,
             kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            reconnect_timeout=reconnect_attempt_seconds,
+            reconnect_failed=self._reconnect_failed,
             configure=self._configure,
             # A local check only: a round trip per checkout would double the batch's
             # latency. A connection that died unnoticed fails its first statement (1001),
@@ -344,6 +360,16 @@ class Store:
             f"SET statement_timeout = {int(self._statement_timeout_ms)}; "
             f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}"
         )
+
+    async def _reconnect_failed(self, pool: AsyncConnectionPool[Any]) -> None:
+        # psycopg_pool gives a connection up after one attempt and tries again only when a
+        # caller queues for one; once the callers that timed out during the outage fill
+        # its waiting list, none can queue, and the pool would stay empty for good after
+        # PostgreSQL is back. check() grows an empty pool again: a new attempt, at once.
+        if pool.closed:
+            return
+        log.warning("PostgreSQL still unreachable; trying to reconnect again")
+        await pool.check()
 
     async def open(self) -> None:
         """Start the pool; connections are made in the background."""
