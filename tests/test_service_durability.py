@@ -25,6 +25,7 @@ import msgpack  # type: ignore[import-untyped, unused-ignore]
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from plugins.server import Served, StartServed, context, flush_prefix, line, purchase, transaction
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -548,6 +549,53 @@ async def test_after_an_outage_longer_than_a_reconnection_attempt_the_service_re
             assert error.code() == grpc.StatusCode.UNAVAILABLE, error
             await asyncio.sleep(0.2)
     assert (retried.status, retried.replayed, retried.balances[POINTS]) == (APPROVED, False, 30)
+    await served.stop()
+    await proxy.cut()
+
+
+async def test_while_postgres_is_known_down_calls_fail_at_once_and_health_says_so(
+    start_served: StartServed, schema_url: str, cards: list[str]
+) -> None:
+    given = conninfo_to_dict(schema_url)
+    proxy = Proxy(str(given.get("host") or "127.0.0.1"), int(given.get("port") or 5432))
+    await proxy.open()
+    served = await start_served(
+        database_url=make_conninfo(schema_url, host="127.0.0.1", port=str(proxy.port))
+    )
+    card = cards[6]
+    post = served.transactions.PostTransaction
+    health = health_pb2_grpc.HealthStub(served.channel)
+
+    async def status() -> int:
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        return int(answer.status)
+
+    assert (await post(purchase(card, "kd-1"), timeout=10)).result.status == APPROVED
+    assert served.store.reachable and await status() == health_pb2.HealthCheckResponse.SERVING
+
+    await proxy.cut()
+    # The first calls learn it: they wait for a connection that cannot come, and fail.
+    while served.store.reachable:  # hang guard: pytest-timeout
+        with pytest.raises(grpc.aio.AioRpcError) as first:
+            await post(purchase(card, "kd-2"), timeout=30)
+        assert first.value.code() == grpc.StatusCode.UNAVAILABLE
+    # From then on a call does not wait for the pool at all: nothing more is queued there.
+    queued = served.store.pool.get_stats().get("requests_queued", 0)
+    for attempt in range(5):
+        with pytest.raises(grpc.aio.AioRpcError) as fast:
+            await post(purchase(card, f"kd-3-{attempt}"), timeout=30)
+        info = errors.error_info_of(fast.value)
+        assert fast.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info is not None and info.metadata["code"] == "1001"
+    assert served.store.pool.get_stats().get("requests_queued", 0) == queued
+    while await status() != health_pb2.HealthCheckResponse.NOT_SERVING:
+        await asyncio.sleep(0.1)
+
+    await proxy.open()
+    while await status() != health_pb2.HealthCheckResponse.SERVING:
+        await asyncio.sleep(0.1)
+    again = (await post(purchase(card, "kd-2"), timeout=10)).result
+    assert (again.status, again.replayed) == (APPROVED, False)
     await served.stop()
     await proxy.cut()
 

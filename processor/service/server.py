@@ -41,6 +41,8 @@ from processor.store.ledger import Store
 log = logging.getLogger(__name__)
 
 STREAM_POLL_SECONDS = 0.01
+DATABASE_WATCH_SECONDS = 0.5
+"""How often health follows whether PostgreSQL is reachable (Store.reachable)."""
 
 
 @dataclass(slots=True)
@@ -91,6 +93,26 @@ class Running:
                 self.cache.aclose if self.cache is not None else None,
                 self.store.close,
             )
+
+
+async def watch_database(
+    store: Store, health_servicer: Any, interval_seconds: float = DATABASE_WATCH_SECONDS
+) -> None:
+    """Health NOT_SERVING while PostgreSQL is unreachable, SERVING again once it is back, so
+    a load balancer sends calls to a server that can post them. Runs until cancelled; after
+    a graceful shutdown began, the health servicer ignores these updates."""
+    serving = True
+    while True:
+        await asyncio.sleep(interval_seconds)
+        if store.reachable != serving:
+            serving = store.reachable
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ["", *proto.SERVICE_NAMES]:
+                await health_servicer.set(name, status)
 
 
 async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
@@ -201,6 +223,9 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
                 registry.run_refresher(settings.registry_refresh_seconds), name="registry"
             ),
             asyncio.get_running_loop().create_task(sampler.run(), name="metrics"),
+            asyncio.get_running_loop().create_task(
+                watch_database(store, health_servicer), name="database-health"
+            ),
         ]
     except BaseException:
         await close_all(

@@ -295,6 +295,38 @@ GROUP BY l.account_id, l.program, l.balance
 """
 
 
+class _FailFastPool(AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]):
+    """The pool, refusing at once while PostgreSQL is known unreachable (see Store.reachable).
+
+    Known unreachable: a caller timed out waiting for a connection while attempts to connect
+    were failing. Reachable again: a connection was made (Store._configure says so).
+    """
+
+    reachable = True
+    connect_errors_seen = 0  # the pool's count of failed connects at the last success
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[TupleRow]:
+        if not self.reachable and not self.get_stats().get("pool_available"):
+            raise PoolTimeout(f"PostgreSQL is unreachable (pool {self.name!r} is reconnecting)")
+        try:
+            return await super().getconn(timeout)
+        except PoolTimeout:
+            if self.reachable and self._connect_errors() > self.connect_errors_seen:
+                log.warning("PostgreSQL is unreachable: calls fail at once with 1001")
+                self.reachable = False
+            raise
+
+    def connected(self) -> None:
+        """A connection was just made: PostgreSQL answers."""
+        if not self.reachable:
+            log.warning("PostgreSQL is reachable again")
+        self.reachable = True
+        self.connect_errors_seen = self._connect_errors()
+
+    def _connect_errors(self) -> int:
+        return int(self.get_stats().get("connections_errors", 0))
+
+
 class Store:
     """Account state, ledger, receipts and idempotency in PostgreSQL, over a bounded pool.
 
@@ -330,7 +362,7 @@ class Store:
             )
         self._statement_timeout_ms = statement_timeout_ms
         self._acquire_timeout_seconds = acquire_timeout_seconds
-        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]] = AsyncConnectionPool(
+        self._pool: _FailFastPool = _FailFastPool(
             conninfo,
             min_size=pool_size_min,
             max_size=pool_size_max,
@@ -354,7 +386,15 @@ class Store:
         """The bounded pool; the catalog shares its connections, limits and timeouts."""
         return self._pool
 
+    @property
+    def reachable(self) -> bool:
+        """False from a failed attempt to connect to PostgreSQL until one succeeds. Meanwhile
+        a call that finds no idle connection fails at once with 1001 instead of waiting for
+        one that cannot come (the client's deadline would pass first, with no reason)."""
+        return self._pool.reachable
+
     async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self._pool.connected()
         await connection.set_autocommit(True)
         await connection.execute(
             f"SET statement_timeout = {int(self._statement_timeout_ms)}; "
