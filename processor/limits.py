@@ -123,6 +123,15 @@ PROGRAM_FILE_BYTES_MAX: Final = 4 * 1024 * 1024
 """A program file, as admin.proto documents; ``loyalty check`` reads files by the same
 limit, so that a file it passes can be stored."""
 
+PROGRAM_FILE_DEPTH_MAX: Final = 32
+"""Nesting of mappings and lists in a program file; the demo program nests 9 deep. Deeper
+documents are refused before they are built (a recursive build would exhaust the stack)."""
+
+PROGRAM_FILE_NODES_MAX: Final = 100_000
+"""Mappings, lists and values in a program file; the demo program has about 800. Bounds the
+work of building and validating one upload, which a 4 MiB file of one-character list items
+(two million nodes) would otherwise make seconds long."""
+
 CARD_IMPORT_BYTES_MAX: Final = 4 * 1024 * 1024
 """A card import file one ImportCards call reads, as admin.proto documents."""
 

@@ -16,7 +16,11 @@ import pytest
 import yaml
 
 from processor.errors import InputFileError, Problem
-from processor.limits import PROGRAM_FILE_BYTES_MAX
+from processor.limits import (
+    PROGRAM_FILE_BYTES_MAX,
+    PROGRAM_FILE_DEPTH_MAX,
+    PROGRAM_FILE_NODES_MAX,
+)
 from processor.program.loader import load_program, validate_program
 from processor.program.model import ProgramFile
 
@@ -132,6 +136,47 @@ def test_a_file_larger_than_the_api_stores_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "program.yaml"
     path.write_text(text + "#" * (PROGRAM_FILE_BYTES_MAX + 1 - len(text)), encoding="utf-8")
     assert only_problem(path) == Problem("", f"is larger than {PROGRAM_FILE_BYTES_MAX} bytes")
+
+
+@pytest.mark.parametrize(
+    ("file_name", "text"),
+    [
+        # Nesting far past what a recursive builder survives, in both syntaxes.
+        ("program.yaml", "id: x\nnested: " + "[" * 5_000 + "]" * 5_000 + "\n"),
+        ("program.json", '{"id": "x", "nested": ' + "[" * 5_000 + "]" * 5_000 + "}"),
+        # Just past the limit.
+        ("program.yaml", "nested: " + "[" * (PROGRAM_FILE_DEPTH_MAX + 1) + "]" * 33 + "\n"),
+    ],
+)
+def test_a_document_nested_too_deep_is_refused_before_it_is_built(
+    tmp_path: Path, file_name: str, text: str
+) -> None:
+    path = tmp_path / file_name
+    path.write_text(text, encoding="utf-8")
+    reason = f"nests mappings and lists more than {PROGRAM_FILE_DEPTH_MAX} deep"
+    assert only_problem(path) == Problem("", reason)
+
+
+@pytest.mark.parametrize("file_name", ["program.yaml", "program.json"])
+def test_a_document_with_too_many_values_is_refused(tmp_path: Path, file_name: str) -> None:
+    items = ", ".join(["1"] * (PROGRAM_FILE_NODES_MAX + 1))
+    path = tmp_path / file_name
+    text = f"{{\"id\": \"x\", \"items\": [{items}]}}"  # JSON, which is YAML too
+    path.write_text(text, encoding="utf-8")
+    reason = f"has more than {PROGRAM_FILE_NODES_MAX:,} mappings, lists and values"
+    assert only_problem(path) == Problem("", reason)
+
+
+def test_yaml_aliases_are_refused_so_no_few_lines_stand_for_billions(tmp_path: Path) -> None:
+    lines = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"{chr(98 + n)}: &{chr(98 + n)} [*{chr(97 + n)}, *{chr(97 + n)}]" for n in range(9)]
+    path = tmp_path / "program.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    problem = only_problem(path)
+    assert (problem.path, problem.reason) == (
+        "line 2, column 8",
+        "YAML aliases (*name) are not supported",
+    )
 
 
 def test_a_file_that_is_not_utf8_is_rejected(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from processor.cards import read_card_import
 from processor.errors import InputFileError, Problem
-from processor.limits import PROGRAM_FILE_BYTES_MAX
+from processor.limits import PROGRAM_FILE_BYTES_MAX, PROGRAM_FILE_DEPTH_MAX, PROGRAM_FILE_NODES_MAX
 from processor.money import is_currency
 from processor.program.award import AwardProgram
 from processor.program.cards import card_problems
@@ -68,8 +68,13 @@ def parse_document(name: str, raw: bytes) -> Any:
         raise InputFileError(name, [Problem("", f"is not UTF-8 text: {error.reason}")]) from None
     try:
         if name.endswith(".json"):
-            return json.loads(text)
+            data = json.loads(text)
+            _check_tree(name, data)
+            return data
+        _check_events(name, text)
         return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
+    except RecursionError:
+        raise InputFileError(name, [_too_deep()]) from None
     except json.JSONDecodeError as error:
         where = f"line {error.lineno}, column {error.colno}"
         raise InputFileError(name, [Problem(where, f"invalid JSON: {error.msg}")]) from None
@@ -78,6 +83,55 @@ def parse_document(name: str, raw: bytes) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(error, "problem", None) or str(error)
         raise InputFileError(name, [Problem(where, f"invalid YAML: {reason}")]) from None
+
+
+def _too_deep() -> Problem:
+    return Problem("", f"nests mappings and lists more than {PROGRAM_FILE_DEPTH_MAX} deep")
+
+
+def _too_many() -> Problem:
+    return Problem("", f"has more than {PROGRAM_FILE_NODES_MAX:,} mappings, lists and values")
+
+
+def _check_events(name: str, text: str) -> None:
+    """Refuse a YAML document too deep, too large or with aliases, from its event stream
+    (parsed without building anything, and without recursion) before it is built."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            # An alias repeats a whole subtree without its size showing here: a few lines
+            # can stand for billions of values to validate. Program files need none.
+            mark = event.start_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise InputFileError(name, [Problem(where, "YAML aliases (*name) are not supported")])
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > PROGRAM_FILE_DEPTH_MAX:
+                raise InputFileError(name, [_too_deep()])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            continue
+        elif not isinstance(event, yaml.ScalarEvent):
+            continue
+        nodes += 1
+        if nodes > PROGRAM_FILE_NODES_MAX:
+            raise InputFileError(name, [_too_many()])
+
+
+def _check_tree(name: str, data: Any) -> None:
+    """Refuse a parsed JSON document too deep or too large, walking it without recursion."""
+    stack = [(data, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > PROGRAM_FILE_NODES_MAX:
+            raise InputFileError(name, [_too_many()])
+        if isinstance(value, dict | list):
+            if depth > PROGRAM_FILE_DEPTH_MAX:
+                raise InputFileError(name, [_too_deep()])
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
 
 
 def validate_program(name: str, data: Any) -> ProgramFile:
