@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from processor.errors import UnavailableError
+from processor.errors import OverloadedError, UnavailableError
 from processor.flow.batcher import Batcher, Item
 from processor.runtime import metrics
 
@@ -302,3 +302,31 @@ async def test_a_drain_within_its_time_limit_answers_everything() -> None:
     futures = [batcher.submit(Work("A", n)) for n in range(5)]
     assert await batcher.drain(timeout_seconds=60) is True
     assert [future.result() for future in futures] == list(range(5))
+
+
+async def test_requests_submitted_together_are_queued_whole_or_refused_whole() -> None:
+    recorder = Recorder()
+    recorder.release = asyncio.Event()
+    batcher = Batcher(recorder, flush_interval_ms=0, queue_depth_max=4, keys_of=keys_of)
+    with pytest.raises(OverloadedError):
+        batcher.submit_many([Work("A", n) for n in range(5)])
+    assert batcher.depth == 0 and batcher.rejected_total == 1
+    futures = batcher.submit_many([Work("A", n) for n in range(4)])
+    assert batcher.depth == 4
+    recorder.release.set()
+    batcher.start()
+    assert await asyncio.gather(*futures) == [0, 1, 2, 3]
+    await batcher.drain()
+
+
+async def test_requests_submitted_together_share_one_batch_past_its_size() -> None:
+    recorder = Recorder()
+    batcher = Batcher(recorder, flush_interval_ms=0, batch_requests_max=3, keys_of=keys_of)
+    alone = batcher.submit(Work("A", 0))
+    together = batcher.submit_many([Work(f"B{n}", n) for n in range(5)])
+    after = batcher.submit(Work("C", 9))
+    batcher.start()
+    await asyncio.gather(alone, *together, after)
+    await batcher.drain()
+    # The first batch takes the lone request and then the whole group, past its size of 3.
+    assert [[work.n for work in works] for works in recorder.started] == [[0, 0, 1, 2, 3, 4], [9]]

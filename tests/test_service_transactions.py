@@ -387,6 +387,75 @@ async def test_a_malformed_transaction_is_named_by_its_index(
     assert info is not None and info.metadata.get("index") == "1"
 
 
+def several(cards: list[str], tag: str, *, account_of: Any = None) -> Any:
+    """A PostTransactions message of one $10.00 purchase on each card."""
+    return transactions.PostTransactionsRequest(
+        transactions=[
+            transaction((account_of or {}).get(index, card), f"{tag}-{index}")
+            for index, card in enumerate(cards)
+        ]
+    )
+
+
+async def test_a_call_with_an_unknown_card_posts_nothing_and_names_its_index(
+    served: Served, cards: list[str]
+) -> None:
+    mine = cards[30:34]
+    message = several(mine, "uk", account_of={2: "6001209999999999"})
+    failure = await fails(
+        served.transactions.PostTransactions(message, timeout=10),
+        grpc.StatusCode.NOT_FOUND,
+        "UNKNOWN_CARD",
+    )
+    info = errors.error_info_of(failure)
+    assert info is not None and info.metadata.get("index") == "2"
+    for card in mine:
+        assert await served.store.ledger_sums(card) == {}
+    # Sent again without the unknown card, the same ids are fresh: nothing was stored.
+    again = await served.transactions.PostTransactions(several(mine, "uk"), timeout=10)
+    assert [(r.status, r.replayed) for r in again.results] == [(APPROVED, False)] * 4
+
+
+async def test_a_call_reusing_an_id_with_another_payload_posts_nothing(
+    served: Served, cards: list[str]
+) -> None:
+    first, second = cards[34], cards[35]
+    await served.transactions.PostTransaction(purchase(first, "re-1"), timeout=10)
+    message = transactions.PostTransactionsRequest(
+        transactions=[
+            transaction(second, "re-0"),
+            transaction(first, "re-1", lines=[line(1, 99_900)]),  # re-1 had $10.00
+        ]
+    )
+    failure = await fails(
+        served.transactions.PostTransactions(message, timeout=10),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "IDEMPOTENCY_MISMATCH",
+    )
+    info = errors.error_info_of(failure)
+    assert info is not None and info.metadata.get("index") == "1"
+    assert await served.store.ledger_sums(second) == {}
+
+
+async def test_a_call_larger_than_the_room_left_in_the_queue_is_refused_whole(
+    start_served: StartServed, cards: list[str]
+) -> None:
+    served = await start_served(queue_depth_max=5)
+    mine = cards[36:44]
+    await fails(
+        served.transactions.PostTransactions(several(mine, "big"), timeout=10),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "OVERLOADED",
+    )
+    # A call that fits, with the refused call's first ids: batches run in arrival order, so
+    # once it is answered anything queued before it would have been committed. Nothing
+    # was: its ids are fresh, and the refused call's other cards hold nothing.
+    answered = await served.transactions.PostTransactions(several(mine[:5], "big"), timeout=10)
+    assert [(r.status, r.replayed) for r in answered.results] == [(APPROVED, False)] * 5
+    for card in mine[5:]:
+        assert await served.store.ledger_sums(card) == {}
+
+
 async def test_a_wrong_pin_is_permission_denied_with_code_2001(
     served: Served, cards: list[str]
 ) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -63,6 +63,9 @@ class Item(Generic[PayloadT, AnswerT]):
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     queued_at: float = field(default_factory=time.monotonic)  # for batch_wait_seconds
+    # Items submitted together (submit_many) go into one batch: all but the last of such a
+    # group say that more of it follows.
+    more_follow: bool = False
 
     @property
     def expired(self) -> bool:
@@ -120,19 +123,29 @@ class Batcher(Generic[PayloadT, AnswerT]):
 
     def submit(self, payload: PayloadT, deadline: float | None = None) -> asyncio.Future[AnswerT]:
         """Queue one request; its future resolves with the answer or the error."""
+        return self.submit_many([payload], deadline)[0]
+
+    def submit_many(
+        self, payloads: Sequence[PayloadT], deadline: float | None = None
+    ) -> list[asyncio.Future[AnswerT]]:
+        """Queue requests that stand or fall together (one call's): all of them or, when the
+        queue has no room for all, none (OverloadedError); they go into one batch."""
         if self._closing:
             metrics.REJECTED_SHUTTING_DOWN.inc()
             raise UnavailableError("the server is shutting down", reason="SHUTTING_DOWN")
-        item: Item[PayloadT, AnswerT] = Item(payload, deadline)
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if self._queue.qsize() + len(payloads) > self._queue.maxsize:
             self.rejected_total += 1
             metrics.REJECTED_QUEUE_FULL.inc()
             raise OverloadedError(
-                f"more than {self._queue.maxsize} requests are waiting; retry with backoff"
-            ) from None
-        return item.future
+                f"no room for {len(payloads)} more requests: at most {self._queue.maxsize} "
+                "may wait; retry with backoff"
+            )
+        items: list[Item[PayloadT, AnswerT]] = [Item(payload, deadline) for payload in payloads]
+        for item in items[:-1]:
+            item.more_follow = True
+        for item in items:  # room was checked above, and nothing runs between the puts
+            self._queue.put_nowait(item)
+        return [item.future for item in items]
 
     def close(self) -> None:
         """Refuse new work from now on (UNAVAILABLE, reason SHUTTING_DOWN)."""
@@ -278,7 +291,12 @@ class Batcher(Generic[PayloadT, AnswerT]):
         cancelled caller still holds what was taken)."""
         batch.append(await self._queue.get())
         flush_at = time.monotonic() + self._flush_interval_seconds
-        while len(batch) < self._batch_requests_max:
+        # A group submitted together is never cut: the batch may pass its size to finish one
+        # (its items were queued at once, so they are all there).
+        while len(batch) < self._batch_requests_max or batch[-1].more_follow:
+            if batch[-1].more_follow:
+                batch.append(self._queue.get_nowait())
+                continue
             try:
                 batch.append(self._queue.get_nowait())
                 continue

@@ -79,6 +79,10 @@ class Submission:
     payload_hash: bytes  # identifies the request's content, for replay checks
     pin: str | None = None
     dry_run: bool = False
+    # The call a request came in with, when it brought several (PostTransactions) and its
+    # place there: a call is posted whole or not at all.
+    call: object | None = None
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +175,7 @@ class Pipeline:
                 self._seen(items), self.cards.cards(_card_numbers(items))
             )
             live = self._answer_replays(items, seen)
-            admitted = self._admit(live, records)
+            admitted = _whole_calls(items, self._admit(live, records))
             await self._evaluate_and_commit(admitted, records)
         except LoyaltyError as error:
             _fail(items, error)
@@ -513,3 +517,34 @@ def _settle(item: Work, answer: Answer | None = None, error: BaseException | Non
 def _fail(items: Iterable[Work], error: BaseException) -> None:
     for item in items:
         _settle(item, error=error)
+
+
+def _whole_calls(
+    items: list[Work], admitted: list[tuple[Work, CompiledProgram]]
+) -> list[tuple[Work, CompiledProgram]]:
+    """``admitted`` less the requests of calls one of whose requests failed already (a
+    replay under another payload, an unknown card, a wrong PIN): those are answered with
+    that failure, carrying the failing request's index, and nothing of their call is
+    posted. The batcher puts a call's requests into one batch, so its commit is one."""
+    failed: dict[object, BaseException] = {}
+    for item in items:
+        call = item.payload.call
+        if call is None or call in failed or not item.future.done():
+            continue
+        if item.future.cancelled() or item.future.exception() is None:
+            continue
+        error = item.future.exception()
+        if error is not None:
+            if getattr(error, "metadata", None) is None:
+                error.metadata = {"index": str(item.payload.index)}  # type: ignore[attr-defined]
+            failed[call] = error
+    if not failed:
+        return admitted
+    kept = []
+    for item, program in admitted:
+        error = failed.get(item.payload.call)
+        if error is None:
+            kept.append((item, program))
+        else:
+            _settle(item, error=error)
+    return kept

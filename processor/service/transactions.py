@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 from processor import proto
 from processor.errors import InvalidFieldError, LoyaltyError
-from processor.flow.pipeline import Answer, SubmissionBatcher
+from processor.flow.pipeline import Answer, Submission, SubmissionBatcher
 from processor.limits import TRANSACTIONS_PER_CALL_MAX
 from processor.proto import transactions
 from processor.service.handlers import Context
-from processor.service.posting import hash_of, result_message, submit
+from processor.service.posting import deadline_of, hash_of, result_message, submit
 from processor.wire import admission
 
 STREAM_IN_FLIGHT_MAX = 256
@@ -50,14 +50,22 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
             except LoyaltyError as error:
                 error.metadata = {"index": str(index)}  # type: ignore[attr-defined]
                 raise
-        futures = []
-        for transaction, (wire_context, engine_request) in zip(
-            request.transactions, checked, strict=True
-        ):
-            single = transactions.PostTransactionRequest(transaction=transaction)
-            futures.append(
-                submit(self.batcher, context, engine_request, hash_of(single), wire_context)
+        # One call is queued whole or refused whole, and posted whole or not at all.
+        call = object()
+        submissions = [
+            Submission(
+                engine_request,
+                hash_of(transactions.PostTransactionRequest(transaction=transaction)),
+                wire_context.pin,
+                wire_context.dry_run,
+                call=call,
+                index=index,
             )
+            for index, (transaction, (wire_context, engine_request)) in enumerate(
+                zip(request.transactions, checked, strict=True)
+            )
+        ]
+        futures = self.batcher.submit_many(submissions, deadline_of(context))
         answers = await asyncio.gather(*futures)
         return transactions.PostTransactionsResponse(
             results=[result_message(answer) for answer in answers]
