@@ -116,6 +116,11 @@ class InputFileError(BadRequestError):
         lines = [f"{file}: {problem}" for problem in problems]
         super().__init__("\n".join(lines))
 
+    def __reduce__(self) -> tuple[type[InputFileError], tuple[str, list[Problem]]]:
+        # Files are checked in a worker process too (processor.program.loader): the error
+        # crosses back pickled, and its arguments are not its message.
+        return type(self), (self.file, self.problems)
+
 
 def mask_card(number: str) -> str:
     """A card number fit for logs and error messages: first 6 and last 4 digits only."""

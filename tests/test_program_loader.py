@@ -6,6 +6,7 @@ the only one in the file; the error must name the file, the field path and the r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Callable
@@ -21,7 +22,12 @@ from processor.limits import (
     PROGRAM_FILE_DEPTH_MAX,
     PROGRAM_FILE_NODES_MAX,
 )
-from processor.program.loader import load_program, validate_program
+from processor.program.loader import (
+    load_program,
+    parse_program_text,
+    parse_program_text_elsewhere,
+    validate_program,
+)
 from processor.program.model import ProgramFile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -504,3 +510,36 @@ def test_import_balances_use_the_first_programs_currency_without_a_tender(tmp_pa
         "cards/demo_import.csv line 3, AWARD_BALANCE: amount in JPY 5.50 has more than 0 decimal "
         "places",
     )
+
+
+# --------------------------------------------------------------------------- off the loop
+
+
+async def test_a_program_text_is_checked_in_a_worker_process_with_the_same_outcome() -> None:
+    text = DEMO.read_text(encoding="utf-8")
+    assert await parse_program_text_elsewhere(text, "demo.yaml") == parse_program_text(
+        text, "demo.yaml"
+    )
+    bad = "id: x\nnested: " + "[" * 100 + "]" * 100 + "\n"
+    with pytest.raises(InputFileError) as caught:
+        await parse_program_text_elsewhere(bad, "bad.yaml")
+    assert caught.value.file == "bad.yaml"
+    assert caught.value.problems == [
+        Problem("", f"nests mappings and lists more than {PROGRAM_FILE_DEPTH_MAX} deep")
+    ]
+
+
+async def test_the_event_loop_keeps_turning_while_a_large_upload_is_checked() -> None:
+    items = ", ".join(["1"] * (PROGRAM_FILE_NODES_MAX // 5))
+    large = f"id: x\nitems: [{items}]\n"  # a second of YAML building, then its problems
+    with pytest.raises(InputFileError):  # the worker process is started
+        await parse_program_text_elsewhere("id: warm-up\n")
+    checking = asyncio.ensure_future(parse_program_text_elsewhere(large, "large.yaml"))
+    turns = 0
+    while not checking.done():
+        await asyncio.sleep(0)
+        turns += 1
+    # Built on the loop, the file would have held it: no turn until it was done.
+    assert turns > 1
+    with pytest.raises(InputFileError):
+        await checking

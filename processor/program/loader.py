@@ -11,7 +11,10 @@ relative to the program file) and reports its problems with the others.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +135,34 @@ def _check_tree(name: str, data: Any) -> None:
                 raise InputFileError(name, [_too_deep()])
             children = value.values() if isinstance(value, dict) else value
             stack.extend((child, depth + 1) for child in children)
+
+
+def parse_program_text(text: str, file_name: str = "program.yaml") -> ProgramFile:
+    """Validate a program file given as text; InputFileError names every problem."""
+    raw = text.encode("utf-8")
+    if len(raw) > PROGRAM_FILE_BYTES_MAX:
+        problem = Problem("", f"is larger than {PROGRAM_FILE_BYTES_MAX} bytes")
+        raise InputFileError(file_name, [problem])
+    return validate_program(file_name, parse_document(file_name, raw))
+
+
+_parser: ProcessPoolExecutor | None = None
+
+
+async def parse_program_text_elsewhere(
+    text: str, file_name: str = "program.yaml"
+) -> ProgramFile:
+    """:func:`parse_program_text` in a worker process, so that building and validating a
+    large upload (seconds for a 4 MiB file) never holds the serving event loop, and so
+    every call of this process keeps being answered meanwhile. One worker per process,
+    started by the first upload (spawned, not forked: the server's gRPC and pool threads
+    must not be copied); uploads wait for each other there, never for the loop."""
+    global _parser
+    if _parser is None:
+        spawn = multiprocessing.get_context("spawn")
+        _parser = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_parser, parse_program_text, text, file_name)
 
 
 def validate_program(name: str, data: Any) -> ProgramFile:
