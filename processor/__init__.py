@@ -13,8 +13,8 @@ The sub-packages follow the path of one transaction:
   account state, request) to (postings, awards, level moves, tender decisions, trace), in a
   readable reference and a compiled twin (``processor._engine``, from ``ext/``);
 - ``cache``: the Redis account cache (``cache.accounts``) and its compression dictionary;
-- ``store``: PostgreSQL, the system of record: migrations, ledger and accounts, catalog,
-  state codec;
+- ``store``: PostgreSQL, the system of record: migrations, ledger and accounts, state
+  codec, and the catalog's program files, cards and customers;
 - ``program``: the program model, loaded from YAML or JSON and validated.
 
 Around them: ``runtime`` (settings, logs, metrics, embedded servers, ``loyalty serve``),

@@ -23,14 +23,10 @@ from stdnum import luhn
 from processor import calendar
 from processor.errors import InputFileError, InvalidFieldError, NotFoundError
 from processor.store import Store
-from processor.store.catalog import (
-    DEVELOPMENT_PIN_KEY,
-    AlreadyExistsError,
-    Catalog,
-    ConflictError,
-    SearchPage,
-    pin_hash,
-)
+from processor.store.cards import DEVELOPMENT_PIN_KEY, pin_hash
+from processor.store.catalog import Catalog
+from processor.store.catalog_base import ConflictError
+from processor.store.programs import AlreadyExistsError, SearchPage
 
 pytestmark = pytest.mark.integration
 

@@ -70,8 +70,9 @@ def sample_states_dictionary(
 async def active_programs_dictionary(database_url: str) -> bytes | None:
     """:func:`sample_states_dictionary` of the programs active in the database (for tools
     that build an :class:`~processor.cache.accounts.AccountCache` without a program registry)."""
-    from processor.store.catalog import Catalog, parse_stored_program
+    from processor.store.catalog import Catalog
     from processor.store.ledger import Store
+    from processor.store.programs import parse_stored_program
 
     async with Store(database_url) as store:
         rows = await Catalog(store).active_programs()

@@ -23,7 +23,7 @@ from typing import Final, Protocol
 from processor.engine import CompiledProgram, compile_program
 from processor.errors import InputFileError, LoyaltyError, NotFoundError, mask_card
 from processor.limits import CARD_SERIAL_PREFIX_DIGITS
-from processor.store.catalog import parse_stored_program
+from processor.store.programs import parse_stored_program
 
 log = logging.getLogger(__name__)
 

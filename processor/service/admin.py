@@ -32,15 +32,10 @@ from processor.limits import (
     TEXT_CHARS_MAX,
 )
 from processor.service.handlers import Context
-from processor.store.catalog import (
-    Catalog,
-    ProgramPart,
-    ProgramSummary,
-    decode_page_token,
-    encode_page_token,
-    parse_stored_program,
-)
+from processor.store.catalog import Catalog
+from processor.store.catalog_base import decode_page_token, encode_page_token
 from processor.store.ledger import Store
+from processor.store.programs import ProgramPart, ProgramSummary, parse_stored_program
 from processor.wire import answers
 
 admin = proto.admin

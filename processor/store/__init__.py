@@ -4,7 +4,11 @@
   (the bytes in ``accounts.state``, ``receipts.state`` and the Redis cache);
 - ``migrate``: numbered SQL migrations, applied once each under an advisory lock;
 - ``ledger``: ``Store``, which loads state and commits a whole batch (ledger, accounts,
-  receipts, idempotency) in one transaction with optimistic version checks.
+  receipts, idempotency) in one transaction with optimistic version checks, and the ledger's
+  page view;
+- ``programs``, ``cards``, ``customers``: the catalog's program files, the cards made under
+  them and the customers holding them, each a module of its own over ``catalog_base`` (the
+  shared pool, transactions and advisory locks), joined by ``catalog.Catalog``.
 """
 
 from __future__ import annotations

@@ -23,12 +23,16 @@ written), and the schema's constraints check the same properties again on the wa
 Every PostgreSQL failure to answer becomes ``DatabaseUnavailableError`` (code 1001) with
 the cause chained; a refusal PostgreSQL should never have had to make is an
 ``InternalError``.
+
+``ledger_page`` reads a card's ledger rows back (``LedgerRow``), newest first and numbered
+in commit order, a page at a time, through the pool the Store and the catalog share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,12 +45,19 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from processor import calendar
 from processor.engine.types import AccountState, Posting, Receipt, Result
-from processor.errors import DatabaseUnavailableError, InternalError, LoyaltyError, check
+from processor.errors import (
+    DatabaseUnavailableError,
+    InternalError,
+    InvalidFieldError,
+    LoyaltyError,
+    check,
+)
 from processor.limits import (
     BATCH_ROWS_MAX,
     CARD_NUMBER_STORED_CHARS_MAX,
     EXPECTED_VERSION_MAX,
     LEDGER_DAY_MAX,
+    LEDGER_PAGE_SIZE_MAX,
     LOOKUP_KEYS_MAX,
     PAYLOAD_HASH_BYTES_MAX,
     REQUEST_ID_STORED_CHARS_MAX,
@@ -196,6 +207,16 @@ class Mismatch:
     ledger_sum: int
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One ledger row of a card, numbered in commit order from 1."""
+
+    sequence: int
+    request_id: str
+    posting: Posting
+    committed_at: datetime.datetime
+
+
 def ledger_entries(result: Result) -> list[LedgerEntry]:
     """The ledger rows of one result: its postings, in order, each on its own account."""
     return [
@@ -278,6 +299,18 @@ GROUP BY account_id, program, balance
 _LEDGER_SUMS_OF_ONE = """
 SELECT account_id, program, balance, sum(amount)::bigint FROM ledger WHERE account_id = %s
 GROUP BY account_id, program, balance
+"""
+_LEDGER_PAGE = """
+SELECT sequence, request_id, program, program_version, balance, kind, amount, rule, day,
+       created_at
+FROM (
+    SELECT row_number() OVER (ORDER BY created_at, request_id, seq) AS sequence,
+           request_id, program, program_version, balance, kind, amount, rule, day, created_at
+    FROM ledger WHERE account_id = %(account)s
+) AS numbered
+WHERE (%(program)s = '' OR program = %(program)s) AND sequence < %(before)s
+ORDER BY sequence DESC
+LIMIT %(limit)s
 """
 _SCAN_TIMEOUT = f"SET LOCAL statement_timeout = {SCAN_STATEMENT_TIMEOUT_MS}"
 _ACCOUNTS_AFTER = """
@@ -601,6 +634,46 @@ class Store:
         except psycopg.Error as error:
             _raise_database_error(error, "reconcile the ledger", self._acquire_timeout_seconds)
         return mismatches[:RECONCILE_MISMATCHES_MAX]
+
+
+# --------------------------------------------------------------------------- ledger pages
+
+
+async def ledger_page(
+    pool: AsyncConnectionPool[Any],
+    account_id: str,
+    *,
+    program: str = "",
+    before_sequence: int | None = None,
+    page_size: int = 100,
+) -> list[LedgerRow]:
+    """A card's ledger rows, newest first, numbered from 1 in commit order; only the rows
+    numbered below ``before_sequence`` (the last row of the previous page) when given."""
+    if not 1 <= page_size <= LEDGER_PAGE_SIZE_MAX:
+        raise InvalidFieldError("page_size", f"must be 1 to {LEDGER_PAGE_SIZE_MAX}")
+    params = {
+        "account": account_id,
+        "program": program,
+        "before": 2**62 if before_sequence is None else before_sequence,
+        "limit": page_size,
+    }
+    try:
+        async with pool.connection() as connection:
+            cursor = connection.cursor()
+            await cursor.execute(_LEDGER_PAGE, params)
+            rows = await cursor.fetchall()
+    except psycopg.Error as error:
+        _raise_database_error(error, "list the ledger", pool.timeout)
+    return [
+        LedgerRow(
+            sequence, request_id,
+            Posting(program_id, version, balance, kind, amount, rule, day), committed_at,
+        )
+        for (
+            sequence, request_id, program_id, version, balance, kind, amount, rule, day,
+            committed_at,
+        ) in rows
+    ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- commit steps

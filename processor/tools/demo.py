@@ -22,7 +22,8 @@ from processor.flow.registry import ProgramRegistry
 from processor.limits import GENERATE_CARDS_MAX
 from processor.program.cards import CardSeries
 from processor.program.model import ProgramFile
-from processor.store.catalog import Catalog, parse_program_text
+from processor.store.catalog import Catalog
+from processor.store.programs import parse_program_text
 
 log = logging.getLogger(__name__)
 

@@ -83,8 +83,8 @@ from processor.errors import BadRequestError, present
 from processor.program.model import ProgramFile
 from processor.runtime import serve
 from processor.store import codec
-from processor.store.catalog import parse_stored_program
 from processor.store.ledger import ledger_month
+from processor.store.programs import parse_stored_program
 
 SEED_BATCH: Final = "seed"
 """The card batch of seeded cards: how a later run finds what an earlier one loaded."""
