@@ -117,7 +117,7 @@ def test_card_numbers_equal_the_generated_ones() -> None:
 
 
 def test_templates_are_valid_states_at_version_1() -> None:
-    from processor.store.programs import parse_program_text
+    from processor.program.loader import parse_program_text
 
     with open("examples/programs/demo.yaml", encoding="utf-8") as file:
         program = parse_program_text(file.read(), "demo.yaml")
@@ -404,7 +404,7 @@ def test_the_seed_warms_the_cache_compressed_with_the_servers_dictionary(
 ) -> None:
     import redis.asyncio as aioredis
 
-    from processor.cache.accounts import FORMAT_ZLIB
+    from processor.cache.entries import FORMAT_ZLIB
     from processor.runtime.settings import Settings
 
     report = seed.seed(demo_url, 300, progress=None)

@@ -19,14 +19,16 @@ import psycopg
 
 from processor.errors import (
     DeclinedError,
-    InputFileError,
     InternalError,
     InvalidFieldError,
     NotFoundError,
-    Problem,
 )
-from processor.limits import CARD_SERIAL_PREFIX_DIGITS, PROGRAM_FILE_BYTES_MAX, SEARCH_PAGE_SIZE_MAX
-from processor.program.loader import parse_document, validate_program
+from processor.limits import CARD_SERIAL_PREFIX_DIGITS, SEARCH_PAGE_SIZE_MAX
+from processor.program.loader import (
+    parse_document,
+    parse_program_text_elsewhere,
+    validate_program,
+)
 from processor.program.model import ProgramFile
 from processor.store.catalog_base import (
     CatalogBase,
@@ -103,15 +105,6 @@ class SearchPage:
 # --------------------------------------------------------------------------- helpers
 
 
-def parse_program_text(text: str, file_name: str = "program.yaml") -> ProgramFile:
-    """Validate a program file given as text; InputFileError names every problem."""
-    raw = text.encode("utf-8")
-    if len(raw) > PROGRAM_FILE_BYTES_MAX:
-        problem = Problem("", f"is larger than {PROGRAM_FILE_BYTES_MAX} bytes")
-        raise InputFileError(file_name, [problem])
-    return validate_program(file_name, parse_document(file_name, raw))
-
-
 def parse_stored_program(program_id: str, version: int, source: str) -> ProgramFile:
     """A stored program file, read back: JSON when it parses as JSON, else YAML."""
     name = f"{program_id}@{version}"
@@ -186,7 +179,8 @@ class ProgramFiles(CatalogBase):
         return await self._store_program(text, file_name, new=False)
 
     async def _store_program(self, text: str, file_name: str, *, new: bool) -> tuple[str, int]:
-        program = parse_program_text(text, file_name or "program.yaml")
+        # Checked in a worker process: a large upload never holds the serving event loop.
+        program = await parse_program_text_elsewhere(text, file_name or "program.yaml")
         parts = program_parts(program)
         try:
             async with self._transaction("store a program file") as cursor:

@@ -21,9 +21,9 @@ from processor.errors import LoyaltyError, NotFoundError
 from processor.flow.registry import ProgramRegistry
 from processor.limits import GENERATE_CARDS_MAX
 from processor.program.cards import CardSeries
+from processor.program.loader import parse_program_text
 from processor.program.model import ProgramFile
 from processor.store.catalog import Catalog
-from processor.store.programs import parse_program_text
 
 log = logging.getLogger(__name__)
 
