@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from processor.limits import (
     PROGRAM_FILE_DEPTH_MAX,
     PROGRAM_FILE_NODES_MAX,
 )
+from processor.program import loader
 from processor.program.loader import (
     load_program,
     parse_program_text,
@@ -543,3 +546,14 @@ async def test_the_event_loop_keeps_turning_while_a_large_upload_is_checked() ->
     assert turns > 1
     with pytest.raises(InputFileError):
         await checking
+
+
+async def test_a_worker_process_that_died_is_replaced_for_the_next_upload() -> None:
+    text = DEMO.read_text(encoding="utf-8")
+    await parse_program_text_elsewhere(text, "demo.yaml")  # the worker runs
+    worker_pool = loader._parser
+    assert worker_pool is not None
+    with pytest.raises(BrokenProcessPool):
+        await asyncio.wrap_future(worker_pool.submit(os._exit, 1))  # the worker dies
+    program = await parse_program_text_elsewhere(text, "demo.yaml")
+    assert program.id == "northwind" and loader._parser is not worker_pool

@@ -15,6 +15,7 @@ import asyncio
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from processor.cards import read_card_import
-from processor.errors import InputFileError, Problem
+from processor.errors import InputFileError, InternalError, Problem
 from processor.limits import PROGRAM_FILE_BYTES_MAX, PROGRAM_FILE_DEPTH_MAX, PROGRAM_FILE_NODES_MAX
 from processor.money import is_currency
 from processor.program.award import AwardProgram
@@ -158,9 +159,23 @@ async def parse_program_text_elsewhere(
     started by the first upload (spawned, not forked: the server's gRPC and pool threads
     must not be copied); uploads wait for each other there, never for the loop."""
     global _parser
+    try:
+        return await _check_in_worker(text, file_name)
+    except BrokenProcessPool:
+        _parser = None  # the worker died (killed, out of memory): a new one takes the retry
+    try:
+        return await _check_in_worker(text, file_name)
+    except BrokenProcessPool:
+        _parser = None
+        raise InternalError(f"{file_name}: the process checking it ended") from None
+
+
+async def _check_in_worker(text: str, file_name: str) -> ProgramFile:
+    global _parser
     if _parser is None:
-        spawn = multiprocessing.get_context("spawn")
-        _parser = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
+        _parser = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_parser, parse_program_text, text, file_name)
 
