@@ -24,6 +24,7 @@ import grpc  # type: ignore[import-untyped]
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 import psycopg
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from plugins.server import Served, StartServed, context, flush_prefix, line, purchase, transaction
@@ -422,6 +423,7 @@ class Proxy:
     def __init__(self, host: str, port: int) -> None:
         self.upstream = (host, port)
         self.port = 0
+        self.url = ""  # a conninfo through the proxy, when a fixture made one
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -461,14 +463,24 @@ class Proxy:
         self._writers -= {writer, up_writer}
 
 
-async def test_postgres_down_fails_fast_with_1001_and_service_resumes_by_itself(
-    start_served: StartServed, schema_url: str, cards: list[str]
-) -> None:
+@pytest_asyncio.fixture
+async def postgres_proxy(schema_url: str) -> AsyncIterator[Proxy]:
+    """A Proxy to the test's PostgreSQL, open; ``.url`` reaches the test's schema through it."""
     given = conninfo_to_dict(schema_url)
     proxy = Proxy(str(given.get("host") or "127.0.0.1"), int(given.get("port") or 5432))
     await proxy.open()
+    proxy.url = make_conninfo(schema_url, host="127.0.0.1", port=str(proxy.port))
+    try:
+        yield proxy
+    finally:
+        await proxy.cut()
+
+
+async def test_postgres_down_fails_fast_with_1001_and_service_resumes_by_itself(
+    start_served: StartServed, schema_url: str, postgres_proxy: Proxy, cards: list[str]
+) -> None:
     served = await start_served(
-        database_url=make_conninfo(schema_url, host="127.0.0.1", port=str(proxy.port)),
+        database_url=postgres_proxy.url,
         registry_refresh_seconds=0.2,
     )
     card = cards[1]
@@ -476,7 +488,7 @@ async def test_postgres_down_fails_fast_with_1001_and_service_resumes_by_itself(
     before = (await post(purchase(card, "pg-1", lines=[line(1, 1_000)]), timeout=10)).result
     assert before.status == APPROVED
 
-    await proxy.cut()
+    await postgres_proxy.cut()
     # Failing fast: UNAVAILABLE with 1001, not the 30 s deadline running out.
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await post(purchase(card, "pg-2", lines=[line(1, 2_000)]), timeout=30)
@@ -488,7 +500,7 @@ async def test_postgres_down_fails_fast_with_1001_and_service_resumes_by_itself(
         await post(purchase(card, "pg-3", lines=[line(1, 4_000)]), timeout=30)
     assert again.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    await proxy.open()  # PostgreSQL is back, on the same address
+    await postgres_proxy.open()  # PostgreSQL is back, on the same address
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -506,20 +518,16 @@ async def test_postgres_down_fails_fast_with_1001_and_service_resumes_by_itself(
         assert (await store.ledger_sums(card)) == {(card, "points", "points"): 30}
         assert await store.reconcile() == []
     await served.stop()
-    await proxy.cut()
 
 
 async def test_after_an_outage_longer_than_a_reconnection_attempt_the_service_resumes(
-    start_served: StartServed, schema_url: str, cards: list[str]
+    start_served: StartServed, postgres_proxy: Proxy, cards: list[str]
 ) -> None:
     # The old failure: the pool gave a connection up after one long attempt (300 s), the
     # callers that timed out meanwhile filled its waiting list, and it never connected
     # again. Attempts of 0.5 s and more failed callers than the list holds reproduce it.
-    given = conninfo_to_dict(schema_url)
-    proxy = Proxy(str(given.get("host") or "127.0.0.1"), int(given.get("port") or 5432))
-    await proxy.open()
     served = await start_served(
-        database_url=make_conninfo(schema_url, host="127.0.0.1", port=str(proxy.port)),
+        database_url=postgres_proxy.url,
         database_reconnect_seconds=0.5,
     )
     card = cards[5]
@@ -527,7 +535,7 @@ async def test_after_an_outage_longer_than_a_reconnection_attempt_the_service_re
     before = (await post(purchase(card, "lo-1", lines=[line(1, 1_000)]), timeout=10)).result
     assert before.status == APPROVED
 
-    await proxy.cut()
+    await postgres_proxy.cut()
     failed = await asyncio.gather(
         *(served.store.load([card]) for _ in range(ledger.POOL_WAITING_MAX + 20)),
         return_exceptions=True,
@@ -538,7 +546,7 @@ async def test_after_an_outage_longer_than_a_reconnection_attempt_the_service_re
     assert down.value.code() == grpc.StatusCode.UNAVAILABLE
     await asyncio.sleep(2.0)  # several reconnection attempts begin and are given up
 
-    await proxy.open()  # PostgreSQL is back, on the same address
+    await postgres_proxy.open()  # PostgreSQL is back, on the same address
     while True:  # a hang guard only: pytest-timeout fails a service that never resumes
         try:
             retried = (
@@ -550,17 +558,13 @@ async def test_after_an_outage_longer_than_a_reconnection_attempt_the_service_re
             await asyncio.sleep(0.2)
     assert (retried.status, retried.replayed, retried.balances[POINTS]) == (APPROVED, False, 30)
     await served.stop()
-    await proxy.cut()
 
 
 async def test_while_postgres_is_known_down_calls_fail_at_once_and_health_says_so(
-    start_served: StartServed, schema_url: str, cards: list[str]
+    start_served: StartServed, postgres_proxy: Proxy, cards: list[str]
 ) -> None:
-    given = conninfo_to_dict(schema_url)
-    proxy = Proxy(str(given.get("host") or "127.0.0.1"), int(given.get("port") or 5432))
-    await proxy.open()
     served = await start_served(
-        database_url=make_conninfo(schema_url, host="127.0.0.1", port=str(proxy.port))
+        database_url=postgres_proxy.url,
     )
     card = cards[6]
     post = served.transactions.PostTransaction
@@ -573,7 +577,7 @@ async def test_while_postgres_is_known_down_calls_fail_at_once_and_health_says_s
     assert (await post(purchase(card, "kd-1"), timeout=10)).result.status == APPROVED
     assert served.store.reachable and await status() == health_pb2.HealthCheckResponse.SERVING
 
-    await proxy.cut()
+    await postgres_proxy.cut()
     # The first calls learn it: they wait for a connection that cannot come, and fail.
     while served.store.reachable:  # hang guard: pytest-timeout
         with pytest.raises(grpc.aio.AioRpcError) as first:
@@ -591,13 +595,12 @@ async def test_while_postgres_is_known_down_calls_fail_at_once_and_health_says_s
     while await status() != health_pb2.HealthCheckResponse.NOT_SERVING:
         await asyncio.sleep(0.1)
 
-    await proxy.open()
+    await postgres_proxy.open()
     while await status() != health_pb2.HealthCheckResponse.SERVING:
         await asyncio.sleep(0.1)
     again = (await post(purchase(card, "kd-2"), timeout=10)).result
     assert (again.status, again.replayed) == (APPROVED, False)
     await served.stop()
-    await proxy.cut()
 
 
 async def test_redis_down_keeps_answering_correctly_from_postgres(
