@@ -330,3 +330,27 @@ async def test_requests_submitted_together_share_one_batch_past_its_size() -> No
     await batcher.drain()
     # The first batch takes the lone request and then the whole group, past its size of 3.
     assert [[work.n for work in works] for works in recorder.started] == [[0, 0, 1, 2, 3, 4], [9]]
+
+
+async def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once() -> None:
+    batcher = Batcher(Recorder(), flush_interval_ms=0, keys_of=keys_of)
+    for n in range(10):
+        batcher.submit(Work("A", n))  # queued, the batcher not started
+    # As measured over earlier batches: half a second per request.
+    batcher.seconds_per_request = 0.5
+    with pytest.raises(OverloadedError, match="deadline would pass"):
+        batcher.submit(Work("B", 1), deadline=time.monotonic() + 1.0)
+    assert batcher.depth == 10 and batcher.rejected_total == 1
+    # A deadline the queue ahead leaves room for, or none, is taken.
+    batcher.submit(Work("B", 2), deadline=time.monotonic() + 3600)
+    batcher.submit(Work("B", 3))
+    batcher.start()
+    await batcher.drain()
+
+
+async def test_the_time_per_request_is_learned_from_finished_batches() -> None:
+    batcher = Batcher(Recorder(delay=0.01), flush_interval_ms=0, keys_of=keys_of)
+    batcher.start()
+    await asyncio.gather(*(batcher.submit(Work("A", n)) for n in range(3)))
+    await batcher.drain()
+    assert batcher.seconds_per_request > 0

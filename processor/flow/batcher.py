@@ -45,6 +45,7 @@ QUEUE_DEPTH_MAX = 20_000
 BATCH_REQUESTS_MAX = 1_000
 FLUSH_INTERVAL_MS = 2.0
 BATCHES_IN_FLIGHT_MAX = 1
+_AVERAGE_WEIGHT = 0.2  # of the newest batch in the moving average of seconds per request
 
 
 PayloadT = TypeVar("PayloadT")
@@ -112,6 +113,9 @@ class Batcher(Generic[PayloadT, AnswerT]):
         self._closing = False
         self.rejected_total = 0
         self.expired_total = 0
+        # Seconds of processing per request, a moving average over recent batches (0 until
+        # one finished): what a request queued behind the others will wait, roughly.
+        self.seconds_per_request = 0.0
 
     @property
     def depth(self) -> int:
@@ -133,12 +137,25 @@ class Batcher(Generic[PayloadT, AnswerT]):
         if self._closing:
             metrics.REJECTED_SHUTTING_DOWN.inc()
             raise UnavailableError("the server is shutting down", reason="SHUTTING_DOWN")
-        if self._queue.qsize() + len(payloads) > self._queue.maxsize:
+        waiting = self._queue.qsize() + len(payloads)
+        if waiting > self._queue.maxsize:
             self.rejected_total += 1
             metrics.REJECTED_QUEUE_FULL.inc()
             raise OverloadedError(
                 f"no room for {len(payloads)} more requests: at most {self._queue.maxsize} "
                 "may wait; retry with backoff"
+            )
+        # A request that would wait past its deadline behind the queue is refused now, with
+        # a reason, rather than held until the deadline ends it unanswered (a flood then
+        # costs the callers one quick refusal each, and the server no work on them).
+        now = time.monotonic()
+        # (One already past its deadline goes on to be dropped as expired, as ever.)
+        if deadline is not None and now < deadline < now + waiting * self.seconds_per_request:
+            self.rejected_total += 1
+            metrics.REJECTED_QUEUE_FULL.inc()
+            raise OverloadedError(
+                f"{waiting} requests are ahead: the call's deadline would pass before its "
+                "answer; retry with backoff"
             )
         items: list[Item[PayloadT, AnswerT]] = [Item(payload, deadline) for payload in payloads]
         for item in items[:-1]:
@@ -270,10 +287,13 @@ class Batcher(Generic[PayloadT, AnswerT]):
         metrics.BATCHES_IN_FLIGHT.set(len(self._in_flight))
 
     async def _process_batch(self, live: list[Item[PayloadT, AnswerT]], taken: int) -> None:
+        started = time.monotonic()
         try:
             metrics.BATCH_SIZE.observe(len(live))
-            metrics.BATCH_WAIT.observe(time.monotonic() - live[0].queued_at)
+            metrics.BATCH_WAIT.observe(started - live[0].queued_at)
             await self._process(live)
+            each = (time.monotonic() - started) / len(live) / self._in_flight_max
+            self.seconds_per_request += (each - self.seconds_per_request) * _AVERAGE_WEIGHT
         except Exception as error:  # the pipeline answers items itself; this is a bug
             log.exception("batch processing failed")
             for item in live:

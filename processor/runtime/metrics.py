@@ -252,7 +252,8 @@ BATCHES_IN_FLIGHT = Gauge(
 )
 REQUESTS_REJECTED = Counter(
     "requests_rejected_total",
-    "Requests refused before evaluation: queue_full (RESOURCE_EXHAUSTED), shutting_down "
+    "Requests refused before evaluation: queue_full (RESOURCE_EXHAUSTED: no room, or the "
+    "requests ahead would outlast the call's deadline), shutting_down "
     "(UNAVAILABLE), deadline_expired (the deadline passed while queued), cancelled (the "
     "caller gave up while queued).",
     ("reason",),
