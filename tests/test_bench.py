@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -181,3 +182,23 @@ def test_server_quantile_over_the_window() -> None:
     assert 0.01 < p99 <= 0.05
     assert sla.server_p99(after)["PostTransaction"] <= 0.01  # since start: mostly fast
     assert sla.histogram_buckets("# nothing here\n") == {}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_flood_scenario_reports_what_clients_got_and_what_the_server_counted(
+    fresh_schema_url: str, redis_url: str
+) -> None:
+    environment = dict(
+        os.environ, LOYALTY_DATABASE_URL=fresh_schema_url, LOYALTY_REDIS_URL=redis_url
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "flood.py"), "--calls", "40",
+         "--deadline-seconds", "30"],
+        capture_output=True, text=True, timeout=240, check=False, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    # A light load: every call answered, and the server counted each.
+    assert figures["clients"] == {"OK": 40}
+    assert figures["server"]["handled_OK"] == 40
