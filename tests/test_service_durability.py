@@ -418,11 +418,13 @@ async def posted_ids(database_url: str, card: str) -> set[str]:
 
 
 class Proxy:
-    """A TCP proxy to PostgreSQL that can cut every connection and refuse new ones."""
+    """A fault-injecting TCP proxy (to PostgreSQL or Redis): it can cut every connection
+    and refuse new ones, and hold every chunk of data for ``delay_seconds`` (a slow link)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.upstream = (host, port)
         self.port = 0
+        self.delay_seconds = 0.0
         self.url = ""  # a conninfo through the proxy, when a fixture made one
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -432,7 +434,7 @@ class Proxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
-        """PostgreSQL "goes away": the listener closes and every connection is dropped."""
+        """The server "goes away": the listener closes and every connection is dropped."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -452,6 +454,8 @@ class Proxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             try:
                 while data := await source.read(65536):
+                    if self.delay_seconds:
+                        await asyncio.sleep(self.delay_seconds)
                     sink.write(data)
                     await sink.drain()
             except (OSError, asyncio.CancelledError):
@@ -601,6 +605,42 @@ async def test_while_postgres_is_known_down_calls_fail_at_once_and_health_says_s
     again = (await post(purchase(card, "kd-2"), timeout=10)).result
     assert (again.status, again.replayed) == (APPROVED, False)
     await served.stop()
+
+
+async def test_a_slow_then_cut_then_restored_redis_never_changes_an_answer(
+    start_served: StartServed, redis_url: str, cards: list[str]
+) -> None:
+    host, port = redis_url.removeprefix("redis://").split("/")[0].rsplit(":", 1)
+    proxy = Proxy(host, int(port))
+    await proxy.open()
+    served = await start_served(cache_url=f"redis://127.0.0.1:{proxy.port}")
+    cache = served.running.cache
+    assert cache is not None
+    card = cards[7]
+    post = served.transactions.PostTransaction
+    balances = []
+    try:
+        for phase, delay in (("fast", 0.0), ("slow", 1.0), ("fast-again", 0.0)):
+            proxy.delay_seconds = delay  # slower than the cache's 0.5 s operation deadline
+            for n in range(5):
+                answer = await post(purchase(card, f"sl-{phase}-{n}"), timeout=30)
+                balances.append(answer.result.balances[POINTS])
+        errors_when_slow = cache.errors_total
+        await proxy.cut()
+        for n in range(5):
+            answer = await post(purchase(card, f"sl-cut-{n}"), timeout=30)
+            balances.append(answer.result.balances[POINTS])
+        await proxy.open()  # Redis is back, on the same address
+        for n in range(5):
+            answer = await post(purchase(card, f"sl-back-{n}"), timeout=30)
+            balances.append(answer.result.balances[POINTS])
+    finally:
+        await proxy.cut()
+    # Every answer exact, one purchase after the other, whatever Redis did meanwhile.
+    assert balances == list(range(10, 10 * 26, 10))
+    assert errors_when_slow >= 1 and cache.errors_total >= errors_when_slow
+    assert await ledger_points(served, card) == 250
+    assert await served.store.reconcile() == []
 
 
 async def test_redis_down_keeps_answering_correctly_from_postgres(
