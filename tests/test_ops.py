@@ -319,3 +319,27 @@ def _seconds(duration: str) -> float:
     match = re.fullmatch(r"(\d+)(s|m)", duration)
     assert match, duration
     return float(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None, reason="haproxy is not installed; .ci/run installs it"
+)
+def test_the_haproxy_example_is_a_valid_configuration() -> None:
+    haproxy = shutil.which("haproxy")
+    assert haproxy is not None
+    result = subprocess.run(
+        [haproxy, "-c", "-f", str(OPS / "haproxy" / "haproxy.cfg")],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_citus_distribution_names_every_table_of_the_migrations() -> None:
+    migrations = "\n".join(
+        path.read_text(encoding="utf-8")
+        for path in sorted((ROOT / "processor" / "store" / "migrations").glob("*.sql"))
+    )
+    tables = set(re.findall(r"^CREATE TABLE (\w+) \(", migrations, flags=re.M))
+    distribution = (OPS / "postgres" / "citus.sql").read_text(encoding="utf-8")
+    named = set(re.findall(r"create_(?:reference|distributed)_table\('(\w+)'", distribution))
+    assert named == tables, f"not distributed: {tables - named}; unknown: {named - tables}"

@@ -1,0 +1,27 @@
+-- Distributing the processor's tables over a Citus cluster: written for the schema of
+-- processor/store/migrations (run after them, on the coordinator), not run in this
+-- repository's tests (no Citus server is available to them). See ops/README.md.
+--
+-- Everything a transaction writes belongs to one card: its account, its ledger rows, its
+-- receipts, its idempotency rows, the card itself. Distributing all of them by the card
+-- number, co-located, keeps each card's rows on one worker, so one card's reads and writes
+-- are single-shard. A batch touches many cards, so its commit spans shards: Citus commits
+-- it atomically with two-phase commit.
+
+-- The program catalog: small, read by every server, changed rarely: a copy on every worker.
+SELECT create_reference_table('programs');
+SELECT create_reference_table('program_parts');
+SELECT create_reference_table('program_activations');
+
+-- The transaction path, by card number (the account id), in one co-location group.
+SELECT create_distributed_table('accounts', 'account_id', shard_count => 64);
+SELECT create_distributed_table('cards', 'card_number', colocate_with => 'accounts');
+SELECT create_distributed_table('idempotency', 'account_id', colocate_with => 'accounts');
+SELECT create_distributed_table('receipts', 'account_id', colocate_with => 'accounts');
+-- The ledger is partitioned by month; Citus distributes the parent and every partition,
+-- including those ensure_ledger_partition() creates later.
+SELECT create_distributed_table('ledger', 'account_id', colocate_with => 'accounts');
+SELECT create_distributed_table('card_opening_balances', 'card_number', colocate_with => 'accounts');
+
+-- Customers are read by id (one query per batch for its cards' customers): their own group.
+SELECT create_distributed_table('customers', 'customer_id', shard_count => 32);
