@@ -333,11 +333,11 @@ async def test_requests_submitted_together_share_one_batch_past_its_size() -> No
 
 
 async def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once() -> None:
-    batcher = Batcher(Recorder(), flush_interval_ms=0, keys_of=keys_of)
+    batcher = Batcher(Recorder(), flush_interval_ms=0, batch_requests_max=2, keys_of=keys_of)
     for n in range(10):
-        batcher.submit(Work("A", n))  # queued, the batcher not started
-    # As measured over earlier batches: half a second per request.
-    batcher.seconds_per_request = 0.5
+        batcher.submit(Work("A", n))  # queued, the batcher not started: 5 batches ahead
+    # As measured over earlier batches: half a second per batch.
+    batcher.seconds_per_batch = 0.5
     with pytest.raises(OverloadedError, match="deadline would pass"):
         batcher.submit(Work("B", 1), deadline=time.monotonic() + 1.0)
     assert batcher.depth == 10 and batcher.rejected_total == 1
@@ -348,9 +348,21 @@ async def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once() 
     await batcher.drain()
 
 
-async def test_the_time_per_request_is_learned_from_finished_batches() -> None:
+async def test_a_request_the_next_batch_takes_is_tried_however_slow_batches_were() -> None:
+    # One very slow batch must not make every later request look late: with nothing ahead
+    # but what the next batch takes, a request is always tried (and the estimate updated).
+    batcher = Batcher(Recorder(), flush_interval_ms=0, batch_requests_max=2, keys_of=keys_of)
+    batcher.seconds_per_batch = 100.0
+    batcher.start()
+    future = batcher.submit(Work("A", 1), deadline=time.monotonic() + 60)
+    assert await future == 1
+    await batcher.drain()
+    assert batcher.seconds_per_batch < 100.0
+
+
+async def test_the_time_per_batch_is_learned_from_finished_batches() -> None:
     batcher = Batcher(Recorder(delay=0.01), flush_interval_ms=0, keys_of=keys_of)
     batcher.start()
     await asyncio.gather(*(batcher.submit(Work("A", n)) for n in range(3)))
     await batcher.drain()
-    assert batcher.seconds_per_request > 0
+    assert batcher.seconds_per_batch > 0

@@ -45,7 +45,7 @@ QUEUE_DEPTH_MAX = 20_000
 BATCH_REQUESTS_MAX = 1_000
 FLUSH_INTERVAL_MS = 2.0
 BATCHES_IN_FLIGHT_MAX = 1
-_AVERAGE_WEIGHT = 0.2  # of the newest batch in the moving average of seconds per request
+_AVERAGE_WEIGHT = 0.2  # of the newest batch in the moving average of seconds per batch
 
 
 PayloadT = TypeVar("PayloadT")
@@ -113,9 +113,9 @@ class Batcher(Generic[PayloadT, AnswerT]):
         self._closing = False
         self.rejected_total = 0
         self.expired_total = 0
-        # Seconds of processing per request, a moving average over recent batches (0 until
-        # one finished): what a request queued behind the others will wait, roughly.
-        self.seconds_per_request = 0.0
+        # Seconds one batch takes, a moving average over recent batches (0 until one
+        # finished): with the batches ahead, what a queued request will wait, roughly.
+        self.seconds_per_batch = 0.0
 
     @property
     def depth(self) -> int:
@@ -147,10 +147,14 @@ class Batcher(Generic[PayloadT, AnswerT]):
             )
         # A request that would wait past its deadline behind the queue is refused now, with
         # a reason, rather than held until the deadline ends it unanswered (a flood then
-        # costs the callers one quick refusal each, and the server no work on them).
-        now = time.monotonic()
+        # costs the callers one quick refusal each, and the server no work on them). Only
+        # behind more than one batch of others: a request the next batch takes is always
+        # tried, so one slow batch can never make the estimate refuse everything after it.
         # (One already past its deadline goes on to be dropped as expired, as ever.)
-        if deadline is not None and now < deadline < now + waiting * self.seconds_per_request:
+        now = time.monotonic()
+        batches_ahead = -(-waiting // self._batch_requests_max)
+        wait = batches_ahead * self.seconds_per_batch / self._in_flight_max
+        if deadline is not None and batches_ahead > 1 and now < deadline < now + wait:
             self.rejected_total += 1
             metrics.REJECTED_QUEUE_FULL.inc()
             raise OverloadedError(
@@ -292,8 +296,8 @@ class Batcher(Generic[PayloadT, AnswerT]):
             metrics.BATCH_SIZE.observe(len(live))
             metrics.BATCH_WAIT.observe(started - live[0].queued_at)
             await self._process(live)
-            each = (time.monotonic() - started) / len(live) / self._in_flight_max
-            self.seconds_per_request += (each - self.seconds_per_request) * _AVERAGE_WEIGHT
+            took = time.monotonic() - started
+            self.seconds_per_batch += (took - self.seconds_per_batch) * _AVERAGE_WEIGHT
         except Exception as error:  # the pipeline answers items itself; this is a bug
             log.exception("batch processing failed")
             for item in live:
