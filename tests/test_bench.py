@@ -202,3 +202,22 @@ def test_the_flood_scenario_reports_what_clients_got_and_what_the_server_counted
     # A light load: every call answered, and the server counted each.
     assert figures["clients"] == {"OK": 40}
     assert figures["server"]["handled_OK"] == 40
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
+    fresh_schema_url: str, redis_url: str
+) -> None:
+    environment = dict(
+        os.environ, LOYALTY_DATABASE_URL=fresh_schema_url, LOYALTY_REDIS_URL=redis_url
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "server_cpu.py"), "--unary", "20",
+         "--batches", "6"],
+        capture_output=True, text=True, timeout=240, check=False, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (figures["unary_calls"], figures["durable_txns"]) == (20, 600)
+    assert figures["server_cpu_us_per_request"] > 0 and figures["server_cpu_us_per_txn"] > 0
