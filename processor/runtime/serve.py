@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from processor.flow.registry import ProgramRegistry
 from processor.runtime import logs, metrics
@@ -113,6 +114,20 @@ Demo program loaded: {summary.program_id} v{summary.version}, {summary.cards} ca
     )
 
 
+GC_THRESHOLDS: Final = (50_000, 20, 20)
+"""The collector's thresholds while serving (CPython's defaults are 700, 10, 10): a batch
+makes thousands of short-lived objects, none in cycles that matter, and a young-generation
+collection every 700 allocations walked them all, several times per batch."""
+
+
+def tune_collector() -> None:
+    """Freeze what start-up made (modules, compiled programs, pools: never garbage) so no
+    collection walks it again, and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(
     settings: Settings,
     database_url: str,
@@ -125,6 +140,8 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     running = await start(settings, database_url, redis_url)
+    if settings.gc_tuning:
+        tune_collector()
     if ready is not None:
         outcome = ready(running)
         if asyncio.iscoroutine(outcome):

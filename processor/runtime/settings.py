@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     registry_refresh_seconds: float = Field(default=1.0, gt=0, le=600)
     # How long one attempt to reconnect to PostgreSQL backs off before a new one starts.
     database_reconnect_seconds: float = Field(default=5.0, gt=0, le=600)
+    # Freeze start-up's objects and collect garbage less often while serving (serve.py).
+    gc_tuning: bool = True
     log_format: Literal["plain", "json"] = "plain"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     demo: bool = False
