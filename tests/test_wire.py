@@ -957,3 +957,29 @@ def test_currency_codes_without_a_minor_unit_are_no_currency_of_payment() -> Non
         with pytest.raises(ValueError, match="not a currency of payment"):
             money.currency_exponent(code)
     assert money.currency_exponent("JPY") == 0 and money.currency_exponent("CLF") == 4
+
+
+def test_responses_are_assembled_from_result_bytes_without_parsing_them() -> None:
+    first = common.Result(request_id="r-1", account="6001200000000010", replayed=False)
+    second = common.Result(request_id="r-2", account="6001200000000028")
+    single = transactions.PostTransactionResponse.FromString(
+        answers.response_bytes(first.SerializeToString())
+    )
+    assert single.result == first
+    several = transactions.PostTransactionsResponse.FromString(
+        b"".join(answers.response_bytes(r.SerializeToString()) for r in (first, second))
+    )
+    assert list(several.results) == [first, second]
+    streamed = transactions.StreamTransactionsResponse.FromString(
+        answers.response_bytes(second.SerializeToString())
+    )
+    assert streamed.result == second
+
+
+def test_a_stored_result_answered_again_is_marked_replayed() -> None:
+    stored = common.Result(request_id="r-1", account="6001200000000010")
+    again = common.Result.FromString(answers.replayed_bytes(stored.SerializeToString()))
+    expected = common.Result()
+    expected.CopyFrom(stored)
+    expected.replayed = True
+    assert again == expected

@@ -92,8 +92,9 @@ class Answer:
     result: Result | None
     program: CompiledProgram | None
     replayed: bool = False
-    response: bytes = b""  # the stored answer of a replay, as the contract encodes it
-    message: Any = None  # the contract's Result, built once for the answer and for replays
+    # The contract's Result as bytes, built once for the answer and for replays; a replay
+    # has only these (and result None).
+    response: bytes = b""
 
 
 Work = Item[Submission, Answer]
@@ -103,9 +104,10 @@ SubmissionBatcher = Batcher[Submission, Answer]
 
 
 class Encoder(Protocol):
-    """Turns a result into the contract's Result message and the bytes stored for replays."""
+    """Turns a result into the contract's Result as bytes: the answer, and what is stored
+    for replays."""
 
-    def __call__(self, result: Result, program: CompiledProgram) -> tuple[Any, bytes]: ...
+    def __call__(self, result: Result, program: CompiledProgram) -> bytes: ...
 
 
 class Cards(Protocol):
@@ -398,8 +400,8 @@ class Pipeline:
             outcome = self.engine.evaluate(program, plain, requests, receipts)
             engine_seconds += time.perf_counter() - started
             for (item, _), result in zip(group, outcome.results, strict=True):
-                message, response = self.encode(result, program)
-                answers.append((item, Answer(result, program, message=message)))
+                response = self.encode(result, program)
+                answers.append((item, Answer(result, program, response=response)))
                 batch.postings.extend(ledger_entries(result))
                 batch.idempotency.append(
                     IdempotencyRecord(

@@ -20,11 +20,10 @@ from processor.service.handlers import Context
 from processor.wire import admission, answers
 
 
-def encode_result(result: Result, program: CompiledProgram) -> tuple[proto.common.Result, bytes]:
-    """The contract's Result message, and its bytes as stored for replays: built once,
-    it serves both the answer and the idempotency row."""
-    data = answers.result_bytes(result, program)
-    return proto.common.Result.FromString(data), data
+def encode_result(result: Result, program: CompiledProgram) -> bytes:
+    """The contract's Result as bytes: built once, they serve both the answer (sent as they
+    are, see result_bytes_of) and the idempotency row."""
+    return answers.result_bytes(result, program)
 
 
 def deadline_of(context: Context) -> float | None:
@@ -54,21 +53,16 @@ def submit(
     return batcher.submit(submission, deadline_of(context))
 
 
-def result_message(answer: Answer) -> proto.common.Result:
-    """The contract's Result for an answer, replayed or fresh."""
-    if answer.replayed and answer.result is None:
-        message = proto.common.Result()
-        message.ParseFromString(answer.response)
-        message.replayed = True
-        return message
-    if answer.message is not None:
-        if not answer.replayed:
-            built: proto.common.Result = answer.message
-            return built
-        message = proto.common.Result()
-        message.CopyFrom(answer.message)
-        message.replayed = True
-        return message
+def result_bytes_of(answer: Answer) -> bytes:
+    """The contract's Result for an answer, as bytes, replayed or fresh."""
+    if answer.response:
+        return answers.replayed_bytes(answer.response) if answer.replayed else answer.response
     result = present(answer.result, "the result of a fresh answer")
     program = present(answer.program, "the program of a fresh answer")
-    return answers.result_to_proto(result, program, replayed=answer.replayed)
+    return answers.result_bytes(result, program, replayed=answer.replayed)
+
+
+def result_message(answer: Answer) -> proto.common.Result:
+    """The contract's Result for an answer, as a message (for the services that are not on
+    the hot path)."""
+    return proto.common.Result.FromString(result_bytes_of(answer))

@@ -35,6 +35,7 @@ from processor.service.interceptors import default_interceptors
 from processor.service.posting import encode_result
 from processor.service.tender import TenderServicer
 from processor.service.transactions import TransactionServicer
+from processor.service.transactions import handler as transaction_handler
 from processor.store.catalog import Catalog
 from processor.store.ledger import Store
 
@@ -195,7 +196,7 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
             ],
         )
         transactions = TransactionServicer(batcher)
-        proto.transactions_grpc.add_TransactionServiceServicer_to_server(transactions, server)
+        server.add_generic_rpc_handlers((transaction_handler(transactions),))
         proto.tender_grpc.add_TenderServiceServicer_to_server(TenderServicer(batcher), server)
         proto.awards_grpc.add_AwardServiceServicer_to_server(
             AwardServicer(batcher, pipeline), server

@@ -1,9 +1,17 @@
-"""TransactionService: purchases, returns, voids and engagements, one or many at a time."""
+"""TransactionService: purchases, returns, voids and engagements, one or many at a time.
+
+The hot RPCs answer with bytes: each Result is built as bytes once (and stored as such for
+replays), and a response is those bytes under its field (wire.answers.response_bytes),
+handed to gRPC by a handler whose response serializer passes bytes through; nothing is
+parsed back into a message or serialized again. ``handler`` registers them so.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+
+import grpc
 
 from processor import proto
 from processor.errors import InvalidFieldError, LoyaltyError
@@ -11,8 +19,8 @@ from processor.flow.pipeline import Answer, Submission, SubmissionBatcher
 from processor.limits import TRANSACTIONS_PER_CALL_MAX
 from processor.proto import transactions
 from processor.service.handlers import Context
-from processor.service.posting import deadline_of, hash_of, result_message, submit
-from processor.wire import admission
+from processor.service.posting import deadline_of, hash_of, result_bytes_of, submit
+from processor.wire import admission, answers
 
 STREAM_IN_FLIGHT_MAX = 256
 """Requests of one stream waiting for their answers; reading stops beyond it (flow control)."""
@@ -25,14 +33,14 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
 
     async def PostTransaction(
         self, request: transactions.PostTransactionRequest, context: Context
-    ) -> transactions.PostTransactionResponse:
+    ) -> bytes:
         future = self._submit(request.transaction, request, context)
         answer = await future
-        return transactions.PostTransactionResponse(result=result_message(answer))
+        return answers.response_bytes(result_bytes_of(answer))
 
     async def PostTransactions(
         self, request: transactions.PostTransactionsRequest, context: Context
-    ) -> transactions.PostTransactionsResponse:
+    ) -> bytes:
         count = len(request.transactions)
         if not 1 <= count <= TRANSACTIONS_PER_CALL_MAX:
             raise InvalidFieldError(
@@ -66,16 +74,14 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
             )
         ]
         futures = self.batcher.submit_many(submissions, deadline_of(context))
-        answers = await asyncio.gather(*futures)
-        return transactions.PostTransactionsResponse(
-            results=[result_message(answer) for answer in answers]
-        )
+        posted = await asyncio.gather(*futures)
+        return b"".join(answers.response_bytes(result_bytes_of(answer)) for answer in posted)
 
     async def StreamTransactions(
         self,
         requests: AsyncIterator[transactions.StreamTransactionsRequest],
         context: Context,
-    ) -> AsyncIterator[transactions.StreamTransactionsResponse]:
+    ) -> AsyncIterator[bytes]:
         waiting: asyncio.Queue[asyncio.Future[Answer] | None] = asyncio.Queue(
             maxsize=STREAM_IN_FLIGHT_MAX
         )
@@ -118,7 +124,7 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
                 if future is None:
                     break
                 answer = await future
-                yield transactions.StreamTransactionsResponse(result=result_message(answer))
+                yield answers.response_bytes(result_bytes_of(answer))
             await reader
         finally:
             self.streams_open -= 1
@@ -149,3 +155,32 @@ def _abandon(waiting: asyncio.Queue[asyncio.Future[Answer] | None]) -> None:
             future.cancel()
         elif not future.cancelled():
             future.exception()
+
+
+def _bytes_as_they_are(data: bytes) -> bytes:
+    return data
+
+
+def handler(servicer: TransactionServicer) -> grpc.GenericRpcHandler:
+    """The service's methods for ``server.add_generic_rpc_handlers``: the generated
+    registration, with responses passed through as the bytes the servicer built."""
+    return grpc.method_handlers_generic_handler(
+        "loyalty.v1.TransactionService",
+        {
+            "PostTransaction": grpc.unary_unary_rpc_method_handler(
+                servicer.PostTransaction,
+                request_deserializer=transactions.PostTransactionRequest.FromString,
+                response_serializer=_bytes_as_they_are,
+            ),
+            "PostTransactions": grpc.unary_unary_rpc_method_handler(
+                servicer.PostTransactions,
+                request_deserializer=transactions.PostTransactionsRequest.FromString,
+                response_serializer=_bytes_as_they_are,
+            ),
+            "StreamTransactions": grpc.stream_stream_rpc_method_handler(
+                servicer.StreamTransactions,
+                request_deserializer=transactions.StreamTransactionsRequest.FromString,
+                response_serializer=_bytes_as_they_are,
+            ),
+        },
+    )

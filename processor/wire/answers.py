@@ -170,6 +170,22 @@ def _trace_field(entry: TraceEntry, precision: int) -> bytes:
     return _TRACE_TAG + _varint(len(body)) + body
 
 
+_RESULT_FIELD = b"\x0a"  # field 1, length-delimited: the result(s) of every response
+_REPLAYED_TRUE = bytes((13 << 3, 1))  # Result.replayed = true, a varint field
+
+
+def response_bytes(result: bytes) -> bytes:
+    """A PostTransactionResponse or StreamTransactionsResponse holding ``result`` (a Result's
+    bytes), as bytes; PostTransactionsResponse is these concatenated, in order."""
+    return _RESULT_FIELD + _varint(len(result)) + result
+
+
+def replayed_bytes(result: bytes) -> bytes:
+    """``result`` (a Result's bytes, replayed unset) with replayed set: a field appended,
+    which a parser takes as set, without parsing and serializing the result again."""
+    return result + _REPLAYED_TRUE
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
@@ -378,6 +394,8 @@ __all__ = [
     "awards_to_proto",
     "balance_exponents",
     "balance_name",
+    "replayed_bytes",
+    "response_bytes",
     "result_bytes",
     "result_to_proto",
 ]
