@@ -19,50 +19,21 @@ import argparse
 import asyncio
 import collections
 import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import grpc  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from processor import proto  # noqa: E402
-from processor.cards import card_number  # noqa: E402
+from demo_server import demo_server, transaction
 
-LOYALTY = str(Path(sys.executable).with_name("loyalty"))
+from processor import proto
+
 CHANNELS = 16
 DETAILS_KEY = "grpc-status-details-bin"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def purchase(account: str, request_id: str) -> object:
-    return proto.transactions.PostTransactionRequest(
-        transaction=proto.transactions.Transaction(
-            context=proto.common.RequestContext(
-                request_id=request_id,
-                account=account,
-                local_time="2026-03-03T10:00:00",
-                location="S002",
-            ),
-            purchase=proto.transactions.Purchase(
-                currency="USD",
-                lines=[proto.common.Line(number=1, item="ITEM-1", amount=1000, quantity=1)],
-            ),
-        )
-    )
 
 
 async def flood(address: str, accounts: list[str], calls: int, deadline: float) -> dict[str, int]:
@@ -72,7 +43,9 @@ async def flood(address: str, accounts: list[str], calls: int, deadline: float) 
 
     async def one(index: int) -> str:
         stub = stubs[index % CHANNELS]
-        request = purchase(accounts[index % len(accounts)], f"flood-{tag}-{index}")
+        request = proto.transactions.PostTransactionRequest(
+            transaction=transaction(accounts[index % len(accounts)], f"flood-{tag}-{index}")
+        )
         try:
             await stub.PostTransaction(request, timeout=deadline)
         except grpc.aio.AioRpcError as error:
@@ -106,39 +79,16 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=5_000)
     parser.add_argument("--deadline-seconds", type=float, default=1.0)
     args = parser.parse_args()
-    listen, metrics_listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    with tempfile.TemporaryDirectory(prefix="loyalty-flood-") as data_dir:
-        environment = dict(os.environ, LOYALTY_CACHE_KEY_PREFIX=f"flood-{os.getpid()}:")
-        command = [
-            LOYALTY, "serve", "--demo", "--listen", listen,
-            "--metrics-listen", metrics_listen, "--data-dir", data_dir,
-        ]  # fmt: skip
-        server = subprocess.Popen(
-            command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    with demo_server("flood") as server:
+        clients = asyncio.run(
+            flood(server.listen, server.accounts, args.calls, args.deadline_seconds)
         )
-        try:
-            first = ""
-            assert server.stdout is not None
-            for line in server.stdout:
-                if "first card " in line:
-                    first = line.split("first card ")[1].split(")")[0]
-                if "serving on port" in line:
-                    break
-            if not first:
-                print("loyalty serve did not start", file=sys.stderr)
-                return 2
-            prefix, sequence = first[:5], int(first[5:-1])
-            accounts = [card_number(prefix, sequence + n, len(first)) for n in range(2_000)]
-            clients = asyncio.run(flood(listen, accounts, args.calls, args.deadline_seconds))
-            figures = {
-                "calls": args.calls,
-                "deadline_seconds": args.deadline_seconds,
-                "clients": clients,
-                "server": server_counts(metrics_listen),
-            }
-        finally:
-            server.terminate()
-            server.wait(60)
+        figures = {
+            "calls": args.calls,
+            "deadline_seconds": args.deadline_seconds,
+            "clients": clients,
+            "server": server_counts(server.metrics_listen),
+        }
     print(json.dumps(figures, sort_keys=True))
     return 0
 

@@ -19,11 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -31,37 +27,14 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from processor import proto  # noqa: E402
-from processor.cards import card_number  # noqa: E402
+from demo_server import demo_server, transaction
 
-LOYALTY = str(Path(sys.executable).with_name("loyalty"))
+from processor import proto
+
 DURABLE_CALLERS = 6
 PER_CALL = 100
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def transaction(account: str, request_id: str) -> Any:
-    return proto.transactions.Transaction(
-        context=proto.common.RequestContext(
-            request_id=request_id,
-            account=account,
-            local_time="2026-03-03T10:00:00",
-            location="S002",
-        ),
-        purchase=proto.transactions.Purchase(
-            currency="USD",
-            lines=[proto.common.Line(number=1, item="ITEM-1", amount=1000, quantity=1)],
-        ),
-    )
 
 
 def cpu_seconds(metrics_address: str) -> float:
@@ -119,41 +92,16 @@ def main() -> int:
     parser.add_argument("--unary", type=int, default=2_000, help="unary calls")
     parser.add_argument("--batches", type=int, default=60, help="PostTransactions calls of 100")
     args = parser.parse_args()
-    listen, metrics_listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    with tempfile.TemporaryDirectory(prefix="loyalty-cpu-") as data_dir:
-        environment = dict(os.environ, LOYALTY_CACHE_KEY_PREFIX=f"cpu-{os.getpid()}:")
-        command = [
-            LOYALTY, "serve", "--demo", "--listen", listen,
-            "--metrics-listen", metrics_listen, "--data-dir", data_dir,
-        ]  # fmt: skip
-        server = subprocess.Popen(
-            command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    with demo_server("cpu") as server:
+        listen, accounts, tag = server.listen, server.accounts, str(time.time_ns())
+        asyncio.run(unary(listen, accounts, 200, f"w{tag}"))  # warm-up: caches, programs
+        unary_us, unary_rate = measure(
+            server.metrics_listen, unary(listen, accounts, args.unary, tag), args.unary
         )
-        try:
-            first = ""
-            assert server.stdout is not None
-            for line in server.stdout:
-                if "first card " in line:
-                    first = line.split("first card ")[1].split(")")[0]
-                if "serving on port" in line:
-                    break
-            if not first:
-                print("loyalty serve did not start", file=sys.stderr)
-                return 2
-            prefix, sequence = first[:5], int(first[5:-1])
-            accounts = [card_number(prefix, sequence + n, len(first)) for n in range(10, 2_000)]
-            tag = str(time.time_ns())
-            asyncio.run(unary(listen, accounts, 200, f"w{tag}"))  # warm-up: caches, programs
-            unary_us, unary_rate = measure(
-                metrics_listen, unary(listen, accounts, args.unary, tag), args.unary
-            )
-            transactions = args.batches * PER_CALL
-            durable_us, durable_rate = measure(
-                metrics_listen, durable(listen, accounts, args.batches, tag), transactions
-            )
-        finally:
-            server.terminate()
-            server.wait(60)
+        transactions = args.batches * PER_CALL
+        durable_us, durable_rate = measure(
+            server.metrics_listen, durable(listen, accounts, args.batches, tag), transactions
+        )
     print(
         json.dumps(
             {

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -184,21 +185,24 @@ def test_server_quantile_over_the_window() -> None:
     assert sla.histogram_buckets("# nothing here\n") == {}
 
 
+def run_script(name: str, arguments: list[str], database_url: str, redis_url: str) -> Any:
+    """Run bench/<name> on the test's servers; the JSON object of its last line."""
+    environment = dict(os.environ, LOYALTY_DATABASE_URL=database_url, LOYALTY_REDIS_URL=redis_url)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), *arguments],
+        capture_output=True, text=True, timeout=240, check=False, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_the_flood_scenario_reports_what_clients_got_and_what_the_server_counted(
     fresh_schema_url: str, redis_url: str
 ) -> None:
-    environment = dict(
-        os.environ, LOYALTY_DATABASE_URL=fresh_schema_url, LOYALTY_REDIS_URL=redis_url
-    )
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "flood.py"), "--calls", "40",
-         "--deadline-seconds", "30"],
-        capture_output=True, text=True, timeout=240, check=False, env=environment,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr + result.stdout
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    arguments = ["--calls", "40", "--deadline-seconds", "30"]
+    figures = run_script("flood.py", arguments, fresh_schema_url, redis_url)
     # A light load: every call answered, and the server counted each.
     assert figures["clients"] == {"OK": 40}
     assert figures["server"]["handled_OK"] == 40
@@ -209,15 +213,7 @@ def test_the_flood_scenario_reports_what_clients_got_and_what_the_server_counted
 def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
     fresh_schema_url: str, redis_url: str
 ) -> None:
-    environment = dict(
-        os.environ, LOYALTY_DATABASE_URL=fresh_schema_url, LOYALTY_REDIS_URL=redis_url
-    )
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "server_cpu.py"), "--unary", "20",
-         "--batches", "6"],
-        capture_output=True, text=True, timeout=240, check=False, env=environment,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr + result.stdout
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    arguments = ["--unary", "20", "--batches", "6"]
+    figures = run_script("server_cpu.py", arguments, fresh_schema_url, redis_url)
     assert (figures["unary_calls"], figures["durable_txns"]) == (20, 600)
     assert figures["server_cpu_us_per_request"] > 0 and figures["server_cpu_us_per_txn"] > 0
