@@ -37,6 +37,7 @@ from processor.store.catalog_base import decode_page_token, encode_page_token
 from processor.store.ledger import Store
 from processor.store.programs import ProgramPart, ProgramSummary, parse_stored_program
 from processor.wire import answers
+from processor.wire.admission import checked_text
 
 admin = proto.admin
 awards = proto.awards
@@ -114,7 +115,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     async def ActivateProgram(
         self, request: admin.ActivateProgramRequest, context: Context
     ) -> admin.ActivateProgramResponse:
-        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+        program_id = checked_text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         version = _version(request.version)
         # Compiled before it is made active, so that a version this release cannot load
         # is refused here rather than failing in every process's refresh.
@@ -129,7 +130,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     async def DeactivateProgram(
         self, request: admin.DeactivateProgramRequest, context: Context
     ) -> admin.DeactivateProgramResponse:
-        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+        program_id = checked_text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         version = _version(request.version)
         if await self.catalog.deactivate(program_id, version):
             await self.registry.refresh()
@@ -138,7 +139,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     async def GetProgram(
         self, request: admin.GetProgramRequest, context: Context
     ) -> admin.GetProgramResponse:
-        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+        program_id = checked_text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
         record = await self.catalog.get(program_id, request.version)
         summaries = [
             ProgramSummary(
@@ -194,8 +195,8 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     async def GenerateCards(
         self, request: admin.GenerateCardsRequest, context: Context
     ) -> admin.GenerateCardsResponse:
-        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
-        series_id = _text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
+        program_id = checked_text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+        series_id = checked_text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
         if not 1 <= request.count <= GENERATE_CARDS_MAX:
             raise InvalidFieldError("count", f"must be 1 to {GENERATE_CARDS_MAX}")
         cards = await self.catalog.generate_cards(program_id, series_id, request.count)
@@ -213,8 +214,8 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     async def ImportCards(
         self, request: admin.ImportCardsRequest, context: Context
     ) -> admin.ImportCardsResponse:
-        program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
-        series_id = _text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
+        program_id = checked_text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+        series_id = checked_text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
         _check_size(request.content, "content", CARD_IMPORT_BYTES_MAX)
         summary = await self.catalog.import_cards(
             program_id, series_id, request.content, request.file_name or "cards.csv"
@@ -268,7 +269,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         if not request.HasField("customer"):
             raise InvalidFieldError("customer", "is required")
         given = request.customer
-        customer_id = _text(given.id, "customer.id", CUSTOMER_ID_CHARS_MAX)
+        customer_id = checked_text(given.id, "customer.id", CUSTOMER_ID_CHARS_MAX)
         customer, created = await self.catalog.enroll(
             customer_id,
             _day(given.birth_date, "customer.birth_date"),
@@ -290,14 +291,14 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         self, request: admin.RegisterCardRequest, context: Context
     ) -> admin.RegisterCardResponse:
         account = _card_number(request.account, "account")
-        customer_id = _text(request.customer_id, "customer_id", CUSTOMER_ID_CHARS_MAX)
+        customer_id = checked_text(request.customer_id, "customer_id", CUSTOMER_ID_CHARS_MAX)
         await self.catalog.register_card(account, customer_id)
         return admin.RegisterCardResponse(account=account, customer_id=customer_id)
 
     async def SetAudiences(
         self, request: admin.SetAudiencesRequest, context: Context
     ) -> admin.SetAudiencesResponse:
-        customer_id = _text(request.customer_id, "customer_id", CUSTOMER_ID_CHARS_MAX)
+        customer_id = checked_text(request.customer_id, "customer_id", CUSTOMER_ID_CHARS_MAX)
         stored = await self.catalog.set_audiences(customer_id, list(request.audiences))
         return admin.SetAudiencesResponse(audiences=list(stored))
 
@@ -509,17 +510,6 @@ def _summary(summary: ProgramSummary) -> Any:
 # --------------------------------------------------------------------------- request checks
 
 
-def _text(value: str, field: str, chars_max: int) -> str:
-    if not value:
-        raise InvalidFieldError(field, "is required")
-    if len(value) > chars_max:
-        raise InvalidFieldError(field, f"is longer than {chars_max} characters")
-    # PostgreSQL refuses NUL in text; other control characters have no place in an id.
-    if not value.isprintable():
-        raise InvalidFieldError(field, "must be printable text")
-    return value
-
-
 def _card_number(value: str, field: str) -> str:
     if not value:
         raise InvalidFieldError(field, "is required")
@@ -562,9 +552,9 @@ def _today() -> int:
 
 
 def _batch_request(request: Any) -> tuple[str, str, str, str, str]:
-    program_id = _text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
-    series_id = _text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
-    batch = _text(request.batch, "batch", TEXT_CHARS_MAX)
+    program_id = checked_text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+    series_id = checked_text(request.series_id, "series_id", IDENTIFIER_CHARS_MAX)
+    batch = checked_text(request.batch, "batch", TEXT_CHARS_MAX)
     first = last = ""
     if request.HasField("range"):
         first = _card_number(request.range.first_number, "range.first_number")

@@ -109,10 +109,10 @@ class Context:
 
 def context_from_proto(message: common.RequestContext, field: str = "context") -> Context:
     """The checked context of a request; ``field`` is the message's path, for errors."""
-    _text(message.request_id, _join(field, "request_id"), REQUEST_ID_CHARS_MAX)
+    checked_text(message.request_id, _join(field, "request_id"), REQUEST_ID_CHARS_MAX)
     _card_number(message.account, _join(field, "account"))
     day, second = _local_time(message.local_time, _join(field, "local_time"))
-    _text(message.location, _join(field, "location"), LOCATION_CHARS_MAX, required=False)
+    checked_text(message.location, _join(field, "location"), LOCATION_CHARS_MAX, required=False)
     pin: str | None = None
     if message.HasField("pin"):
         pin = message.pin
@@ -144,7 +144,7 @@ def transaction_from_proto(
     if kind == "sale_return":
         return context, _return(context, message.sale_return, _join(field, "sale_return"))
     if kind == "void":
-        original_id = _text(
+        original_id = checked_text(
             message.void.original_id, _join(field, "void.original_id"), REQUEST_ID_CHARS_MAX
         )
         return context, Void(**_base(context), original_id=original_id)
@@ -209,7 +209,7 @@ def tender_from_proto(op: str, message: TenderMessage) -> tuple[Context, TenderR
     amount = 0
     exchange_rate = None
     if isinstance(message, tender.CaptureRequest | tender.ReleaseRequest):
-        reference_id = _text(
+        reference_id = checked_text(
             message.preauthorization_id, "preauthorization_id", REQUEST_ID_CHARS_MAX
         )
     if isinstance(message, tender.MergeRequest):
@@ -242,9 +242,9 @@ def award_redemption_from_proto(
     """
     context = _required_context(message, "")
     if isinstance(message, awards.RedeemAwardRequest):
-        code = _text(message.code, "code", NAME_CHARS_MAX)
+        code = checked_text(message.code, "code", NAME_CHARS_MAX)
         return context, AwardRedemption(**_base(context), code=code)
-    program = _text(message.program, "program", IDENTIFIER_CHARS_MAX)
+    program = checked_text(message.program, "program", IDENTIFIER_CHARS_MAX)
     amount, _ = _money(message.amount, "amount")
     return context, AwardRedemption(**_base(context), program=program, amount=amount)
 
@@ -290,7 +290,7 @@ def _purchase(context: Context, message: transactions.Purchase, field: str) -> P
     lines = _lines(message.lines, _join(field, "lines"))
     tenders = tuple(
         TenderLine(
-            _text(item.type, _join(field, f"tenders[{index}].type"), TENDER_TYPE_CHARS_MAX),
+            checked_text(item.type, _join(field, f"tenders[{index}].type"), TENDER_TYPE_CHARS_MAX),
             _amount(item.amount, _join(field, f"tenders[{index}].amount")),
         )
         for index, item in enumerate(message.tenders)
@@ -306,7 +306,7 @@ def _purchase(context: Context, message: transactions.Purchase, field: str) -> P
                 reason=CURRENCY_NOT_ALLOWED,
             )
     codes = tuple(
-        _text(code, _join(field, f"redeem_codes[{index}]"), NAME_CHARS_MAX)
+        checked_text(code, _join(field, f"redeem_codes[{index}]"), NAME_CHARS_MAX)
         for index, code in enumerate(message.redeem_codes)
     )
     return Purchase(
@@ -382,12 +382,12 @@ def _checked_line(message: common.Line, path: str, seen: set[int]) -> Line:
             _join(path, "attributes"), f"has more than {LINE_ATTRIBUTES_MAX} attributes"
         )
     for node_index, node in enumerate(message.hierarchy):
-        _text(node, _join(path, f"hierarchy[{node_index}]"), NAME_CHARS_MAX)
+        checked_text(node, _join(path, f"hierarchy[{node_index}]"), NAME_CHARS_MAX)
     for key in message.attributes:
-        _text(key, _join(path, f"attributes[{key[:NAME_CHARS_MAX]!r}]"), NAME_CHARS_MAX)
+        checked_text(key, _join(path, f"attributes[{key[:NAME_CHARS_MAX]!r}]"), NAME_CHARS_MAX)
     return Line(
         number=number,
-        item=_text(message.item, _join(path, "item"), NAME_CHARS_MAX),
+        item=checked_text(message.item, _join(path, "item"), NAME_CHARS_MAX),
         amount=_amount(message.amount, _join(path, "amount")),
         quantity=message.quantity,
         hierarchy=tuple(message.hierarchy),
@@ -406,7 +406,9 @@ def _line_number(number: int, field: str, seen: set[int]) -> int:
 
 
 def _return(context: Context, message: transactions.Return, field: str) -> Return:
-    original_id = _text(message.original_id, _join(field, "original_id"), REQUEST_ID_CHARS_MAX)
+    original_id = checked_text(
+        message.original_id, _join(field, "original_id"), REQUEST_ID_CHARS_MAX
+    )
     if len(message.lines) > LINES_MAX:
         raise InvalidFieldError(
             _join(field, "lines"), f"has more than {LINES_MAX} lines", reason=TOO_MANY_LINES
@@ -423,7 +425,7 @@ def _return(context: Context, message: transactions.Return, field: str) -> Retur
 
 
 def _engagement(context: Context, message: transactions.Engagement, field: str) -> Engagement:
-    kind = _text(message.kind, _join(field, "kind"), NAME_CHARS_MAX)
+    kind = checked_text(message.kind, _join(field, "kind"), NAME_CHARS_MAX)
     if not 1 <= message.count <= ENGAGEMENT_COUNT_MAX:
         raise InvalidFieldError(_join(field, "count"), f"must be 1 to {ENGAGEMENT_COUNT_MAX:,}")
     return Engagement(
@@ -445,11 +447,11 @@ def _customer(
             _join(field, "audiences"), f"has more than {AUDIENCES_MAX} audiences"
         )
     audiences = frozenset(
-        _text(audience, _join(field, f"audiences[{index}]"), AUDIENCE_CHARS_MAX)
+        checked_text(audience, _join(field, f"audiences[{index}]"), AUDIENCE_CHARS_MAX)
         for index, audience in enumerate(message.audiences)
     )
     return Customer(
-        id=_text(message.id, _join(field, "id"), CUSTOMER_ID_CHARS_MAX),
+        id=checked_text(message.id, _join(field, "id"), CUSTOMER_ID_CHARS_MAX),
         birth_day=_date(message.birth_date, _join(field, "birth_date")),
         signup_day=_date(message.signup_date, _join(field, "signup_date")),
         audiences=audiences,
@@ -496,8 +498,9 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}.{name}" if parent else name
 
 
-def _text(value: str, field: str, chars_max: int, *, required: bool = True) -> str:
-    """``value`` when it is printable text of at most ``chars_max`` characters."""
+def checked_text(value: str, field: str, chars_max: int, *, required: bool = True) -> str:
+    """``value`` when it is printable text of at most ``chars_max`` characters (which also
+    keeps out NUL, which PostgreSQL refuses in text); InvalidFieldError naming ``field``."""
     if required and not value:
         raise InvalidFieldError(field, "is required")
     if len(value) > chars_max:
@@ -577,6 +580,7 @@ __all__ = [
     "Context",
     "award_redemption_from_proto",
     "check_award_currency",
+    "checked_text",
     "context_from_proto",
     "resolve_currency",
     "tender_from_proto",
