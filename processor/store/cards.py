@@ -239,13 +239,7 @@ class CardCatalog(ProgramFiles):
         day = today()
         async with self._transaction("generate cards") as cursor:
             await self._lock(cursor, "series", program_id, series_id)
-            await cursor.execute(
-                "SELECT max(sequence) FROM cards WHERE definition = %s AND series = %s"
-                " AND sequence IS NOT NULL",
-                (program_id, series_id),
-            )
-            highest = (await one_row(cursor))[0]
-            start = first if highest is None else int(highest) + 1
+            start = await _next_sequence(cursor, program_id, series_id, first)
             remaining = first + series.total_cards - start
             if count > remaining:
                 raise ConflictError(
@@ -295,13 +289,7 @@ class CardCatalog(ProgramFiles):
         first = first_sequences(program.series)[index]
         async with self._reading("count cards") as cursor:
             if first is not None and series.total_cards is not None:
-                await cursor.execute(
-                    "SELECT max(sequence) FROM cards WHERE definition = %s AND series = %s"
-                    " AND sequence IS NOT NULL",
-                    (program_id, series_id),
-                )
-                highest = (await one_row(cursor))[0]
-                start = first if highest is None else int(highest) + 1
+                start = await _next_sequence(cursor, program_id, series_id, first)
                 return max(first + series.total_cards - start, 0)
             used = await _series_count(cursor, program_id, series_id)
         return max(_series_capacity(series) - used, 0)
@@ -505,6 +493,20 @@ class CardCatalog(ProgramFiles):
 
 
 # --------------------------------------------------------------------------- internals
+
+
+async def _next_sequence(
+    cursor: psycopg.AsyncCursor[Any], program_id: str, series_id: str, first: int
+) -> int:
+    """The sequence the next generated card of a series takes: after its highest, else its
+    first."""
+    await cursor.execute(
+        "SELECT max(sequence) FROM cards WHERE definition = %s AND series = %s"
+        " AND sequence IS NOT NULL",
+        (program_id, series_id),
+    )
+    highest = (await one_row(cursor))[0]
+    return first if highest is None else int(highest) + 1
 
 
 async def _series_count(cursor: psycopg.AsyncCursor[Any], program_id: str, series_id: str) -> int:
