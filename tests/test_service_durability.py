@@ -33,6 +33,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from processor import proto
 from processor.cache.accounts import AccountCache
 from processor.errors import DatabaseUnavailableError
+from processor.flow import pipeline
 from processor.service import errors
 from processor.store import Store, ledger
 
@@ -179,6 +180,17 @@ async def test_a_stale_cache_entry_costs_a_retry_never_a_balance(
     assert served.running.pipeline.conflicts_total == conflicts + 1
     assert await ledger_points(served, card) == 70
     assert await served.store.reconcile() == []
+
+
+def test_conflict_pauses_are_random_double_with_each_conflict_and_stay_capped() -> None:
+    ceilings = []
+    for attempt in range(pipeline.CONFLICT_RETRIES_MAX):
+        pauses = [pipeline.conflict_pause(attempt) for _ in range(200)]
+        assert all(0 <= pause <= pipeline.CONFLICT_BACKOFF_SECONDS_MAX for pause in pauses)
+        assert len(set(pauses)) > 1  # jittered: two racing processes do not wait alike
+        ceilings.append(max(pauses))
+    assert ceilings[0] <= pipeline.CONFLICT_BACKOFF_SECONDS < ceilings[2]
+    assert ceilings[-1] > pipeline.CONFLICT_BACKOFF_SECONDS_MAX / 2
 
 
 async def test_a_cached_state_that_cannot_be_decoded_is_read_from_postgresql(

@@ -14,7 +14,9 @@ Every request reaches this module through the batcher (processor.flow.batcher). 
 5. **Commit.** One PostgreSQL transaction: ledger rows, new account versions (optimistic
    concurrency against the versions read), receipts and idempotency rows. A version
    conflict (another process got there first) commits nothing: the batch is evaluated
-   again on fresh state, up to ``conflict_retries_max`` times.
+   again on fresh state, up to ``conflict_retries_max`` times, after a random pause that
+   doubles with each conflict (full jitter), so that two processes racing for one card
+   stop colliding in lockstep.
 6. **Cache, then answers.** Redis is refreshed with the committed states, and only then
    is any client answered.
 
@@ -28,6 +30,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -69,6 +72,18 @@ log = logging.getLogger(__name__)
 
 CONFLICT_RETRIES_MAX = 8
 """Re-evaluations of a batch whose accounts another process changed meanwhile."""
+
+CONFLICT_BACKOFF_SECONDS = 0.002
+"""Longest pause before the first re-evaluation; it doubles with each further conflict."""
+
+CONFLICT_BACKOFF_SECONDS_MAX = 0.1
+"""Longest pause before any re-evaluation: eight conflicts wait under half a second."""
+
+
+def conflict_pause(attempt: int) -> float:
+    """Seconds to wait after the ``attempt``-th conflict (from 0): full jitter, capped."""
+    ceiling = min(CONFLICT_BACKOFF_SECONDS_MAX, CONFLICT_BACKOFF_SECONDS * 2**attempt)
+    return random.uniform(0, ceiling)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +322,8 @@ class Pipeline:
             if outcome.replayed:
                 # Someone else posted some of these ids meanwhile: answer those as replays.
                 pending = await self._settle_replayed(pending)
+            if attempt < self.conflict_retries_max:
+                await asyncio.sleep(conflict_pause(attempt))
         _fail(
             [item for item, _ in pending],
             UnavailableError(
