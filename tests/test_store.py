@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -296,6 +297,48 @@ async def test_two_stores_racing_on_one_account_commit_exactly_one(schema_url: s
         assert sorted(outcome.committed for outcome in outcomes) == [False, True]
         assert [outcome.conflicts for outcome in outcomes if not outcome.committed] == [("A",)]
         assert await first.reconcile() == []
+
+
+async def test_an_account_created_after_the_lock_looked_rolls_the_whole_batch_back(
+    store: Store, schema_url: str
+) -> None:
+    # A lock cannot hold a row that does not exist yet: another writer's uncommitted A makes
+    # the batch's insert wait, then find A taken. The batch's other account goes too.
+    other = earn("B", "r2", [(JANUARY, 5)])
+    racing = earn("A", "r3", [(JANUARY, 20)])
+    batch = CommitBatch(
+        accounts=racing.accounts + other.accounts,
+        postings=racing.postings + other.postings,
+        idempotency=racing.idempotency + other.idempotency,
+    )
+    state = codec.encode_state(dataclasses.replace(racing.accounts[0].state, version=1))
+    async with await psycopg.AsyncConnection.connect(schema_url) as writer:
+        await writer.execute(
+            "INSERT INTO accounts (account_id, version, state) VALUES ('A', 1, %s)", (state,)
+        )
+        committing = asyncio.create_task(store.commit(batch))
+        async with await psycopg.AsyncConnection.connect(schema_url, autocommit=True) as probe:
+            await wait_for_lock_wait(probe)
+        await writer.commit()
+        outcome = await committing
+    assert (outcome.committed, outcome.conflicts, outcome.replayed) == (False, ("A",), ())
+    assert set(await store.load(["A", "B"])) == {"A"}
+    assert await store.seen([("A", "r3"), ("B", "r2")]) == {}
+    assert await store.ledger_sums() == {}
+
+
+async def wait_for_lock_wait(probe: psycopg.AsyncConnection[Any]) -> None:
+    """Return once some session of this database waits on a lock (the batch's insert)."""
+    for _ in range(1_000):
+        cursor = await probe.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        row = await cursor.fetchone()
+        if row is not None and row[0]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the batch never waited on the uncommitted account")
 
 
 async def test_the_ledger_is_partitioned_by_month_on_demand(store: Store, schema_url: str) -> None:

@@ -6,7 +6,9 @@
 -- receipts, its idempotency rows, the card itself. Distributing all of them by the card
 -- number, co-located, keeps each card's rows on one worker, so one card's reads and writes
 -- are single-shard. A batch touches many cards, so its commit spans shards: Citus commits
--- it atomically with two-phase commit.
+-- it atomically with two-phase commit. The batch is one call of commit_batch(), which is
+-- deliberately not distributed (create_distributed_function): it runs on the coordinator,
+-- whose statements Citus routes to the shards of each card, in the one transaction.
 
 -- The program catalog: small, read by every server, changed rarely: a copy on every worker.
 SELECT create_reference_table('programs');

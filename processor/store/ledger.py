@@ -1,6 +1,8 @@
 """The PostgreSQL system of record: account state, the ledger, receipts and idempotency.
 
-A batch of evaluated requests is committed in ONE transaction (``Store.commit``):
+A batch of evaluated requests is committed in ONE transaction (``Store.commit``), one
+call of the ``commit_batch`` function (migrations/0003_commit_batch.sql), so a batch costs
+one message to PostgreSQL and one answer:
 
 1. the accounts the batch changed are locked in account-id order and their versions
    compared with the versions the batch was evaluated at (optimistic concurrency: the
@@ -11,8 +13,8 @@ A batch of evaluated requests is committed in ONE transaction (``Store.commit``)
 3. if any account or request id conflicts, the whole transaction is rolled back and the
    outcome names them, so the caller re-evaluates those requests on fresh state (or
    answers replays with the stored response) and commits the rest again;
-4. otherwise the postings are copied into the ledger (binary COPY), receipts upserted, and
-   the transaction committed before ``commit`` returns. Clients are answered only after.
+4. otherwise the postings are inserted into the ledger, receipts upserted, and the
+   transaction committed before ``commit`` returns. Clients are answered only after.
 
 If the commit itself fails with the connection (``DatabaseUnavailableError``), the batch
 may or may not have been committed: retrying it is safe, since its request ids then come
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -250,48 +253,25 @@ def state_balances(state: AccountState) -> dict[tuple[str, str], int]:
 _SELECT_STATES = (
     "SELECT account_id, version, state FROM accounts WHERE account_id = ANY(%b::text[])"
 )
-_LOCK_ACCOUNTS = """
-SELECT account_id, version FROM accounts WHERE account_id = ANY(%b::text[])
-ORDER BY account_id FOR UPDATE
-"""
-_UPDATE_ACCOUNTS = """
-UPDATE accounts AS a SET version = s.version, state = s.state, updated_at = now()
-FROM unnest(%b::text[], %b::bigint[], %b::bytea[]) AS s(account_id, version, state)
-WHERE a.account_id = s.account_id AND a.version = s.version - 1
-"""
-_INSERT_ACCOUNTS = """
-INSERT INTO accounts (account_id, version, state)
-SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bytea[])
-ON CONFLICT (account_id) DO NOTHING
-RETURNING account_id
-"""
-_INSERT_IDEMPOTENCY = """
-INSERT INTO idempotency (account_id, request_id, payload_hash, response)
-SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::bytea[])
-ON CONFLICT (account_id, request_id) DO NOTHING
-RETURNING request_id
-"""
-_UPSERT_RECEIPTS = """
-INSERT INTO receipts (account_id, request_id, state)
-SELECT * FROM unnest(%b::text[], %b::text[], %b::bytea[])
-ON CONFLICT (account_id, request_id) DO UPDATE SET state = excluded.state, updated_at = now()
-"""
 _SELECT_BY_KEYS = """
 SELECT t.request_id, {columns} FROM {table} AS t
 JOIN unnest(%b::text[], %b::text[]) AS k(account_id, request_id)
   ON t.account_id = k.account_id AND t.request_id = k.request_id
 """
-# An INSERT, not a COPY: COPY cannot run inside a pipeline, and a batch's ledger rows are
-# few enough that unnesting arrays costs no more. A row whose key exists belongs to a
-# request another process posted meanwhile: the idempotency insert reports that request,
-# and the batch is rolled back, so skipping the row here only spares an error.
-_INSERT_LEDGER = """
-INSERT INTO ledger (account_id, month, request_id, seq, program, program_version, balance,
-                    kind, amount, rule, day)
-SELECT * FROM unnest(%b::text[], %b::int4[], %b::text[], %b::int4[], %b::text[], %b::int4[],
-                     %b::text[], %b::text[], %b::int8[], %b::text[], %b::int4[])
-ON CONFLICT DO NOTHING
-"""
+_COMMIT_BATCH = "SELECT * FROM commit_batch(" + ", ".join(
+    f"%b::{kind}[]"
+    for kind in (
+        "text", "int8", "text", "int8", "bytea", "text", "int8", "bytea",
+        "text", "text", "bytea", "bytea",
+        "text", "int4", "text", "int4", "text", "int4", "text", "text", "int8", "text", "int4",
+        "text", "text", "bytea",
+    )
+) + ")"  # fmt: skip
+"""One call commits a whole batch (migrations/0003_commit_batch.sql says how)."""
+_LEDGER_COLUMNS: Final = 11
+_RACED: Final = "LY001"  # commit_batch: an account or request id appeared after the lock
+_UPDATE_MISSED: Final = "LY002"  # commit_batch: a locked account was not updated (a bug)
+
 _LEDGER_SUMS = """
 SELECT account_id, program, balance, sum(amount)::bigint FROM ledger
 GROUP BY account_id, program, balance
@@ -532,55 +512,36 @@ class Store:
         raise InternalError("unreachable: the commit loop ended without an outcome")
 
     async def _commit_once(self, staged: _Staged) -> CommitOutcome:
-        outcome = CommitOutcome(True, versions=staged.versions, encoded=staged.encoded)
+        arguments = (
+            staged.account_ids, [staged.expected[one] for one in staged.account_ids],
+            *staged.changed_rows, *staged.new_rows, *staged.idempotency_rows,
+            *_ledger_columns(staged.ledger_rows), *staged.receipt_rows,
+        )  # fmt: skip
         async with self._pool.connection() as connection:
-            # Pipeline mode: every statement of the batch goes out at once and the answers
-            # come back together, one round trip for the whole transaction instead of one
-            # per statement, each of which a busy event loop or a loaded host made slow.
-            # The writes are sent before the lock's versions are read; when a version or
-            # an id conflicts, the transaction is rolled back, so nothing of them stays.
-            async with connection.pipeline() as pipeline, connection.transaction():
-                lock = connection.cursor(binary=True)
-                await lock.execute(_LOCK_ACCOUNTS, (staged.account_ids,))
-                update = connection.cursor(binary=True)
-                if staged.changed_rows[0]:
-                    await update.execute(_UPDATE_ACCOUNTS, staged.changed_rows)
-                insert = connection.cursor(binary=True)
-                if staged.new_rows[0]:
-                    await insert.execute(_INSERT_ACCOUNTS, staged.new_rows)
-                idempotency = connection.cursor(binary=True)
-                if staged.idempotency_rows[0]:
-                    await idempotency.execute(_INSERT_IDEMPOTENCY, staged.idempotency_rows)
-                writes = connection.cursor(binary=True)
-                if staged.ledger_rows:
-                    await writes.execute(_INSERT_LEDGER, _ledger_columns(staged.ledger_rows))
-                if staged.receipt_rows[0]:
-                    await writes.execute(_UPSERT_RECEIPTS, staged.receipt_rows)
-                await pipeline.sync()
-                conflicts = _account_conflicts(staged, dict(await lock.fetchall()))
-                if not conflicts and staged.new_rows[0]:
-                    inserted = {row[0] for row in await insert.fetchall()}
-                    # Another batch created one of these accounts since the lock looked.
-                    conflicts = tuple(sorted(set(staged.new_rows[0]) - inserted))
-                replayed: tuple[str, ...] = ()
-                if staged.idempotency_rows[0]:
-                    posted = {row[0] for row in await idempotency.fetchall()}
-                    replayed = tuple(sorted(set(staged.idempotency_rows[1]) - posted))
-                if conflicts or replayed:
-                    outcome = CommitOutcome(False, conflicts, replayed)
-                    raise psycopg.Rollback()
-                if staged.changed_rows[0]:
-                    check(
-                        update.rowcount == len(staged.changed_rows[0]),
-                        f"updated {update.rowcount} of {len(staged.changed_rows[0])}"
-                        " locked accounts",
+            cursor = connection.cursor(binary=True)
+            try:
+                await cursor.execute(_COMMIT_BATCH, arguments)
+            except psycopg.Error as error:
+                if error.sqlstate == _RACED:
+                    raced = json.loads(error.diag.message_detail or "{}")
+                    return CommitOutcome(
+                        False, tuple(raced.get("conflicts", ())), tuple(raced.get("replayed", ()))
                     )
-            # Leaving the block committed (or rolled back) the transaction.
+                if error.sqlstate == _UPDATE_MISSED:
+                    raise InternalError(f"the batch commit lost its locks: {error}") from error
+                raise
+            row = await cursor.fetchone()
+            if row is None:
+                raise InternalError("commit_batch returned no row")
+            # The function is the transaction (autocommit): nothing may be left open.
             check(
                 connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE,
                 "the batch transaction did not end",
             )
-        return outcome
+        conflicts = tuple(row[0])
+        if conflicts:
+            return CommitOutcome(False, conflicts)
+        return CommitOutcome(True, versions=staged.versions, encoded=staged.encoded)
 
     async def ensure_ledger_partitions(self, months: Iterable[int]) -> None:
         """Create the ledger partitions of these months (yyyymm) that do not exist yet.
@@ -695,21 +656,10 @@ class _Staged:
     idempotency_rows: tuple[list[str], list[str], list[bytes], list[bytes]]
 
 
-def _account_conflicts(staged: _Staged, current: dict[str, int]) -> tuple[str, ...]:
-    """The accounts whose version under the lock is not the one the batch read."""
-    # Locking in account-id order means two batches sharing accounts queue rather than
-    # deadlock; the versions read under the lock are the ones the update saw.
-    return tuple(
-        sorted(
-            account_id
-            for account_id, expected in staged.expected.items()
-            if current.get(account_id, 0) != expected
-        )
-    )
-
-
 def _ledger_columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
-    """The ledger rows as the column arrays ``_INSERT_LEDGER`` unnests."""
+    """The ledger rows as the column arrays commit_batch unnests (eleven, empty or not)."""
+    if not rows:
+        return tuple([] for _ in range(_LEDGER_COLUMNS))
     return tuple(list(column) for column in zip(*rows, strict=True))
 
 
