@@ -22,7 +22,7 @@ from stdnum import luhn
 
 from processor import calendar
 from processor.errors import InputFileError, InvalidFieldError, NotFoundError
-from processor.store import Store
+from processor.store import CommitBatch, IdempotencyRecord, Store
 from processor.store.cards import DEVELOPMENT_PIN_KEY, pin_hash
 from processor.store.catalog import Catalog
 from processor.store.catalog_base import ConflictError
@@ -442,6 +442,30 @@ async def test_customers_and_registration(catalog: Catalog) -> None:
         await catalog.set_audiences("C-1", [f"list{i}" for i in range(257)])
     stored = await catalog.get("acme")
     assert (stored.account_count, stored.member_count) == (2, 1)
+
+
+async def test_a_batch_lookup_reads_cards_customers_and_posted_ids_at_once(
+    catalog: Catalog, store: Store
+) -> None:
+    await catalog.create_program(program(), "acme.yaml")
+    registered, anonymous = await catalog.generate_cards("acme", "main", 2)
+    await catalog.enroll("C-1", "1990-03-04", audiences=["vip"])
+    await catalog.register_card(registered.number, "C-1")
+    posted = CommitBatch(idempotency=[IdempotencyRecord(anonymous.number, "r-1", b"h", b"answer")])
+    assert (await store.commit(posted)).committed
+
+    lookup = await catalog.look_up_batch(
+        [registered.number, anonymous.number, "7000199999999999"],
+        [(anonymous.number, "r-1"), (anonymous.number, "r-2"), (registered.number, "r-1")],
+    )
+
+    assert lookup.cards == await catalog.cards([registered.number, anonymous.number])
+    assert lookup.customers == await catalog.customers(["C-1"])
+    assert lookup.customers["C-1"].audiences == frozenset({"vip"})
+    assert set(lookup.seen) == {"r-1"}  # only the (card, id) that was posted
+    assert lookup.seen["r-1"] == (b"h", b"answer")
+    empty = await catalog.look_up_batch([], [])
+    assert (empty.cards, empty.customers, empty.seen) == ({}, {}, {})
 
 
 async def test_a_program_read_without_counts_skips_counting_its_cards(catalog: Catalog) -> None:

@@ -1,6 +1,8 @@
 """The path of one batch: admission, evaluation, commit, cache refresh, answers.
 
-Every request reaches this module through the batcher (processor.flow.batcher). A batch:
+Every request reaches this module through the batcher (processor.flow.batcher). A batch
+reads what it needs from PostgreSQL before evaluation in one statement (its cards, their
+customers and its request ids already posted: ``Catalog.look_up_batch``), then:
 
 1. **Replays.** Request ids already posted on their card are answered with the stored
    answer (``replayed``), and nothing is evaluated for them; the same id with another
@@ -59,6 +61,7 @@ from processor.errors import (
 from processor.flow.batcher import Batcher, Item
 from processor.runtime import metrics
 from processor.store import codec
+from processor.store.catalog import BatchLookup
 from processor.store.ledger import (
     AccountWrite,
     CommitBatch,
@@ -126,6 +129,10 @@ class Encoder(Protocol):
 
 
 class Cards(Protocol):
+    async def look_up_batch(
+        self, numbers: Sequence[str], keys: Sequence[tuple[str, str]]
+    ) -> BatchLookup: ...
+
     async def cards(self, numbers: Sequence[str]) -> dict[str, Any]: ...
 
     def verify_pin(self, record: Any, pin: str) -> bool: ...
@@ -186,14 +193,10 @@ class Pipeline:
     async def process(self, items: list[Work]) -> None:
         """Answer every item of a batch, with a result or an error."""
         try:
-            # The replay check and the card lookup are independent: one round trip each,
-            # at the same time, on two pooled connections.
-            seen, records = await asyncio.gather(
-                self._seen(items), self.cards.cards(_card_numbers(items))
-            )
-            live = self._answer_replays(items, seen)
-            admitted = _whole_calls(items, self._admit(live, records))
-            await self._evaluate_and_commit(admitted, records)
+            lookup = await self.cards.look_up_batch(_card_numbers(items), _replay_keys(items))
+            live = self._answer_replays(items, lookup.seen)
+            admitted = _whole_calls(items, self._admit(live, lookup.cards))
+            await self._evaluate_and_commit(admitted, lookup.cards, lookup.customers)
         except LoyaltyError as error:
             _fail(items, error)
         except Exception as error:
@@ -203,11 +206,7 @@ class Pipeline:
     # ----------------------------------------------------------------- replays
 
     async def _seen(self, items: list[Work]) -> dict[str, tuple[bytes, bytes]]:
-        keys = [
-            (item.payload.request.account, item.payload.request.id)
-            for item in items
-            if not item.payload.dry_run
-        ]
+        keys = _replay_keys(items)
         return await self.store.seen(keys) if keys else {}
 
     def _answer_replays(
@@ -283,7 +282,10 @@ class Pipeline:
     # ----------------------------------------------------------------- evaluation and commit
 
     async def _evaluate_and_commit(
-        self, admitted: list[tuple[Work, CompiledProgram]], records: dict[str, Any]
+        self,
+        admitted: list[tuple[Work, CompiledProgram]],
+        records: dict[str, Any],
+        customers: dict[str, Any],
     ) -> None:
         pending = [pair for pair in admitted if not pair[0].payload.dry_run]
         dry = [pair for pair in admitted if pair[0].payload.dry_run]
@@ -293,10 +295,14 @@ class Pipeline:
             requests = [item.payload.request for item, _ in pending + dry]
             accounts = _accounts_of(requests)
             customer_ids = sorted({r.customer_id for r in records.values() if r.customer_id})
+            # The first attempt has its customers from the batch's lookup; a conflict may
+            # have been a change of theirs, so every later attempt reads them again.
             states, receipts, customers = await asyncio.gather(
                 self.load_states(accounts, fresh=attempt > 0),
                 self._load_receipts(requests),
-                self.cards.customers(customer_ids) if customer_ids else _nothing(),
+                self.cards.customers(customer_ids)
+                if customer_ids and attempt > 0
+                else _given(customers),
             )
             _apply_card_records(states, records, customers)
             self._answer_dry_runs(dry, states, receipts)
@@ -473,8 +479,17 @@ def _apply_card_records(
         state.customer = customers.get(record.customer_id) if record.customer_id else None
 
 
-async def _nothing() -> dict[str, Any]:
-    return {}
+async def _given(value: dict[str, Any]) -> dict[str, Any]:
+    return value
+
+
+def _replay_keys(items: Iterable[Work]) -> list[tuple[str, str]]:
+    """(account, request id) of every request a replay check looks up (not dry runs)."""
+    return [
+        (item.payload.request.account, item.payload.request.id)
+        for item in items
+        if not item.payload.dry_run
+    ]
 
 
 def _card_numbers(items: Iterable[Work]) -> list[str]:

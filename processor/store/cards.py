@@ -161,10 +161,10 @@ def _number_key(number: str) -> tuple[int, str]:
 
 # --------------------------------------------------------------------------- SQL
 
-_SELECT_CARDS = """
-SELECT card_number, program, series, batch, status, pin_hash, customer_id, expires_day
-FROM cards WHERE card_number = ANY(%b::text[])
-"""
+SELECT_CARD_COLUMNS: Final = (
+    "card_number, program, series, batch, status, pin_hash, customer_id, expires_day"
+)
+_SELECT_CARDS = f"SELECT {SELECT_CARD_COLUMNS} FROM cards WHERE card_number = ANY(%b::text[])"
 _INSERT_CARDS = """
 INSERT INTO cards (card_number, definition, program, series, batch, status, pin_hash,
                    expires_day, sequence, attributes)
@@ -186,6 +186,18 @@ _RANGE = (
 )
 
 # --------------------------------------------------------------------------- cards
+
+
+def card_record(row: Sequence[Any], day: int) -> CardRecord:
+    """A card as the transaction path reads it (the columns of ``SELECT_CARD_COLUMNS``), its
+    status ``expired`` once ``day`` is past its last usable day."""
+    number, program_id, series, batch, status, hashed, customer_id, expires = row[:8]
+    if status == "active" and expires is not None and expires < day:
+        status = "expired"
+    return CardRecord(
+        number, program_id, series, batch, status,
+        None if hashed is None else bytes(hashed), customer_id, expires,
+    )  # fmt: skip
 
 
 class CardCatalog(ProgramFiles):
@@ -463,15 +475,7 @@ class CardCatalog(ProgramFiles):
         except psycopg.Error as error:
             raise database_error(error, "look up cards", self._pool.timeout) from error
         day = today()
-        found = {}
-        for number, program_id, series, batch, status, hashed, customer_id, expires in rows:
-            if status == "active" and expires is not None and expires < day:
-                status = "expired"
-            found[number] = CardRecord(
-                number, program_id, series, batch, status,
-                None if hashed is None else bytes(hashed), customer_id, expires,
-            )  # fmt: skip
-        return found
+        return {row[0]: card_record(row, day) for row in rows}
 
     def verify_pin(self, record: CardRecord, pin: str) -> bool:
         """Whether ``pin`` is the card's PIN (constant-time); False for a card without one."""
