@@ -42,6 +42,7 @@ EXT_DIR = "ext"
 CYTHON_MODULES: list[tuple[str, str]] = [
     ("processor._calendar", f"{EXT_DIR}/_calendar.pyx"),
     ("processor._engine", f"{EXT_DIR}/_engine.pyx"),
+    ("processor._arrays", f"{EXT_DIR}/_arrays.pyx"),
 ]
 
 COMPILER_DIRECTIVES: dict[str, object] = {

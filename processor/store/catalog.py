@@ -21,6 +21,7 @@ import psycopg
 from processor.engine.types import Customer
 from processor.errors import InternalError
 from processor.limits import LOOKUP_KEYS_MAX
+from processor.store import arrays
 from processor.store.cards import SELECT_CARD_COLUMNS, CardCatalog, CardRecord, card_record, today
 from processor.store.customers import Customers
 from processor.store.ledger import LedgerRow, database_error, ledger_page
@@ -70,7 +71,10 @@ class Catalog(CardCatalog, Customers):
         try:
             async with self._pool.connection() as connection:
                 cursor = connection.cursor(binary=True)
-                await cursor.execute(_LOOK_UP_BATCH, (list(numbers), accounts, requests))
+                await cursor.execute(
+                    _LOOK_UP_BATCH,
+                    (arrays.text(numbers), arrays.text(accounts), arrays.text(requests)),
+                )
                 rows = await cursor.fetchall()
         except psycopg.Error as error:
             raise database_error(error, "look up a batch", self._pool.timeout) from error

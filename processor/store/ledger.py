@@ -66,7 +66,7 @@ from processor.limits import (
     REQUEST_ID_STORED_CHARS_MAX,
     RESPONSE_BYTES_MAX,
 )
-from processor.store import codec
+from processor.store import arrays, codec
 
 log = logging.getLogger(__name__)
 
@@ -258,15 +258,21 @@ SELECT t.request_id, {columns} FROM {table} AS t
 JOIN unnest(%b::text[], %b::text[]) AS k(account_id, request_id)
   ON t.account_id = k.account_id AND t.request_id = k.request_id
 """
-_COMMIT_BATCH = "SELECT * FROM commit_batch(" + ", ".join(
-    f"%b::{kind}[]"
-    for kind in (
-        "text", "int8", "text", "int8", "bytea", "text", "int8", "bytea",
-        "text", "text", "bytea", "bytea",
-        "text", "int4", "text", "int4", "text", "int4", "text", "text", "int8", "text", "int4",
-        "text", "text", "bytea",
-    )
-) + ")"  # fmt: skip
+# commit_batch's parameters, in order: each a packed array of its SQL type.
+_COMMIT_PARAMETERS: Final = (
+    arrays.text, arrays.int8,  # the accounts written, and the versions the batch read
+    arrays.text, arrays.int8, arrays.bytea,  # changed accounts: id, new version, state
+    arrays.text, arrays.int8, arrays.bytea,  # new accounts: the same
+    arrays.text, arrays.text, arrays.bytea, arrays.bytea,  # idempotency rows
+    arrays.text, arrays.int4, arrays.text, arrays.int4, arrays.text, arrays.int4,  # ledger
+    arrays.text, arrays.text, arrays.int8, arrays.text, arrays.int4,
+    arrays.text, arrays.text, arrays.bytea,  # receipts
+)  # fmt: skip
+_COMMIT_BATCH: Final = (
+    "SELECT * FROM commit_batch("
+    + ", ".join(f"%b::{parameter.sql_type}[]" for parameter in _COMMIT_PARAMETERS)
+    + ")"
+)
 """One call commits a whole batch (migrations/0003_commit_batch.sql says how)."""
 _LEDGER_COLUMNS: Final = 11
 _RACED: Final = "LY001"  # commit_batch: an account or request id appeared after the lock
@@ -457,7 +463,7 @@ class Store:
         try:
             async with self._pool.connection() as connection:
                 cursor = connection.cursor(binary=True)
-                await cursor.execute(_SELECT_STATES, (list(account_ids),))
+                await cursor.execute(_SELECT_STATES, (arrays.text(account_ids),))
                 rows = await cursor.fetchall()
         except psycopg.Error as error:
             _raise_database_error(error, "load accounts", self._acquire_timeout_seconds)
@@ -485,7 +491,7 @@ class Store:
         try:
             async with self._pool.connection() as connection:
                 cursor = connection.cursor(binary=True)
-                await cursor.execute(query, (accounts, requests))
+                await cursor.execute(query, (arrays.text(accounts), arrays.text(requests)))
                 return await cursor.fetchall()
         except psycopg.Error as error:
             _raise_database_error(error, action, self._acquire_timeout_seconds)
@@ -512,11 +518,12 @@ class Store:
         raise InternalError("unreachable: the commit loop ended without an outcome")
 
     async def _commit_once(self, staged: _Staged) -> CommitOutcome:
-        arguments = (
+        columns: tuple[Sequence[Any], ...] = (
             staged.account_ids, [staged.expected[one] for one in staged.account_ids],
             *staged.changed_rows, *staged.new_rows, *staged.idempotency_rows,
             *_ledger_columns(staged.ledger_rows), *staged.receipt_rows,
         )  # fmt: skip
+        arguments = [pack(column) for pack, column in zip(_COMMIT_PARAMETERS, columns, strict=True)]
         async with self._pool.connection() as connection:
             cursor = connection.cursor(binary=True)
             try:
