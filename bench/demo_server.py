@@ -3,6 +3,10 @@
 On the servers ``LOYALTY_DATABASE_URL`` / ``LOYALTY_REDIS_URL`` name, else on embedded ones
 in a temporary directory; free loopback ports for gRPC and metrics; the demo's cards past
 the first ten (which are registered to customers); stopped with SIGTERM on the way out.
+
+Every run starts from the demo's fresh cards: on a named PostgreSQL in a schema of its own,
+dropped afterwards, and under a cache key prefix of its own. (Run after run on one schema,
+the same cards would pile up a lot per purchase, and each run would cost more than the last.)
 """
 
 from __future__ import annotations
@@ -13,10 +17,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -59,11 +68,34 @@ def transaction(account: str, request_id: str) -> Any:
 
 
 @contextlib.contextmanager
+def fresh_schema(name: str) -> Iterator[dict[str, str]]:
+    """The environment's LOYALTY_DATABASE_URL on a new schema (dropped on exit), if named."""
+    database_url = os.environ.get("LOYALTY_DATABASE_URL")
+    if not database_url:
+        yield {}
+        return
+    schema = f"bench_{name}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    options = conninfo_to_dict(database_url).get("options") or ""
+    url = make_conninfo(database_url, options=f"{options} -c search_path={schema}".strip())
+    try:
+        yield {"LOYALTY_DATABASE_URL": url}
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@contextlib.contextmanager
 def demo_server(name: str) -> Iterator[DemoServer]:
-    """The server, serving; ``name`` makes its cache key prefix its own."""
+    """The server, serving; ``name`` makes its schema and cache key prefix its own."""
     listen, metrics_listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    with tempfile.TemporaryDirectory(prefix=f"loyalty-{name}-") as data_dir:
-        environment = dict(os.environ, LOYALTY_CACHE_KEY_PREFIX=f"{name}-{os.getpid()}:")
+    with (
+        tempfile.TemporaryDirectory(prefix=f"loyalty-{name}-") as data_dir,
+        fresh_schema(name) as database,
+    ):
+        prefix = f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}:"
+        environment = dict(os.environ, LOYALTY_CACHE_KEY_PREFIX=prefix, **database)
         command = [
             LOYALTY, "serve", "--demo", "--listen", listen,
             "--metrics-listen", metrics_listen, "--data-dir", data_dir,
