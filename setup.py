@@ -43,6 +43,7 @@ CYTHON_MODULES: list[tuple[str, str]] = [
     ("processor._calendar", f"{EXT_DIR}/_calendar.pyx"),
     ("processor._engine", f"{EXT_DIR}/_engine.pyx"),
     ("processor._arrays", f"{EXT_DIR}/_arrays.pyx"),
+    ("processor._codec", f"{EXT_DIR}/_codec.pyx"),
 ]
 
 COMPILER_DIRECTIVES: dict[str, object] = {

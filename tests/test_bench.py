@@ -217,3 +217,18 @@ def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
     figures = run_script("server_cpu.py", arguments, fresh_schema_url, redis_url)
     assert (figures["unary_calls"], figures["durable_txns"]) == (20, 600)
     assert figures["server_cpu_us_per_request"] > 0 and figures["server_cpu_us_per_txn"] > 0
+
+
+def test_the_codec_bench_times_both_lot_codecs_on_typical_and_heavy_states() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "codec_bench.py"), "--states", "5", "--lots", "4"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["lots"] == 4
+    # The same bytes whichever codec wrote them; heavier states are longer.
+    assert figures["reference_heavy_bytes"] > figures["reference_typical_bytes"] > 0
+    if figures["compiled_available"]:
+        assert figures["compiled_heavy_bytes"] == figures["reference_heavy_bytes"]
+    assert figures["reference_heavy_decode_us"] > 0 and figures["reference_heavy_encode_us"] > 0

@@ -250,6 +250,83 @@ def test_every_state_round_trips_exactly(state: AccountState) -> None:
     assert codec.decode_state(data, state.account) == state
 
 
+needs_compiled_lots = pytest.mark.skipif(
+    not codec.COMPILED_LOTS, reason="processor._codec not built (LOYALTY_NO_EXTENSIONS=1)"
+)
+
+
+@needs_compiled_lots
+@given(st.lists(lots, max_size=12), days, st.lists(names, max_size=3, unique=True))
+def test_the_compiled_lots_encode_as_the_reference(
+    given_lots: list[Lot], base: int, known: list[str]
+) -> None:
+    rules = {rule: position for position, rule in enumerate(known)}
+    reference_rules = dict(rules)
+    fields = codec.lots_fields(given_lots, base, rules)
+    assert fields == codec.lots_fields_reference(given_lots, base, reference_rules)
+    assert list(rules.items()) == list(reference_rules.items())  # the same rule numbering
+    named = list(rules)
+    assert codec.lots_from(fields, base, named) == given_lots
+    assert codec.lots_from_reference(fields, base, named) == given_lots
+
+
+junk = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.integers(-(2**70), 2**70),
+    st.text(max_size=3), st.floats(allow_nan=False),
+)  # fmt: skip
+
+
+def outcome(decode: Any, *arguments: Any) -> Any:
+    try:
+        return ("ok", decode(*arguments))
+    except Exception as error:  # the error is what is compared
+        return (type(error), str(error))
+
+
+@needs_compiled_lots
+@given(
+    st.one_of(
+        # Lots that are nearly right: small numbers make valid days, kinds and rule indexes
+        # (negative ones too, which Python's indexing wraps), with junk among them.
+        st.lists(
+            st.lists(st.one_of(st.integers(-2, 3), st.none(), junk), min_size=3, max_size=8),
+            max_size=4,
+        ),
+        st.lists(st.one_of(st.lists(junk, max_size=9), junk), max_size=4),
+        junk,
+    ),
+    st.integers(-100, 100),
+    st.lists(names, max_size=3),
+)
+def test_damaged_lots_fail_the_compiled_decoder_as_they_fail_the_reference(
+    encoded: Any, base: int, rules: list[str]
+) -> None:
+    assert outcome(codec.lots_from, encoded, base, rules) == outcome(
+        codec.lots_from_reference, encoded, base, rules
+    )
+
+
+@needs_compiled_lots
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"kind": "gold"},
+        {"earned_day": "x"},
+        {"expires_day": "x"},
+        {"available_day": None},
+    ],
+)
+def test_a_lot_the_engine_could_not_have_made_fails_both_encoders_alike(
+    damage: dict[str, Any],
+) -> None:
+    lot = Lot(100, "r", "regular", 5, 100, 465, 2)
+    for field, value in damage.items():
+        setattr(lot, field, value)
+    assert outcome(codec.lots_fields, [lot], 90, {}) == outcome(
+        codec.lots_fields_reference, [lot], 90, {}
+    )
+
+
 @given(receipts)
 def test_every_receipt_round_trips_exactly(receipt: Receipt) -> None:
     assert codec.decode_receipt(codec.encode_receipt(receipt)) == receipt

@@ -387,7 +387,7 @@ def _loyalty_fields(account: LoyaltyAccount) -> list[Any]:
     def ref(rule: str) -> int:
         return rules.setdefault(rule, len(rules))
 
-    lots = [_lot_fields(lot, base, ref) for lot in account.lots]
+    lots = lots_fields(account.lots, base, rules)
     rule_day = {ref(rule): [day - base, uses] for rule, (day, uses) in account.rule_day.items()}
     rule_period = {ref(rule): list(counts) for rule, counts in account.rule_period.items()}
     rule_total = {ref(rule): uses for rule, uses in account.rule_total.items()}
@@ -444,7 +444,7 @@ def _loyalty_from(values: list[Any]) -> LoyaltyAccount:
         base,
         base + level_since,
         base + last_activity,
-        [_lot_from(lot, base, rules) for lot in lots],
+        lots_from(lots, base, rules),
         debt,
         earned_ltd,
         earned_ytd,
@@ -472,6 +472,16 @@ def _lot_fields(lot: Lot, base: int, ref: Callable[[str], int]) -> list[Any]:
         lot.program_version,
     ]
     return _trim(values, _LOT)
+
+
+def lots_fields_reference(lots: list[Lot], base: int, rules: dict[str, int]) -> list[list[Any]]:
+    """Each lot's fields; a rule not in ``rules`` yet gets the next position, in lot order."""
+    return [_lot_fields(lot, base, lambda rule: rules.setdefault(rule, len(rules))) for lot in lots]
+
+
+def lots_from_reference(values: Any, base: int, rules: list[str]) -> list[Lot]:
+    """The lots ``lots_fields_reference`` wrote."""
+    return [_lot_from(lot, base, rules) for lot in values]
 
 
 def _lot_from(values: list[Any], base: int, rules: list[str]) -> Lot:
@@ -691,3 +701,20 @@ def _move_from(values: list[Any]) -> LevelMove:
     return LevelMove(
         program, rule, _word(kind, MOVE_KINDS, "level move kind"), from_level, to_level
     )
+
+
+# --------------------------------------------------------------------------- compiled lots
+
+# Lots are most of a busy account's bytes and most of the codec's work: processor._codec
+# (ext/_codec.pyx) does the same in C when built, tested equal to the references above
+# (tests/test_codec.py). Imported last: it imports CodecError from this module.
+try:
+    from processor._codec import (  # type: ignore[import-not-found, unused-ignore]
+        lots_fields,
+        lots_from,
+    )
+except ImportError:  # pragma: no cover - LOYALTY_NO_EXTENSIONS=1
+    lots_fields = lots_fields_reference
+    lots_from = lots_from_reference
+COMPILED_LOTS: Final = lots_fields is not lots_fields_reference
+"""Whether lots are encoded and decoded by processor._codec."""
