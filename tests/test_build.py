@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPILED_MODULES = ["processor._calendar", "processor._engine", "processor._arrays", "processor._codec"]
+COMPILED_MODULES = [
+    "processor._calendar",
+    "processor._engine",
+    "processor._arrays",
+    "processor._codec",
+]
 NO_EXTENSIONS = os.environ.get("LOYALTY_NO_EXTENSIONS", "") == "1"
 
 
