@@ -210,6 +210,20 @@ def test_the_flood_scenario_reports_what_clients_got_and_what_the_server_counted
 
 @pytest.mark.slow
 @pytest.mark.integration
+def test_the_many_clients_scenario_holds_each_client_on_a_connection_of_its_own(
+    fresh_schema_url: str, redis_url: str
+) -> None:
+    arguments = ["--clients", "60", "--rate", "30", "--seconds", "4", "--deadline-seconds", "30"]
+    figures = run_script("many_clients.py", arguments, fresh_schema_url, redis_url)
+    # 30 requests/s from 60 clients: each posts every 2 s, twice in 4 s; all answered.
+    assert figures["outcomes"] == {"OK": 120}
+    # Every client held a connection of its own while the load ran.
+    assert figures["server_open_fds"]["connected"] - figures["server_open_fds"]["idle"] >= 60
+    assert figures["server_rss_mb"]["peak"] >= figures["server_rss_mb"]["idle"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
     fresh_schema_url: str, redis_url: str
 ) -> None:
