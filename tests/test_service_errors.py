@@ -293,6 +293,18 @@ async def test_the_request_id_is_echoed_and_seen_by_the_servicer(
     assert response.result.reason == "pos-17/42"
 
 
+async def test_each_call_of_a_method_gets_its_own_request_id(
+    channel: grpc.aio.Channel,
+) -> None:
+    # The interceptors build a method's wrapping once; the id must still be the call's own.
+    stub = tender_grpc.TenderServiceStub(channel)
+    for request_id in ("till-1/1", "till-1/2", "till-2/1"):
+        call = stub.GetBalance(balance("ok"), metadata=((REQUEST_ID_KEY, request_id),), timeout=5)
+        response = await call
+        assert dict(await call.initial_metadata())[REQUEST_ID_KEY] == request_id
+        assert response.result.reason == request_id
+
+
 @pytest.mark.parametrize("sent", [None, "has spaces", "x" * 129])
 async def test_a_missing_or_odd_request_id_is_replaced(
     channel: grpc.aio.Channel, sent: str | None
