@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from plugins.redis import REDIS_URL_ENV, open_cache
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from processor.cache import accounts as cache_module
@@ -1123,6 +1124,67 @@ async def test_errors_are_logged_once_per_interval(
         assert down.errors_total == 4
     finally:
         await down.aclose()
+
+
+# -- the command lane (single commands past the client's pool) ---------------------------
+
+
+@pytest_asyncio.fixture
+async def lane(redis_url: str) -> AsyncIterator[connect.CommandLane]:
+    client = connect.client_for(redis_url, cluster=False, pool_timeout_seconds=1.0)
+    assert isinstance(client, aioredis.Redis)
+    command_lane = connect.CommandLane(client.connection_pool)
+    try:
+        yield command_lane
+    finally:
+        await command_lane.aclose()
+        await client.aclose()
+
+
+async def test_a_lane_connection_interrupted_mid_command_is_never_reused(
+    lane: connect.CommandLane, redis_url: str, redis_key_prefix: str
+) -> None:
+    waited, other = f"{redis_key_prefix}lane-list", f"{redis_key_prefix}lane-value"
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await admin.set(other, b"the other reply")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await lane.execute("BLPOP", waited, 5)
+        # The interrupted BLPOP's reply arrives now; reused, its connection would hand it
+        # to the next command instead of that command's own reply.
+        await admin.rpush(waited, b"late")
+        await asyncio.sleep(0.05)
+        assert await lane.execute("GET", other) == b"the other reply"
+        assert await lane.execute("GET", other) == b"the other reply"
+    finally:
+        await admin.delete(waited, other)
+        await admin.aclose()
+
+
+async def test_an_error_reply_leaves_the_lane_connection_whole(
+    lane: connect.CommandLane,
+) -> None:
+    first = await lane.execute("CLIENT", "ID")
+    with pytest.raises(ResponseError):
+        await lane.execute("EVALSHA", "0" * 40, 0)
+    assert await lane.execute("CLIENT", "ID") == first  # the same connection, answering
+
+
+async def test_a_lane_connection_the_server_closed_fails_once_then_a_new_one_serves(
+    lane: connect.CommandLane, redis_url: str
+) -> None:
+    killed = await lane.execute("CLIENT", "ID")
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await admin.execute_command("CLIENT", "KILL", "ID", killed)
+    finally:
+        await admin.aclose()
+    with contextlib.suppress(ConnectionError, OSError, RedisConnectionError):
+        await lane.execute("PING")
+    replacement = await lane.execute("CLIENT", "ID")
+    assert replacement != killed
+    assert await lane.execute("PING") in (b"PONG", True)
 
 
 # -- the embedded server -----------------------------------------------------------------
