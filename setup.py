@@ -44,6 +44,7 @@ CYTHON_MODULES: list[tuple[str, str]] = [
     ("processor._engine", f"{EXT_DIR}/_engine.pyx"),
     ("processor._arrays", f"{EXT_DIR}/_arrays.pyx"),
     ("processor._codec", f"{EXT_DIR}/_codec.pyx"),
+    ("processor._answers", f"{EXT_DIR}/_answers.pyx"),
 ]
 
 COMPILER_DIRECTIVES: dict[str, object] = {

@@ -233,6 +233,18 @@ def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
     assert figures["server_cpu_us_per_request"] > 0 and figures["server_cpu_us_per_txn"] > 0
 
 
+def test_the_answers_bench_times_both_writers_and_compares_their_bytes() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "answers_bench.py"), "--results", "50"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["results"] == 50 and figures["reference_us"] > 0
+    if figures["compiled_available"]:
+        assert figures["same_bytes"] is True and figures["compiled_us"] > 0
+
+
 def test_the_codec_bench_times_both_lot_codecs_on_typical_and_heavy_states() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "codec_bench.py"), "--states", "5", "--lots", "4"],

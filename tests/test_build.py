@@ -22,6 +22,7 @@ COMPILED_MODULES = [
     "processor._engine",
     "processor._arrays",
     "processor._codec",
+    "processor._answers",
 ]
 NO_EXTENSIONS = os.environ.get("LOYALTY_NO_EXTENSIONS", "") == "1"
 

@@ -9,6 +9,7 @@ exponent of their balance (``balance_exponents``), dates are local ISO dates.
 from __future__ import annotations
 
 import base64
+from typing import Final
 
 from processor import calendar
 from processor.engine.plan import CompiledProgram
@@ -116,7 +117,35 @@ def result_bytes(
     replayed: bool = False,
     request: Request | None = None,
 ) -> bytes:
-    """The serialized loyalty.v1 Result of an engine result (see ``result_to_proto``).
+    """The serialized loyalty.v1 Result of an engine result (see ``result_to_proto``), in
+    compiled code when built (processor._answers), else by ``result_bytes_reference``."""
+    if _compiled_result_bytes is None:
+        return result_bytes_reference(result, program, replayed=replayed, request=request)
+    tender = None
+    if result.tender is not None:
+        tender = _decision_fields(result.tender, program, request)
+    return bytes(
+        _compiled_result_bytes(
+            result,
+            balance_exponents(program),
+            _award_details(result, program) if result.awards else [],
+            tender,
+            replayed,
+            _TRACE_FIELDS,
+            _TRACE_FIELDS_MAX,
+        )
+    )
+
+
+def result_bytes_reference(
+    result: Result,
+    program: CompiledProgram,
+    *,
+    replayed: bool = False,
+    request: Request | None = None,
+) -> bytes:
+    """The serialized loyalty.v1 Result of an engine result (see ``result_to_proto``): the
+    reference that defines the bytes, which processor._answers writes in C when built.
 
     Built as bytes because that is what costs least: a result carries one trace entry per
     rule (15 on average for the demo program), most of them the same from one result to
@@ -132,7 +161,10 @@ def result_bytes(
         status=_STATUSES[result.status],
         reason=result.reason,
         postings=[_posting(posting) for posting in result.postings],
-        awards=[_award_issue(award, program) for award in result.awards],
+        awards=[
+            _award_issue(award, details)
+            for award, details in zip(result.awards, _award_details(result, program), strict=True)
+        ],
         redeemed_codes=result.redeemed,
         moves=[_move(move) for move in result.moves],
         balances=result.balances,
@@ -140,7 +172,7 @@ def result_bytes(
         replayed=replayed,
     )
     if result.tender is not None:
-        head.tender.CopyFrom(_decision(result.tender, program, request))
+        head.tender.CopyFrom(_decision(_decision_fields(result.tender, program, request)))
     if not result.trace:
         return bytes(head.SerializeToString(deterministic=True))
     fields = _TRACE_FIELDS
@@ -214,17 +246,33 @@ def _posting(posting: Posting) -> common.Posting:
     )
 
 
-def _award_issue(award: AwardIssue, program: CompiledProgram) -> common.AwardIssue:
+AwardDetails = tuple[common.AwardKind, str, int, str]
+"""What an award's answer needs of its program: kind code, currency, points precision of
+its rule, last usable date."""
+
+
+def _award_details(result: Result, program: CompiledProgram) -> list[AwardDetails]:
+    return [
+        (
+            _AWARD_KINDS[award.kind],
+            _holder_currency(award.program, program),
+            _rule_precision(award, program),
+            _last_day(award.expires_day),
+        )
+        for award in result.awards
+    ]
+
+
+def _award_issue(award: AwardIssue, details: AwardDetails) -> common.AwardIssue:
+    kind, currency, precision, expires_date = details
     return common.AwardIssue(
         code=award.code,
-        kind=_AWARD_KINDS[award.kind],
+        kind=kind,
         rule=award.rule,
         program=award.program,
-        value=common.Money(units=award.value, currency=_holder_currency(award.program, program)),
-        points_cost=common.Points(
-            units=award.points_cost, precision=_rule_precision(award, program)
-        ),
-        expires_date=_last_day(award.expires_day),
+        value=common.Money(units=award.value, currency=currency),
+        points_cost=common.Points(units=award.points_cost, precision=precision),
+        expires_date=expires_date,
     )
 
 
@@ -257,20 +305,40 @@ def _move(move: LevelMove) -> common.LevelMove:
     )
 
 
-def _decision(
+DecisionFields = tuple[common.TenderOperation, bool, int, str, int, str, int, str]
+"""A tender decision's answer: operation code, approved, requested units and the currency
+they were sent in, approved units, balance units (both in the program's currency, given
+once between them), reason."""
+
+
+def _decision_fields(
     decision: TenderDecision, program: CompiledProgram, request: Request | None
-) -> common.TenderDecision:
+) -> DecisionFields:
     currency = program.tender.currency.upper() if program.tender is not None else ""
     sent = currency
     if isinstance(request, TenderRequest | Purchase) and request.currency:
         sent = request.currency.upper()
+    return (
+        _TENDER_OPERATIONS.get(decision.op, common.TENDER_OPERATION_UNSPECIFIED),
+        decision.approved,
+        decision.requested,
+        sent,
+        decision.approved_amount,
+        currency,
+        decision.balance,
+        decision.reason,
+    )
+
+
+def _decision(fields: DecisionFields) -> common.TenderDecision:
+    operation, approved, requested, sent, approved_amount, currency, balance, reason = fields
     return common.TenderDecision(
-        operation=_TENDER_OPERATIONS.get(decision.op, common.TENDER_OPERATION_UNSPECIFIED),
-        approved=decision.approved,
-        requested=common.Money(units=decision.requested, currency=sent),
-        approved_amount=common.Money(units=decision.approved_amount, currency=currency),
-        balance=common.Money(units=decision.balance, currency=currency),
-        reason=decision.reason,
+        operation=operation,
+        approved=approved,
+        requested=common.Money(units=requested, currency=sent),
+        approved_amount=common.Money(units=approved_amount, currency=currency),
+        balance=common.Money(units=balance, currency=currency),
+        reason=reason,
     )
 
 
@@ -399,3 +467,18 @@ __all__ = [
     "result_bytes",
     "result_to_proto",
 ]
+
+
+# --------------------------------------------------------------------------- compiled results
+
+# Every answer is built per transaction on the hot path: processor._answers (ext/_answers.pyx)
+# writes the same bytes in C when built, tested equal to result_bytes_reference
+# (tests/test_answers.py). Imported last: it imports this module's tables.
+try:
+    from processor._answers import (  # type: ignore[import-not-found, unused-ignore]
+        result_bytes as _compiled_result_bytes,
+    )
+except ImportError:  # pragma: no cover - LOYALTY_NO_EXTENSIONS=1
+    _compiled_result_bytes = None
+COMPILED_RESULTS: Final = _compiled_result_bytes is not None
+"""Whether results are written by processor._answers."""

@@ -1,0 +1,73 @@
+"""The answer writer: microseconds to write one Result's bytes, compiled and reference.
+
+The results are the demo program's evaluations of a retail workload (bench/engine_bench.py's
+baskets: 15 trace entries and 2.5 postings a result on average, some with awards and level
+moves). Each figure is the median of five timings over all the results, with the compiled
+writer (processor._answers) and with the Python reference, in one run; the bytes of the two
+are compared too. Prints one JSON line.
+
+    .venv/bin/python bench/answers_bench.py --results 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from engine_bench import DEMO, workload  # noqa: E402
+
+from processor.engine import compile_program, get_engine  # noqa: E402
+from processor.program.loader import load_program  # noqa: E402
+from processor.wire import answers  # noqa: E402
+
+ROUNDS = 5
+
+
+def per_result_us(write: Callable[..., bytes], results: list[Any], program: Any) -> float:
+    for result in results[: min(len(results), 500)]:
+        write(result, program)  # warm the shared cache of trace entries
+    timings = []
+    for _ in range(ROUNDS):
+        began = time.process_time()
+        for result in results:
+            write(result, program)
+        timings.append((time.process_time() - began) / len(results) * 1e6)
+    return round(statistics.median(timings), 2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=int, default=5_000)
+    args = parser.parse_args()
+    if args.results <= 0:
+        parser.error("--results must be positive")
+    program = compile_program(load_program(DEMO))
+    results = get_engine("cython").evaluate(program, {}, workload(args.results, 7, 500), {}).results
+    reference = [answers.result_bytes_reference(result, program) for result in results]
+    figures: dict[str, Any] = {
+        "results": len(results),
+        "compiled_available": answers.COMPILED_RESULTS,
+        "bytes_per_result": round(sum(map(len, reference)) / len(reference), 1),
+        "reference_us": per_result_us(answers.result_bytes_reference, results, program),
+    }
+    if answers.COMPILED_RESULTS:
+        figures["compiled_us"] = per_result_us(answers.result_bytes, results, program)
+        figures["same_bytes"] = reference == [
+            answers.result_bytes(result, program) for result in results
+        ]
+    print(json.dumps(figures, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
