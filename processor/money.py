@@ -14,6 +14,12 @@ from fractions import Fraction
 
 import iso4217
 
+# Every code the standard lists, with its minor-unit digits (None for "N.A."), read once:
+# every purchase's currency is checked, and asking iso4217's enum each time cost 4 µs.
+_EXPONENTS: dict[str, int | None] = {
+    currency.code: currency.exponent for currency in iso4217.Currency
+}
+
 
 def currency_exponent(code: str) -> int:
     """Number of minor-unit digits of an ISO 4217 currency code.
@@ -22,10 +28,10 @@ def currency_exponent(code: str) -> int:
     tests, XAU and the other metals, XDR) are not currencies of payment: nothing can be
     held exactly in them, so they are refused like an unknown code.
     """
-    try:
-        exponent = iso4217.Currency(code.upper()).exponent
-    except ValueError:
-        raise ValueError(f"unknown currency {code!r} (expected an ISO 4217 code)") from None
+    upper = code.upper()
+    if upper not in _EXPONENTS:
+        raise ValueError(f"unknown currency {code!r} (expected an ISO 4217 code)")
+    exponent = _EXPONENTS[upper]
     if exponent is None:
         raise ValueError(
             f"{code.upper()} is not a currency of payment (ISO 4217 lists no minor unit)"

@@ -762,26 +762,30 @@ def _ledger_rows(
     keys: set[tuple[str, str, int]] = set()
     for entry in entries:
         posting = entry.posting
-        where = f"posting {entry.request_id}#{entry.seq} of account {entry.account_id}"
-        _check_id(entry.account_id, CARD_NUMBER_STORED_CHARS_MAX, f"{where}: account id")
-        _check_id(entry.request_id, REQUEST_ID_STORED_CHARS_MAX, f"{where}: request id")
-        if entry.account_id not in written:
-            # A posting changes a balance, so its account's state must change with it, or
-            # the balance and the ledger would part ways.
-            raise InvalidBatchError(f"{where}: the batch does not write that account's state")
-        if posting.balance not in BALANCES:
-            raise InvalidBatchError(
-                f"{where}: balance {posting.balance!r} is not one of {sorted(BALANCES)}"
-            )
-        if not posting.kind:
-            raise InvalidBatchError(f"{where}: the posting has no kind")
-        _check_int(entry.seq, 0, INT32_MAX, f"{where}: seq")
-        _check_int(posting.program_version, 0, INT32_MAX, f"{where}: program version")
-        _check_int(posting.amount, INT64_MIN, INT64_MAX, f"{where}: amount")
-        _check_int(posting.day, 0, LEDGER_DAY_MAX, f"{where}: day")
-        key = (entry.account_id, entry.request_id, entry.seq)
+        account_id, request_id, seq = entry.account_id, entry.request_id, entry.seq
+        # Checked without building a message first (they cost more than the checks);
+        # anything doubtful goes through _check_posting, which is the rule and says why.
+        if not (
+            type(account_id) is str
+            and 0 < len(account_id) <= CARD_NUMBER_STORED_CHARS_MAX
+            and type(request_id) is str
+            and 0 < len(request_id) <= REQUEST_ID_STORED_CHARS_MAX
+            and account_id in written
+            and posting.balance in BALANCES
+            and posting.kind
+            and type(seq) is int
+            and 0 <= seq <= INT32_MAX
+            and type(posting.program_version) is int
+            and 0 <= posting.program_version <= INT32_MAX
+            and type(posting.amount) is int
+            and INT64_MIN <= posting.amount <= INT64_MAX
+            and type(posting.day) is int
+            and 0 <= posting.day <= LEDGER_DAY_MAX
+        ):
+            _check_posting(entry, written)
+        key = (account_id, request_id, seq)
         if key in keys:
-            raise InvalidBatchError(f"{where} appears twice in one batch")
+            raise InvalidBatchError(f"{_posting_name(entry)} appears twice in one batch")
         keys.add(key)
         month = ledger_month(posting.day)
         months.add(month)
@@ -803,16 +807,48 @@ def _ledger_rows(
     return rows, months
 
 
+def _posting_name(entry: LedgerEntry) -> str:
+    return f"posting {entry.request_id}#{entry.seq} of account {entry.account_id}"
+
+
+def _check_posting(entry: LedgerEntry, written: Mapping[str, int]) -> None:
+    """Every rule of a ledger row, in order; InvalidBatchError naming the first broken."""
+    posting = entry.posting
+    where = _posting_name(entry)
+    _check_id(entry.account_id, CARD_NUMBER_STORED_CHARS_MAX, f"{where}: account id")
+    _check_id(entry.request_id, REQUEST_ID_STORED_CHARS_MAX, f"{where}: request id")
+    if entry.account_id not in written:
+        # A posting changes a balance, so its account's state must change with it, or
+        # the balance and the ledger would part ways.
+        raise InvalidBatchError(f"{where}: the batch does not write that account's state")
+    if posting.balance not in BALANCES:
+        raise InvalidBatchError(
+            f"{where}: balance {posting.balance!r} is not one of {sorted(BALANCES)}"
+        )
+    if not posting.kind:
+        raise InvalidBatchError(f"{where}: the posting has no kind")
+    _check_int(entry.seq, 0, INT32_MAX, f"{where}: seq")
+    _check_int(posting.program_version, 0, INT32_MAX, f"{where}: program version")
+    _check_int(posting.amount, INT64_MIN, INT64_MAX, f"{where}: amount")
+    _check_int(posting.day, 0, LEDGER_DAY_MAX, f"{where}: day")
+
+
 def _receipt_rows(receipts: Sequence[Receipt]) -> tuple[list[str], list[str], list[bytes]]:
     rows: tuple[list[str], list[str], list[bytes]] = ([], [], [])
     keys: set[tuple[str, str]] = set()
     for receipt in sorted(receipts, key=lambda receipt: (receipt.account, receipt.id)):
-        _check_id(
-            receipt.account, CARD_NUMBER_STORED_CHARS_MAX, f"receipt {receipt.id}: account id"
-        )
-        _check_id(
-            receipt.id, REQUEST_ID_STORED_CHARS_MAX, f"receipt of {receipt.account}: request id"
-        )
+        if not (
+            type(receipt.account) is str
+            and 0 < len(receipt.account) <= CARD_NUMBER_STORED_CHARS_MAX
+            and type(receipt.id) is str
+            and 0 < len(receipt.id) <= REQUEST_ID_STORED_CHARS_MAX
+        ):
+            _check_id(
+                receipt.account, CARD_NUMBER_STORED_CHARS_MAX, f"receipt {receipt.id}: account id"
+            )
+            _check_id(
+                receipt.id, REQUEST_ID_STORED_CHARS_MAX, f"receipt of {receipt.account}: request id"
+            )
         if (receipt.account, receipt.id) in keys:
             raise InvalidBatchError(f"receipt {receipt.id} of {receipt.account} appears twice")
         keys.add((receipt.account, receipt.id))
@@ -828,13 +864,25 @@ def _idempotency_rows(
     rows: tuple[list[str], list[str], list[bytes], list[bytes]] = ([], [], [], [])
     request_ids: set[str] = set()
     for record in sorted(records, key=lambda record: (record.account_id, record.request_id)):
-        where = f"request {record.request_id} of {record.account_id}"
-        _check_id(record.account_id, CARD_NUMBER_STORED_CHARS_MAX, f"{where}: account id")
-        _check_id(record.request_id, REQUEST_ID_STORED_CHARS_MAX, f"{where}: request id")
-        _check_bytes(record.payload_hash, 1, PAYLOAD_HASH_BYTES_MAX, f"{where}: payload hash")
-        _check_bytes(record.response, 0, RESPONSE_BYTES_MAX, f"{where}: response")
+        if not (
+            type(record.account_id) is str
+            and 0 < len(record.account_id) <= CARD_NUMBER_STORED_CHARS_MAX
+            and type(record.request_id) is str
+            and 0 < len(record.request_id) <= REQUEST_ID_STORED_CHARS_MAX
+            and type(record.payload_hash) is bytes
+            and 1 <= len(record.payload_hash) <= PAYLOAD_HASH_BYTES_MAX
+            and type(record.response) is bytes
+            and len(record.response) <= RESPONSE_BYTES_MAX
+        ):
+            where = f"request {record.request_id} of {record.account_id}"
+            _check_id(record.account_id, CARD_NUMBER_STORED_CHARS_MAX, f"{where}: account id")
+            _check_id(record.request_id, REQUEST_ID_STORED_CHARS_MAX, f"{where}: request id")
+            _check_bytes(record.payload_hash, 1, PAYLOAD_HASH_BYTES_MAX, f"{where}: payload hash")
+            _check_bytes(record.response, 0, RESPONSE_BYTES_MAX, f"{where}: response")
         if record.request_id in request_ids:
-            raise InvalidBatchError(f"{where} appears twice in one batch")
+            raise InvalidBatchError(
+                f"request {record.request_id} of {record.account_id} appears twice in one batch"
+            )
         request_ids.add(record.request_id)
         rows[0].append(record.account_id)
         rows[1].append(record.request_id)
