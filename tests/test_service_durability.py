@@ -182,6 +182,57 @@ async def test_a_stale_cache_entry_costs_a_retry_never_a_balance(
     assert await served.store.reconcile() == []
 
 
+async def test_a_batch_reads_the_cache_while_postgresql_looks_its_cards_up(
+    served: Served, cards: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each side waits until the other has begun: read one after the other, they would
+    # wait for ever (the call's deadline ends it).
+    running = served.running.pipeline
+    assert running.cache is not None
+    looking, reading = asyncio.Event(), asyncio.Event()
+    look_up, get_many = running.cards.look_up_batch, running.cache.get_many
+
+    async def look_up_meeting_the_read(*arguments: Any) -> Any:
+        looking.set()
+        await reading.wait()
+        return await look_up(*arguments)
+
+    async def read_meeting_the_look_up(accounts: Any) -> Any:
+        reading.set()
+        await looking.wait()
+        return await get_many(accounts)
+
+    monkeypatch.setattr(running.cards, "look_up_batch", look_up_meeting_the_read)
+    monkeypatch.setattr(running.cache, "get_many", read_meeting_the_look_up)
+    card = cards[45]
+    answer = await served.transactions.PostTransaction(
+        purchase(card, "overlap-1", lines=[line(1, 1_000)]), timeout=10
+    )
+    assert (answer.result.status, answer.result.balances[POINTS]) == (APPROVED, 10)
+
+
+async def test_answers_do_not_wait_for_the_cache_write(
+    served: Served, cards: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = served.running.pipeline
+    assert running.cache is not None
+    answered = asyncio.Event()
+    put_many = running.cache.put_many
+
+    async def put_after_the_answer(entries: Any) -> Any:
+        await answered.wait()  # answered first, or never
+        return await put_many(entries)
+
+    monkeypatch.setattr(running.cache, "put_many", put_after_the_answer)
+    card = cards[46]
+    post = served.transactions.PostTransaction
+    first = await post(purchase(card, "ans-1", lines=[line(1, 1_000)]), timeout=10)
+    answered.set()
+    second = await post(purchase(card, "ans-2", lines=[line(1, 2_000)]), timeout=10)
+    assert [first.result.balances[POINTS], second.result.balances[POINTS]] == [10, 30]
+    assert await ledger_points(served, card) == 30
+
+
 def test_conflict_pauses_are_random_double_with_each_conflict_and_stay_capped() -> None:
     ceilings = []
     for attempt in range(pipeline.CONFLICT_RETRIES_MAX):

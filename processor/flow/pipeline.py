@@ -193,10 +193,16 @@ class Pipeline:
     async def process(self, items: list[Work]) -> None:
         """Answer every item of a batch, with a result or an error."""
         try:
-            lookup = await self.cards.look_up_batch(_card_numbers(items), _replay_keys(items))
+            # The cache is read while PostgreSQL looks the cards up, not after: one wait for
+            # both (a lone caller's process sleeps and wakes once per wait; BENCHMARKS.md).
+            # It reads every account of the batch; replays and refusals just go unused.
+            lookup, cached = await asyncio.gather(
+                self.cards.look_up_batch(_card_numbers(items), _replay_keys(items)),
+                self._cached(_accounts_of(item.payload.request for item in items)),
+            )
             live = self._answer_replays(items, lookup.seen)
             admitted = _whole_calls(items, self._admit(live, lookup.cards))
-            await self._evaluate_and_commit(admitted, lookup.cards, lookup.customers)
+            await self._evaluate_and_commit(admitted, lookup.cards, lookup.customers, cached)
         except LoyaltyError as error:
             _fail(items, error)
         except Exception as error:
@@ -286,6 +292,7 @@ class Pipeline:
         admitted: list[tuple[Work, CompiledProgram]],
         records: dict[str, Any],
         customers: dict[str, Any],
+        cached: CacheRead,
     ) -> None:
         pending = [pair for pair in admitted if not pair[0].payload.dry_run]
         dry = [pair for pair in admitted if pair[0].payload.dry_run]
@@ -298,7 +305,7 @@ class Pipeline:
             # The first attempt has its customers from the batch's lookup; a conflict may
             # have been a change of theirs, so every later attempt reads them again.
             states, receipts, customers = await asyncio.gather(
-                self.load_states(accounts, fresh=attempt > 0),
+                self.load_states(accounts, fresh=attempt > 0, read=cached),
                 self._load_receipts(requests),
                 self.cards.customers(customer_ids)
                 if customer_ids and attempt > 0
@@ -316,9 +323,11 @@ class Pipeline:
             finally:
                 metrics.COMMIT.observe(time.perf_counter() - committing)
             if outcome.committed:
-                await self._refresh_cache(outcome.versions, outcome.encoded)
+                # Answered first: the answers go out while Redis takes the new states. The
+                # next batch on these cards starts only after this one returns (Batcher).
                 for item, answer in evaluated.answers:
                     _settle(item, answer)
+                await self._refresh_cache(outcome.versions, outcome.encoded)
                 _record(evaluated)
                 return
             self.conflicts_total += 1
@@ -345,12 +354,24 @@ class Pipeline:
         keep = {id(item) for item in live}
         return [(item, program) for item, program in pending if id(item) in keep]
 
+    async def _cached(self, accounts: list[str]) -> CacheRead:
+        """What the cache holds of ``accounts`` (nothing without a cache)."""
+        if self.cache is None:
+            return CacheRead(frozenset(), {})
+        return CacheRead(frozenset(accounts), await self.cache.get_many(accounts))
+
     async def load_states(
-        self, accounts: list[str], *, fresh: bool
+        self, accounts: list[str], *, fresh: bool, read: CacheRead | None = None
     ) -> dict[str, tuple[int, AccountState]]:
+        """The states of ``accounts``: from the cache (from ``read`` when it asked for all of
+        them already), else from PostgreSQL; ``fresh`` reads PostgreSQL only (after a
+        conflict)."""
         states: dict[str, tuple[int, AccountState]] = {}
         if self.cache is not None and not fresh:
-            cached = await self.cache.get_many(accounts)
+            if read is not None and read.asked.issuperset(accounts):
+                cached = {one: read.entries[one] for one in accounts if one in read.entries}
+            else:
+                cached = await self.cache.get_many(accounts)
             undecodable = []
             for account, (version, blob) in cached.items():
                 try:
@@ -446,6 +467,15 @@ class Pipeline:
         await self.cache.put_many(
             {account: (versions[account], encoded[account]) for account in versions}
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRead:
+    """The cache's entries (version, state bytes) of the accounts ``asked`` for; those it
+    did not hold are absent from ``entries``."""
+
+    asked: frozenset[str]
+    entries: dict[str, tuple[int, bytes]]
 
 
 @dataclass(slots=True)
