@@ -114,10 +114,13 @@ Demo program loaded: {summary.program_id} v{summary.version}, {summary.cards} ca
     )
 
 
-GC_THRESHOLDS: Final = (50_000, 20, 20)
+GC_THRESHOLDS: Final = (200_000, 20, 20)
 """The collector's thresholds while serving (CPython's defaults are 700, 10, 10): a batch
 makes thousands of short-lived objects, none in cycles that matter, and a young-generation
-collection every 700 allocations walked them all, several times per batch."""
+collection every 700 allocations walked them all, several times per batch. The count is
+of objects made and not yet freed, so six calls of 100 transactions in flight (tens of
+thousands of live objects) still set off a collection every few batches at 50,000; at
+200,000 a perf profile's 4% in the collector mostly goes (BENCHMARKS.md)."""
 
 
 def tune_collector() -> None:
