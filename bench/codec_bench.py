@@ -3,8 +3,8 @@
 States are the demo program's typical accounts (processor.engine.samples), then the same
 accounts holding ``--lots`` lots each, as a card that shops every week keeps for a year:
 lots are most of a busy account's bytes and most of the codec's work. Each figure is the
-best of five timings, with the compiled lots (processor._codec) and with the Python
-references, in one run. Prints one JSON line.
+best of five timings, with the compiled codec (processor._codec: lots and loyalty
+accounts) and with the Python references, in one run. Prints one JSON line.
 
     .venv/bin/python bench/codec_bench.py --lots 30
 """
@@ -86,12 +86,19 @@ def main() -> int:
     typical = account_templates(program, 1, today, random.Random(1), args.states)
     heavy = [with_lots(state, args.lots) for state in typical]
     figures: dict[str, Any] = {"lots": args.lots, "compiled_available": codec.COMPILED_LOTS}
-    implementations = {"compiled": (codec.lots_fields, codec.lots_from)}
-    implementations["reference"] = (codec.lots_fields_reference, codec.lots_from_reference)
-    for name, (fields, from_) in implementations.items():
+    implementations = {
+        "compiled": (codec.lots_fields, codec.lots_from, codec.loyalty_fields, codec.loyalty_from),
+        "reference": (
+            codec.lots_fields_reference,
+            codec.lots_from_reference,
+            codec.loyalty_fields_reference,
+            codec.loyalty_from_reference,
+        ),
+    }
+    for name, chosen in implementations.items():
         if name == "compiled" and not codec.COMPILED_LOTS:
             continue
-        codec.lots_fields, codec.lots_from = fields, from_
+        codec.lots_fields, codec.lots_from, codec.loyalty_fields, codec.loyalty_from = chosen
         for case, states in (("typical", typical), ("heavy", heavy)):
             for key, value in measure(states).items():
                 figures[f"{name}_{case}_{key}"] = value

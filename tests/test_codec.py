@@ -327,6 +327,50 @@ def test_a_lot_the_engine_could_not_have_made_fails_both_encoders_alike(
     )
 
 
+@needs_compiled_lots
+@given(names.flatmap(loyalty_accounts))
+def test_the_compiled_loyalty_account_codec_writes_and_reads_as_the_reference(
+    account: LoyaltyAccount,
+) -> None:
+    fields = codec.loyalty_fields(account)
+    assert fields == codec.loyalty_fields_reference(account)
+    # Through msgpack and back, as stored: both decoders rebuild the same account.
+    stored = msgpack.unpackb(msgpack.packb(fields), strict_map_key=False)
+    again = msgpack.unpackb(msgpack.packb(fields), strict_map_key=False)
+    assert codec.loyalty_from(stored) == codec.loyalty_from_reference(again) == account
+
+
+@needs_compiled_lots
+@given(
+    st.lists(
+        st.one_of(st.integers(-3, 3), st.none(), junk, st.lists(junk, max_size=3), st.just({})),
+        max_size=19,
+    )
+)
+def test_damaged_loyalty_accounts_fail_the_compiled_decoder_as_they_fail_the_reference(
+    values: list[Any],
+) -> None:
+    assert outcome(codec.loyalty_from, list(values)) == outcome(
+        codec.loyalty_from_reference, list(values)
+    )
+
+
+@needs_compiled_lots
+@pytest.mark.parametrize(
+    "damage",
+    [{"created_day": 2**70}, {"created_day": True}, {"rule_day": {"r": (1,)}}, {"lots": ()}],
+)
+def test_a_loyalty_account_out_of_the_ordinary_is_encoded_by_the_reference(
+    damage: dict[str, Any],
+) -> None:
+    account = LoyaltyAccount("loyal", "gold", 100, 100, 100)
+    for field, value in damage.items():
+        setattr(account, field, value)
+    assert outcome(codec.loyalty_fields, account) == outcome(
+        codec.loyalty_fields_reference, account
+    )
+
+
 @given(receipts)
 def test_every_receipt_round_trips_exactly(receipt: Receipt) -> None:
     assert codec.decode_receipt(codec.encode_receipt(receipt)) == receipt

@@ -239,7 +239,7 @@ def _state_fields(state: AccountState) -> list[Any]:
     values = [
         state.version,
         _code(state.status, ACCOUNT_STATUSES, "account status"),
-        [_loyalty_fields(one) for one in state.loyalty.values()],
+        [loyalty_fields(one) for one in state.loyalty.values()],
         [_award_account_fields(one) for one in state.awards.values()],
         None if state.tender is None else _tender_fields(state.tender),
         None if state.customer is None else _customer_fields(state.customer),
@@ -250,7 +250,7 @@ def _state_fields(state: AccountState) -> list[Any]:
 def _state_from(values: list[Any], account: str) -> AccountState:
     version, status, loyalty, awards, tender, customer = _pad(values, _STATE, "account state")
     award_accounts = [_award_account_from(one) for one in awards]
-    loyalty_accounts = [_loyalty_from(one) for one in loyalty]
+    loyalty_accounts = [loyalty_from(one) for one in loyalty]
     return AccountState(
         account,
         version,
@@ -377,7 +377,7 @@ def _award_from(
     )
 
 
-def _loyalty_fields(account: LoyaltyAccount) -> list[Any]:
+def loyalty_fields_reference(account: LoyaltyAccount) -> list[Any]:
     # Days are written relative to the day the account was opened, months and years to
     # that day's month and year, and rule ids once each (lots and counters refer to them by
     # position): together they take a typical account from about 150 bytes to about 100.
@@ -416,7 +416,7 @@ def _loyalty_fields(account: LoyaltyAccount) -> list[Any]:
     return _trim(values, _LOYALTY)
 
 
-def _loyalty_from(values: list[Any]) -> LoyaltyAccount:
+def loyalty_from_reference(values: list[Any]) -> LoyaltyAccount:
     (
         program,
         level,
@@ -703,18 +703,24 @@ def _move_from(values: list[Any]) -> LevelMove:
     )
 
 
-# --------------------------------------------------------------------------- compiled lots
+# --------------------------------------------------------------------------- compiled codec
 
-# Lots are most of a busy account's bytes and most of the codec's work: processor._codec
-# (ext/_codec.pyx) does the same in C when built, tested equal to the references above
-# (tests/test_codec.py). Imported last: it imports CodecError from this module.
+# Lots and the loyalty accounts holding them are most of a busy account's bytes and most of
+# the codec's work: processor._codec (ext/_codec.pyx) does the same in C when built, tested
+# equal to the references above (tests/test_codec.py); a loyalty account it does not take
+# as it is goes to the reference, so errors are the reference's. Imported last: it imports
+# CodecError and the references from this module.
 try:
     from processor._codec import (  # type: ignore[import-not-found, unused-ignore]
         lots_fields,
         lots_from,
+        loyalty_fields,
+        loyalty_from,
     )
 except ImportError:  # pragma: no cover - LOYALTY_NO_EXTENSIONS=1
     lots_fields = lots_fields_reference
     lots_from = lots_from_reference
+    loyalty_fields = loyalty_fields_reference
+    loyalty_from = loyalty_from_reference
 COMPILED_LOTS: Final = lots_fields is not lots_fields_reference
 """Whether lots are encoded and decoded by processor._codec."""
