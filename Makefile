@@ -35,7 +35,7 @@ $(STAMP): $(LOCK) pyproject.toml setup.py $(EXT_SOURCES) $(PROTO_SOURCES)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	PYTHONWARNINGS="ignore:Editable installation" \
 		$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "import processor._calendar, processor._engine, processor._arrays, processor._codec, processor._answers, loyalty.v1.transactions_pb2_grpc"
+	$(BIN)/python -c "import processor._calendar, processor._engine, processor._arrays, processor._codec, processor._answers, processor._admission, loyalty.v1.transactions_pb2_grpc"
 	touch $@
 
 test: $(STAMP)

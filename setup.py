@@ -45,6 +45,7 @@ CYTHON_MODULES: list[tuple[str, str]] = [
     ("processor._arrays", f"{EXT_DIR}/_arrays.pyx"),
     ("processor._codec", f"{EXT_DIR}/_codec.pyx"),
     ("processor._answers", f"{EXT_DIR}/_answers.pyx"),
+    ("processor._admission", f"{EXT_DIR}/_admission.pyx"),
 ]
 
 COMPILER_DIRECTIVES: dict[str, object] = {

@@ -23,6 +23,7 @@ COMPILED_MODULES = [
     "processor._arrays",
     "processor._codec",
     "processor._answers",
+    "processor._admission",
 ]
 NO_EXTENSIONS = os.environ.get("LOYALTY_NO_EXTENSIONS", "") == "1"
 

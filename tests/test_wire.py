@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loyalty_builders import award_rule, compile_file, loyalty, program_file, wallet
 
 from processor import calendar, money
@@ -80,6 +82,115 @@ def refused(call: Any, *args: Any) -> InvalidFieldError:
     with pytest.raises(InvalidFieldError) as caught:
         call(*args)
     return caught.value
+
+
+# --------------------------------------------------------------------------- compiled purchases
+
+needs_compiled_admission = pytest.mark.skipif(
+    not admission.COMPILED_PURCHASES, reason="processor._admission is not built"
+)
+
+
+def outcome(call: Any, *arguments: Any) -> Any:
+    try:
+        return ("ok", call(*arguments))
+    except Exception as error:  # the error is what is compared
+        return (type(error), str(error), getattr(error, "field", None))
+
+
+# Values near every rule's edges, the common ones far more often (each field is odd about
+# one time in ten, so about a third of the purchases are in the common form throughout).
+ODD_TEXT = ["", " ", "a\x00b", "tab\there", "é", "x" * 64, "x" * 65]
+
+
+def mostly(common_value: Any, odd: list[Any]) -> st.SearchStrategy[Any]:
+    return st.sampled_from([common_value] * (len(odd) * 9) + odd)
+
+
+text = mostly("SKU-1", ODD_TEXT)
+local_times = mostly(
+    "2026-03-02T09:05:07",
+    [
+        "2024-02-29T23:59:59", "2023-02-29T10:00:00", "0000-01-01T00:00:00",
+        "0001-01-01T00:00:00", "9999-12-31T23:59:59", "2026-13-01T00:00:00",
+        "2026-03-02T24:00:00", "2026-03-02T09:60:00", "2026-03-02T09:05:60",
+        "2026-03-02 09:05:07", "2026-03-02T09:05", "２０２６-03-02T09:05:07",
+        "2026-03-02T09:05:07Z",
+    ],
+)  # fmt: skip
+accounts = mostly(CARD, ["1234567", "12345678", "1" * 32, "1" * 33, "60012x", "６００１２３４５"])
+lines = st.builds(
+    common.Line,
+    number=st.integers(0, 3),
+    item=text,
+    amount=mostly(1_000, [0, 10**14, 10**14 + 1, -1]),
+    quantity=mostly(1, [0, 2, 1_000_000, 1_000_001]),
+    hierarchy=st.lists(text, max_size=2),
+    attributes=st.dictionaries(text, text, max_size=2),
+    non_merchandise=st.booleans(),
+)
+purchases = st.builds(
+    transactions.Purchase,
+    currency=mostly("USD", ["usd", "JPY", "XXX", "ABC", "US", "USDX", "ÜSD"]),
+    lines=st.lists(lines, min_size=1, max_size=3, unique_by=lambda line: line.number),
+    tenders=st.lists(
+        st.builds(common.TenderLine, type=text, amount=mostly(700, [-5, 0])), max_size=2
+    ),
+    redeem_codes=st.lists(text, max_size=2),
+    exchange_rate=mostly("", ["1.08"]),
+)
+contexts = st.builds(
+    common.RequestContext,
+    request_id=text,
+    account=accounts,
+    local_time=local_times,
+    location=text,
+    dry_run=st.booleans(),
+)
+
+
+@needs_compiled_admission
+@settings(max_examples=500, deadline=None)
+@given(
+    context_message=contexts,
+    sale=purchases,
+    pin=mostly(False, [True]),
+    present=st.booleans(),
+)
+def test_a_compiled_purchase_admission_equals_the_reference(
+    context_message: common.RequestContext,
+    sale: transactions.Purchase,
+    pin: bool,
+    present: bool,
+) -> None:
+    if pin:
+        context_message.pin = "0042"
+    if present:
+        context_message.card_present = False
+    message = transactions.Transaction(context=context_message, purchase=sale)
+    reference = outcome(admission.transaction_from_proto_reference, message, "transaction")
+    compiled = admission._compiled_purchase(message)
+    if compiled is not None:
+        assert ("ok", compiled) == reference
+    assert outcome(admission.transaction_from_proto, message, "transaction") == reference
+
+
+@needs_compiled_admission
+def test_a_plain_purchase_is_admitted_by_the_compiled_path() -> None:
+    # The common form must stay on the fast path: a purchase, its lines and tenders.
+    message = purchase(tenders=[common.TenderLine(type="visa", amount=1_000)])
+    admitted = admission._compiled_purchase(message)
+    assert admitted is not None
+    assert admitted == admission.transaction_from_proto_reference(message, "transaction")
+    for slow in (
+        purchase(stored_value=common.Money(units=5)),
+        purchase(exchange_rate="1.5"),
+        purchase(customer=common.Customer(id="C-1")),
+        transactions.Transaction(context=context(pin="0042"), purchase=message.purchase),
+        transactions.Transaction(context=context(), void=transactions.Void(original_id="r-0")),
+        purchase(lines=[common.Line(number=1, item="A"), common.Line(number=1, item="B")]),
+    ):
+        assert admission._compiled_purchase(slow) is None
 
 
 # --------------------------------------------------------------------------- context

@@ -27,7 +27,7 @@ import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from processor import calendar, money
 from processor.engine.plan import CompiledProgram
@@ -137,6 +137,18 @@ def transaction_from_proto(
 ) -> tuple[Context, Purchase | Return | Void | Engagement]:
     """The context and engine request of a Transaction (``field`` is its path: use
     ``transactions[3]`` for one of a PostTransactions call)."""
+    if _compiled_purchase is not None:
+        admitted = _compiled_purchase(message)
+        if admitted is not None:
+            return cast(tuple[Context, Purchase], admitted)
+    return transaction_from_proto_reference(message, field)
+
+
+def transaction_from_proto_reference(
+    message: transactions.Transaction, field: str = "transaction"
+) -> tuple[Context, Purchase | Return | Void | Engagement]:
+    """``transaction_from_proto`` in Python: the rule. processor._admission takes the
+    purchases in the common form in compiled code, and hands everything else here."""
     context = _required_context(message, field)
     kind = message.WhichOneof("kind")
     if kind == "purchase":
@@ -585,4 +597,22 @@ __all__ = [
     "resolve_currency",
     "tender_from_proto",
     "transaction_from_proto",
+    "transaction_from_proto_reference",
 ]
+
+
+# --------------------------------------------------------------------------- compiled purchases
+
+# Every posted purchase is admitted on the hot path: processor._admission (ext/_admission.pyx)
+# checks the ones in the common form in C when built and hands the rest to the reference
+# above, so every error is the reference's (tests/test_wire.py holds the two equal).
+# Imported last: it imports Context from this module.
+try:
+    from processor._admission import (  # type: ignore[import-not-found, unused-ignore]
+        purchase as _compiled_purchase,
+    )
+except ImportError:  # pragma: no cover - LOYALTY_NO_EXTENSIONS=1
+    _compiled_purchase = None
+COMPILED_PURCHASES: Final = _compiled_purchase is not None
+"""Whether purchases in the common form are admitted by processor._admission."""
+
