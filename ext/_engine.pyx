@@ -54,6 +54,10 @@ cdef extern from *:
 cdef enum:
     MONTHS_KEPT = 37
     AWARDS_PER_RULE_MAX = 100
+    # Shared trace entries: string ids below this fit a key of one int (20 bits each);
+    # at most this many kept per program.
+    TRACE_ID_LIMIT = 1 << 20
+    TRACE_ENTRIES_MAX = 65536
 
 # Calculation types, time rule types, award and movement kinds, as small ints.
 cdef enum Calculation:
@@ -343,6 +347,9 @@ cdef class PackedProgram:
     cdef dict location_index   # location -> position in each rule's verdict table
     cdef int location_count
     cdef list plans
+    # The trace entries made so far, shared between results (TraceEntry is frozen): most
+    # are the same from one result to the next, and making one cost more than finding it.
+    cdef dict trace_entries
     # Fixed strings the hot loop writes into results.
     cdef int64_t s_empty, s_points, s_escrow, s_regular, s_bonus, s_expire, s_award_cost
     cdef int64_t s_move_cost, s_age_points, s_inactivity, s_lot_expiry, s_extension, s_extended
@@ -358,6 +365,7 @@ cdef class PackedProgram:
         self.strings = Strings()
         self.symbols = {}
         self.plans = []
+        self.trace_entries = {}
         self._fixed_strings()
         self._locations(program)
         for plan in program.loyalty:
@@ -1164,12 +1172,33 @@ cdef class Batch:
             ))
         start = self.row_traces.data[row]
         end = self.row_traces.data[row + 1] if row + 1 < rows else self.traces.size
+        cdef dict interned = self.p.trace_entries
+        cdef int64_t program_id, rule_id, reason_id
         for i in range(start, end, 5):
-            result.trace.append(TraceEntry(
-                strings[self.traces.data[i]], strings[self.traces.data[i + 1]],
-                bool(self.traces.data[i + 2]), self.traces.data[i + 3],
-                strings[self.traces.data[i + 4]],
-            ))
+            program_id = self.traces.data[i]
+            rule_id = self.traces.data[i + 1]
+            reason_id = self.traces.data[i + 4]
+            key = None
+            entry = None
+            if program_id < TRACE_ID_LIMIT and rule_id < TRACE_ID_LIMIT \
+                    and reason_id < TRACE_ID_LIMIT:
+                # One int for the strings and the flag, and the points beside it.
+                key = (
+                    (program_id << 41) | (rule_id << 21) | (reason_id << 1)
+                    | (self.traces.data[i + 2] != 0),
+                    self.traces.data[i + 3],
+                )
+                entry = interned.get(key)
+            if entry is None:
+                entry = TraceEntry(
+                    strings[program_id], strings[rule_id], bool(self.traces.data[i + 2]),
+                    self.traces.data[i + 3], strings[reason_id],
+                )
+                if key is not None:
+                    if len(interned) >= TRACE_ENTRIES_MAX:
+                        interned.clear()  # bounded: entries with points amounts are endless
+                    interned[key] = entry
+            result.trace.append(entry)
         start = self.row_moves.data[row]
         end = self.row_moves.data[row + 1] if row + 1 < rows else self.moves.size
         for i in range(start, end, 5):
