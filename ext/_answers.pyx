@@ -32,6 +32,17 @@ cdef enum:
     LEN = 2
 
 
+cdef inline Py_ssize_t _put_varint(unsigned char* out, uint64_t value) noexcept:
+    """``value`` as a protobuf varint at ``out`` (room for 10 bytes); the bytes written."""
+    cdef Py_ssize_t size = 0
+    while value > 0x7F:
+        out[size] = (value & 0x7F) | 0x80
+        size += 1
+        value >>= 7
+    out[size] = value
+    return size + 1
+
+
 cdef class _Buffer:
     """A growing byte buffer; ``mark``/``close`` frame a submessage with its length."""
 
@@ -70,12 +81,7 @@ cdef class _Buffer:
 
     cdef int varint(self, uint64_t value) except -1:
         self.reserve(10)
-        while value > 0x7F:
-            self.data[self.size] = <char>((value & 0x7F) | 0x80)
-            self.size += 1
-            value >>= 7
-        self.data[self.size] = <char>value
-        self.size += 1
+        self.size += _put_varint(<unsigned char*>self.data + self.size, value)
         return 0
 
     cdef int tag(self, int number, int wire_type) except -1:
@@ -112,22 +118,9 @@ cdef class _Buffer:
     cdef int close(self, int number, Py_ssize_t start) except -1:
         """Frame what was written since ``start`` as field ``number``'s submessage."""
         cdef Py_ssize_t body = self.size - start
-        cdef unsigned char head[15]
-        cdef Py_ssize_t head_size = 0
-        cdef uint64_t value = <uint64_t>((number << 3) | LEN)
-        while value > 0x7F:
-            head[head_size] = (value & 0x7F) | 0x80
-            head_size += 1
-            value >>= 7
-        head[head_size] = value
-        head_size += 1
-        value = <uint64_t>body
-        while value > 0x7F:
-            head[head_size] = (value & 0x7F) | 0x80
-            head_size += 1
-            value >>= 7
-        head[head_size] = value
-        head_size += 1
+        cdef unsigned char head[20]
+        cdef Py_ssize_t head_size = _put_varint(head, <uint64_t>((number << 3) | LEN))
+        head_size += _put_varint(head + head_size, <uint64_t>body)
         self.reserve(head_size)
         memmove(self.data + start + head_size, self.data + start, body)
         memcpy(self.data + start, head, head_size)
