@@ -10,7 +10,9 @@ status (``+details`` when the refusal carried an ErrorInfo), and what the server
     .venv/bin/python bench/flood.py --calls 5000 --deadline-seconds 1
 
 A server that holds under a flood answers every call OK or RESOURCE_EXHAUSTED with details,
-and counts every call it was sent.
+and counts every call it was sent. ``--ceiling`` floods ``bench/ceiling.py`` (the no-op
+server, a third process) the same way afterwards: what the transport and this client
+manage on the same machine when the server does no work at all.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ import argparse
 import asyncio
 import collections
 import json
+import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_server import demo_server, transaction
+from demo_server import demo_server, free_port, transaction
 
 from processor import proto
 
@@ -74,21 +78,44 @@ def server_counts(metrics_address: str) -> dict[str, float]:
     return {name: value for name, value in counts.items() if value}
 
 
+def ceiling_flood(accounts: list[str], calls: int, deadline: float) -> dict[str, int]:
+    """The same flood against bench/ceiling.py, started and stopped here."""
+    listen = f"127.0.0.1:{free_port()}"
+    ceiling = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("ceiling.py")), "--listen", listen],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert ceiling.stdout is not None
+        if "listening" not in ceiling.stdout.readline():
+            raise RuntimeError("bench/ceiling.py did not start")
+        return asyncio.run(flood(listen, accounts, calls, deadline))
+    finally:
+        ceiling.terminate()
+        ceiling.wait(30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=5_000)
     parser.add_argument("--deadline-seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--ceiling", action="store_true", help="flood the no-op server too, afterwards"
+    )
     args = parser.parse_args()
     with demo_server("flood") as server:
         clients = asyncio.run(
             flood(server.listen, server.accounts, args.calls, args.deadline_seconds)
         )
-        figures = {
+        figures: dict[str, Any] = {
             "calls": args.calls,
             "deadline_seconds": args.deadline_seconds,
             "clients": clients,
             "server": server_counts(server.metrics_listen),
         }
+        accounts = server.accounts
+    if args.ceiling:
+        figures["ceiling_clients"] = ceiling_flood(accounts, args.calls, args.deadline_seconds)
     print(json.dumps(figures, sort_keys=True))
     return 0
 

@@ -201,11 +201,13 @@ def run_script(name: str, arguments: list[str], database_url: str, redis_url: st
 def test_the_flood_scenario_reports_what_clients_got_and_what_the_server_counted(
     fresh_schema_url: str, redis_url: str
 ) -> None:
-    arguments = ["--calls", "40", "--deadline-seconds", "30"]
+    arguments = ["--calls", "40", "--deadline-seconds", "30", "--ceiling"]
     figures = run_script("flood.py", arguments, fresh_schema_url, redis_url)
-    # A light load: every call answered, and the server counted each.
+    # A light load: every call answered, and the server counted each; the no-op server
+    # flooded the same way afterwards answered every call too.
     assert figures["clients"] == {"OK": 40}
     assert figures["server"]["handled_OK"] == 40
+    assert figures["ceiling_clients"] == {"OK": 40}
 
 
 @pytest.mark.slow
