@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,15 @@ results = _builds(
 def test_every_state_round_trips_exactly(state: AccountState) -> None:
     data = codec.encode_state(state)
     assert codec.decode_state(data, state.account) == state
+
+
+@given(states(), st.integers(0, 2**62))
+def test_a_state_is_written_with_the_version_given_in_place_of_its_own(
+    state: AccountState, version: int
+) -> None:
+    data = codec.encode_state(state, version)
+    assert data == codec.encode_state(dataclasses.replace(state, version=version))
+    assert codec.decode_state(data, state.account).version == version
 
 
 needs_compiled_lots = pytest.mark.skipif(

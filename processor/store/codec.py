@@ -82,9 +82,10 @@ _T = TypeVar("_T")
 # --------------------------------------------------------------------------- public API
 
 
-def encode_state(state: AccountState) -> bytes:
-    """The stored form of one account's state, without its account id (the key it is under)."""
-    return _pack(_state_fields(state), "account state")
+def encode_state(state: AccountState, version: int | None = None) -> bytes:
+    """The stored form of one account's state, without its account id (the key it is under);
+    ``version`` in place of the state's own, when given (a commit writes the next one)."""
+    return _pack(_state_fields(state, version), "account state")
 
 
 def decode_state(data: bytes, account: str) -> AccountState:
@@ -229,7 +230,7 @@ _LOYALTY: Final[tuple[Any, ...]] = (
 _LOT: Final[tuple[Any, ...]] = (_R, _R, 0, _R, 0, None, 0)
 
 
-def _state_fields(state: AccountState) -> list[Any]:
+def _state_fields(state: AccountState, version: int | None = None) -> list[Any]:
     for key, award_account in state.awards.items():
         if key != award_account.program:
             raise CodecError(f"award account {award_account.program!r} is filed under {key!r}")
@@ -237,7 +238,7 @@ def _state_fields(state: AccountState) -> list[Any]:
         if key != loyalty_account.program:
             raise CodecError(f"loyalty account {loyalty_account.program!r} is filed under {key!r}")
     values = [
-        state.version,
+        state.version if version is None else version,
         _code(state.status, ACCOUNT_STATUSES, "account status"),
         [loyalty_fields(one) for one in state.loyalty.values()],
         [_award_account_fields(one) for one in state.awards.values()],

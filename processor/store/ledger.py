@@ -33,7 +33,6 @@ in commit order, a page at a time, through the pool the Store and the catalog sh
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import json
 import logging
@@ -733,7 +732,8 @@ def _stage(batch: CommitBatch) -> _Staged:
         if account_id in expected:
             raise InvalidBatchError(f"account {account_id} is written twice in one batch")
         expected[account_id] = version
-        blob = codec.encode_state(dataclasses.replace(write.state, version=version + 1))
+        # The next version, written without copying the state to carry it.
+        blob = codec.encode_state(write.state, version + 1)
         encoded[account_id] = blob
         rows = new_rows if version == 0 else changed_rows
         rows[0].append(account_id)
