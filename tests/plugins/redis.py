@@ -90,10 +90,22 @@ def redis_key_prefix() -> str:
     return f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}:"
 
 
+# The cache's own limits (100 ms to connect, 0.5 s an operation) are for a dead Redis; in
+# tests of a healthy one, on a loaded machine, they would turn a slow moment into a miss.
+HEALTHY_SERVER_TIMEOUTS: dict[str, object] = {
+    "socket_connect_timeout_seconds": 5.0,
+    "socket_timeout_seconds": 5.0,
+    "operation_timeout_seconds": 10.0,
+}
+
+
 @contextlib.asynccontextmanager
 async def open_cache(url: str, key_prefix: str, **options: object) -> AsyncIterator[AccountCache]:
-    """An AccountCache on ``url`` whose keys are removed and connections closed on exit."""
-    cache = AccountCache.from_url(url, key_prefix=key_prefix, **options)
+    """An AccountCache on ``url`` whose keys are removed and connections closed on exit;
+    generous timeouts unless ``options`` name others."""
+    cache = AccountCache.from_url(
+        url, key_prefix=key_prefix, **{**HEALTHY_SERVER_TIMEOUTS, **options}
+    )
     try:
         yield cache
     finally:
