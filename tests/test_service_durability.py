@@ -211,28 +211,6 @@ async def test_a_batch_reads_the_cache_while_postgresql_looks_its_cards_up(
     assert (answer.result.status, answer.result.balances[POINTS]) == (APPROVED, 10)
 
 
-async def test_answers_do_not_wait_for_the_cache_write(
-    served: Served, cards: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    running = served.running.pipeline
-    assert running.cache is not None
-    answered = asyncio.Event()
-    put_many = running.cache.put_many
-
-    async def put_after_the_answer(entries: Any) -> Any:
-        await answered.wait()  # answered first, or never
-        return await put_many(entries)
-
-    monkeypatch.setattr(running.cache, "put_many", put_after_the_answer)
-    card = cards[46]
-    post = served.transactions.PostTransaction
-    first = await post(purchase(card, "ans-1", lines=[line(1, 1_000)]), timeout=10)
-    answered.set()
-    second = await post(purchase(card, "ans-2", lines=[line(1, 2_000)]), timeout=10)
-    assert [first.result.balances[POINTS], second.result.balances[POINTS]] == [10, 30]
-    assert await ledger_points(served, card) == 30
-
-
 def test_conflict_pauses_are_random_double_with_each_conflict_and_stay_capped() -> None:
     ceilings = []
     for attempt in range(pipeline.CONFLICT_RETRIES_MAX):

@@ -323,11 +323,10 @@ class Pipeline:
             finally:
                 metrics.COMMIT.observe(time.perf_counter() - committing)
             if outcome.committed:
-                # Answered first: the answers go out while Redis takes the new states. The
-                # next batch on these cards starts only after this one returns (Batcher).
+                # The cache holds the new states before anyone hears of them.
+                await self._refresh_cache(outcome.versions, outcome.encoded)
                 for item, answer in evaluated.answers:
                     _settle(item, answer)
-                await self._refresh_cache(outcome.versions, outcome.encoded)
                 _record(evaluated)
                 return
             self.conflicts_total += 1
