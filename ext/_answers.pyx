@@ -23,7 +23,7 @@ from libc.string cimport memcpy, memmove
 from calendar cimport civil_from_days
 
 from processor.calendar import format_day
-from processor.wire.answers import _MOVE_KINDS, _POSTING_BALANCES, _STATUSES
+from processor.wire.answers import _MOVE_KINDS, _POSTING_BALANCES, _STATUSES, balance_name
 
 
 # Wire types: VARINT 0, LEN 2.
@@ -147,14 +147,6 @@ def _map_order(str key):
     return key.encode() + b"\xff"
 
 
-cdef str _balance_name(object posting):
-    if posting.balance == "points":
-        return "points:" + posting.program
-    if posting.balance == "award_value":
-        return "award:" + posting.program
-    return "tender"
-
-
 cdef int _money(_Buffer out, int number, object units, str currency) except -1:
     cdef Py_ssize_t start = out.mark()
     out.int_field(1, units)
@@ -203,7 +195,7 @@ def result_bytes(
     out.text(4, result.reason, False)
     names = set(result.balances)
     for posting in result.postings:
-        name = _balance_name(posting)
+        name = balance_name(posting)
         names.add(name)
         start = out.mark()
         out.text(1, posting.program, False)

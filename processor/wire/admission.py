@@ -615,4 +615,3 @@ except ImportError:  # pragma: no cover - LOYALTY_NO_EXTENSIONS=1
     _compiled_purchase = None
 COMPILED_PURCHASES: Final = _compiled_purchase is not None
 """Whether purchases in the common form are admitted by processor._admission."""
-

@@ -124,17 +124,16 @@ def result_bytes(
     tender = None
     if result.tender is not None:
         tender = _decision_fields(result.tender, program, request)
-    return bytes(
-        _compiled_result_bytes(
-            result,
-            balance_exponents(program),
-            _award_details(result, program) if result.awards else [],
-            tender,
-            replayed,
-            _TRACE_FIELDS,
-            _TRACE_FIELDS_MAX,
-        )
+    compiled: bytes = _compiled_result_bytes(
+        result,
+        balance_exponents(program),
+        _award_details(result, program),
+        tender,
+        replayed,
+        _TRACE_FIELDS,
+        _TRACE_FIELDS_MAX,
     )
+    return compiled
 
 
 def result_bytes_reference(
