@@ -235,6 +235,26 @@ def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
     assert figures["server_cpu_us_per_request"] > 0 and figures["server_cpu_us_per_txn"] > 0
 
 
+@pytest.mark.parametrize(
+    ("script", "arguments", "named"),
+    [
+        ("many_clients.py", ["--clients", "0"], "--clients"),
+        ("many_clients.py", ["--rate", "-5"], "--rate"),
+        ("answers_bench.py", ["--results", "0"], "--results"),
+    ],
+)
+def test_a_bench_script_refuses_a_count_that_is_not_positive_by_name(
+    script: str, arguments: list[str], named: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *arguments],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2  # argparse's usage error, before any server starts
+    assert named in result.stderr and "positive" in result.stderr
+    assert result.stdout == ""
+
+
 def test_the_answers_bench_times_both_writers_and_compares_their_bytes() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "answers_bench.py"), "--results", "50"],
