@@ -366,3 +366,43 @@ async def test_the_time_per_batch_is_learned_from_finished_batches() -> None:
     await asyncio.gather(*(batcher.submit(Work("A", n)) for n in range(3)))
     await batcher.drain()
     assert batcher.seconds_per_batch > 0
+
+
+async def turns(count: int = 20) -> None:
+    """Let the event loop run ``count`` times: no clock involved."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_an_idle_pipeline_takes_a_lone_request_without_waiting_the_flush_interval() -> None:
+    recorder = Recorder()
+    # An hour's interval: had the batcher waited it out, the batch would not start.
+    batcher = Batcher(recorder, flush_interval_ms=3_600_000, keys_of=keys_of)
+    batcher.start()
+    future = batcher.submit(Work("A", 1))
+    await turns()
+    assert recorder.started == [[Work("A", 1)]]
+    assert await future == 1
+    await batcher.drain()
+
+
+async def test_while_a_batch_runs_the_next_one_gathers_what_arrives_meanwhile() -> None:
+    recorder = Recorder()
+    recorder.release = asyncio.Event()
+    batcher = Batcher(
+        recorder, flush_interval_ms=3_600_000, batch_requests_max=2, keys_of=keys_of,
+        batches_in_flight_max=2,
+    )  # fmt: skip
+    batcher.start()
+    futures = [batcher.submit(Work("A", 1))]
+    await turns()
+    futures.append(batcher.submit(Work("B", 2)))
+    await turns()
+    # B waits for company: A's batch is still running.
+    assert recorder.started == [[Work("A", 1)]]
+    futures.append(batcher.submit(Work("C", 3)))
+    await turns()
+    assert recorder.started == [[Work("A", 1)], [Work("B", 2), Work("C", 3)]]
+    recorder.release.set()
+    assert await asyncio.gather(*futures) == [1, 2, 3]
+    await batcher.drain()

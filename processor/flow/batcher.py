@@ -1,8 +1,12 @@
-"""Batching: requests from every connection, gathered for a few milliseconds.
+"""Batching: requests from every connection, gathered while the pipeline is busy.
 
 Handlers put work on a bounded queue and await its future; one flusher task takes up to
-``batch_requests_max`` items (or whatever arrived within ``flush_interval_ms`` of the
-first) and hands them to the pipeline as one batch.
+``batch_requests_max`` items and hands them to the pipeline as one batch. While a batch is
+being processed, the next one gathers what arrives within ``flush_interval_ms`` of its
+first item; when none is, the pipeline is idle and the batch starts at once with what
+is queued (as PostgreSQL's commit_delay waits only when other transactions are active):
+a lone caller would otherwise wait out the interval, and pay a timer and one more
+sleep and wake-up of the process, on every request (BENCHMARKS.md).
 
 Up to ``batches_in_flight_max`` batches can be processed at once, so that one batch is
 evaluated while another waits for its commit's round trips and WAL flush. The default is
@@ -314,6 +318,8 @@ class Batcher(Generic[PayloadT, AnswerT]):
         """Take the next batch off the queue into ``batch`` (filled in place, so that a
         cancelled caller still holds what was taken)."""
         batch.append(await self._queue.get())
+        # One turn of the loop first: calls that arrived with this one join it.
+        await asyncio.sleep(0)
         flush_at = time.monotonic() + self._flush_interval_seconds
         # A group submitted together is never cut: the batch may pass its size to finish one
         # (its items were queued at once, so they are all there).
@@ -326,6 +332,8 @@ class Batcher(Generic[PayloadT, AnswerT]):
                 continue
             except asyncio.QueueEmpty:
                 pass
+            if not self._in_flight:
+                break  # an idle pipeline: nothing is gained by waiting
             remaining = flush_at - time.monotonic()
             if remaining <= 0:
                 break
