@@ -17,10 +17,7 @@ same after it.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,13 +27,11 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from plugins.server import load_demo_into
+from plugins.server import ThreadedServer
 
 from processor import proto
 from processor.proto import common, transactions
-from processor.runtime.settings import Settings
 from processor.service import errors
-from processor.service.server import Running, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,43 +49,6 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-class ThreadedServer:
-    """The processor served on an event loop of its own, in a daemon thread."""
-
-    def __init__(self, database_url: str, redis_url: str) -> None:
-        self.database_url = database_url
-        self.redis_url = redis_url
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.running: Running | None = None
-        self.first_card = ""
-
-    def _run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(120)
-
-    def start(self) -> str:
-        self.thread.start()
-        demo = self._run(load_demo_into(self.database_url))
-        self.first_card = demo.first_card
-        settings_ = Settings(
-            listen="127.0.0.1:0",
-            metrics_listen="",
-            cache_key_prefix=f"t-{uuid.uuid4().hex[:16]}:",
-            flush_interval_ms=1,
-        )
-        self.running = self._run(start(settings_, self.database_url, self.redis_url))
-        return f"127.0.0.1:{self.running.port}"
-
-    def stop(self) -> None:
-        try:
-            if self.running is not None:
-                self._run(self.running.stop(5.0))
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(30)
-            self.loop.close()
 
 
 @pytest.fixture

@@ -12,13 +12,17 @@ Load with ``-p plugins.server`` (``tests/`` on the path; it needs ``plugins.post
 - ``start_served``: a factory for servers with other settings, a second server on the same
   schema, or a restart, each stopped after the test.
 
+:class:`ThreadedServer` serves on a loop of its own thread, for synchronous clients.
+
 Helpers: :func:`purchase` builds a ``PostTransactionRequest`` for a purchase,
 :func:`line` one of its lines, :func:`context` a ``RequestContext``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -195,6 +199,50 @@ async def flush_prefix(redis_url: str, prefix: str) -> int:
     """Remove every cache key under ``prefix``; how many there were."""
     async with AccountCache.from_url(redis_url, key_prefix=prefix) as cache:
         return await cache.flush()
+
+
+class ThreadedServer:
+    """The processor served on an event loop of its own, in a daemon thread, for tests
+    that drive it with a synchronous client (hypothesis runs every example in one server).
+    ``start`` loads the demo into ``database_url`` first; ``overrides`` are settings."""
+
+    def __init__(self, database_url: str, redis_url: str, **overrides: Any) -> None:
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.overrides = overrides
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.running: Running | None = None
+        self.demo: DemoSummary | None = None
+        self.first_card = ""
+
+    def run(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(120)
+
+    def start(self) -> str:
+        """Load the demo, serve it; the address to call."""
+        self.thread.start()
+        self.demo = self.run(load_demo_into(self.database_url))
+        self.first_card = self.demo.first_card
+        values: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "metrics_listen": "",
+            "cache_key_prefix": unique_prefix(),
+            "flush_interval_ms": 1,
+        }
+        values.update(self.overrides)
+        self.running = self.run(start(Settings(**values), self.database_url, self.redis_url))
+        return f"127.0.0.1:{self.running.port}"
+
+    def stop(self) -> None:
+        try:
+            if self.running is not None:
+                self.run(self.running.stop(5.0))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(30)
+            self.loop.close()
 
 
 @pytest_asyncio.fixture
