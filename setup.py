@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent
 EXT_DIR = "ext"
 
 # Compiled modules of the package: (module name, Cython source). Each source may cimport
-# any .pxd in ext/. To add one, append a line here and write ext/<name>.pyx and
+# any .pxd in ext/ and include any .pxi. To add one, append a line here and write ext/<name>.pyx and
 # processor/<name>.pyi.
 CYTHON_MODULES: list[tuple[str, str]] = [
     ("processor._calendar", f"{EXT_DIR}/_calendar.pyx"),
@@ -140,11 +140,15 @@ class build_ext(_build_ext):
 
 
 def _extensions() -> list[Extension]:
-    # Every .pxd is a dependency of every module: they are few and small, and a stale
-    # inline function compiled into a module is a silent wrong answer. The .pyx is listed
+    # Every .pxd and .pxi is a dependency of every module: they are few and small, and a
+    # stale inline function compiled into a module is a silent wrong answer. The .pyx is listed
     # too because cythonize replaces it in `sources` by the generated .c, and the sdist
     # takes its files from both lists.
-    declarations = sorted(str(path.relative_to(ROOT)) for path in (ROOT / EXT_DIR).glob("*.pxd"))
+    declarations = sorted(
+        str(path.relative_to(ROOT))
+        for pattern in ("*.pxd", "*.pxi")
+        for path in (ROOT / EXT_DIR).glob(pattern)
+    )
     return [
         Extension(name, [source], include_dirs=[EXT_DIR], depends=[source, *declarations])
         for name, source in CYTHON_MODULES

@@ -1,5 +1,9 @@
 """The answer writer: microseconds to write one Result's bytes, compiled and reference.
 
+Also, from one batch's evaluation to its answers: the results built as objects and
+written (``materialized_us``), against the answers the compiled engine writes from its
+rows (``from_rows_us``, answers.written_by_engine), with the server's collector settings.
+
 The results are the demo program's evaluations of a retail workload (bench/engine_bench.py's
 baskets: 15 trace entries and 2.5 postings a result on average, some with awards and level
 moves). Each figure is the median of five timings over all the results, with the compiled
@@ -28,6 +32,7 @@ from engine_bench import DEMO, workload  # noqa: E402
 
 from processor.engine import compile_program, get_engine  # noqa: E402
 from processor.program.loader import load_program  # noqa: E402
+from processor.runtime.serve import tune_collector  # noqa: E402
 from processor.wire import answers  # noqa: E402
 
 ROUNDS = 5
@@ -42,6 +47,18 @@ def per_result_us(write: Callable[..., bytes], results: list[Any], program: Any)
         for result in results:
             write(result, program)
         timings.append((time.process_time() - began) / len(results) * 1e6)
+    return round(statistics.median(timings), 2)
+
+
+def batch_us(write_all: Callable[[Any], Any], program: Any, requests: list[Any]) -> float:
+    """µs per result to answer a fresh outcome of ``requests``, median of the rounds."""
+    engine = get_engine("cython")
+    timings = []
+    for _ in range(ROUNDS):
+        outcome = engine.evaluate(program, {}, requests, {})
+        began = time.process_time()
+        write_all(outcome.results)
+        timings.append((time.process_time() - began) / len(requests) * 1e6)
     return round(statistics.median(timings), 2)
 
 
@@ -65,6 +82,20 @@ def main() -> int:
         figures["same_bytes"] = reference == [
             answers.result_bytes(result, program) for result in results
         ]
+        requests = workload(args.results, 7, 500)
+        tune_collector()  # as `loyalty serve` runs
+
+        def materialized(results: Any) -> None:
+            for result in results:
+                answers.result_bytes(result, program)
+
+        def from_rows(results: Any) -> None:
+            for index, ready in enumerate(answers.written_by_engine(results, program)):
+                if ready is None:
+                    answers.result_bytes(results[index], program)
+
+        figures["materialized_us"] = batch_us(materialized, program, requests)
+        figures["from_rows_us"] = batch_us(from_rows, program, requests)
     print(json.dumps(figures, sort_keys=True))
     return 0
 

@@ -12,7 +12,9 @@ test suite runs the same tests on both. What it does differently is *how*:
 - a loyalty account is packed once per batch (``PackedAccount``: lots in arrays), and
   turned back into Python objects only when the caller reads ``accounts``;
 - results and receipts are recorded as rows of integers and built as Python objects
-  only when read (``results[i]``, ``receipts[id]``).
+  only when read (``results[i]``, ``receipts[id]``); the answer of a fast-path result
+  is written as loyalty.v1 bytes straight from its rows (``results.answers``, the bytes
+  processor.wire.answers writes, tested equal), so its trace never becomes objects.
 
 Purchases are the hot path. Everything else (returns, voids, engagements, tender
 operations, award redemptions, purchases with stored value, coupons presented or a
@@ -30,6 +32,8 @@ from calendar cimport (
     month_index, weekday, year_of,
 )
 from limits cimport LINES_MAX
+
+include "wire.pxi"
 
 import copy
 import gc
@@ -350,6 +354,9 @@ cdef class PackedProgram:
     # The trace entries made so far, shared between results (TraceEntry is frozen): most
     # are the same from one result to the next, and making one cost more than finding it.
     cdef dict trace_entries
+    # The same entries as encoded loyalty.v1 trace fields, for answers written from rows
+    # (Batch.row_bytes), under the same keys.
+    cdef dict trace_fields
     # Fixed strings the hot loop writes into results.
     cdef int64_t s_empty, s_points, s_escrow, s_regular, s_bonus, s_expire, s_award_cost
     cdef int64_t s_move_cost, s_age_points, s_inactivity, s_lot_expiry, s_extension, s_extended
@@ -366,6 +373,7 @@ cdef class PackedProgram:
         self.symbols = {}
         self.plans = []
         self.trace_entries = {}
+        self.trace_fields = {}
         self._fixed_strings()
         self._locations(program)
         for plan in program.loyalty:
@@ -1154,8 +1162,10 @@ cdef class Batch:
         scratch.awards.clear()
         scratch.balances.clear()
 
-    cdef object build_result(self, Py_ssize_t row):
-        """The Result of a fast-path row, exactly as the reference engine builds it."""
+    cdef object build_result(self, Py_ssize_t row, bint with_trace=True):
+        """The Result of a fast-path row, exactly as the reference engine builds it (its
+        trace left empty when not ``with_trace``: most entries of a batch are read only as
+        bytes, which row_bytes writes from the rows)."""
         cdef list strings = self.p.strings.values
         cdef Py_ssize_t rows = self.row_posts.size
         cdef Py_ssize_t i, start, end
@@ -1172,6 +1182,8 @@ cdef class Batch:
             ))
         start = self.row_traces.data[row]
         end = self.row_traces.data[row + 1] if row + 1 < rows else self.traces.size
+        if not with_trace:
+            end = start
         cdef dict interned = self.p.trace_entries
         cdef int64_t program_id, rule_id, reason_id
         for i in range(start, end, 5):
@@ -1216,6 +1228,126 @@ cdef class Batch:
         for issue in self.award_issues[start:end]:
             result.awards.append(AwardIssue(*issue) if type(issue) is tuple else issue)
         return result
+
+    cdef object trace_key(self, Py_ssize_t i):
+        """The key a trace entry's row is shared under (None when its ids are too large)."""
+        cdef int64_t program_id = self.traces.data[i]
+        cdef int64_t rule_id = self.traces.data[i + 1]
+        cdef int64_t reason_id = self.traces.data[i + 4]
+        if program_id < TRACE_ID_LIMIT and rule_id < TRACE_ID_LIMIT \
+                and reason_id < TRACE_ID_LIMIT:
+            return (
+                (program_id << 41) | (rule_id << 21) | (reason_id << 1)
+                | (self.traces.data[i + 2] != 0),
+                self.traces.data[i + 3],
+            )
+        return None
+
+    cdef bytes trace_field(self, Py_ssize_t i, dict exponents):
+        """The loyalty.v1 trace field of the entry at ``i`` of the trace rows."""
+        cdef list strings = self.p.strings.values
+        cdef str program = strings[self.traces.data[i]]
+        cdef _Buffer out = _Buffer()
+        cdef Py_ssize_t start = out.mark()
+        out.text(1, program, False)
+        out.text(2, strings[self.traces.data[i + 1]], False)
+        out.bool_field(3, self.traces.data[i + 2] != 0)
+        _points(out, 4, self.traces.data[i + 3], exponents.get("points:" + program, 0))
+        out.text(5, strings[self.traces.data[i + 4]], False)
+        out.close(10, start)
+        return out.result()
+
+    cdef object row_bytes(self, Py_ssize_t row, dict exponents, dict codes):
+        """The loyalty.v1 Result of a fast-path row as bytes, the same bytes
+        processor.wire.answers writes for the Result build_result makes of it; None for a
+        row that issued awards (their details are the program's, looked up in Python).
+
+        ``exponents`` is the program's balance_digits (one dict per program: the trace
+        fields written with it are kept on the packed program); ``codes`` maps the
+        contract's enum names to numbers: "approved", and every posting balance and move
+        kind.
+        """
+        cdef list strings = self.p.strings.values
+        cdef Py_ssize_t rows = self.row_posts.size
+        cdef Py_ssize_t i, start, end, field_start
+        cdef dict fields = self.p.trace_fields
+        cdef dict balances = {}
+        cdef set names = set()
+        cdef str program, balance, name
+        start = self.row_awards.data[row]
+        end = self.row_awards.data[row + 1] if row + 1 < rows else len(self.award_issues)
+        if end > start:
+            return None
+        request = self.meta[row]
+        cdef _Buffer out = _Buffer()
+        out.text(1, request.id, False)
+        out.text(2, request.account, False)
+        out.int_field(3, codes["approved"])
+        # Result.balances first: the names of its map and of the postings have exponents.
+        start = self.row_bals.data[row]
+        end = self.row_bals.data[row + 1] if row + 1 < rows else self.bals.size
+        for i in range(start, end, 2):
+            balances[strings[self.bals.data[i]]] = self.bals.data[i + 1]
+        names.update(balances)
+        start = self.row_posts.data[row]
+        end = self.row_posts.data[row + 1] if row + 1 < rows else self.posts.size
+        for i in range(start, end, 8):
+            program = strings[self.posts.data[i]]
+            balance = strings[self.posts.data[i + 2]]
+            if balance == "points":
+                name = "points:" + program
+            elif balance == "award_value":
+                name = "award:" + program
+            else:
+                name = "tender"
+            names.add(name)
+            field_start = out.mark()
+            out.text(1, program, False)
+            out.int_field(2, self.posts.data[i + 1])
+            out.int_field(3, codes[balance])
+            out.text(4, strings[self.posts.data[i + 3]], False)
+            out.int_field(5, self.posts.data[i + 4])
+            out.text(6, name, False)
+            out.text(7, strings[self.posts.data[i + 5]], False)
+            out.text(8, _date(self.posts.data[i + 6]), False)
+            out.text(9, strings[self.posts.data[i + 7]], False)
+            out.close(5, field_start)
+        start = self.row_moves.data[row]
+        end = self.row_moves.data[row + 1] if row + 1 < rows else self.moves.size
+        for i in range(start, end, 5):
+            field_start = out.mark()
+            out.text(1, strings[self.moves.data[i]], False)
+            out.text(2, strings[self.moves.data[i + 1]], False)
+            out.int_field(3, codes[strings[self.moves.data[i + 2]]])
+            out.text(4, strings[self.moves.data[i + 3]], False)
+            out.text(5, strings[self.moves.data[i + 4]], False)
+            out.close(8, field_start)
+        for name in sorted(balances, key=_map_order):
+            field_start = out.mark()
+            out.text(1, name, True)
+            out.tag(2, VARINT)
+            out.varint(<uint64_t><int64_t>balances[name])
+            out.close(11, field_start)
+        for name in sorted(names, key=_map_order):
+            if name in exponents:
+                field_start = out.mark()
+                out.text(1, name, True)
+                out.tag(2, VARINT)
+                out.varint(<uint64_t><int64_t>exponents[name])
+                out.close(12, field_start)
+        start = self.row_traces.data[row]
+        end = self.row_traces.data[row + 1] if row + 1 < rows else self.traces.size
+        for i in range(start, end, 5):
+            key = self.trace_key(i)
+            field = fields.get(key) if key is not None else None
+            if field is None:
+                field = self.trace_field(i, exponents)
+                if key is not None:
+                    if len(fields) >= TRACE_ENTRIES_MAX:
+                        fields.clear()  # bounded, as trace_entries
+                    fields[key] = field
+            out.raw(<bytes>field, len(<bytes>field))
+        return out.result()
 
     cdef object build_receipt(self, Py_ssize_t row):
         cdef list strings = self.p.strings.values
@@ -1998,6 +2130,21 @@ class LazyResults:
     def __iter__(self):
         for index in range(len(self)):
             yield self[index]
+
+    def answers(self, dict exponents, dict codes):
+        """Per result, in order: (the Result without its trace, its loyalty.v1 bytes) for a
+        fast-path result the engine writes itself (see Batch.row_bytes), else None (the
+        caller writes it from ``self[index]``). The trace is in the bytes only: its
+        entries, most of a result, never become objects."""
+        cdef Batch batch = <Batch> self._batch
+        written = []
+        for index, entry in enumerate(batch.results):
+            data = batch.row_bytes(entry, exponents, codes) if isinstance(entry, int) else None
+            if data is None:
+                written.append(None)
+            else:
+                written.append((batch.build_result(entry, False), data))
+        return written
 
     def __eq__(self, other):
         return list(self) == list(other)

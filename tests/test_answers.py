@@ -8,6 +8,7 @@ real evaluations of the demo program.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from pathlib import Path
@@ -171,3 +172,28 @@ def test_the_trace_cache_is_shared_and_stays_bounded(monkeypatch: pytest.MonkeyP
         compiled, reference = both(result)
         assert compiled == reference
         assert len(answers._TRACE_FIELDS) <= 4
+
+
+@needs_compiled
+def test_the_answers_the_engine_writes_from_its_rows_are_the_reference_bytes() -> None:
+    purchases: list[Purchase] = workload(3_000, seed=5, cards=300)
+    results = get_engine("cython").evaluate(PROGRAM, {}, purchases, {}).results
+    written = answers.written_by_engine(results, PROGRAM)
+    assert len(written) == len(results)
+    by_engine = [
+        (ready, result) for ready, result in zip(written, results, strict=True) if ready is not None
+    ]
+    # Most purchases; the ones that issued awards are written from their results.
+    assert len(by_engine) > len(results) // 2
+    assert any(
+        ready is None and result.awards for ready, result in zip(written, results, strict=True)
+    )
+    for (result, data), full in by_engine:
+        assert data == answers.result_bytes_reference(full, PROGRAM)
+        assert result == dataclasses.replace(full, trace=[])
+
+
+def test_the_reference_engine_leaves_every_answer_to_the_writer() -> None:
+    purchases: list[Purchase] = workload(50, seed=5, cards=10)
+    results = get_engine("python").evaluate(PROGRAM, {}, purchases, {}).results
+    assert answers.written_by_engine(results, PROGRAM) == [None] * len(results)

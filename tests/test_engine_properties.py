@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import defaultdict
 from fractions import Fraction
@@ -35,6 +36,7 @@ from processor.engine.types import (
 )
 from processor.program.loader import validate_program
 from processor.program.rules import TimeWindow
+from processor.wire import answers
 
 START = calendar.parse_day("2026-01-05")  # a Monday
 CARDS = ("6001200000000010", "6001200000000028", "6001200000000036")
@@ -685,6 +687,13 @@ def test_the_compiled_engine_equals_the_reference_result_for_result(data: st.Dat
     (ref_results, ref_accounts, ref_receipts, ref_job, ref_after), cy = outcomes[0], outcomes[1]
     for expected, actual in zip(ref_results, cy[0], strict=True):
         assert actual == expected
+    # The answers the compiled engine writes from its rows are the reference's bytes.
+    last = compiled.evaluate(program, {}, requests, {})
+    written = answers.written_by_engine(last.results, program)
+    for ready, full in zip(written, last.results, strict=True):
+        if ready is not None:
+            assert ready[1] == answers.result_bytes_reference(full, program)
+            assert ready[0] == dataclasses.replace(full, trace=[])
     assert cy[1] == ref_accounts
     assert cy[2] == ref_receipts
     assert cy[3] == ref_job and cy[4] == ref_after

@@ -70,6 +70,7 @@ from processor.store.ledger import (
     ledger_entries,
 )
 from processor.wire import admission
+from processor.wire.answers import written_by_engine
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Answer:
     program: CompiledProgram | None
     replayed: bool = False
     # The contract's Result as bytes, built once for the answer and for replays; a replay
-    # has only these (and result None).
+    # has only these (and result None). When the engine wrote them itself, ``result`` has
+    # no trace: the trace is in these bytes only (answers.written_by_engine).
     response: bytes = b""
 
 
@@ -442,8 +444,16 @@ class Pipeline:
             started = time.perf_counter()
             outcome = self.engine.evaluate(program, plain, requests, receipts)
             engine_seconds += time.perf_counter() - started
-            for (item, _), result in zip(group, outcome.results, strict=True):
-                response = self.encode(result, program)
+            results = outcome.results
+            # Most answers the compiled engine writes itself, from its rows; the rest are
+            # written here from their results.
+            written = written_by_engine(results, program)
+            for index, ((item, _), ready) in enumerate(zip(group, written, strict=True)):
+                if ready is None:
+                    result = results[index]
+                    response = self.encode(result, program)
+                else:
+                    result, response = ready
                 answers.append((item, Answer(result, program, response=response)))
                 batch.postings.extend(ledger_entries(result))
                 batch.idempotency.append(
