@@ -1,8 +1,10 @@
 """The answer writer: microseconds to write one Result's bytes, compiled and reference.
 
-Also, from one batch's evaluation to its answers: the results built as objects and
-written (``materialized_us``), against the answers the compiled engine writes from its
-rows (``from_rows_us``, answers.written_by_engine), with the server's collector settings.
+Also, from one batch's evaluation to what it writes, with the server's collector
+settings: the results built as objects and written (``materialized_us``) against the
+answers the compiled engine writes from its rows (``from_rows_us``,
+answers.written_by_engine); and the receipts built and encoded (``receipts_built_us``)
+against those it writes from its rows (``receipts_from_rows_us``, codec.stored_receipts).
 
 The results are the demo program's evaluations of a retail workload (bench/engine_bench.py's
 baskets: 15 trace entries and 2.5 postings a result on average, some with awards and level
@@ -33,6 +35,7 @@ from engine_bench import DEMO, workload  # noqa: E402
 from processor.engine import compile_program, get_engine  # noqa: E402
 from processor.program.loader import load_program  # noqa: E402
 from processor.runtime.serve import tune_collector  # noqa: E402
+from processor.store import codec  # noqa: E402
 from processor.wire import answers  # noqa: E402
 
 ROUNDS = 5
@@ -51,13 +54,14 @@ def per_result_us(write: Callable[..., bytes], results: list[Any], program: Any)
 
 
 def batch_us(write_all: Callable[[Any], Any], program: Any, requests: list[Any]) -> float:
-    """µs per result to answer a fresh outcome of ``requests``, median of the rounds."""
+    """µs per request for ``write_all`` on a fresh outcome of ``requests``, median of the
+    rounds."""
     engine = get_engine("cython")
     timings = []
     for _ in range(ROUNDS):
         outcome = engine.evaluate(program, {}, requests, {})
         began = time.process_time()
-        write_all(outcome.results)
+        write_all(outcome)
         timings.append((time.process_time() - began) / len(requests) * 1e6)
     return round(statistics.median(timings), 2)
 
@@ -85,17 +89,26 @@ def main() -> int:
         requests = workload(args.results, 7, 500)
         tune_collector()  # as `loyalty serve` runs
 
-        def materialized(results: Any) -> None:
-            for result in results:
+        def materialized(outcome: Any) -> None:
+            for result in outcome.results:
                 answers.result_bytes(result, program)
 
-        def from_rows(results: Any) -> None:
+        def from_rows(outcome: Any) -> None:
+            results = outcome.results
             for index, ready in enumerate(answers.written_by_engine(results, program)):
                 if ready is None:
                     answers.result_bytes(results[index], program)
 
+        def receipts_built(outcome: Any) -> None:
+            for key in outcome.receipts:
+                codec.encode_receipt(outcome.receipts[key])
+
         figures["materialized_us"] = batch_us(materialized, program, requests)
         figures["from_rows_us"] = batch_us(from_rows, program, requests)
+        figures["receipts_built_us"] = batch_us(receipts_built, program, requests)
+        figures["receipts_from_rows_us"] = batch_us(
+            lambda outcome: codec.stored_receipts(outcome.receipts), program, requests
+        )
     print(json.dumps(figures, sort_keys=True))
     return 0
 

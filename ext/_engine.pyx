@@ -34,6 +34,7 @@ from calendar cimport (
 from limits cimport LINES_MAX
 
 include "wire.pxi"
+include "msgpack.pxi"
 
 import copy
 import gc
@@ -1375,6 +1376,51 @@ cdef class Batch:
         receipt.lines = lines if self.rc_has_lines.data[row] else []
         return receipt
 
+    cdef list receipt_fields(self, Py_ssize_t row):
+        """The stored fields of a fast-path receipt: what processor.store.codec's
+        encode_receipt packs for the Receipt build_receipt makes of the row (its layout,
+        trailing defaults left off), without making the Receipt and its lines."""
+        cdef list strings = self.p.strings.values
+        cdef Py_ssize_t rows = self.rc_lines_at.size
+        cdef Py_ssize_t i, start, end
+        cdef list lines = []
+        cdef list earned = []
+        cdef dict basket = {}
+        cdef dict points
+        request = self.meta[row]
+        start = self.rc_lines_at.data[row]
+        end = self.rc_lines_at.data[row + 1] if row + 1 < rows else self.rc_lines.size
+        for i in range(start, end, 3):
+            lines.append([self.rc_lines.data[i], self.rc_lines.data[i + 1],
+                          self.rc_lines.data[i + 2]])
+            earned.append(None)
+        start = self.rc_earn_at.data[row]
+        end = self.rc_earn_at.data[row + 1] if row + 1 < rows else self.rc_earn.size
+        for i in range(start, end, 3):
+            points = earned[self.rc_earn.data[i]]
+            if points is None:
+                points = earned[self.rc_earn.data[i]] = {}
+            points[strings[self.rc_earn.data[i + 1]]] = self.rc_earn.data[i + 2]
+        for i in range(len(lines)):
+            if earned[i] is not None:
+                (<list> lines[i]).extend((0, earned[i]))  # no quantity returned yet
+        start = self.rc_basket_at.data[row]
+        end = self.rc_basket_at.data[row + 1] if row + 1 < rows else self.rc_basket.size
+        for i in range(start, end, 2):
+            basket[strings[self.rc_basket.data[i]]] = self.rc_basket.data[i + 1]
+        if not self.rc_has_lines.data[row]:
+            lines = []
+        values = [request.id, request.account, "purchase", self.rc_day.data[row],
+                  self.program.version, lines, basket]
+        # A purchase's receipt has nothing after its basket; what ends in defaults goes.
+        if not basket:
+            del values[6]
+            if not lines:
+                del values[5]
+                if values[4] == 0:
+                    del values[4]
+        return values
+
     # ----------------------------------------------------------------- the fast purchase
 
     cdef bint pack_lines(self, purchase) except -1:
@@ -2212,6 +2258,19 @@ class LazyReceipts(Mapping):
 
     def __contains__(self, request_id):
         return request_id in self._built or request_id in self._pending
+
+    def stored(self, int64_t format_version):
+        """The receipts as the store keeps them, without building the fast-path ones:
+        (the receipts that are objects already, [(account, request id, stored bytes)] of
+        the others: Batch.receipt_fields after ``format_version``, written as msgpack)."""
+        cdef Batch batch = <Batch> self._batch
+        cdef _Buffer out
+        written = []
+        for request_id, row in self._pending.items():
+            out = _Buffer()
+            _mp_value(out, [format_version, *batch.receipt_fields(row)])
+            written.append((batch.meta[row].account, request_id, out.result()))
+        return list(self._built.values()), written
 
 
 class CythonEngine:

@@ -266,6 +266,7 @@ def test_the_answers_bench_times_both_writers_and_compares_their_bytes() -> None
     if figures["compiled_available"]:
         assert figures["same_bytes"] is True and figures["compiled_us"] > 0
         assert figures["materialized_us"] > 0 and figures["from_rows_us"] > 0
+        assert figures["receipts_built_us"] > 0 and figures["receipts_from_rows_us"] > 0
 
 
 def test_the_codec_bench_times_both_lot_codecs_on_typical_and_heavy_states() -> None:

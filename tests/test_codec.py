@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processor import calendar
-from processor.engine import get_engine, issue_card
+from processor.engine import compile_program, get_engine, issue_card
 from processor.engine.types import (
     AccountState,
     Award,
@@ -38,8 +39,12 @@ from processor.engine.types import (
     TraceEntry,
     ValueLot,
 )
+from processor.program.loader import load_program
 from processor.store import codec
 from processor.tools.evaluate import prepare
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from engine_bench import DEMO, workload
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TYPICAL_ACCOUNT_BYTES_MAX = 120
@@ -504,3 +509,35 @@ def test_the_demo_run_round_trips_every_state_receipt_and_result() -> None:
         assert codec.decode_receipt(codec.encode_receipt(receipt)) == receipt
     for result in outcome.results:
         assert codec.decode_result(codec.encode_result(result)) == result
+
+
+@pytest.mark.skipif(get_engine().name != "cython", reason="the compiled engine is not built")
+def test_receipts_stored_from_the_engines_rows_are_the_encoded_receipts() -> None:
+    program = compile_program(load_program(DEMO))
+    outcome = get_engine("cython").evaluate(program, {}, workload(2_000, 3, 200), {})
+    stored = codec.stored_receipts(outcome.receipts)
+    built = list(dict(outcome.receipts).values())
+    assert len(stored) == len(built) > 0
+    assert any(receipt.lines and receipt.basket_points for receipt in built)
+    assert sorted(stored) == sorted((r.account, r.id, codec.encode_receipt(r)) for r in built)
+
+
+@pytest.mark.skipif(get_engine().name != "cython", reason="the compiled engine is not built")
+def test_receipts_the_engine_writes_take_every_msgpack_width_as_msgpack_does() -> None:
+    # 20 lines (an array past 15), a long request id (str8), amounts and points past 32
+    # bits: the widths a receipt's fields can take.
+    program = compile_program(load_program(DEMO))
+    template: Any = workload(1, 3, 1)[0]
+    lines = tuple(
+        dataclasses.replace(template.lines[0], number=n, amount=amount, quantity=1)
+        for n, amount in enumerate([5, 200, 70_000, 5_000_000_000, 900_000_000_000] * 4, 1)
+    )
+    purchases = [
+        dataclasses.replace(template, id="r" * 200, lines=lines),
+        dataclasses.replace(template, id="short", lines=lines[:1]),
+    ]
+    outcome = get_engine("cython").evaluate(program, {}, purchases, {})
+    stored = codec.stored_receipts(outcome.receipts)
+    built = list(dict(outcome.receipts).values())
+    assert sorted(stored) == sorted((r.account, r.id, codec.encode_receipt(r)) for r in built)
+    assert len(built) == 2 and max(len(r.lines) for r in built) == 20

@@ -36,6 +36,7 @@ from processor.engine.types import (
 )
 from processor.program.loader import validate_program
 from processor.program.rules import TimeWindow
+from processor.store import codec
 from processor.wire import answers
 
 START = calendar.parse_day("2026-01-05")  # a Monday
@@ -694,6 +695,10 @@ def test_the_compiled_engine_equals_the_reference_result_for_result(data: st.Dat
         if ready is not None:
             assert ready[1] == answers.result_bytes_reference(full, program)
             assert ready[0] == dataclasses.replace(full, trace=[])
+    # And the receipts it stores without building them are the reference codec's bytes.
+    stored = codec.stored_receipts(last.receipts)
+    receipts = dict(last.receipts).values()
+    assert sorted(stored) == sorted((r.account, r.id, codec.encode_receipt(r)) for r in receipts)
     assert cy[1] == ref_accounts
     assert cy[2] == ref_receipts
     assert cy[3] == ref_job and cy[4] == ref_after

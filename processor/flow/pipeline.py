@@ -464,7 +464,7 @@ class Pipeline:
             for account in outcome.accounts:
                 changed[account] = outcome.accounts[account]
                 plain[account] = changed[account]
-            batch.receipts.extend(outcome.receipts[key] for key in outcome.receipts)
+            batch.stored_receipts.extend(codec.stored_receipts(outcome.receipts))
         for account, state in changed.items():
             batch.accounts.append(AccountWrite(state, states[account][0]))
         metrics.ENGINE.observe(engine_seconds)

@@ -20,7 +20,7 @@ lists and rebuilt from each account's ``program``; a key that differs from it is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]
@@ -96,6 +96,31 @@ def decode_state(data: bytes, account: str) -> AccountState:
 def encode_receipt(receipt: Receipt) -> bytes:
     """The stored form of a posted request's receipt."""
     return _pack(_receipt_fields(receipt), "receipt")
+
+
+def stored_receipts(receipts: Mapping[str, Receipt]) -> list[tuple[str, str, bytes]]:
+    """(account, request id, stored form) of every receipt of a batch's outcome. The
+    compiled engine writes the receipts of its fast-path purchases itself, straight from
+    its rows (its ``stored``: the bytes ``encode_receipt`` writes, tested so); the rest
+    are encoded here."""
+    split = getattr(receipts, "stored", None)
+    if split is None:
+        return [
+            (receipt.account, receipt.id, encode_receipt(receipt)) for receipt in receipts.values()
+        ]
+    built: list[Receipt]
+    written: list[tuple[str, str, bytes]]
+    try:
+        built, written = split(FORMAT_VERSION)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise CodecError(f"cannot encode receipt: {error}") from error
+    for _, request_id, data in written:
+        if len(data) > ENCODED_BLOB_BYTES_MAX:
+            raise CodecError(
+                f"receipt {request_id} encodes to {len(data)} bytes, more than"
+                f" {ENCODED_BLOB_BYTES_MAX}"
+            )
+    return [(receipt.account, receipt.id, encode_receipt(receipt)) for receipt in built] + written
 
 
 def decode_receipt(data: bytes) -> Receipt:

@@ -180,6 +180,9 @@ class CommitBatch:
     accounts: list[AccountWrite] = field(default_factory=list)
     postings: list[LedgerEntry] = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
+    # Receipts already in their stored form: (account, request id, codec.encode_receipt's
+    # bytes), as codec.stored_receipts gives a batch's.
+    stored_receipts: list[tuple[str, str, bytes]] = field(default_factory=list)
     idempotency: list[IdempotencyRecord] = field(default_factory=list)
 
 
@@ -711,7 +714,7 @@ def _stage(batch: CommitBatch) -> _Staged:
     for count, what in (
         (len(batch.accounts), "accounts"),
         (len(batch.postings), "postings"),
-        (len(batch.receipts), "receipts"),
+        (len(batch.receipts) + len(batch.stored_receipts), "receipts"),
         (len(batch.idempotency), "request ids"),
     ):
         if count > BATCH_ROWS_MAX:
@@ -749,7 +752,7 @@ def _stage(batch: CommitBatch) -> _Staged:
         encoded=encoded,
         ledger_rows=ledger_rows,
         months=months,
-        receipt_rows=_receipt_rows(batch.receipts),
+        receipt_rows=_receipt_rows(batch.receipts, batch.stored_receipts),
         idempotency_rows=_idempotency_rows(batch.idempotency),
     )
 
@@ -833,28 +836,30 @@ def _check_posting(entry: LedgerEntry, written: Mapping[str, int]) -> None:
     _check_int(posting.day, 0, LEDGER_DAY_MAX, f"{where}: day")
 
 
-def _receipt_rows(receipts: Sequence[Receipt]) -> tuple[list[str], list[str], list[bytes]]:
+def _receipt_rows(
+    receipts: Sequence[Receipt], stored: Sequence[tuple[str, str, bytes]] = ()
+) -> tuple[list[str], list[str], list[bytes]]:
+    """The receipts' rows, sorted: ``receipts`` encoded here, ``stored`` already encoded."""
+    encoded: list[tuple[str, str, Receipt | bytes]] = [
+        (receipt.account, receipt.id, receipt) for receipt in receipts
+    ]
     rows: tuple[list[str], list[str], list[bytes]] = ([], [], [])
     keys: set[tuple[str, str]] = set()
-    for receipt in sorted(receipts, key=lambda receipt: (receipt.account, receipt.id)):
+    for account, request_id, receipt in sorted([*encoded, *stored], key=lambda row: row[:2]):
         if not (
-            type(receipt.account) is str
-            and 0 < len(receipt.account) <= CARD_NUMBER_STORED_CHARS_MAX
-            and type(receipt.id) is str
-            and 0 < len(receipt.id) <= REQUEST_ID_STORED_CHARS_MAX
+            type(account) is str
+            and 0 < len(account) <= CARD_NUMBER_STORED_CHARS_MAX
+            and type(request_id) is str
+            and 0 < len(request_id) <= REQUEST_ID_STORED_CHARS_MAX
         ):
-            _check_id(
-                receipt.account, CARD_NUMBER_STORED_CHARS_MAX, f"receipt {receipt.id}: account id"
-            )
-            _check_id(
-                receipt.id, REQUEST_ID_STORED_CHARS_MAX, f"receipt of {receipt.account}: request id"
-            )
-        if (receipt.account, receipt.id) in keys:
-            raise InvalidBatchError(f"receipt {receipt.id} of {receipt.account} appears twice")
-        keys.add((receipt.account, receipt.id))
-        rows[0].append(receipt.account)
-        rows[1].append(receipt.id)
-        rows[2].append(codec.encode_receipt(receipt))
+            _check_id(account, CARD_NUMBER_STORED_CHARS_MAX, f"receipt {request_id}: account id")
+            _check_id(request_id, REQUEST_ID_STORED_CHARS_MAX, f"receipt of {account}: request id")
+        if (account, request_id) in keys:
+            raise InvalidBatchError(f"receipt {request_id} of {account} appears twice")
+        keys.add((account, request_id))
+        rows[0].append(account)
+        rows[1].append(request_id)
+        rows[2].append(receipt if isinstance(receipt, bytes) else codec.encode_receipt(receipt))
     return rows
 
 
