@@ -1094,3 +1094,38 @@ def test_a_stored_result_answered_again_is_marked_replayed() -> None:
     expected.CopyFrom(stored)
     expected.replayed = True
     assert again == expected
+
+
+# --------------------------------------------------------------------------- payload hash
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    context_message=st.one_of(st.none(), contexts),
+    sale=purchases,
+    pin=st.sampled_from([None, "", "0042"]),
+    padding=st.integers(0, 400),
+)
+def test_a_transactions_hash_is_the_hash_of_its_request_without_pin_or_dry_run(
+    context_message: common.RequestContext | None,
+    sale: transactions.Purchase,
+    pin: str | None,
+    padding: int,
+) -> None:
+    from processor.service.posting import hash_of, transaction_hash
+
+    message = transactions.Transaction(purchase=sale)
+    if context_message is not None:
+        message.context.CopyFrom(context_message)
+        if pin is not None:
+            message.context.pin = pin
+    message.purchase.redeem_codes.append("c" * padding)  # lengths of one and two bytes
+    expected = hash_of(transactions.PostTransactionRequest(transaction=message))
+    assert transaction_hash(message) == expected
+    # The PIN and the dry-run flag are left out: a retry that re-enters the PIN is the same.
+    if context_message is not None:
+        plain = transactions.Transaction()
+        plain.CopyFrom(message)
+        plain.context.ClearField("pin")
+        plain.context.dry_run = False
+        assert transaction_hash(plain) == expected

@@ -164,7 +164,12 @@ def submission_keys(submission: Submission) -> tuple[str, ...]:
 
 def payload_hash(message: Any) -> bytes:
     """A stable hash of a request message's content (dry_run and pin left out)."""
-    return hashlib.blake2b(message.SerializeToString(deterministic=True), digest_size=16).digest()
+    return payload_digest(message.SerializeToString(deterministic=True))
+
+
+def payload_digest(data: bytes) -> bytes:
+    """The payload hash of a request message's deterministic bytes."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class Pipeline:

@@ -19,7 +19,7 @@ from processor.flow.pipeline import Answer, Submission, SubmissionBatcher
 from processor.limits import TRANSACTIONS_PER_CALL_MAX
 from processor.proto import transactions
 from processor.service.handlers import Context
-from processor.service.posting import deadline_of, hash_of, result_bytes_of, submit
+from processor.service.posting import deadline_of, result_bytes_of, submit, transaction_hash
 from processor.wire import admission, answers
 
 STREAM_IN_FLIGHT_MAX = 256
@@ -34,7 +34,7 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
     async def PostTransaction(
         self, request: transactions.PostTransactionRequest, context: Context
     ) -> bytes:
-        future = self._submit(request.transaction, request, context)
+        future = self._submit(request.transaction, context)
         answer = await future
         return answers.response_bytes(result_bytes_of(answer))
 
@@ -63,7 +63,7 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
         submissions = [
             Submission(
                 engine_request,
-                hash_of(transactions.PostTransactionRequest(transaction=transaction)),
+                transaction_hash(transaction),
                 wire_context.pin,
                 wire_context.dry_run,
                 call=call,
@@ -92,10 +92,9 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
             cancelled = False
             try:
                 async for message in requests:
-                    single = transactions.PostTransactionRequest(transaction=message.transaction)
                     refused = False
                     try:
-                        future = self._submit(message.transaction, single, context)
+                        future = self._submit(message.transaction, context)
                     except Exception as error:
                         # The stream ends with this error, after the answers of everything
                         # before it; nothing after it is read.
@@ -136,12 +135,13 @@ class TransactionServicer(proto.transactions_grpc.TransactionServiceServicer):
     def _submit(
         self,
         transaction: transactions.Transaction,
-        message: transactions.PostTransactionRequest,
         context: Context,
         field: str = "transaction",
     ) -> asyncio.Future[Answer]:
         wire_context, engine_request = admission.transaction_from_proto(transaction, field)
-        return submit(self.batcher, context, engine_request, hash_of(message), wire_context)
+        return submit(
+            self.batcher, context, engine_request, transaction_hash(transaction), wire_context
+        )
 
 
 def _abandon(waiting: asyncio.Queue[asyncio.Future[Answer] | None]) -> None:
