@@ -6,12 +6,19 @@ directory) and reads its own ``process_cpu_seconds_total`` before and after each
 figure the noise of a shared machine barely moves (unlike latency):
 
 - unary: one caller posting ``PostTransaction`` in a loop;
-- durable: six callers posting ``PostTransactions`` of 100 purchases each.
+- durable: six callers posting ``PostTransactions`` of 100 purchases each;
+- unary again, eight callers at once.
 
-Prints one JSON line: ``server_cpu_us_per_request`` (unary) and ``server_cpu_us_per_txn``
-(durable), with the rates the client saw.
+With ``--ceiling``, the same phases run against bench/ceiling.py too (the no-op server:
+gRPC, the messages and nothing else), whose CPU is read from /proc: what the transport
+alone costs on this machine, the floor under the server's figures.
 
-    .venv/bin/python bench/server_cpu.py --unary 2000 --batches 60
+Prints one JSON line: ``server_cpu_us_per_request`` (unary, one caller),
+``server_cpu_us_per_request_8`` (eight callers) and ``server_cpu_us_per_txn`` (durable),
+with the rates the client saw; with ``--ceiling`` also ``ceiling_cpu_us_per_request``,
+``ceiling_cpu_us_per_request_8`` and ``ceiling_cpu_us_per_txn``.
+
+    .venv/bin/python bench/server_cpu.py --unary 2000 --batches 60 --ceiling
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import time
 import urllib.request
@@ -29,12 +37,14 @@ import grpc  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_server import demo_server, transaction
+from demo_server import demo_server, free_port, server_usage, transaction
 
 from processor import proto
 
 DURABLE_CALLERS = 6
 PER_CALL = 100
+UNARY_CALLERS = 8
+CEILING = Path(__file__).resolve().parent / "ceiling.py"
 
 
 def cpu_seconds(metrics_address: str) -> float:
@@ -45,14 +55,20 @@ def cpu_seconds(metrics_address: str) -> float:
     raise RuntimeError("the server exports no process_cpu_seconds_total")
 
 
-async def unary(address: str, accounts: list[str], calls: int, tag: str) -> None:
+async def unary(address: str, accounts: list[str], calls: int, tag: str, callers: int = 1) -> None:
+    """``calls`` PostTransaction calls from ``callers`` callers on one channel, each
+    waiting for its answer before its next call."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = proto.transactions_grpc.TransactionServiceStub(channel)
-        for index in range(calls):
-            request = proto.transactions.PostTransactionRequest(
-                transaction=transaction(accounts[index % len(accounts)], f"u{tag}-{index}")
-            )
-            await stub.PostTransaction(request, timeout=30)
+
+        async def caller(first: int) -> None:
+            for index in range(first, calls, callers):
+                request = proto.transactions.PostTransactionRequest(
+                    transaction=transaction(accounts[index % len(accounts)], f"u{tag}-{index}")
+                )
+                await stub.PostTransaction(request, timeout=30)
+
+        await asyncio.gather(*(caller(first) for first in range(callers)))
 
 
 async def durable(address: str, accounts: list[str], batches: int, tag: str) -> None:
@@ -81,40 +97,97 @@ async def durable(address: str, accounts: list[str], batches: int, tag: str) -> 
 
 def measure(metrics_address: str, run: Any, count: int) -> tuple[float, float]:
     """(server CPU µs per item, items per second) of one phase."""
-    before, started = cpu_seconds(metrics_address), time.perf_counter()
+    return measure_with(lambda: cpu_seconds(metrics_address), run, count)
+
+
+def measure_with(cpu: Any, run: Any, count: int) -> tuple[float, float]:
+    """(CPU µs per item, items per second) of one phase, ``cpu()`` reading the CPU seconds
+    used so far."""
+    before, started = cpu(), time.perf_counter()
     asyncio.run(run)
-    elapsed, after = time.perf_counter() - started, cpu_seconds(metrics_address)
+    elapsed, after = time.perf_counter() - started, cpu()
     return (after - before) / count * 1e6, count / elapsed
+
+
+def phases(address: str, accounts: list[str], cpu: Any, args: Any) -> dict[str, float]:
+    """The three phases against the server at ``address``; its CPU read by ``cpu()``."""
+    tag = str(time.time_ns())
+    asyncio.run(unary(address, accounts, 200, f"w{tag}"))  # warm-up: caches, programs
+    one, one_rate = measure_with(cpu, unary(address, accounts, args.unary, tag), args.unary)
+    # Durable before the eight callers: its accounts then hold what they held in the
+    # figures measured before that phase existed (every purchase adds a lot to a state).
+    transactions = args.batches * PER_CALL
+    durable_us, durable_rate = measure_with(
+        cpu, durable(address, accounts, args.batches, tag), transactions
+    )
+    eight, eight_rate = measure_with(
+        cpu, unary(address, accounts, args.unary, f"e{tag}", UNARY_CALLERS), args.unary
+    )
+    return {
+        "cpu_us_per_request": round(one, 1),
+        "unary_requests_per_s": round(one_rate, 1),
+        "cpu_us_per_request_8": round(eight, 1),
+        "unary_requests_per_s_8": round(eight_rate, 1),
+        "cpu_us_per_txn": round(durable_us, 1),
+        "durable_txn_per_s": round(durable_rate, 1),
+    }
+
+
+def ceiling_phases(accounts: list[str], args: Any) -> dict[str, float]:
+    """The same phases against bench/ceiling.py, its CPU read from /proc."""
+    listen = f"127.0.0.1:{free_port()}"
+    ceiling = subprocess.Popen(
+        [sys.executable, str(CEILING), "--listen", listen],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert ceiling.stdout is not None
+        for line in ceiling.stdout:
+            if "listening on" in line:
+                break
+        else:
+            raise RuntimeError(f"bench/ceiling.py did not start (exit {ceiling.wait()})")
+        return phases(listen, accounts, lambda: server_usage(ceiling.pid)[0], args)
+    finally:
+        ceiling.terminate()
+        ceiling.wait(30)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--unary", type=int, default=2_000, help="unary calls")
+    parser.add_argument("--unary", type=int, default=2_000, help="unary calls per phase")
     parser.add_argument("--batches", type=int, default=60, help="PostTransactions calls of 100")
-    args = parser.parse_args()
-    with demo_server("cpu") as server:
-        listen, accounts, tag = server.listen, server.accounts, str(time.time_ns())
-        asyncio.run(unary(listen, accounts, 200, f"w{tag}"))  # warm-up: caches, programs
-        unary_us, unary_rate = measure(
-            server.metrics_listen, unary(listen, accounts, args.unary, tag), args.unary
-        )
-        transactions = args.batches * PER_CALL
-        durable_us, durable_rate = measure(
-            server.metrics_listen, durable(listen, accounts, args.batches, tag), transactions
-        )
-    print(
-        json.dumps(
-            {
-                "server_cpu_us_per_request": round(unary_us, 1),
-                "unary_requests_per_s": round(unary_rate, 1),
-                "server_cpu_us_per_txn": round(durable_us, 1),
-                "durable_txn_per_s": round(durable_rate, 1),
-                "unary_calls": args.unary,
-                "durable_txns": transactions,
-            },
-            sort_keys=True,
-        )
+    parser.add_argument(
+        "--ceiling", action="store_true", help="run the phases against bench/ceiling.py too"
     )
+    args = parser.parse_args()
+    if args.unary <= 0 or args.batches <= 0:
+        parser.error("--unary and --batches must be positive")
+    with demo_server("cpu") as server:
+        metrics_address, accounts = server.metrics_listen, server.accounts
+        measured = phases(server.listen, accounts, lambda: cpu_seconds(metrics_address), args)
+    figures: dict[str, Any] = {
+        "server_cpu_us_per_request": measured["cpu_us_per_request"],
+        "server_cpu_us_per_request_8": measured["cpu_us_per_request_8"],
+        "server_cpu_us_per_txn": measured["cpu_us_per_txn"],
+        "unary_requests_per_s": measured["unary_requests_per_s"],
+        "unary_requests_per_s_8": measured["unary_requests_per_s_8"],
+        "durable_txn_per_s": measured["durable_txn_per_s"],
+        "unary_calls": args.unary,
+        "durable_txns": args.batches * PER_CALL,
+    }
+    if args.ceiling:
+        floor = ceiling_phases(accounts, args)
+        figures.update(
+            ceiling_cpu_us_per_request=floor["cpu_us_per_request"],
+            ceiling_cpu_us_per_request_8=floor["cpu_us_per_request_8"],
+            ceiling_cpu_us_per_txn=floor["cpu_us_per_txn"],
+            ceiling_durable_txn_per_s=floor["durable_txn_per_s"],
+            durable_ratio_to_ceiling=round(
+                measured["durable_txn_per_s"] / floor["durable_txn_per_s"], 3
+            ),
+        )
+    print(json.dumps(figures, sort_keys=True))
     return 0
 
 

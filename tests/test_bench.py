@@ -229,10 +229,14 @@ def test_the_many_clients_scenario_holds_each_client_on_a_connection_of_its_own(
 def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
     fresh_schema_url: str, redis_url: str
 ) -> None:
-    arguments = ["--unary", "20", "--batches", "6"]
+    arguments = ["--unary", "20", "--batches", "6", "--ceiling"]
     figures = run_script("server_cpu.py", arguments, fresh_schema_url, redis_url)
     assert (figures["unary_calls"], figures["durable_txns"]) == (20, 600)
-    assert figures["server_cpu_us_per_request"] > 0 and figures["server_cpu_us_per_txn"] > 0
+    for phase in ("request", "request_8", "txn"):
+        assert figures[f"server_cpu_us_per_{phase}"] > 0
+        # The no-op server may use less than one clock tick of CPU in so short a run.
+        assert figures[f"ceiling_cpu_us_per_{phase}"] >= 0
+    assert figures["durable_ratio_to_ceiling"] > 0
 
 
 @pytest.mark.parametrize(
@@ -241,6 +245,7 @@ def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
         ("many_clients.py", ["--clients", "0"], "--clients"),
         ("many_clients.py", ["--rate", "-5"], "--rate"),
         ("answers_bench.py", ["--results", "0"], "--results"),
+        ("server_cpu.py", ["--unary", "0"], "--unary"),
     ],
 )
 def test_a_bench_script_refuses_a_count_that_is_not_positive_by_name(
