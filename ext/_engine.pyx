@@ -1002,7 +1002,11 @@ cdef class Batch:
     cdef int64_t second
     cdef object customer
 
-    def __init__(self, PackedProgram packed, accounts, receipts):
+    def __init__(self, PackedProgram packed, accounts, receipts, Py_ssize_t requests=1):
+        # The row tables start at about what ``requests`` purchases fill, and grow: a
+        # fixed few hundred KB made every batch of one pay for allocating (and the
+        # allocator for trimming and faulting in) memory it never used.
+        cdef Py_ssize_t n = requests if requests > 0 else 1
         self.p = packed
         self.program = packed.program
         self.accounts_in = accounts
@@ -1011,25 +1015,25 @@ cdef class Batch:
         self.cards = {}
         self.results = []
         self.meta = []
-        self.row_posts = I64Vec(1024)
-        self.row_traces = I64Vec(1024)
-        self.row_moves = I64Vec(1024)
-        self.row_bals = I64Vec(1024)
-        self.row_awards = I64Vec(1024)
-        self.posts = I64Vec(4096)
-        self.traces = I64Vec(8192)
-        self.moves = I64Vec(256)
-        self.bals = I64Vec(2048)
+        self.row_posts = I64Vec(n + 1)
+        self.row_traces = I64Vec(n + 1)
+        self.row_moves = I64Vec(n + 1)
+        self.row_bals = I64Vec(n + 1)
+        self.row_awards = I64Vec(n + 1)
+        self.posts = I64Vec(32 * n)  # 8 per posting
+        self.traces = I64Vec(128 * n)  # 5 per trace entry
+        self.moves = I64Vec(16)
+        self.bals = I64Vec(8 * n)
         self.award_issues = []
         self.fast_receipts = {}
-        self.rc_lines_at = I64Vec(1024)
-        self.rc_earn_at = I64Vec(1024)
-        self.rc_basket_at = I64Vec(1024)
-        self.rc_has_lines = I64Vec(1024)
-        self.rc_day = I64Vec(1024)
-        self.rc_lines = I64Vec(4096)
-        self.rc_earn = I64Vec(4096)
-        self.rc_basket = I64Vec(256)
+        self.rc_lines_at = I64Vec(n + 1)
+        self.rc_earn_at = I64Vec(n + 1)
+        self.rc_basket_at = I64Vec(n + 1)
+        self.rc_has_lines = I64Vec(n + 1)
+        self.rc_day = I64Vec(n + 1)
+        self.rc_lines = I64Vec(16 * n)  # 3 per line
+        self.rc_earn = I64Vec(24 * n)  # 3 per line and rule
+        self.rc_basket = I64Vec(8 * n)
         self.l_number = I64Vec(64)
         self.l_item = I64Vec(64)
         self.l_amount = I64Vec(64)
@@ -2292,7 +2296,7 @@ class CythonEngine:
         return packed
 
     def evaluate(self, program, accounts, requests, receipts=None):
-        cdef Batch batch = Batch(self.pack(program), accounts, receipts or {})
+        cdef Batch batch = Batch(self.pack(program), accounts, receipts or {}, len(requests))
         # A batch allocates many small objects and frees none of them until it ends;
         # the cyclic collector would walk them again and again for nothing.
         collecting = gc.isenabled()

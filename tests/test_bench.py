@@ -246,6 +246,7 @@ def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
         ("many_clients.py", ["--rate", "-5"], "--rate"),
         ("answers_bench.py", ["--results", "0"], "--results"),
         ("server_cpu.py", ["--unary", "0"], "--unary"),
+        ("engine_bench.py", ["--batch-size", "-1"], "--batch-size"),
     ],
 )
 def test_a_bench_script_refuses_a_count_that_is_not_positive_by_name(
@@ -287,3 +288,17 @@ def test_the_codec_bench_times_both_lot_codecs_on_typical_and_heavy_states() -> 
     if figures["compiled_available"]:
         assert figures["compiled_heavy_bytes"] == figures["reference_heavy_bytes"]
     assert figures["reference_heavy_decode_us"] > 0 and figures["reference_heavy_encode_us"] > 0
+
+
+@pytest.mark.parametrize("batch_size", [0, 7])
+def test_the_engine_bench_compares_both_engines_whole_or_in_batches(batch_size: int) -> None:
+    arguments = ["--transactions", "60", "--reference-sample", "30", "--repeats", "1"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "engine_bench.py"), *arguments,
+         "--batch-size", str(batch_size)],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["transactions"] == 60 and figures["batch_size"] == (batch_size or 60)
+    assert figures["cython_txn_per_s"] > 0 and figures["python_txn_per_s"] > 0
