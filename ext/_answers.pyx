@@ -97,19 +97,7 @@ def result_bytes(
         _money(out, 5, balance, currency)
         out.text(6, reason, False)
         out.close(9, start)
-    for name in sorted(result.balances, key=_map_order):
-        start = out.mark()
-        out.text(1, name, True)
-        out.tag(2, VARINT)
-        out.varint(<uint64_t><int64_t>result.balances[name])
-        out.close(11, start)
-    for name in sorted(names, key=_map_order):
-        if name in exponents:
-            start = out.mark()
-            out.text(1, name, True)
-            out.tag(2, VARINT)
-            out.varint(<uint64_t><int64_t>exponents[name])
-            out.close(12, start)
+    _balance_maps(out, result.balances, names, exponents)
     out.bool_field(13, replayed)
     # The trace after the rest, as the reference appends it: each distinct entry is
     # written once and kept (a bounded cache shared with the reference).

@@ -1327,19 +1327,7 @@ cdef class Batch:
             out.text(4, strings[self.moves.data[i + 3]], False)
             out.text(5, strings[self.moves.data[i + 4]], False)
             out.close(8, field_start)
-        for name in sorted(balances, key=_map_order):
-            field_start = out.mark()
-            out.text(1, name, True)
-            out.tag(2, VARINT)
-            out.varint(<uint64_t><int64_t>balances[name])
-            out.close(11, field_start)
-        for name in sorted(names, key=_map_order):
-            if name in exponents:
-                field_start = out.mark()
-                out.text(1, name, True)
-                out.tag(2, VARINT)
-                out.varint(<uint64_t><int64_t>exponents[name])
-                out.close(12, field_start)
+        _balance_maps(out, balances, names, exponents)
         start = self.row_traces.data[row]
         end = self.row_traces.data[row + 1] if row + 1 < rows else self.traces.size
         for i in range(start, end, 5):

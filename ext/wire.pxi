@@ -146,3 +146,24 @@ cdef int _points(_Buffer out, int number, object units, object precision) except
     out.int_field(1, units)
     out.int_field(2, precision)
     return out.close(number, start)
+
+
+cdef int _balance_maps(_Buffer out, dict balances, set names, dict exponents) except -1:
+    """Result.balances (field 11) and Result.balance_exponents (field 12, the exponents of
+    ``names`` that have one), each in the serializer's key order."""
+    cdef str name
+    cdef Py_ssize_t start
+    for name in sorted(balances, key=_map_order):
+        start = out.mark()
+        out.text(1, name, True)
+        out.tag(2, VARINT)
+        out.varint(<uint64_t><int64_t>balances[name])
+        out.close(11, start)
+    for name in sorted(names, key=_map_order):
+        if name in exponents:
+            start = out.mark()
+            out.text(1, name, True)
+            out.tag(2, VARINT)
+            out.varint(<uint64_t><int64_t>exponents[name])
+            out.close(12, start)
+    return 0
