@@ -4,7 +4,11 @@ States are the demo program's typical accounts (processor.engine.samples), then 
 accounts holding ``--lots`` lots each, as a card that shops every week keeps for a year:
 lots are most of a busy account's bytes and most of the codec's work. Each figure is the
 best of five timings, with the compiled codec (processor._codec: lots and loyalty
-accounts) and with the Python references, in one run. Prints one JSON line.
+accounts) and with the Python references, in one run. Then the cache's compression of the
+typical states with the dictionary the server would make of the demo program: zstd, what
+the cache writes, and zlib, what the release before wrote (``cache_zstd_*``,
+``cache_zlib_*``: µs to compress and to decompress a state, and its bytes). Prints one
+JSON line.
 
     .venv/bin/python bench/codec_bench.py --lots 30
 """
@@ -18,6 +22,7 @@ import json
 import random
 import sys
 import timeit
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +32,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from processor import calendar  # noqa: E402
+from processor.cache import entries  # noqa: E402
+from processor.cache.compression import sample_states_dictionary  # noqa: E402
 from processor.engine.samples import account_templates  # noqa: E402
 from processor.engine.types import AccountState  # noqa: E402
+from processor.errors import present  # noqa: E402
 from processor.program.loader import parse_program_text  # noqa: E402
 from processor.store import codec  # noqa: E402
 
@@ -56,6 +64,47 @@ def with_lots(state: AccountState, count: int) -> AccountState:
 def per_state(run: Callable[[], Any], states: int) -> float:
     """Best of five timings of ``run`` (which handles every state once), µs per state."""
     return min(timeit.repeat(run, number=10, repeat=5)) / 10 / states * 1e6
+
+
+def compression(program: Any, states: list[AccountState]) -> dict[str, float]:
+    """The cache's two compressions of ``states``, with the program's sample dictionary."""
+    dictionary = present(sample_states_dictionary([program]), "a dictionary of the demo")
+    blobs = [codec.encode_state(state) for state in states]
+    zstd = entries.ZstdCodec(zlib.adler32(dictionary), dictionary)
+    # The release before's writer: a primed compressor copied per state.
+    primed = zlib.compressobj(6, zlib.DEFLATED, 13, 8, zdict=dictionary)
+    inflater = zlib.decompressobj(13, zdict=dictionary)
+
+    def deflate(blob: bytes) -> bytes:
+        copy = primed.copy()
+        return copy.compress(blob) + copy.flush()
+
+    def inflate(data: bytes) -> bytes:
+        return inflater.copy().decompress(data)
+
+    figures: dict[str, float] = {}
+    for name, pack, unpack in (
+        ("zstd", zstd.compress, zstd.decompress),
+        ("zlib", deflate, inflate),
+    ):
+        figures.update(timed_codec(name, pack, unpack, blobs))
+    return figures
+
+
+def timed_codec(
+    name: str, pack: Callable[[bytes], Any], unpack: Callable[[Any], Any], blobs: list[bytes]
+) -> dict[str, float]:
+    packed = [pack(blob) for blob in blobs]
+    assert [unpack(data) for data in packed] == blobs
+    return {
+        f"cache_{name}_compress_us": round(
+            per_state(lambda: [pack(blob) for blob in blobs], len(blobs)), 2
+        ),
+        f"cache_{name}_decompress_us": round(
+            per_state(lambda: [unpack(data) for data in packed], len(blobs)), 2
+        ),
+        f"cache_{name}_bytes": round(sum(map(len, packed)) / len(packed), 1),
+    }
 
 
 def measure(states: list[AccountState]) -> dict[str, float]:
@@ -102,6 +151,7 @@ def main() -> int:
         for case, states in (("typical", typical), ("heavy", heavy)):
             for key, value in measure(states).items():
                 figures[f"{name}_{case}_{key}"] = value
+    figures.update(compression(program, typical))
     print(json.dumps(figures, sort_keys=True))
     return 0
 

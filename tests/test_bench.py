@@ -288,6 +288,10 @@ def test_the_codec_bench_times_both_lot_codecs_on_typical_and_heavy_states() -> 
     if figures["compiled_available"]:
         assert figures["compiled_heavy_bytes"] == figures["reference_heavy_bytes"]
     assert figures["reference_heavy_decode_us"] > 0 and figures["reference_heavy_encode_us"] > 0
+    # Both cache compressions shrink a typical state, and were timed.
+    for name in ("zstd", "zlib"):
+        assert 0 < figures[f"cache_{name}_bytes"] < figures["reference_typical_bytes"]
+        assert figures[f"cache_{name}_compress_us"] > 0 < figures[f"cache_{name}_decompress_us"]
 
 
 @pytest.mark.parametrize("batch_size", [0, 7])

@@ -404,7 +404,7 @@ def test_the_seed_warms_the_cache_compressed_with_the_servers_dictionary(
 ) -> None:
     import redis.asyncio as aioredis
 
-    from processor.cache.entries import FORMAT_ZLIB
+    from processor.cache.entries import FORMAT_ZSTD
     from processor.runtime.settings import Settings
 
     report = seed.seed(demo_url, 300, progress=None)
@@ -430,4 +430,4 @@ def test_the_seed_warms_the_cache_compressed_with_the_servers_dictionary(
             await client.aclose()
 
     assert warmed == 300
-    assert asyncio.run(stored_formats()) == {FORMAT_ZLIB}
+    assert asyncio.run(stored_formats()) == {FORMAT_ZSTD}

@@ -1,6 +1,6 @@
 """The candidate compression dictionary of the account cache: sample states of the programs.
 
-:class:`processor.cache.accounts.AccountCache` compresses each cached state with zlib and a preset
+:class:`processor.cache.accounts.AccountCache` compresses each cached state with zstd and a
 dictionary shared through Redis (see "Compression" in its module docstring). What makes a
 good dictionary is what the states repeat: their msgpack structure and the program, level,
 rule and award ids. So the candidate is simply encoded sample states of every active
@@ -11,8 +11,9 @@ every server instance started from the same programs, offers the same bytes, hen
 dictionary id. That is only an economy: the first dictionary stored in Redis is the one all
 of them write with, whoever offers what.
 
-zlib uses the last 32 KB of a dictionary, and nearer matches cost fewer bits: with several
-programs each gets an equal share, in program id order.
+The dictionary is at most 32 KB (zstd reads it as raw content; the release before, zlib,
+used only its last 32 KB), and nearer matches cost fewer bits: with several programs each
+gets an equal share, in program id order.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["DICTIONARY_BYTES_MAX", "active_programs_dictionary", "sample_states_dictionary"]
 
 DICTIONARY_BYTES_MAX: Final = 32 * 1024
-"""zlib's window: bytes of a dictionary before its last 32 KB are never used."""
+"""The largest candidate: 32 KB, zlib's window when the release before wrote with it (a
+reader of its values still needs the same bytes), and enough for zstd."""
 
 SAMPLE_DAY: Final = calendar.to_day(datetime.date(2026, 1, 1))
 """The "today" of the samples: fixed, so that the candidate does not change with the date.
