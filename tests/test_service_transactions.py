@@ -611,3 +611,36 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_not_posted(
     # The expired request was dropped before evaluation: only the first one is posted.
     assert await ledger_points(served, card) == 10
     assert served.running.batcher.expired_total == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: a batch keys request ids alone, not with their card (the staging "
+    "check, the replay lookup, both engines' receipts, commit_batch's replay detection); "
+    "the same id on two cards in one batch fails the whole batch INTERNAL",
+)
+async def test_the_same_request_id_on_two_cards_in_one_call_posts_both_and_keeps_both_receipts(
+    served: Served, cards: list[str]
+) -> None:
+    # Request ids are unique per card, not across cards: two tills may both send "t-1".
+    first, second = cards[20], cards[21]
+    posted = await served.transactions.PostTransactions(
+        transactions.PostTransactionsRequest(
+            transactions=[transaction(first, "t-1"), transaction(second, "t-1")]
+        ),
+        timeout=10,
+    )
+    assert [result.status for result in posted.results] == [APPROVED, APPROVED]
+    for card in (first, second):
+        returned = (
+            await served.transactions.PostTransaction(
+                transactions.PostTransactionRequest(
+                    transaction=transactions.Transaction(
+                        context=context(card, "t-2", "2026-03-04T10:00:00"),
+                        sale_return=transactions.Return(original_id="t-1"),
+                    )
+                ),
+                timeout=10,
+            )
+        ).result
+        assert (returned.status, returned.reason) == (APPROVED, "")
