@@ -462,8 +462,8 @@ async def test_a_batch_lookup_reads_cards_customers_and_posted_ids_at_once(
     assert lookup.cards == await catalog.cards([registered.number, anonymous.number])
     assert lookup.customers == await catalog.customers(["C-1"])
     assert lookup.customers["C-1"].audiences == frozenset({"vip"})
-    assert set(lookup.seen) == {"r-1"}  # only the (card, id) that was posted
-    assert lookup.seen["r-1"] == (b"h", b"answer")
+    assert set(lookup.seen) == {(anonymous.number, "r-1")}  # only the (card, id) posted
+    assert lookup.seen[anonymous.number, "r-1"] == (b"h", b"answer")
     empty = await catalog.look_up_batch([], [])
     assert (empty.cards, empty.customers, empty.seen) == ({}, {}, {})
 

@@ -208,9 +208,13 @@ def session(draw: st.DrawFn, cards: list[str]) -> list[tuple[str, Any]]:
         else:
             message = transactions.Transaction()
             message.CopyFrom(draw(st.sampled_from(sent)) if sent else transactions.Transaction())
-            if draw(st.booleans()) and message.HasField("purchase"):
+            change = draw(st.integers(0, 2))
+            if change == 1 and message.HasField("purchase"):
                 # The same request id with another payload.
                 message.purchase.lines.add(number=9, item="EXTRA", amount=100, quantity=1)
+            elif change == 2:
+                # The same request id on another card: ids are unique per card only.
+                message.context.account = draw(st.sampled_from(cards))
         sent.append(message)
         return message
 

@@ -613,12 +613,6 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_not_posted(
     assert served.running.batcher.expired_total == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a batch keys request ids alone, not with their card (the staging "
-    "check, the replay lookup, both engines' receipts, commit_batch's replay detection); "
-    "the same id on two cards in one batch fails the whole batch INTERNAL",
-)
 async def test_the_same_request_id_on_two_cards_in_one_call_posts_both_and_keeps_both_receipts(
     served: Served, cards: list[str]
 ) -> None:
@@ -644,3 +638,26 @@ async def test_the_same_request_id_on_two_cards_in_one_call_posts_both_and_keeps
             )
         ).result
         assert (returned.status, returned.reason) == (APPROVED, "")
+
+
+async def test_a_replay_on_one_card_and_the_same_id_new_on_another_in_one_call(
+    served: Served, cards: list[str]
+) -> None:
+    first, second = cards[22], cards[23]
+    original = (
+        await served.transactions.PostTransaction(purchase(first, "t-9"), timeout=10)
+    ).result
+    posted = await served.transactions.PostTransactions(
+        transactions.PostTransactionsRequest(
+            transactions=[transaction(first, "t-9"), transaction(second, "t-9")]
+        ),
+        timeout=10,
+    )
+    replayed, fresh = posted.results
+    # The first card's request is the one posted before; the second card's is new.
+    assert replayed.replayed and replayed.balances[POINTS] == original.balances[POINTS]
+    assert not fresh.replayed and fresh.account == second and points_of(fresh) > 0
+    sums = await served.store.ledger_sums()
+    assert sums[first, "points", "points"] == original.balances[POINTS]
+    assert sums[second, "points", "points"] == fresh.balances[POINTS]
+    assert await served.store.reconcile() == []

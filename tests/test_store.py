@@ -218,10 +218,12 @@ async def test_a_committed_demo_run_loads_back_and_reconciles(
         assert version == 1
         assert stored == dataclasses.replace(state, version=1)
     keys = [(receipt.account, receipt.id) for receipt in outcome.receipts.values()]
-    assert await store.load_receipts(keys) == outcome.receipts
+    assert await store.load_receipts(keys) == {
+        (receipt.account, receipt.id): receipt for receipt in outcome.receipts.values()
+    }
     seen = await store.seen([(request.account, request.id) for request in requests])
     for answer, request in zip(outcome.results, requests, strict=True):
-        stored_hash, response = seen[request.id]
+        stored_hash, response = seen[request.account, request.id]
         assert stored_hash == payload_hash(request)
         assert codec.decode_result(response) == answer
     postings = sum(len(answer.postings) for answer in outcome.results)
@@ -281,6 +283,24 @@ async def test_a_replayed_request_id_is_reported_and_nothing_is_written(store: S
     assert outcome.replayed == ("r1",)
     assert outcome.conflicts == ()
     assert await store.load(["B"]) == {}
+
+
+async def test_a_replayed_request_id_is_reported_when_the_same_id_is_new_on_another_card(
+    store: Store,
+) -> None:
+    # Request ids are unique per card: ("A", "r1") posted before, ("B", "r1") new. A batch
+    # holding both (as a raced batch would) must see A's as replayed, not B's as A's.
+    assert (await store.commit(earn("A", "r1", [(JANUARY, 100)]))).committed
+    both = earn("B", "r1", [(JANUARY, 50)])
+    again = earn("A", "r1", [(JANUARY, 100)], before=[(JANUARY, 100)], expected_version=1)
+    both.accounts += again.accounts
+    both.postings += again.postings
+    both.idempotency += again.idempotency
+    outcome = await store.commit(both)
+    assert not outcome.committed
+    assert outcome.replayed == ("r1",)
+    assert await store.load(["B"]) == {}
+    assert await store.reconcile() == []
 
 
 async def test_two_stores_racing_on_one_account_commit_exactly_one(schema_url: str) -> None:

@@ -6,13 +6,15 @@ customers and its request ids already posted: ``Catalog.look_up_batch``), then:
 
 1. **Replays.** Request ids already posted on their card are answered with the stored
    answer (``replayed``), and nothing is evaluated for them; the same id with another
-   payload is refused (IDEMPOTENCY_MISMATCH).
+   payload is refused (IDEMPOTENCY_MISMATCH). Everything is keyed by (card, request id).
 2. **Admission.** The card must exist and belong to an active program; a PIN, when given,
    must verify (PIN_INVALID, code 2001), and then counts as verified for the engine.
 3. **State.** Account states come from Redis when it has them, from PostgreSQL
    otherwise; receipts of the originals of returns and voids from PostgreSQL.
 4. **Evaluation.** One engine call per program for the whole batch; same-account
-   requests are applied in arrival order.
+   requests are applied in arrival order. Request ids are unique per card only, and the
+   engines key a call's receipts by request id: when two cards of a batch use one id, the
+   batch is cut into calls evaluated one after the other (``_engine_calls``).
 5. **Commit.** One PostgreSQL transaction: ledger rows, new account versions (optimistic
    concurrency against the versions read), receipts and idempotency rows. A version
    conflict (another process got there first) commits nothing: the batch is evaluated
@@ -218,12 +220,12 @@ class Pipeline:
 
     # ----------------------------------------------------------------- replays
 
-    async def _seen(self, items: list[Work]) -> dict[str, tuple[bytes, bytes]]:
+    async def _seen(self, items: list[Work]) -> dict[tuple[str, str], tuple[bytes, bytes]]:
         keys = _replay_keys(items)
         return await self.store.seen(keys) if keys else {}
 
     def _answer_replays(
-        self, items: list[Work], seen: dict[str, tuple[bytes, bytes]]
+        self, items: list[Work], seen: dict[tuple[str, str], tuple[bytes, bytes]]
     ) -> list[Work]:
         live: list[Work] = []
         first: dict[tuple[str, str], Work] = {}
@@ -231,7 +233,7 @@ class Pipeline:
             submission: Submission = item.payload
             request = submission.request
             key = (request.account, request.id)
-            stored = None if submission.dry_run else seen.get(request.id)
+            stored = None if submission.dry_run else seen.get(key)
             if stored is not None:
                 stored_hash, response = stored
                 if stored_hash != submission.payload_hash:
@@ -401,7 +403,7 @@ class Pipeline:
                 states[account] = (0, AccountState(account))
         return {account: states[account] for account in accounts}
 
-    async def _load_receipts(self, requests: list[Request]) -> dict[str, Receipt]:
+    async def _load_receipts(self, requests: list[Request]) -> Receipts:
         keys = [
             (request.account, request.original_id)
             for request in requests
@@ -412,7 +414,7 @@ class Pipeline:
         second = [
             (receipt.account, receipt.original_id)
             for receipt in receipts.values()
-            if receipt.original_id and receipt.original_id not in receipts
+            if receipt.original_id and (receipt.account, receipt.original_id) not in receipts
         ]
         if second:
             receipts.update(await self.store.load_receipts(second))
@@ -422,18 +424,20 @@ class Pipeline:
         self,
         dry: list[tuple[Work, CompiledProgram]],
         states: dict[str, tuple[int, AccountState]],
-        receipts: dict[str, Receipt],
+        receipts: Receipts,
     ) -> None:
         plain = {account: state for account, (_, state) in states.items()}
         for item, program in dry:
-            outcome = self.engine.evaluate(program, plain, [item.payload.request], receipts)
+            request = item.payload.request
+            given = _receipts_of([request], receipts)
+            outcome = self.engine.evaluate(program, plain, [request], given)
             _settle(item, Answer(outcome.results[0], program))
 
     def _evaluate(
         self,
         pending: list[tuple[Work, CompiledProgram]],
         states: dict[str, tuple[int, AccountState]],
-        receipts: dict[str, Receipt],
+        receipts: Receipts,
     ) -> _Evaluated:
         by_program: dict[int, list[tuple[Work, CompiledProgram]]] = defaultdict(list)
         for pair in pending:
@@ -443,11 +447,14 @@ class Pipeline:
         answers: list[tuple[Work, Answer]] = []
         changed: dict[str, AccountState] = {}
         engine_seconds = 0.0
-        for group in by_program.values():
+        known = dict(receipts)  # grows with the receipts each engine call writes
+        calls = [call for group in by_program.values() for call in _engine_calls(group, known)]
+        for group in calls:
             program = group[0][1]
             requests = [item.payload.request for item, _ in group]
+            given = _receipts_of(requests, known)
             started = time.perf_counter()
-            outcome = self.engine.evaluate(program, plain, requests, receipts)
+            outcome = self.engine.evaluate(program, plain, requests, given)
             engine_seconds += time.perf_counter() - started
             results = outcome.results
             # Most answers the compiled engine writes itself, from its rows; the rest are
@@ -469,7 +476,13 @@ class Pipeline:
             for account in outcome.accounts:
                 changed[account] = outcome.accounts[account]
                 plain[account] = changed[account]
-            batch.stored_receipts.extend(codec.stored_receipts(outcome.receipts))
+            stored = codec.stored_receipts(outcome.receipts)
+            batch.stored_receipts.extend(stored)
+            if len(calls) > 1:
+                known.update(
+                    ((receipt.account, receipt.id), receipt)
+                    for receipt in (outcome.receipts[key] for key in outcome.receipts)
+                )
         for account, state in changed.items():
             batch.accounts.append(AccountWrite(state, states[account][0]))
         metrics.ENGINE.observe(engine_seconds)
@@ -481,6 +494,76 @@ class Pipeline:
         await self.cache.put_many(
             {account: (versions[account], encoded[account]) for account in versions}
         )
+
+
+Receipts = dict[tuple[str, str], Receipt]
+"""Receipts by (account, request id): request ids are unique per card, not across cards."""
+
+
+def _ids_in_play(request: Request, receipts: Receipts) -> set[str]:
+    """The request ids an engine call looks a request's receipts up by: its own, its
+    original's, and (a void of a return) the purchase the return came from."""
+    ids = {request.id}
+    if isinstance(request, Return | Void):
+        ids.add(request.original_id)
+        original = receipts.get((request.account, request.original_id))
+        if original is not None and original.original_id:
+            ids.add(original.original_id)
+    return ids
+
+
+def _receipts_of(requests: Iterable[Request], receipts: Receipts) -> dict[str, Receipt]:
+    """The receipts an engine call needs, by request id as the engine takes them (the
+    call's requests never share an id across cards: _engine_calls)."""
+    given: dict[str, Receipt] = {}
+    for request in requests:
+        for request_id in _ids_in_play(request, receipts):
+            receipt = receipts.get((request.account, request_id))
+            if receipt is not None:
+                given[request_id] = receipt
+    return given
+
+
+def _engine_calls(
+    group: list[tuple[Work, CompiledProgram]], receipts: Receipts
+) -> list[list[tuple[Work, CompiledProgram]]]:
+    """``group`` as engine calls in which no request id is used by two cards.
+
+    The engines key a batch's receipts by request id, which is unique per card only: two
+    tills may send the same id for two cards. Such a group is cut into calls evaluated one
+    after the other, each request in the first call after its card's previous request
+    (so every card's requests keep their order) where its ids are free. The common group,
+    with no id on two cards, is one call.
+    """
+    owners: dict[str, str] = {}
+    shared = False
+    for item, _ in group:
+        request = item.payload.request
+        for request_id in _ids_in_play(request, receipts):
+            if owners.setdefault(request_id, request.account) != request.account:
+                shared = True
+    if not shared:
+        return [group]
+    calls: list[list[tuple[Work, CompiledProgram]]] = []
+    used: list[dict[str, str]] = []  # per call: request id -> the card using it
+    last: dict[str, int] = {}  # card -> the call of its latest request
+    for pair in group:
+        request = pair[0].payload.request
+        cards = _accounts_of([request])
+        ids = _ids_in_play(request, receipts)
+        index = max((last.get(card, 0) for card in cards), default=0)
+        while index < len(calls) and any(
+            used[index].get(request_id, request.account) != request.account for request_id in ids
+        ):
+            index += 1
+        if index == len(calls):
+            calls.append([])
+            used.append({})
+        calls[index].append(pair)
+        used[index].update((request_id, request.account) for request_id in ids)
+        for card in cards:
+            last[card] = index
+    return calls
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ SELECT 'card' AS kind, {SELECT_CARD_COLUMNS},
 FROM cards AS c LEFT JOIN customers AS u USING (customer_id)
 WHERE c.card_number = ANY(%b::text[])
 UNION ALL
-SELECT 'seen', t.request_id, NULL, NULL, NULL, NULL, t.payload_hash, NULL, NULL,
+SELECT 'seen', t.request_id, t.account_id, NULL, NULL, NULL, t.payload_hash, NULL, NULL,
        NULL, NULL, NULL, NULL, t.response
 FROM idempotency AS t
 JOIN unnest(%b::text[], %b::text[]) AS k(account_id, request_id)
@@ -50,7 +50,9 @@ class BatchLookup:
 
     cards: dict[str, CardRecord]  # by card number, the cards that exist
     customers: dict[str, Customer]  # by customer id, of those cards
-    seen: dict[str, tuple[bytes, bytes]]  # (payload hash, response) by posted request id
+    # (payload hash, response) of the posted requests, by (account, request id): request
+    # ids are unique per card only.
+    seen: dict[tuple[str, str], tuple[bytes, bytes]]
 
 
 class Catalog(CardCatalog, Customers):
@@ -82,7 +84,7 @@ class Catalog(CardCatalog, Customers):
         found = BatchLookup({}, {}, {})
         for row in rows:
             if row[0] == "seen":
-                found.seen[row[1]] = (row[6], row[13])
+                found.seen[row[2], row[1]] = (row[6], row[13])
                 continue
             record = card_record(row[1:9], day)
             found.cards[record.number] = record

@@ -256,7 +256,7 @@ _SELECT_STATES = (
     "SELECT account_id, version, state FROM accounts WHERE account_id = ANY(%b::text[])"
 )
 _SELECT_BY_KEYS = """
-SELECT t.request_id, {columns} FROM {table} AS t
+SELECT t.account_id, t.request_id, {columns} FROM {table} AS t
 JOIN unnest(%b::text[], %b::text[]) AS k(account_id, request_id)
   ON t.account_id = k.account_id AND t.request_id = k.request_id
 """
@@ -471,17 +471,26 @@ class Store:
             _raise_database_error(error, "load accounts", self._acquire_timeout_seconds)
         return {account_id: (version, blob) for account_id, version, blob in rows}
 
-    async def load_receipts(self, keys: Sequence[tuple[str, str]]) -> dict[str, Receipt]:
-        """The receipts of earlier requests, by request id, for (account, request id) keys."""
+    async def load_receipts(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Receipt]:
+        """The receipts of earlier requests, by (account, request id), of those keys."""
         rows = await self._by_keys("receipts", "t.state", keys, "load receipts")
-        return {request_id: codec.decode_receipt(blob) for request_id, blob in rows}
+        return {
+            (account, request_id): codec.decode_receipt(blob) for account, request_id, blob in rows
+        }
 
-    async def seen(self, keys: Sequence[tuple[str, str]]) -> dict[str, tuple[bytes, bytes]]:
-        """(payload hash, response) of every (account, request id) already posted."""
+    async def seen(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[bytes, bytes]]:
+        """(payload hash, response) of every (account, request id) of those already posted."""
         rows = await self._by_keys(
             "idempotency", "t.payload_hash, t.response", keys, "look up request ids"
         )
-        return {request_id: (payload_hash, response) for request_id, payload_hash, response in rows}
+        return {
+            (account, request_id): (payload_hash, response)
+            for account, request_id, payload_hash, response in rows
+        }
 
     async def _by_keys(
         self, table: str, columns: str, keys: Sequence[tuple[str, str]], action: str
@@ -867,7 +876,7 @@ def _idempotency_rows(
     records: Sequence[IdempotencyRecord],
 ) -> tuple[list[str], list[str], list[bytes], list[bytes]]:
     rows: tuple[list[str], list[str], list[bytes], list[bytes]] = ([], [], [], [])
-    request_ids: set[str] = set()
+    request_ids: set[tuple[str, str]] = set()  # request ids are unique per card only
     for record in sorted(records, key=lambda record: (record.account_id, record.request_id)):
         if not (
             type(record.account_id) is str
@@ -884,11 +893,12 @@ def _idempotency_rows(
             _check_id(record.request_id, REQUEST_ID_STORED_CHARS_MAX, f"{where}: request id")
             _check_bytes(record.payload_hash, 1, PAYLOAD_HASH_BYTES_MAX, f"{where}: payload hash")
             _check_bytes(record.response, 0, RESPONSE_BYTES_MAX, f"{where}: response")
-        if record.request_id in request_ids:
+        key = (record.account_id, record.request_id)
+        if key in request_ids:
             raise InvalidBatchError(
                 f"request {record.request_id} of {record.account_id} appears twice in one batch"
             )
-        request_ids.add(record.request_id)
+        request_ids.add(key)
         rows[0].append(record.account_id)
         rows[1].append(record.request_id)
         rows[2].append(bytes(record.payload_hash))
