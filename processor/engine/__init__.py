@@ -9,6 +9,10 @@ change without touching them. Two engines give identical results:
 
 ``LOYALTY_ENGINE=python`` (or ``LOYALTY_NO_EXTENSIONS=1``) forces the reference.
 This module is the only one that imports the compiled engine.
+
+Request ids are unique per card only; a call keys its receipts by request id, so callers
+cut their requests with ``engine_calls`` and keep receipts by (card, id) between calls
+(processor.engine.calls).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+from processor.engine.calls import Receipts, engine_calls, keyed, receipts_of
 from processor.engine.plan import CompiledProgram, compile_program
 from processor.engine.reference import BatchOutcome, ReferenceEngine, issue_card, run_job
 from processor.engine.types import AccountState, Receipt, Request
@@ -25,11 +30,15 @@ __all__ = [
     "BatchOutcome",
     "CompiledProgram",
     "Engine",
+    "Receipts",
     "ReferenceEngine",
     "compile_program",
     "default_engine_name",
+    "engine_calls",
     "get_engine",
     "issue_card",
+    "keyed",
+    "receipts_of",
     "run_job",
 ]
 

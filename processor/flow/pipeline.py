@@ -14,7 +14,7 @@ customers and its request ids already posted: ``Catalog.look_up_batch``), then:
 4. **Evaluation.** One engine call per program for the whole batch; same-account
    requests are applied in arrival order. Request ids are unique per card only, and the
    engines key a call's receipts by request id: when two cards of a batch use one id, the
-   batch is cut into calls evaluated one after the other (``_engine_calls``).
+   batch is cut into calls evaluated one after the other (processor.engine.calls).
 5. **Commit.** One PostgreSQL transaction: ledger rows, new account versions (optimistic
    concurrency against the versions read), receipts and idempotency rows. A version
    conflict (another process got there first) commits nothing: the batch is evaluated
@@ -41,10 +41,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from processor.engine import CompiledProgram, Engine
+from processor.engine import (
+    CompiledProgram,
+    Engine,
+    Receipts,
+    engine_calls,
+    keyed,
+    receipts_of,
+)
 from processor.engine.types import (
     AccountState,
-    Receipt,
     Request,
     Result,
     Return,
@@ -429,7 +435,7 @@ class Pipeline:
         plain = {account: state for account, (_, state) in states.items()}
         for item, program in dry:
             request = item.payload.request
-            given = _receipts_of([request], receipts)
+            given = receipts_of([request], receipts)
             outcome = self.engine.evaluate(program, plain, [request], given)
             _settle(item, Answer(outcome.results[0], program))
 
@@ -448,11 +454,15 @@ class Pipeline:
         changed: dict[str, AccountState] = {}
         engine_seconds = 0.0
         known = dict(receipts)  # grows with the receipts each engine call writes
-        calls = [call for group in by_program.values() for call in _engine_calls(group, known)]
+        calls = [
+            call
+            for group in by_program.values()
+            for call in engine_calls(group, _request_of, known)
+        ]
         for group in calls:
             program = group[0][1]
             requests = [item.payload.request for item, _ in group]
-            given = _receipts_of(requests, known)
+            given = receipts_of(requests, known)
             started = time.perf_counter()
             outcome = self.engine.evaluate(program, plain, requests, given)
             engine_seconds += time.perf_counter() - started
@@ -479,10 +489,7 @@ class Pipeline:
             stored = codec.stored_receipts(outcome.receipts)
             batch.stored_receipts.extend(stored)
             if len(calls) > 1:
-                known.update(
-                    ((receipt.account, receipt.id), receipt)
-                    for receipt in (outcome.receipts[key] for key in outcome.receipts)
-                )
+                known.update(keyed(outcome.receipts[key] for key in outcome.receipts))
         for account, state in changed.items():
             batch.accounts.append(AccountWrite(state, states[account][0]))
         metrics.ENGINE.observe(engine_seconds)
@@ -494,76 +501,6 @@ class Pipeline:
         await self.cache.put_many(
             {account: (versions[account], encoded[account]) for account in versions}
         )
-
-
-Receipts = dict[tuple[str, str], Receipt]
-"""Receipts by (account, request id): request ids are unique per card, not across cards."""
-
-
-def _ids_in_play(request: Request, receipts: Receipts) -> set[str]:
-    """The request ids an engine call looks a request's receipts up by: its own, its
-    original's, and (a void of a return) the purchase the return came from."""
-    ids = {request.id}
-    if isinstance(request, Return | Void):
-        ids.add(request.original_id)
-        original = receipts.get((request.account, request.original_id))
-        if original is not None and original.original_id:
-            ids.add(original.original_id)
-    return ids
-
-
-def _receipts_of(requests: Iterable[Request], receipts: Receipts) -> dict[str, Receipt]:
-    """The receipts an engine call needs, by request id as the engine takes them (the
-    call's requests never share an id across cards: _engine_calls)."""
-    given: dict[str, Receipt] = {}
-    for request in requests:
-        for request_id in _ids_in_play(request, receipts):
-            receipt = receipts.get((request.account, request_id))
-            if receipt is not None:
-                given[request_id] = receipt
-    return given
-
-
-def _engine_calls(
-    group: list[tuple[Work, CompiledProgram]], receipts: Receipts
-) -> list[list[tuple[Work, CompiledProgram]]]:
-    """``group`` as engine calls in which no request id is used by two cards.
-
-    The engines key a batch's receipts by request id, which is unique per card only: two
-    tills may send the same id for two cards. Such a group is cut into calls evaluated one
-    after the other, each request in the first call after its card's previous request
-    (so every card's requests keep their order) where its ids are free. The common group,
-    with no id on two cards, is one call.
-    """
-    owners: dict[str, str] = {}
-    shared = False
-    for item, _ in group:
-        request = item.payload.request
-        for request_id in _ids_in_play(request, receipts):
-            if owners.setdefault(request_id, request.account) != request.account:
-                shared = True
-    if not shared:
-        return [group]
-    calls: list[list[tuple[Work, CompiledProgram]]] = []
-    used: list[dict[str, str]] = []  # per call: request id -> the card using it
-    last: dict[str, int] = {}  # card -> the call of its latest request
-    for pair in group:
-        request = pair[0].payload.request
-        cards = _accounts_of([request])
-        ids = _ids_in_play(request, receipts)
-        index = max((last.get(card, 0) for card in cards), default=0)
-        while index < len(calls) and any(
-            used[index].get(request_id, request.account) != request.account for request_id in ids
-        ):
-            index += 1
-        if index == len(calls):
-            calls.append([])
-            used.append({})
-        calls[index].append(pair)
-        used[index].update((request_id, request.account) for request_id in ids)
-        for card in cards:
-            last[card] = index
-    return calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,6 +545,10 @@ def _apply_card_records(
 
 async def _given(value: dict[str, Any]) -> dict[str, Any]:
     return value
+
+
+def _request_of(pair: tuple[Work, CompiledProgram]) -> Request:
+    return pair[0].payload.request
 
 
 def _replay_keys(items: Iterable[Work]) -> list[tuple[str, str]]:

@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from processor.engine import CompiledProgram, compile_program, get_engine, issue_card
-from processor.engine.types import AccountState, Receipt, Request, Result
+from processor.engine import (
+    CompiledProgram,
+    Receipts,
+    compile_program,
+    engine_calls,
+    get_engine,
+    issue_card,
+    keyed,
+    receipts_of,
+)
+from processor.engine.types import AccountState, Request, Result
 from processor.program.loader import load_program
 from processor.tools.records import Formatter, read_accounts, read_requests
 
@@ -49,18 +58,25 @@ def run(
     program = program or evaluation.program
     engine = get_engine(engine_name or evaluation.engine_name)
     accounts = dict(evaluation.accounts)
-    receipts: dict[str, Receipt] = {}
+    receipts: Receipts = {}  # by (card, request id): ids are unique per card only
     for account_id, day in _first_days(evaluation.requests).items():
         if account_id not in accounts:
             accounts[account_id] = issue_card(program, account_id, day)
     requests = evaluation.requests
     for start in range(0, len(requests), BATCH_REQUESTS_MAX):
-        outcome = engine.evaluate(
-            program, accounts, requests[start : start + BATCH_REQUESTS_MAX], receipts
-        )
-        accounts.update(outcome.accounts)
-        receipts.update(outcome.receipts)
-        yield from outcome.results
+        chunk = list(enumerate(requests[start : start + BATCH_REQUESTS_MAX]))
+        results: dict[int, Result] = {}
+        for call in engine_calls(chunk, _request, receipts):
+            batch = [request for _, request in call]
+            outcome = engine.evaluate(program, accounts, batch, receipts_of(batch, receipts))
+            accounts.update(outcome.accounts)
+            receipts.update(keyed(outcome.receipts[key] for key in outcome.receipts))
+            results.update(zip((index for index, _ in call), outcome.results, strict=True))
+        yield from (results[index] for index, _ in chunk)
+
+
+def _request(item: tuple[int, Request]) -> Request:
+    return item[1]
 
 
 def _first_days(requests: Sequence[Request]) -> dict[str, int]:
