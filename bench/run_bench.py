@@ -19,7 +19,11 @@
 
 The last line on stdout is ONE JSON object: ``e2e_txn_per_s`` (durable transactions/s of
 the service), ``ceiling_txn_per_s`` (the same client against the no-op server),
-``ratio``, ``p99_ms`` (locust's p99 of unary ``PostTransaction``), ``server_p99_ms``,
+``ratio``, ``server_cpu_us_per_txn`` and ``ceiling_cpu_us_per_txn`` (CPU per durable
+transaction of the service and of the no-op server, from /proc),
+``server_cpu_us_per_request`` (the service's CPU per request under the locust run; one
+caller and eight: bench/server_cpu.py), ``p99_ms`` (locust's p99 of unary
+``PostTransaction``), ``server_p99_ms``,
 ``unary_req_per_s``, ``sla_passed`` and the seeding figures. Progress goes to stderr. The
 exit status is the SLA gate's.
 """
@@ -54,6 +58,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import ceiling  # noqa: E402
 import sla  # noqa: E402
+from demo_server import server_usage  # noqa: E402
 
 from processor import proto  # noqa: E402
 from processor.runtime import serve as runtime  # noqa: E402
@@ -206,6 +211,11 @@ async def wait_serving(address: str, timeout_seconds: float = 60.0) -> None:
             await asyncio.sleep(0.2)
 
 
+def per_item_us(cpu_seconds: float, items: int) -> float | None:
+    """CPU microseconds per item (None when there were none)."""
+    return round(cpu_seconds / items * 1e6, 1) if items else None
+
+
 @contextlib.contextmanager
 def process(arguments: list[str], log_path: Path, env: dict[str, str] | None = None) -> Any:
     """A child process, logged to a file, stopped with SIGTERM (then SIGKILL) on exit."""
@@ -351,12 +361,14 @@ def main(argv: list[str] | None = None) -> int:
         with process(
             [PYTHON, str(ROOT / "bench" / "ceiling.py"), "--listen", f"127.0.0.1:{ceiling_port}"],
             args.results / "ceiling.log",
-        ):
+        ) as no_op:
             asyncio.run(wait_serving(f"127.0.0.1:{ceiling_port}"))
             log(f"ceiling: durable client for {args.durable_seconds:g} s")
+            used = server_usage(no_op.pid)[0]
             top = asyncio.run(
                 durable_run(f"127.0.0.1:{ceiling_port}", workload, args.durable_seconds)
             )
+            ceiling_cpu = server_usage(no_op.pid)[0] - used
         log(f"ceiling: {top.txn_per_s:,.0f} transactions/s ({top})")
         port, metrics_port = free_port(), free_port()
         serve = [
@@ -366,20 +378,24 @@ def main(argv: list[str] | None = None) -> int:
         ]  # fmt: skip
         if resolved.redis_url:
             serve += ["--redis-url", resolved.redis_url]
-        with process(serve, args.results / "serve.log"):
+        with process(serve, args.results / "serve.log") as server:
             address = f"127.0.0.1:{port}"
             asyncio.run(wait_serving(address))
             log(f"service: durable client for {args.durable_seconds:g} s")
+            used = server_usage(server.pid)[0]
             e2e = asyncio.run(durable_run(address, workload, args.durable_seconds))
+            durable_cpu = server_usage(server.pid)[0] - used
             log(f"service: {e2e.txn_per_s:,.0f} transactions/s ({e2e})")
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             before = sla.scrape(metrics_url) or ""
             (args.results / "metrics_before.txt").write_text(before)
             log(f"service: locust {args.users} users x {args.rate:g}/s, {args.locust_seconds} s")
             env = {"BENCH_FIRST_CARD": seeding["first_card"], "BENCH_ACCOUNTS": str(args.accounts)}
+            used = server_usage(server.pid)[0]
             run_locust(
                 address, args.results / "unary", args.locust_seconds, args.users, args.rate, env
             )
+            locust_cpu = server_usage(server.pid)[0] - used
             after = sla.scrape(metrics_url) or ""
             (args.results / "metrics_after.txt").write_text(after)
         stats = sla.read_stats(args.results / "unary_stats.csv")
@@ -397,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
             "e2e_txn_per_s": round(e2e.txn_per_s),
             "ceiling_txn_per_s": round(top.txn_per_s),
             "ratio": round(e2e.txn_per_s / top.txn_per_s, 3) if top.txn_per_s else None,
+            "server_cpu_us_per_txn": per_item_us(durable_cpu, e2e.batched + e2e.streamed),
+            "ceiling_cpu_us_per_txn": per_item_us(ceiling_cpu, top.batched + top.streamed),
+            "server_cpu_us_per_request": per_item_us(locust_cpu, total.requests if total else 0),
             "p99_ms": posting.p99_ms if posting else None,
             "server_p99_ms": round(server_p99["PostTransaction"] * 1000, 2)
             if "PostTransaction" in server_p99
