@@ -95,12 +95,7 @@ async def durable(address: str, accounts: list[str], batches: int, tag: str) -> 
             await channel.close()
 
 
-def measure(metrics_address: str, run: Any, count: int) -> tuple[float, float]:
-    """(server CPU µs per item, items per second) of one phase."""
-    return measure_with(lambda: cpu_seconds(metrics_address), run, count)
-
-
-def measure_with(cpu: Any, run: Any, count: int) -> tuple[float, float]:
+def measure(cpu: Any, run: Any, count: int) -> tuple[float, float]:
     """(CPU µs per item, items per second) of one phase, ``cpu()`` reading the CPU seconds
     used so far."""
     before, started = cpu(), time.perf_counter()
@@ -113,14 +108,14 @@ def phases(address: str, accounts: list[str], cpu: Any, args: Any) -> dict[str, 
     """The three phases against the server at ``address``; its CPU read by ``cpu()``."""
     tag = str(time.time_ns())
     asyncio.run(unary(address, accounts, 200, f"w{tag}"))  # warm-up: caches, programs
-    one, one_rate = measure_with(cpu, unary(address, accounts, args.unary, tag), args.unary)
+    one, one_rate = measure(cpu, unary(address, accounts, args.unary, tag), args.unary)
     # Durable before the eight callers: its accounts then hold what they held in the
     # figures measured before that phase existed (every purchase adds a lot to a state).
     transactions = args.batches * PER_CALL
-    durable_us, durable_rate = measure_with(
+    durable_us, durable_rate = measure(
         cpu, durable(address, accounts, args.batches, tag), transactions
     )
-    eight, eight_rate = measure_with(
+    eight, eight_rate = measure(
         cpu, unary(address, accounts, args.unary, f"e{tag}", UNARY_CALLERS), args.unary
     )
     return {

@@ -1190,26 +1190,14 @@ cdef class Batch:
         if not with_trace:
             end = start
         cdef dict interned = self.p.trace_entries
-        cdef int64_t program_id, rule_id, reason_id
         for i in range(start, end, 5):
-            program_id = self.traces.data[i]
-            rule_id = self.traces.data[i + 1]
-            reason_id = self.traces.data[i + 4]
-            key = None
-            entry = None
-            if program_id < TRACE_ID_LIMIT and rule_id < TRACE_ID_LIMIT \
-                    and reason_id < TRACE_ID_LIMIT:
-                # One int for the strings and the flag, and the points beside it.
-                key = (
-                    (program_id << 41) | (rule_id << 21) | (reason_id << 1)
-                    | (self.traces.data[i + 2] != 0),
-                    self.traces.data[i + 3],
-                )
-                entry = interned.get(key)
+            key = self.trace_key(i)
+            entry = interned.get(key) if key is not None else None
             if entry is None:
                 entry = TraceEntry(
-                    strings[program_id], strings[rule_id], bool(self.traces.data[i + 2]),
-                    self.traces.data[i + 3], strings[reason_id],
+                    strings[self.traces.data[i]], strings[self.traces.data[i + 1]],
+                    bool(self.traces.data[i + 2]), self.traces.data[i + 3],
+                    strings[self.traces.data[i + 4]],
                 )
                 if key is not None:
                     if len(interned) >= TRACE_ENTRIES_MAX:
@@ -1235,7 +1223,9 @@ cdef class Batch:
         return result
 
     cdef object trace_key(self, Py_ssize_t i):
-        """The key a trace entry's row is shared under (None when its ids are too large)."""
+        """The key a trace entry's row is shared under, as an entry and as its encoded field:
+        one int for the strings and the flag, and the points beside it (None when its ids
+        are too large to pack)."""
         cdef int64_t program_id = self.traces.data[i]
         cdef int64_t rule_id = self.traces.data[i + 1]
         cdef int64_t reason_id = self.traces.data[i + 4]
