@@ -5,6 +5,7 @@ Every test runs on both engines.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,28 @@ def test_no_movement_rule_moves_an_account_into_an_inactive_level(demo: Compiled
     result = run(program, [sale("s1", 150_000)])[0]
     assert result.moves == []
     assert ("to-gold", "level gold is inactive") in [(t.rule, t.reason) for t in result.trace]
+
+
+def test_a_finished_batch_is_freed_without_the_cyclic_collector(demo: CompiledProgram) -> None:
+    # Nothing of a batch may sit in a reference cycle: at thousands of transactions a
+    # second, what only the cyclic collector frees costs the server a sixth of its CPU.
+    # Purchases (the compiled engine's own path) and stored value (handed to the
+    # reference inside the same batch) are both here.
+    requests = [activate("a", 10_000), sale("s", 25_000, stored_value=4_000), sale("t", 9_000)]
+    collecting = gc.isenabled()
+    gc.disable()
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        outcome = ENGINE[0].evaluate(demo, {}, requests, {})
+        assert [result.status for result in outcome.results] == ["approved"] * 3
+        assert dict(outcome.accounts) and dict(outcome.receipts)
+        del outcome
+        gc.collect()
+        cyclic = sorted({type(thing).__qualname__ for thing in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if collecting:
+            gc.enable()
+    assert cyclic == []
