@@ -4,7 +4,9 @@ Also, from one batch's evaluation to what it writes, with the server's collector
 settings: the results built as objects and written (``materialized_us``) against the
 answers the compiled engine writes from its rows (``from_rows_us``,
 answers.written_by_engine); and the receipts built and encoded (``receipts_built_us``)
-against those it writes from its rows (``receipts_from_rows_us``, codec.stored_receipts).
+against those it writes from its rows (``receipts_from_rows_us``, codec.stored_receipts);
+and, per account, the new states unpacked and encoded (``states_unpacked_us``) against
+those it writes from its arrays (``states_from_arrays_us``, AccountWrite.of_fields).
 
 The results are the demo program's evaluations of a retail workload (bench/engine_bench.py's
 baskets: 15 trace entries and 2.5 postings a result on average, some with awards and level
@@ -53,16 +55,19 @@ def per_result_us(write: Callable[..., bytes], results: list[Any], program: Any)
     return round(statistics.median(timings), 2)
 
 
-def batch_us(write_all: Callable[[Any], Any], program: Any, requests: list[Any]) -> float:
-    """µs per request for ``write_all`` on a fresh outcome of ``requests``, median of the
-    rounds."""
+def batch_us(
+    write_all: Callable[[Any], Any], program: Any, requests: list[Any], per_account: bool = False
+) -> float:
+    """µs per request (or per account written) for ``write_all`` on a fresh outcome of
+    ``requests``, median of the rounds."""
     engine = get_engine("cython")
     timings = []
     for _ in range(ROUNDS):
         outcome = engine.evaluate(program, {}, requests, {})
+        count = len(outcome.accounts) if per_account else len(requests)
         began = time.process_time()
         write_all(outcome)
-        timings.append((time.process_time() - began) / len(requests) * 1e6)
+        timings.append((time.process_time() - began) / count * 1e6)
     return round(statistics.median(timings), 2)
 
 
@@ -109,6 +114,17 @@ def main() -> int:
         figures["receipts_from_rows_us"] = batch_us(
             lambda outcome: codec.stored_receipts(outcome.receipts), program, requests
         )
+
+        def states_unpacked(outcome: Any) -> None:
+            for account in outcome.accounts:
+                codec.encode_state(outcome.accounts[account], 2)
+
+        def states_from_arrays(outcome: Any) -> None:
+            for account in outcome.accounts:
+                codec.encode_fields(outcome.accounts.stored_fields(account), 2)
+
+        figures["states_unpacked_us"] = batch_us(states_unpacked, program, requests, True)
+        figures["states_from_arrays_us"] = batch_us(states_from_arrays, program, requests, True)
     print(json.dumps(figures, sort_keys=True))
     return 0
 

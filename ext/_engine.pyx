@@ -47,6 +47,9 @@ from processor.engine.types import (
     AccountState, Award, AwardIssue, LevelMove, LineEarning, Lot, LoyaltyAccount, Posting,
     Purchase, Receipt, Result, TraceEntry,
 )
+from processor.store.codec import (
+    loyalty_award_fields, loyalty_fields, state_fields, trimmed_loyalty_fields,
+)
 
 # Compile-time constants: enums for small ints, a macro for the 64-bit one (an enum is a
 # C int). Cython 3 deprecates DEF.
@@ -912,14 +915,104 @@ cdef object unpack_loyalty(PackedProgram program, PackedLoyalty packed):
         rule_period=dict(packed.rule_period),
         rule_total=dict(packed.rule_total),
         sustain_extended_until=none_or_day(packed.sustain_until),
-        awards=[copy.copy(award) for award in packed.coupons] + [
-            Award(packed.new_codes[index], "coupon", strings[packed.new_rule.data[index]],
-                  plan.pid, packed.new_issued.data[index],
-                  none_or_day(packed.new_expires.data[index]), 1,
-                  "expired" if packed.new_expired.data[index] else "active")
-            for index in range(len(packed.new_codes))
-        ],
+        awards=[copy.copy(award) for award in packed.coupons] + issued_coupons(program, packed),
     )
+
+
+cdef list issued_coupons(PackedProgram program, PackedLoyalty packed):
+    """The coupons issued during the batch, as Award objects."""
+    cdef list strings = program.strings.values
+    cdef Py_ssize_t index
+    return [
+        Award(packed.new_codes[index], "coupon", strings[packed.new_rule.data[index]],
+              packed.plan.pid, packed.new_issued.data[index],
+              none_or_day(packed.new_expires.data[index]), 1,
+              "expired" if packed.new_expired.data[index] else "active")
+        for index in range(len(packed.new_codes))
+    ]
+
+
+# Days the C calendar takes without overflow (as processor._codec): a packed account whose
+# opening day is beyond them is written through its objects.
+cdef int64_t DAY_LIMIT = 1 << 40
+
+
+cdef list packed_loyalty_fields(PackedProgram program, PackedLoyalty packed):
+    """``codec.loyalty_fields(unpack_loyalty(program, packed))``, written from the arrays:
+    no account, lot or dictionary of the unpacked form is made. Rule ids are numbered in
+    the order the unpacked account would show them (lots, then daily uses, periods,
+    totals, coupons), so the bytes are the same; an account opened on a day beyond the C
+    calendar is written through its objects."""
+    cdef PackedPlan plan = packed.plan
+    cdef list strings = program.strings.values
+    cdef int64_t base = packed.created_day
+    cdef int64_t base_month, earned, expires
+    cdef Py_ssize_t index, end
+    cdef dict rules = {}, rule_day = {}, rule_period = {}, rule_total = {}, by_month = {}
+    cdef list lots, values
+    if not -DAY_LIMIT < base < DAY_LIMIT:
+        return loyalty_fields(unpack_loyalty(program, packed))
+    base_month = month_index(base)
+    lots = []
+    for index in range(packed.lot_points.size):
+        earned = packed.lot_earned.data[index]
+        expires = packed.lot_expires.data[index]
+        values = [
+            earned - base,
+            rules.setdefault(strings[packed.lot_rule.data[index]], len(rules)),
+            packed.lot_kind.data[index],
+            packed.lot_points.data[index],
+            packed.lot_available.data[index] - earned,
+            None if expires == NONE_DAY else expires - earned,
+            packed.lot_version.data[index],
+        ]
+        # Trailing fields at their defaults are left off, as codec._LOT says.
+        end = 7
+        if values[6] == 0:
+            end = 6
+            if values[5] is None:
+                end = 5
+                if values[4] == 0:
+                    end = 4
+        lots.append(values if end == 7 else values[:end])
+    for rule, (day, uses) in packed.rule_day_other.items():
+        rule_day[rules.setdefault(rule, len(rules))] = [day - base, uses]
+    for index in range(plan.issue_count):
+        if packed.rule_day_set.data[index]:
+            rule_day[rules.setdefault(plan.issue_plans[index].rule.id, len(rules))] = [
+                packed.rule_day_day.data[index] - base, packed.rule_day_uses.data[index]
+            ]
+    for rule, counts in packed.rule_period.items():
+        rule_period[rules.setdefault(rule, len(rules))] = list(counts)
+    for rule, uses in packed.rule_total.items():
+        rule_total[rules.setdefault(rule, len(rules))] = uses
+    for index in range(packed.months.size):
+        by_month[packed.months.data[index] - base_month] = packed.month_points.data[index]
+    # Numbers the coupons' rules too, so before the rule list is taken.
+    awards = (
+        loyalty_award_fields(packed.coupons + issued_coupons(program, packed), plan.pid, base,
+                             rules) if packed.coupons or packed.new_codes else []
+    )
+    return trimmed_loyalty_fields([
+        plan.pid,
+        plan.level_ids[packed.level],
+        base,
+        packed.level_since_day - base,
+        packed.last_activity_day - base,
+        list(rules),
+        lots,
+        packed.debt,
+        packed.earned_ltd,
+        packed.earned_ytd,
+        packed.ytd_year - year_of(base),
+        packed.earned_since_move,
+        by_month,
+        rule_day,
+        rule_period,
+        rule_total,
+        None if packed.sustain_until == NONE_DAY else packed.sustain_until - base,
+        awards,
+    ])
 
 
 cdef class PackedCard:
@@ -954,6 +1047,32 @@ cdef class PackedCard:
             customer=state.customer, tender=copy.deepcopy(state.tender),
             awards=copy.deepcopy(state.awards), loyalty=loyalty,
         )
+
+
+    cdef list fields(self, PackedProgram program):
+        """``codec.state_fields(self.unpack(program))`` with the version field 1 (the
+        commit sets it: codec.encode_fields), the packed accounts written from their
+        arrays."""
+        state = self.state
+        loyalty = []
+        for program_id, account in state.loyalty.items():
+            packed = self.loyalty.get(program_id)
+            if packed is None:
+                loyalty.append(loyalty_fields(account))
+            else:
+                loyalty.append(packed_loyalty_fields(program, <PackedLoyalty> packed))
+        for program_id, packed in self.loyalty.items():
+            if program_id not in state.loyalty:
+                loyalty.append(packed_loyalty_fields(program, <PackedLoyalty> packed))
+        return state_fields(state, 1, loyalty)
+
+    cdef str level(self, program_id):
+        """The level of the card's loyalty account in ``program_id``, "" without one."""
+        packed = self.loyalty.get(program_id)
+        if packed is not None:
+            return str((<PackedLoyalty> packed).plan.level_ids[(<PackedLoyalty> packed).level])
+        account = self.state.loyalty.get(program_id)
+        return "" if account is None else str(account.level)
 
 
 cdef PackedCard pack_card(PackedProgram program, state):
@@ -2224,6 +2343,24 @@ class LazyAccounts(Mapping):
 
     def __contains__(self, account):
         return account in self._states or account in self._pending
+
+    def stored_fields(self, account):
+        """The state of ``account`` as ``codec.state_fields`` writes it, its version field 1
+        (the commit sets it: codec.encode_fields); a packed card is written from its
+        arrays, without being unpacked."""
+        card = self._pending.get(account)
+        if card is not None:
+            return (<PackedCard> card).fields((<Batch> self._batch).p)
+        return state_fields(self._states[account], 1)
+
+    def level(self, account, program_id):
+        """The level of ``account`` in ``program_id`` ("" without an account there), read
+        from a packed card without unpacking it."""
+        card = self._pending.get(account)
+        if card is not None:
+            return (<PackedCard> card).level(program_id)
+        held = self._states[account].loyalty.get(program_id)
+        return "" if held is None else str(held.level)
 
     def __repr__(self):
         return f"LazyAccounts({len(self)} accounts)"

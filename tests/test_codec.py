@@ -265,6 +265,23 @@ def test_a_state_is_written_with_the_version_given_in_place_of_its_own(
     assert codec.decode_state(data, state.account).version == version
 
 
+@given(states(), st.integers(1, 2**62))
+def test_a_state_given_as_its_fields_is_written_as_the_state_itself(
+    state: AccountState, version: int
+) -> None:
+    # The commit sets the version of a state the compiled engine wrote as fields.
+    fields = codec.state_fields(state, 1)
+    assert codec.encode_fields(fields, version) == codec.encode_state(state, version)
+    loyalty = [codec.loyalty_fields(one) for one in state.loyalty.values()]
+    assert codec.state_fields(state, 1, loyalty) == codec.state_fields(state, 1)
+
+
+@pytest.mark.parametrize("version", [0, -1, 1.5, None])
+def test_a_state_given_as_its_fields_is_refused_a_version_below_one(version: Any) -> None:
+    with pytest.raises(codec.CodecError, match="version must be at least 1"):
+        codec.encode_fields(codec.state_fields(AccountState("6001200000000010"), 1), version)
+
+
 needs_compiled_lots = pytest.mark.skipif(
     not codec.COMPILED_LOTS, reason="processor._codec not built (LOYALTY_NO_EXTENSIONS=1)"
 )

@@ -699,6 +699,17 @@ def test_the_compiled_engine_equals_the_reference_result_for_result(data: st.Dat
     stored = codec.stored_receipts(last.receipts)
     receipts = dict(last.receipts).values()
     assert sorted(stored) == sorted((r.account, r.id, codec.encode_receipt(r)) for r in receipts)
+    # The states it writes from its arrays, without unpacking them, are the codec's bytes
+    # of the unpacked states, and the levels it reads there are theirs.
+    again = compiled.evaluate(program, {}, requests, {})
+    accounts_in_order = list(again.accounts)
+    fields = {one: again.accounts.stored_fields(one) for one in accounts_in_order}
+    levels = {one: again.accounts.level(one, program.id) for one in accounts_in_order}
+    for account in accounts_in_order:
+        state = again.accounts[account]
+        assert codec.encode_fields(fields[account], 7) == codec.encode_state(state, 7)
+        held = state.loyalty.get(program.id)
+        assert levels[account] == ("" if held is None else str(held.level))
     assert cy[1] == ref_accounts
     assert cy[2] == ref_receipts
     assert cy[3] == ref_job and cy[4] == ref_after

@@ -400,7 +400,9 @@ def test_record_results_counts_business_metrics_by_bounded_labels() -> None:
     ]
     before = [registry_value(name, **labels) for name, labels, _ in watched]
 
-    metrics.record_results([(approved, program), (declined, program)], {state.account: state})
+    metrics.record_results(
+        [(approved, program), (declined, program)], metrics.StateHoldings({state.account: state})
+    )
 
     for (name, labels, expected), earlier in zip(watched, before, strict=True):
         assert registry_value(name, **labels) - earlier == expected, (name, labels)

@@ -37,7 +37,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -451,7 +451,7 @@ class Pipeline:
         plain = {account: state for account, (_, state) in states.items()}
         batch = CommitBatch()
         answers: list[tuple[Work, Answer]] = []
-        changed: dict[str, AccountState] = {}
+        changed = _Changed()
         engine_seconds = 0.0
         known = dict(receipts)  # grows with the receipts each engine call writes
         calls = [
@@ -483,17 +483,17 @@ class Pipeline:
                         result.account, result.id, item.payload.payload_hash, response
                     )
                 )
-            for account in outcome.accounts:
-                changed[account] = outcome.accounts[account]
-                plain[account] = changed[account]
+            changed.add(outcome.accounts)
+            if len(calls) > 1:
+                # The next call starts from these states (a rare batch: see engine_calls).
+                plain.update((account, outcome.accounts[account]) for account in outcome.accounts)
             stored = codec.stored_receipts(outcome.receipts)
             batch.stored_receipts.extend(stored)
             if len(calls) > 1:
                 known.update(keyed(outcome.receipts[key] for key in outcome.receipts))
-        for account, state in changed.items():
-            batch.accounts.append(AccountWrite(state, states[account][0]))
+        batch.accounts.extend(changed.write(account, states[account][0]) for account in changed)
         metrics.ENGINE.observe(engine_seconds)
-        return _Evaluated(batch, answers)
+        return _Evaluated(batch, answers, changed)
 
     async def _refresh_cache(self, versions: Any, encoded: Any) -> None:
         if self.cache is None or not versions:
@@ -512,10 +512,50 @@ class CacheRead:
     entries: dict[str, tuple[int, bytes]]
 
 
+class _Changed:
+    """The accounts a batch changed, each with the engine outcome's ``accounts`` that holds
+    its newest state. The compiled engine's (processor._engine.LazyAccounts) writes a
+    card's stored fields and reads its levels from its arrays, so a card it evaluated is
+    never made into objects on the way to the commit; the reference engine's is a dict."""
+
+    def __init__(self) -> None:
+        self._holder: dict[str, Mapping[str, AccountState]] = {}
+
+    def add(self, accounts: Mapping[str, AccountState]) -> None:
+        for account in accounts:
+            self._holder[account] = accounts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._holder)
+
+    def write(self, account: str, expected_version: int) -> AccountWrite:
+        accounts = self._holder[account]
+        stored_fields = getattr(accounts, "stored_fields", None)
+        if stored_fields is None:
+            return AccountWrite(accounts[account], expected_version)
+        return AccountWrite.of_fields(account, stored_fields(account), expected_version)
+
+    # metrics.Holdings, for the business metrics of the committed batch
+
+    def level(self, account: str, program: str) -> str:
+        accounts = self._holder.get(account)
+        if accounts is None:
+            return ""
+        level = getattr(accounts, "level", None)
+        if level is None:
+            return metrics.StateHoldings(accounts).level(account, program)
+        return str(level(account, program))
+
+    def state(self, account: str) -> AccountState | None:
+        accounts = self._holder.get(account)
+        return None if accounts is None else accounts[account]
+
+
 @dataclass(slots=True)
 class _Evaluated:
     batch: CommitBatch
     answers: list[tuple[Work, Answer]]
+    changed: _Changed
 
 
 def _record(evaluated: _Evaluated) -> None:
@@ -523,7 +563,7 @@ def _record(evaluated: _Evaluated) -> None:
     try:
         metrics.record_results(
             [(answer.result, answer.program) for _, answer in evaluated.answers],
-            {write.account_id: write.state for write in evaluated.batch.accounts},
+            evaluated.changed,
         )
     except Exception:  # metrics must never fail a committed batch
         log.exception("recording the metrics of a committed batch failed")

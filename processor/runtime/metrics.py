@@ -39,7 +39,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import grpc
 import prometheus_client
@@ -545,9 +545,36 @@ _SPENT_AWARD_VALUE_KINDS: Final = frozenset({"redeem"})
 _MOVED_TENDER_KINDS: Final = frozenset({"merge_in", "merge_out"})
 
 
-def record_results(results: Iterable[tuple[Any, Any]], states: Mapping[str, Any]) -> None:
-    """Count a committed batch's results: ``(Result, CompiledProgram)`` pairs, and the
-    committed account states by account id (for levels and the kinds of awards redeemed).
+class Holdings(Protocol):
+    """What the business metrics read of a committed batch's accounts."""
+
+    def level(self, account: str, program: str) -> str:
+        """The account's level in the program, "" without an account there."""
+        ...
+
+    def state(self, account: str) -> Any | None:
+        """The account's state (read for the kinds of the awards it redeemed)."""
+        ...
+
+
+class StateHoldings:
+    """Holdings over account states by account id."""
+
+    def __init__(self, states: Mapping[str, Any]) -> None:
+        self._states = states
+
+    def level(self, account: str, program: str) -> str:
+        state = self._states.get(account)
+        held = state.loyalty.get(program) if state is not None else None
+        return str(held.level) if held is not None else ""
+
+    def state(self, account: str) -> Any | None:
+        return self._states.get(account)
+
+
+def record_results(results: Iterable[tuple[Any, Any]], holdings: Holdings) -> None:
+    """Count a committed batch's results: ``(Result, CompiledProgram)`` pairs, and what
+    the committed accounts hold (levels, and the kinds of awards redeemed).
 
     Counts are summed per label set first, so a batch costs one increment per series.
     """
@@ -556,26 +583,26 @@ def record_results(results: Iterable[tuple[Any, Any]], states: Mapping[str, Any]
         declined = result.status != "approved"
         outcome = ("declined", result.reason or "DECLINED") if declined else ("approved", "")
         tally[(TRANSACTIONS, (program.id, *outcome))] += 1
-        state = states.get(result.account)
         for posting in result.postings:
-            owner = states.get(posting.account) if posting.account else state
-            _tally_posting(tally, posting, owner)
+            _tally_posting(tally, posting, holdings, posting.account or result.account)
         for award in result.awards:
             tally[(AWARDS_ISSUED, (award.program, award.kind))] += 1
         for code in result.redeemed:
-            tally[(AWARDS_REDEEMED, _award_labels(state, code))] += 1
+            tally[(AWARDS_REDEEMED, _award_labels(holdings.state(result.account), code))] += 1
         for move in result.moves:
             tally[(LEVEL_MOVES, (move.program, move.kind))] += 1
     for (metric, labels), amount in tally.items():
         metric.labels(*labels).inc(amount)
 
 
-def _tally_posting(tally: Tally[tuple[Any, tuple[str, ...]]], posting: Any, state: Any) -> None:
+def _tally_posting(
+    tally: Tally[tuple[Any, tuple[str, ...]]], posting: Any, holdings: Holdings, owner: str
+) -> None:
     amount = posting.amount
     if amount == 0:
         return
     if posting.balance == "points":
-        level = _level(state, posting.program)
+        level = holdings.level(owner, posting.program)
         metric = POINTS_ISSUED if amount > 0 else POINTS_REDEEMED
         tally[(metric, (posting.program, level, posting.kind))] += abs(amount)
     elif posting.balance == "tender" and posting.kind not in _MOVED_TENDER_KINDS:
@@ -583,11 +610,6 @@ def _tally_posting(tally: Tally[tuple[Any, tuple[str, ...]]], posting: Any, stat
         tally[(TENDER_VALUE, (posting.program, kind))] += abs(amount)
     elif posting.balance == "award_value" and posting.kind in _SPENT_AWARD_VALUE_KINDS:
         tally[(AWARDS_REDEEMED, (posting.program, "e_award"))] += 1
-
-
-def _level(state: Any, program: str) -> str:
-    account = state.loyalty.get(program) if state is not None else None
-    return str(account.level) if account is not None else ""
 
 
 def _award_labels(state: Any, code: str) -> tuple[str, str]:
@@ -652,8 +674,10 @@ class Sampler:
 __all__ = [
     "DECLARED",
     "REGISTRY",
+    "Holdings",
     "MetricsInterceptor",
     "Sampler",
+    "StateHoldings",
     "exported_names",
     "mark_process_dead",
     "record_results",

@@ -85,7 +85,26 @@ _T = TypeVar("_T")
 def encode_state(state: AccountState, version: int | None = None) -> bytes:
     """The stored form of one account's state, without its account id (the key it is under);
     ``version`` in place of the state's own, when given (a commit writes the next one)."""
-    return _pack(_state_fields(state, version), "account state")
+    return _pack(state_fields(state, version), "account state")
+
+
+def state_fields(
+    state: AccountState, version: int | None = None, loyalty: list[list[Any]] | None = None
+) -> list[Any]:
+    """The fields ``encode_state`` packs. ``loyalty``: the loyalty accounts' fields in the
+    order of ``state.loyalty`` (``loyalty_fields`` of each) when the caller wrote them
+    itself, as the compiled engine does from its arrays; ``state.loyalty`` is then
+    ignored."""
+    return _state_fields(state, version, loyalty)
+
+
+def encode_fields(fields: list[Any], version: int) -> bytes:
+    """``encode_state``'s bytes from ``state_fields``' fields, at ``version`` (at least 1):
+    a commit sets the version of a state it was given as fields. The list is changed."""
+    if type(version) is not int or version < 1:
+        raise CodecError(f"an encoded state's version must be at least 1, not {version!r}")
+    fields[0] = version
+    return _pack(fields, "account state")
 
 
 def decode_state(data: bytes, account: str) -> AccountState:
@@ -255,17 +274,23 @@ _LOYALTY: Final[tuple[Any, ...]] = (
 _LOT: Final[tuple[Any, ...]] = (_R, _R, 0, _R, 0, None, 0)
 
 
-def _state_fields(state: AccountState, version: int | None = None) -> list[Any]:
+def _state_fields(
+    state: AccountState, version: int | None = None, loyalty: list[list[Any]] | None = None
+) -> list[Any]:
     for key, award_account in state.awards.items():
         if key != award_account.program:
             raise CodecError(f"award account {award_account.program!r} is filed under {key!r}")
-    for key, loyalty_account in state.loyalty.items():
-        if key != loyalty_account.program:
-            raise CodecError(f"loyalty account {loyalty_account.program!r} is filed under {key!r}")
+    if loyalty is None:
+        for key, loyalty_account in state.loyalty.items():
+            if key != loyalty_account.program:
+                raise CodecError(
+                    f"loyalty account {loyalty_account.program!r} is filed under {key!r}"
+                )
+        loyalty = [loyalty_fields(one) for one in state.loyalty.values()]
     values = [
         state.version if version is None else version,
         _code(state.status, ACCOUNT_STATUSES, "account status"),
-        [loyalty_fields(one) for one in state.loyalty.values()],
+        loyalty,
         [_award_account_fields(one) for one in state.awards.values()],
         None if state.tender is None else _tender_fields(state.tender),
         None if state.customer is None else _customer_fields(state.customer),
@@ -483,6 +508,26 @@ def loyalty_from_reference(values: list[Any]) -> LoyaltyAccount:
         _unshift(sustain_until, base),
         [_award_from(award, program, base, rules.__getitem__) for award in awards],
     )
+
+
+def trimmed_loyalty_fields(values: list[Any]) -> list[Any]:
+    """A loyalty account's full field list without the trailing fields at their defaults:
+    for a writer of the fields other than ``loyalty_fields_reference`` (the compiled
+    engine, from its arrays)."""
+    return _trim(values, _LOYALTY)
+
+
+def loyalty_award_fields(
+    awards: list[Award], holder: str, base: int, rules: dict[str, int]
+) -> list[list[Any]]:
+    """The fields of a loyalty account's coupons, as ``loyalty_fields_reference`` writes
+    them: their rules numbered on from ``rules`` (changed), for a writer of the account's
+    other fields such as ``trimmed_loyalty_fields``' callers."""
+
+    def ref(rule: str) -> int:
+        return rules.setdefault(rule, len(rules))
+
+    return [_award_fields(award, holder, base, ref) for award in awards]
 
 
 def _lot_fields(lot: Lot, base: int, ref: Callable[[str], int]) -> list[Any]:

@@ -53,6 +53,7 @@ from processor.errors import (
     InvalidFieldError,
     LoyaltyError,
     check,
+    present,
 )
 from processor.limits import (
     BATCH_ROWS_MAX,
@@ -143,14 +144,31 @@ class AccountWrite:
 
     ``expected_version`` 0 means the account must not exist yet. The row is written at
     ``expected_version + 1``, and so is the version inside the stored state.
+
+    The state comes as objects (``state``) or, from the compiled engine, as the fields
+    ``codec.state_fields`` writes (``AccountWrite.of_fields``): a card the engine evaluated
+    in its arrays is written from them and never made into objects.
     """
 
-    state: AccountState
+    state: AccountState | None
     expected_version: int
+    fields: list[Any] | None = None
+    account: str = ""
+
+    @classmethod
+    def of_fields(cls, account: str, fields: list[Any], expected_version: int) -> AccountWrite:
+        """The write of ``account``'s state given as ``codec.state_fields``' fields."""
+        return cls(None, expected_version, fields, account)
 
     @property
     def account_id(self) -> str:
-        return self.state.account
+        return self.account or present(self.state, "the state of an account write").account
+
+    def encoded(self, version: int) -> bytes:
+        """The stored state at ``version``."""
+        if self.fields is not None:
+            return codec.encode_fields(self.fields, version)
+        return codec.encode_state(present(self.state, "the state of an account write"), version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -745,7 +763,7 @@ def _stage(batch: CommitBatch) -> _Staged:
             raise InvalidBatchError(f"account {account_id} is written twice in one batch")
         expected[account_id] = version
         # The next version, written without copying the state to carry it.
-        blob = codec.encode_state(write.state, version + 1)
+        blob = write.encoded(version + 1)
         encoded[account_id] = blob
         rows = new_rows if version == 0 else changed_rows
         rows[0].append(account_id)
