@@ -215,3 +215,14 @@ array-bound statement each."""
 CACHE_KEY_PREFIX_CHARS_MAX: Final = 64
 """The prefix of every cache key (the ``cache_key_prefix`` setting): room to name a
 deployment, an environment and a run, short next to the state each key holds."""
+
+# --------------------------------------------------------------------------- the card cache
+
+CARD_CACHE_CARDS_MAX: Final = 200_000
+"""Cards (with their customers) one serving process holds in memory
+(processor.store.card_cache), about 300 bytes each: 60 MB at most. The oldest is let go
+first."""
+
+CARD_CACHE_SECONDS: Final = 60.0
+"""How long a held card is used before it is read again: a backstop only, since every
+change is told through PostgreSQL's notifications."""

@@ -2,11 +2,16 @@
 
 Every request reaches this module through the batcher (processor.flow.batcher). A batch
 reads what it needs from PostgreSQL before evaluation in one statement (its cards, their
-customers and its request ids already posted: ``Catalog.look_up_batch``), then:
+customers and its request ids already posted: ``Catalog.look_up_batch``), unless all its
+cards are held in memory (processor.store.card_cache): then it reads nothing, and its
+posted ids are found by the commit instead. Then:
 
 1. **Replays.** Request ids already posted on their card are answered with the stored
    answer (``replayed``), and nothing is evaluated for them; the same id with another
    payload is refused (IDEMPOTENCY_MISMATCH). Everything is keyed by (card, request id).
+   Found by the commit (the batch was not looked up, or another batch posted the id
+   meanwhile), they are answered so then, and the rest of the batch is committed without
+   them.
 2. **Admission.** The card must exist and belong to an active program; a PIN, when given,
    must verify (PIN_INVALID, code 2001), and then counts as verified for the engine.
 3. **State.** Account states come from Redis when it has them, from PostgreSQL
@@ -69,6 +74,7 @@ from processor.errors import (
 from processor.flow.batcher import Batcher, Item
 from processor.runtime import metrics
 from processor.store import codec
+from processor.store.card_cache import CardCache
 from processor.store.catalog import BatchLookup
 from processor.store.ledger import (
     AccountWrite,
@@ -193,8 +199,10 @@ class Pipeline:
         engine: Engine,
         encode: Encoder,
         conflict_retries_max: int = CONFLICT_RETRIES_MAX,
+        card_cache: CardCache | None = None,
     ) -> None:
         self.store = store
+        self.card_cache = card_cache
         self.cache = cache
         self.programs = programs
         self.cards = cards
@@ -208,13 +216,7 @@ class Pipeline:
     async def process(self, items: list[Work]) -> None:
         """Answer every item of a batch, with a result or an error."""
         try:
-            # The cache is read while PostgreSQL looks the cards up, not after: one wait for
-            # both (a lone caller's process sleeps and wakes once per wait; BENCHMARKS.md).
-            # It reads every account of the batch; replays and refusals just go unused.
-            lookup, cached = await asyncio.gather(
-                self.cards.look_up_batch(_card_numbers(items), _replay_keys(items)),
-                self._cached(_accounts_of(item.payload.request for item in items)),
-            )
+            lookup, cached = await self._look_up(items)
             live = self._answer_replays(items, lookup.seen)
             admitted = _whole_calls(items, self._admit(live, lookup.cards))
             await self._evaluate_and_commit(admitted, lookup.cards, lookup.customers, cached)
@@ -223,6 +225,27 @@ class Pipeline:
         except Exception as error:
             log.exception("unexpected failure processing a batch of %d", len(items))
             _fail(items, error)
+
+    async def _look_up(self, items: list[Work]) -> tuple[BatchLookup, CacheRead]:
+        """The batch's cards, their customers and its posted request ids, with what the
+        account cache holds of its accounts. Cards all held in memory (processor.store.
+        card_cache) are not read again, nor are posted ids: the commit refuses those, and
+        they are answered as replays then (``_evaluate_and_commit``)."""
+        numbers = _card_numbers(items)
+        accounts = _accounts_of(item.payload.request for item in items)
+        held = self.card_cache.get(numbers) if self.card_cache is not None else None
+        if held is not None:
+            return BatchLookup(held[0], held[1], {}), await self._cached(accounts)
+        since = self.card_cache.changes() if self.card_cache is not None else 0
+        # The cache is read while PostgreSQL looks the cards up, not after: one wait for
+        # both (a lone caller's process sleeps and wakes once per wait; BENCHMARKS.md).
+        # It reads every account of the batch; replays and refusals just go unused.
+        lookup, cached = await asyncio.gather(
+            self.cards.look_up_batch(numbers, _replay_keys(items)), self._cached(accounts)
+        )
+        if self.card_cache is not None:
+            self.card_cache.put(lookup.cards, lookup.customers, since)
+        return lookup, cached
 
     # ----------------------------------------------------------------- replays
 
@@ -344,13 +367,17 @@ class Pipeline:
                     _settle(item, answer)
                 _record(evaluated)
                 return
+            if outcome.replayed:
+                # These ids were posted already (by an earlier call, when the batch's cards
+                # were held in memory and not looked up, or by another batch meanwhile):
+                # answer those as replays, and commit the rest.
+                pending = await self._settle_replayed(pending)
+                if not outcome.conflicts:
+                    continue  # nothing raced these accounts: no pause, no conflict
             self.conflicts_total += 1
             metrics.CONCURRENCY_RETRIES.inc()
             if self.cache is not None:
                 await self.cache.invalidate(outcome.conflicts)
-            if outcome.replayed:
-                # Someone else posted some of these ids meanwhile: answer those as replays.
-                pending = await self._settle_replayed(pending)
             if attempt < self.conflict_retries_max:
                 await asyncio.sleep(conflict_pause(attempt))
         _fail(
@@ -366,7 +393,9 @@ class Pipeline:
         items = [item for item, _ in pending]
         live = self._answer_replays(items, await self._seen(items))
         keep = {id(item) for item in live}
-        return [(item, program) for item, program in pending if id(item) in keep]
+        # A call one of whose requests was refused now (another payload under a posted
+        # id) posts nothing.
+        return _whole_calls(items, [pair for pair in pending if id(pair[0]) in keep])
 
     async def _cached(self, accounts: list[str]) -> CacheRead:
         """What the cache holds of ``accounts`` (nothing without a cache)."""

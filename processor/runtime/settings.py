@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     cache_key_prefix: str = Field(default="loyalty:", max_length=CACHE_KEY_PREFIX_CHARS_MAX)
     cache_compression: bool = True
+    # Hold the cards and customers batches read in memory, told of changes by PostgreSQL
+    # (processor.store.card_cache): a batch of held cards reads nothing before evaluation.
+    card_cache: bool = True
     data_dir: Path = Path(".data")
     engine: str | None = None
     batch_requests_max: int = Field(default=1_000, ge=1, le=10_000)

@@ -36,6 +36,8 @@ from processor.service.posting import encode_result
 from processor.service.tender import TenderServicer
 from processor.service.transactions import TransactionServicer
 from processor.service.transactions import handler as transaction_handler
+from processor.store.card_cache import CardCache
+from processor.store.card_cache import listen as listen_for_card_changes
 from processor.store.catalog import Catalog
 from processor.store.ledger import Store
 
@@ -192,6 +194,7 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
     batcher: SubmissionBatcher | None = None
     server: grpc.aio.Server | None = None
     try:
+        card_cache = CardCache() if settings.card_cache else None
         pipeline = Pipeline(
             store=store,
             cache=cache,
@@ -199,6 +202,7 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
             cards=catalog,
             engine=get_engine(settings.engine),
             encode=encode_result,
+            card_cache=card_cache,
         )
         batcher = Batcher(
             pipeline.process,
@@ -253,6 +257,12 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
                 watch_database(store, health_servicer), name="database-health"
             ),
         ]
+        if card_cache is not None:
+            tasks.append(
+                asyncio.get_running_loop().create_task(
+                    listen_for_card_changes(store.conninfo, card_cache), name="card-changes"
+                )
+            )
     except BaseException:
         await close_all(
             (lambda: batcher.drain(0.0)) if batcher is not None else None,

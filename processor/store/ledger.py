@@ -399,6 +399,7 @@ class Store:
             raise ValueError(
                 f"reconnect_attempt_seconds {reconnect_attempt_seconds} not in (0, 600]"
             )
+        self._conninfo = conninfo
         self._statement_timeout_ms = statement_timeout_ms
         self._acquire_timeout_seconds = acquire_timeout_seconds
         self._pool: _FailFastPool = _FailFastPool(
@@ -419,6 +420,11 @@ class Store:
             check=_check_locally,
         )
         self._months: set[int] = set()  # ledger partitions known to exist
+
+    @property
+    def conninfo(self) -> str:
+        """Where the pool connects (for a connection of one's own, as a listener needs)."""
+        return self._conninfo
 
     @property
     def pool(self) -> AsyncConnectionPool[Any]:
