@@ -314,3 +314,27 @@ async def test_a_call_holding_a_mismatched_replay_posts_nothing_on_held_cards(
 async def test_without_the_setting_no_card_is_held(start_served: StartServed) -> None:
     served = await start_served(card_cache=False)
     assert served.running.pipeline.card_cache is None
+
+
+async def test_a_replay_on_a_held_card_is_answered_before_its_pin_is_checked(
+    served: Served,
+) -> None:
+    # As with a looked-up batch: the stored answer, whatever PIN the retry carries.
+    card, pin = served.demo.first_card, served.demo.first_pin
+    assert pin is not None
+    wrong = str((int(pin) + 1) % 10_000).zfill(4)
+    pipeline = served.running.pipeline
+    await eventually(lambda: pipeline.card_cache.listening, "listening")  # type: ignore[union-attr]
+    first = await served.transactions.PostTransaction(
+        purchase(card, "pinned-1", context_fields={"pin": pin}), timeout=10
+    )
+    assert pipeline.card_cache.get([card]) is not None  # type: ignore[union-attr]
+    again = await served.transactions.PostTransaction(
+        purchase(card, "pinned-1", context_fields={"pin": wrong}), timeout=10
+    )
+    assert again.result.replayed and again.result.postings == first.result.postings
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.transactions.PostTransaction(
+            purchase(card, "pinned-2", context_fields={"pin": wrong}), timeout=10
+        )
+    assert errors.reason_of(refused.value) == "PIN_INVALID"

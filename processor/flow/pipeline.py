@@ -218,6 +218,8 @@ class Pipeline:
         try:
             lookup, cached = await self._look_up(items)
             live = self._answer_replays(items, lookup.seen)
+            if lookup.held:
+                live = await self._replays_before_pins(live)
             admitted = _whole_calls(items, self._admit(live, lookup.cards))
             await self._evaluate_and_commit(admitted, lookup.cards, lookup.customers, cached)
         except LoyaltyError as error:
@@ -235,7 +237,7 @@ class Pipeline:
         accounts = _accounts_of(item.payload.request for item in items)
         held = self.card_cache.get(numbers) if self.card_cache is not None else None
         if held is not None:
-            return BatchLookup(held[0], held[1], {}), await self._cached(accounts)
+            return BatchLookup(held[0], held[1], {}, held=True), await self._cached(accounts)
         since = self.card_cache.changes() if self.card_cache is not None else 0
         # The cache is read while PostgreSQL looks the cards up, not after: one wait for
         # both (a lone caller's process sleeps and wakes once per wait; BENCHMARKS.md).
@@ -278,6 +280,19 @@ class Pipeline:
                 first[key] = item
             live.append(item)
         return live
+
+    async def _replays_before_pins(self, items: list[Work]) -> list[Work]:
+        """``items`` less the replays among those carrying a PIN, which are answered: a
+        replay is answered as stored before its PIN is checked, and the commit, which finds
+        the other replays of a batch that was not looked up, comes after the check."""
+        pinned = [item for item in items if item.payload.pin is not None]
+        if not pinned:
+            return items
+        seen = await self._seen(pinned)
+        if not seen:
+            return items
+        answered = {id(item) for item in self._answer_replays(pinned, seen)}
+        return [item for item in items if item.payload.pin is None or id(item) in answered]
 
     # ----------------------------------------------------------------- admission
 
