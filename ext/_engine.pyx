@@ -1044,8 +1044,8 @@ cdef class PackedCard:
             )
         return AccountState(
             account=state.account, version=state.version, status=state.status,
-            customer=state.customer, tender=copy.deepcopy(state.tender),
-            awards=copy.deepcopy(state.awards), loyalty=loyalty,
+            customer=state.customer, tender=_private(state.tender),
+            awards=_private(state.awards), loyalty=loyalty,
         )
 
 
@@ -1075,13 +1075,23 @@ cdef class PackedCard:
         return "" if account is None else str(account.level)
 
 
+cdef inline object _private(value):
+    """A deep copy of a card's tender account or award accounts; most cards have none,
+    and copying nothing still cost deepcopy a memo and a dispatch on every card."""
+    if value is None:
+        return None
+    if type(value) is dict and not value:
+        return {}
+    return copy.deepcopy(value)
+
+
 cdef PackedCard pack_card(PackedProgram program, state):
     """A card's working copy: loyalty accounts are packed on first use, the rest copied."""
     cdef PackedCard card = PackedCard()
     card.state = AccountState(
         account=state.account, version=state.version, status=state.status,
-        customer=state.customer, tender=copy.deepcopy(state.tender),
-        awards=copy.deepcopy(state.awards), loyalty=dict(state.loyalty),
+        customer=state.customer, tender=_private(state.tender),
+        awards=_private(state.awards), loyalty=dict(state.loyalty),
     )
     card.loyalty = {}
     return card
