@@ -17,6 +17,8 @@ from libc.stdint cimport int64_t
 
 from calendar cimport month_index, year_of
 
+include "lots.pxi"
+
 from processor.engine.types import Lot, LoyaltyAccount
 
 # Defined before codec imports this module (at its end).
@@ -57,7 +59,7 @@ cdef int64_t DAY_LIMIT = 1 << 40
 def lots_fields(list lots, object base, dict rules):
     """Each lot as its trimmed field list; a rule's position in ``rules`` is added on first
     sight (``rules.setdefault(rule, len(rules))``), in lot order."""
-    cdef Py_ssize_t count = len(lots), index, end
+    cdef Py_ssize_t count = len(lots), index
     cdef list out = PyList_New(count)
     cdef list values
     cdef object lot, earned, shifted, expires, reference
@@ -76,16 +78,7 @@ def lots_fields(list lots, object base, dict rules):
             None if expires is None else expires - earned,
             lot.program_version,
         ]
-        # Trailing fields at their defaults are left off (codec._trim over codec._LOT).
-        end = LOT_FIELDS
-        if values[6] == 0:
-            end = 6
-            if values[5] is None:
-                end = 5
-                if values[4] == 0:
-                    end = 4
-        if end < LOT_FIELDS:
-            values = values[:end]
+        values = trimmed_lot(values)
         Py_INCREF(values)
         PyList_SET_ITEM(out, index, values)
     return out

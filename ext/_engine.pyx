@@ -35,6 +35,7 @@ from limits cimport LINES_MAX
 
 include "wire.pxi"
 include "msgpack.pxi"
+include "lots.pxi"
 
 import copy
 import gc
@@ -947,7 +948,7 @@ cdef list packed_loyalty_fields(PackedProgram program, PackedLoyalty packed):
     cdef list strings = program.strings.values
     cdef int64_t base = packed.created_day
     cdef int64_t base_month, earned, expires
-    cdef Py_ssize_t index, end
+    cdef Py_ssize_t index
     cdef dict rules = {}, rule_day = {}, rule_period = {}, rule_total = {}, by_month = {}
     cdef list lots, values
     if not -DAY_LIMIT < base < DAY_LIMIT:
@@ -966,15 +967,7 @@ cdef list packed_loyalty_fields(PackedProgram program, PackedLoyalty packed):
             None if expires == NONE_DAY else expires - earned,
             packed.lot_version.data[index],
         ]
-        # Trailing fields at their defaults are left off, as codec._LOT says.
-        end = 7
-        if values[6] == 0:
-            end = 6
-            if values[5] is None:
-                end = 5
-                if values[4] == 0:
-                    end = 4
-        lots.append(values if end == 7 else values[:end])
+        lots.append(trimmed_lot(values))
     for rule, (day, uses) in packed.rule_day_other.items():
         rule_day[rules.setdefault(rule, len(rules))] = [day - base, uses]
     for index in range(plan.issue_count):

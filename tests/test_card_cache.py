@@ -206,7 +206,7 @@ async def test_postgresql_tells_every_kind_of_change_to_cards_and_customers(
                 await db.execute(statement)
                 await eventually(
                     lambda f=forgotten: all(cache.get([n]) is None for n in f),
-                    statement,  # type: ignore[misc]
+                    statement,
                 )
                 kept = {CARD, OTHER} - forgotten
                 assert all(cache.get([n]) is not None for n in kept), statement
@@ -214,8 +214,8 @@ async def test_postgresql_tells_every_kind_of_change_to_cards_and_customers(
             hold_both()
             async with db.transaction(force_rollback=True):
                 await db.execute("UPDATE cards SET status = 'closed'")
-            await db.execute("NOTIFY loyalty_catalog, 'card:0'")  # a marker after it
             marker = cache.changes() + 1
+            await db.execute("NOTIFY loyalty_catalog, 'card:0'")  # a marker after it
             await eventually(lambda: cache.changes() >= marker, "the marker")
             assert cache.get([CARD, OTHER]) is not None
     finally:
@@ -243,20 +243,33 @@ async def test_a_statement_changing_many_cards_is_told_once_as_everything(
 # --------------------------------------------------------------------------- through a server
 
 
+def card_cache_of(served: Served) -> CardCache:
+    held = served.running.pipeline.card_cache
+    assert held is not None
+    return held
+
+
+async def posted_and_held(served: Served, request: Any) -> Any:
+    """Post ``request`` once the server listens for changes, and check its card is then
+    held (so the next batch on it is not looked up); the answer."""
+    cache = card_cache_of(served)
+    await eventually(lambda: cache.listening, "listening")
+    answer = await served.transactions.PostTransaction(request, timeout=10)
+    assert cache.get([request.transaction.context.account]) is not None
+    return answer
+
+
 async def test_a_card_closed_behind_the_servers_back_is_refused_once_told(
     served: Served, cards: list[str]
 ) -> None:
     card = cards[3]
-    pipeline = served.running.pipeline
-    await eventually(lambda: pipeline.card_cache.listening, "listening")  # type: ignore[union-attr]
-    await served.transactions.PostTransaction(purchase(card, "held-1"), timeout=10)
-    assert pipeline.card_cache.get([card]) is not None  # type: ignore[union-attr]
+    await posted_and_held(served, purchase(card, "held-1"))
     async with await psycopg.AsyncConnection.connect(
         served.database_url, autocommit=True
     ) as db:  # as another server or an operator would
         await db.execute("UPDATE cards SET status = 'closed' WHERE card_number = %s", (card,))
     await eventually(
-        lambda: pipeline.card_cache.get([card]) is None,  # type: ignore[union-attr]
+        lambda: card_cache_of(served).get([card]) is None,
         "the closed card forgotten",
     )
     answer = await served.transactions.PostTransaction(purchase(card, "held-2"), timeout=10)
@@ -269,9 +282,7 @@ async def test_a_replay_on_a_held_card_is_answered_as_stored_and_posted_once(
 ) -> None:
     card = cards[4]
     pipeline = served.running.pipeline
-    await eventually(lambda: pipeline.card_cache.listening, "listening")  # type: ignore[union-attr]
-    first = await served.transactions.PostTransaction(purchase(card, "once-1"), timeout=10)
-    assert pipeline.card_cache.get([card]) is not None  # type: ignore[union-attr]
+    first = await posted_and_held(served, purchase(card, "once-1"))
     conflicts = pipeline.conflicts_total
     again = await served.transactions.PostTransaction(purchase(card, "once-1"), timeout=10)
     assert again.result.replayed and not first.result.replayed
@@ -293,11 +304,8 @@ async def test_a_call_holding_a_mismatched_replay_posts_nothing_on_held_cards(
     served: Served, cards: list[str]
 ) -> None:
     card, other = cards[5], cards[6]
-    pipeline = served.running.pipeline
-    await eventually(lambda: pipeline.card_cache.listening, "listening")  # type: ignore[union-attr]
-    await served.transactions.PostTransaction(purchase(card, "call-1"), timeout=10)
-    await served.transactions.PostTransaction(purchase(other, "warm-1"), timeout=10)
-    assert pipeline.card_cache.get([card, other]) is not None  # type: ignore[union-attr]
+    await posted_and_held(served, purchase(card, "call-1"))
+    await posted_and_held(served, purchase(other, "warm-1"))
     before = await served.store.ledger_sums(other)
     call = proto.transactions.PostTransactionsRequest(
         transactions=[
@@ -323,12 +331,7 @@ async def test_a_replay_on_a_held_card_is_answered_before_its_pin_is_checked(
     card, pin = served.demo.first_card, served.demo.first_pin
     assert pin is not None
     wrong = str((int(pin) + 1) % 10_000).zfill(4)
-    pipeline = served.running.pipeline
-    await eventually(lambda: pipeline.card_cache.listening, "listening")  # type: ignore[union-attr]
-    first = await served.transactions.PostTransaction(
-        purchase(card, "pinned-1", context_fields={"pin": pin}), timeout=10
-    )
-    assert pipeline.card_cache.get([card]) is not None  # type: ignore[union-attr]
+    first = await posted_and_held(served, purchase(card, "pinned-1", context_fields={"pin": pin}))
     again = await served.transactions.PostTransaction(
         purchase(card, "pinned-1", context_fields={"pin": wrong}), timeout=10
     )

@@ -9,24 +9,9 @@
 -- batch of cards sends one notification, not one per card. Inserts are not told: a process
 -- holds only cards it found, and a card it holds has its customer row already (a card
 -- whose customer row is missing is never held).
-CREATE FUNCTION notify_cards_changed() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path FROM CURRENT
-AS $$
-BEGIN
-    -- Separate tests: a TRUNCATE trigger has no transition table to count.
-    IF TG_OP = 'TRUNCATE' THEN
-        PERFORM pg_notify('loyalty_catalog', '*');
-    ELSIF (SELECT count(*) FROM changed_rows) > 1000 THEN
-        PERFORM pg_notify('loyalty_catalog', '*');
-    ELSE
-        PERFORM pg_notify('loyalty_catalog', 'card:' || card_number) FROM changed_rows;
-    END IF;
-    RETURN NULL;
-END
-$$;
 
-CREATE FUNCTION notify_customers_changed() RETURNS trigger
+-- One function for both tables: TG_ARGV[0] is the payload's kind, TG_ARGV[1] the key column.
+CREATE FUNCTION notify_catalog_changed() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path FROM CURRENT
 AS $$
@@ -37,7 +22,8 @@ BEGIN
     ELSIF (SELECT count(*) FROM changed_rows) > 1000 THEN
         PERFORM pg_notify('loyalty_catalog', '*');
     ELSE
-        PERFORM pg_notify('loyalty_catalog', 'customer:' || customer_id) FROM changed_rows;
+        PERFORM pg_notify('loyalty_catalog', TG_ARGV[0] || ':' || (to_jsonb(r) ->> TG_ARGV[1]))
+        FROM changed_rows AS r;
     END IF;
     RETURN NULL;
 END
@@ -46,17 +32,17 @@ $$;
 -- A trigger with transition tables takes one event, hence one trigger per event.
 CREATE TRIGGER cards_updated AFTER UPDATE ON cards
     REFERENCING OLD TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_cards_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_catalog_changed('card', 'card_number');
 CREATE TRIGGER cards_deleted AFTER DELETE ON cards
     REFERENCING OLD TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_cards_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_catalog_changed('card', 'card_number');
 CREATE TRIGGER cards_truncated AFTER TRUNCATE ON cards
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_cards_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_catalog_changed('card', 'card_number');
 CREATE TRIGGER customers_updated AFTER UPDATE ON customers
     REFERENCING OLD TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_customers_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_catalog_changed('customer', 'customer_id');
 CREATE TRIGGER customers_deleted AFTER DELETE ON customers
     REFERENCING OLD TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_customers_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_catalog_changed('customer', 'customer_id');
 CREATE TRIGGER customers_truncated AFTER TRUNCATE ON customers
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_customers_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_catalog_changed('customer', 'customer_id');
