@@ -6,7 +6,10 @@ answers the compiled engine writes from its rows (``from_rows_us``,
 answers.written_by_engine); and the receipts built and encoded (``receipts_built_us``)
 against those it writes from its rows (``receipts_from_rows_us``, codec.stored_receipts);
 and, per account, the new states unpacked and encoded (``states_unpacked_us``) against
-those it writes from its arrays (``states_from_arrays_us``, AccountWrite.of_fields).
+those it writes from its arrays (``states_from_arrays_us``, AccountWrite.of_fields); and,
+per account, stored states decoded and a batch evaluated on them, with their loyalty
+accounts decoded into objects (``states_read_us``) against packed from their stored fields
+(``states_read_deferred_us``, codec.decode_state_deferred).
 
 The results are the demo program's evaluations of a retail workload (bench/engine_bench.py's
 baskets: 15 trace entries and 2.5 postings a result on average, some with awards and level
@@ -71,6 +74,31 @@ def batch_us(
     return round(statistics.median(timings), 2)
 
 
+def states_read_us(program: Any, requests: list[Any]) -> dict[str, float]:
+    """µs per account to decode the stored states ``requests`` left and evaluate one
+    purchase on each, eagerly and deferred: the same evaluation, so the difference is the
+    reading and packing of the loyalty accounts (medians of the rounds)."""
+    engine = get_engine("cython")
+    evaluated = engine.evaluate(program, {}, requests, {})
+    stored = {one: codec.encode_state(evaluated.accounts[one]) for one in evaluated.accounts}
+    first: dict[str, Any] = {}
+    for request in requests:
+        first.setdefault(request.account, request)
+    one_each = list(first.values())
+    timings: dict[str, list[float]] = {"states_read_us": [], "states_read_deferred_us": []}
+    decoders = (
+        ("states_read_us", codec.decode_state),
+        ("states_read_deferred_us", codec.decode_state_deferred),
+    )
+    for _ in range(3 * ROUNDS):  # alternating, so the machine's noise falls on both
+        for name, decode in decoders:
+            began = time.process_time()
+            states = {one: decode(blob, one) for one, blob in stored.items()}
+            engine.evaluate(program, states, one_each, {})
+            timings[name].append((time.process_time() - began) / len(stored) * 1e6)
+    return {name: round(statistics.median(values), 2) for name, values in timings.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=int, default=5_000)
@@ -123,6 +151,7 @@ def main() -> int:
             for account in outcome.accounts:
                 codec.encode_fields(outcome.accounts.stored_fields(account), 2)
 
+        figures.update(states_read_us(program, requests))
         figures["states_unpacked_us"] = batch_us(states_unpacked, program, requests, True)
         figures["states_from_arrays_us"] = batch_us(states_from_arrays, program, requests, True)
     print(json.dumps(figures, sort_keys=True))

@@ -49,7 +49,8 @@ from processor.engine.types import (
     Purchase, Receipt, Result, TraceEntry,
 )
 from processor.store.codec import (
-    loyalty_award_fields, loyalty_fields, state_fields, trimmed_loyalty_fields,
+    DeferredState, loyalty_award_fields, loyalty_awards_from, loyalty_fields, loyalty_from,
+    padded_loyalty_fields, state_fields, trimmed_loyalty_fields,
 )
 
 # Compile-time constants: enums for small ints, a macro for the 64-bit one (an enum is a
@@ -854,6 +855,87 @@ cdef PackedLoyalty pack_loyalty(PackedProgram program, PackedPlan plan, account)
     return packed
 
 
+cdef PackedLoyalty pack_stored_loyalty(PackedProgram program, PackedPlan plan, list stored):
+    """``pack_loyalty(program, plan, codec.loyalty_from(stored))``, packed from the stored
+    fields without the account and lot objects between. Anything out of the ordinary (a
+    value of an unexpected type, a day beyond the C calendar, damage) takes that very
+    path, so every outcome and error is its own."""
+    try:
+        return _pack_stored(program, plan, stored)
+    except _Unusual:
+        return pack_loyalty(program, plan, loyalty_from(stored))
+
+
+class _Unusual(Exception):
+    """Stored fields the compiled reader leaves to the objects' path."""
+
+
+cdef PackedLoyalty _pack_stored(PackedProgram program, PackedPlan plan, list stored):
+    cdef PackedLoyalty packed
+    cdef Strings strings = program.strings
+    cdef int64_t base, earned, month_base
+    cdef Py_ssize_t count
+    cdef list lot
+    try:
+        (
+            _, level_id, base_value, level_since, last_activity, rules, lots, debt,
+            earned_ltd, earned_ytd, ytd_year, earned_since_move, by_month, rule_day,
+            rule_period, rule_total, sustain_until, awards,
+        ) = padded_loyalty_fields(stored)
+        if type(base_value) is not int or not -DAY_LIMIT < base_value < DAY_LIMIT:
+            raise _Unusual()
+        level = plan.level_index.get(level_id)
+        if level is None:
+            return None
+        base = base_value
+        packed = new_packed(plan, len(lots))
+        packed.level = level
+        packed.created_day = base
+        packed.level_since_day = base + level_since
+        packed.last_activity_day = base + last_activity
+        packed.debt = debt
+        packed.earned_ltd = earned_ltd
+        packed.earned_ytd = earned_ytd
+        packed.ytd_year = year_of(base) + ytd_year
+        packed.earned_since_move = earned_since_move
+        packed.sustain_until = NONE_DAY if sustain_until is None else base + sustain_until
+        for lot in lots:
+            count = len(lot)
+            if not 4 <= count <= 7 or lot[2] not in (0, 1):
+                raise _Unusual()
+            earned = base + lot[0]
+            packed.add_lot(
+                earned, strings.id(rules[lot[1]]), lot[2], lot[3],
+                earned + (lot[4] if count > 4 else 0),
+                NONE_DAY if count <= 5 or lot[5] is None else earned + lot[5],
+                lot[6] if count > 6 else 0,
+            )
+        month_base = month_index(base)
+        for month, points in by_month.items():
+            packed.months.push(month_base + month)
+            packed.month_points.push(points)
+        packed.rule_day_other = {}
+        for rule, (day, uses) in rule_day.items():
+            rule_id = rules[rule]
+            position = plan.issue_positions.get(rule_id)
+            if position is None:
+                packed.rule_day_other[rule_id] = (base + day, uses)
+            else:
+                packed.rule_day_day.data[<Py_ssize_t> position] = base + day
+                packed.rule_day_uses.data[<Py_ssize_t> position] = uses
+                packed.rule_day_set.data[<Py_ssize_t> position] = 1
+        packed.rule_period = {rules[rule]: (period, uses) for rule, (period, uses) in rule_period.items()}
+        packed.rule_total = {rules[rule]: uses for rule, uses in rule_total.items()}
+        packed.coupons = loyalty_awards_from(awards, plan.pid, base, rules) if awards else []
+    except _Unusual:
+        raise
+    except Exception:
+        raise _Unusual()
+    packed.coupons_lapse_day = INT64_MIN  # unknown: the first aging computes it
+    new_coupons(packed)
+    return packed
+
+
 cdef PackedLoyalty open_loyalty(PackedProgram program, PackedPlan plan, int64_t day):
     """A new account at the start level, as processor.engine.loyalty.open_account."""
     cdef PackedLoyalty packed = new_packed(plan, 0)
@@ -1010,10 +1092,17 @@ cdef list packed_loyalty_fields(PackedProgram program, PackedLoyalty packed):
 
 cdef class PackedCard:
     """One card during a batch: its own copy of the Python state for tender and award
-    programs, and packed loyalty accounts that replace the state's on the way out."""
+    programs, and packed loyalty accounts that replace the state's on the way out.
+
+    A card read from its stored bytes (codec.DeferredState) brings its loyalty accounts
+    as their stored fields (``stored``, by program; the state's ``loyalty`` holds None in
+    their places, to keep their order): each is packed from its fields when first used,
+    made into objects only if the card is unpacked, and written back as it came if the
+    batch never used it."""
 
     cdef object state
     cdef dict loyalty
+    cdef dict stored
 
     cdef object unpack(self, PackedProgram program, bint owned=False):
         """The card as a Python state. ``owned``: the card is dropped after this, so its
@@ -1022,10 +1111,12 @@ cdef class PackedCard:
         loyalty = {}
         for program_id, account in state.loyalty.items():
             packed = self.loyalty.get(program_id)
-            if packed is None:
-                loyalty[program_id] = copy.deepcopy(account)
-            else:
+            if packed is not None:
                 loyalty[program_id] = unpack_loyalty(program, <PackedLoyalty> packed)
+            elif self.stored and program_id in self.stored:
+                loyalty[program_id] = loyalty_from(self.stored[program_id])
+            else:
+                loyalty[program_id] = copy.deepcopy(account)
         for program_id, packed in self.loyalty.items():
             if program_id not in loyalty:
                 loyalty[program_id] = unpack_loyalty(program, <PackedLoyalty> packed)
@@ -1050,10 +1141,12 @@ cdef class PackedCard:
         loyalty = []
         for program_id, account in state.loyalty.items():
             packed = self.loyalty.get(program_id)
-            if packed is None:
-                loyalty.append(loyalty_fields(account))
-            else:
+            if packed is not None:
                 loyalty.append(packed_loyalty_fields(program, <PackedLoyalty> packed))
+            elif self.stored and program_id in self.stored:
+                loyalty.append(self.stored[program_id])  # unused: as it was stored
+            else:
+                loyalty.append(loyalty_fields(account))
         for program_id, packed in self.loyalty.items():
             if program_id not in state.loyalty:
                 loyalty.append(packed_loyalty_fields(program, <PackedLoyalty> packed))
@@ -1064,6 +1157,8 @@ cdef class PackedCard:
         packed = self.loyalty.get(program_id)
         if packed is not None:
             return str((<PackedLoyalty> packed).plan.level_ids[(<PackedLoyalty> packed).level])
+        if self.stored and program_id in self.stored:
+            return str(self.stored[program_id][1])
         account = self.state.loyalty.get(program_id)
         return "" if account is None else str(account.level)
 
@@ -1081,10 +1176,16 @@ cdef inline object _private(value):
 cdef PackedCard pack_card(PackedProgram program, state):
     """A card's working copy: loyalty accounts are packed on first use, the rest copied."""
     cdef PackedCard card = PackedCard()
+    stored = state.stored_loyalty() if type(state) is DeferredState else None
+    if stored is not None:
+        card.stored = {fields[0]: fields for fields in stored}
+        loyalty = dict.fromkeys(card.stored)
+    else:
+        loyalty = dict(state.loyalty)
     card.state = AccountState(
         account=state.account, version=state.version, status=state.status,
         customer=state.customer, tender=_private(state.tender),
-        awards=_private(state.awards), loyalty=dict(state.loyalty),
+        awards=_private(state.awards), loyalty=loyalty,
     )
     card.loyalty = {}
     return card
@@ -1606,7 +1707,13 @@ cdef class Batch:
                         or self.l_quantity.data[line] > plan.measure_max):
                     return False
             packed = card.loyalty.get(plan.pid)
-            if packed is None and plan.pid in card.state.loyalty:
+            if packed is None and card.stored and plan.pid in card.stored:
+                packed = pack_stored_loyalty(self.p, plan, card.stored[plan.pid])
+                if packed is None:
+                    return False
+                del card.stored[plan.pid]
+                card.loyalty[plan.pid] = packed
+            elif packed is None and plan.pid in card.state.loyalty:
                 packed = pack_loyalty(self.p, plan, card.state.loyalty[plan.pid])
                 if packed is None:
                     return False

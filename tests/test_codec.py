@@ -276,6 +276,29 @@ def test_a_state_given_as_its_fields_is_written_as_the_state_itself(
     assert codec.state_fields(state, 1, loyalty) == codec.state_fields(state, 1)
 
 
+@given(states())
+def test_a_state_read_with_its_loyalty_accounts_deferred_is_the_state_itself(
+    state: AccountState,
+) -> None:
+    data = codec.encode_state(state)
+    deferred = codec.decode_state_deferred(data, state.account)
+    assert deferred == state and state == deferred
+    assert codec.encode_state(codec.decode_state_deferred(data, state.account)) == data
+    copied = dataclasses.replace(codec.decode_state_deferred(data, state.account), version=9)
+    assert copied == dataclasses.replace(state, version=9)
+    read = codec.decode_state_deferred(data, state.account)
+    assert read.loyalty == state.loyalty and read.stored_loyalty() is None
+
+
+@pytest.mark.parametrize(
+    "loyalty", [7, [7], [[]], [["points", "silver"]], [[1, "silver", 20000]], [list(range(19))]]
+)
+def test_a_deferred_state_refuses_loyalty_accounts_not_shaped_as_stored(loyalty: Any) -> None:
+    data = msgpack.packb([codec.FORMAT_VERSION, 1, 0, loyalty])
+    with pytest.raises(codec.CodecError, match="loyalty account"):
+        codec.decode_state_deferred(data, "6001200000000010")
+
+
 @pytest.mark.parametrize("version", [0, -1, 1.5, None])
 def test_a_state_given_as_its_fields_is_refused_a_version_below_one(version: Any) -> None:
     with pytest.raises(codec.CodecError, match="version must be at least 1"):

@@ -685,6 +685,16 @@ def test_the_compiled_engine_equals_the_reference_result_for_result(data: st.Dat
         )
         job = run_job(program, outcomes[-1][1], START + 90, "job")
         outcomes[-1] += (job.results, dict(job.accounts))
+    # The compiled engine given states read from their stored bytes (loyalty accounts
+    # packed from their stored fields) answers and ends as it does given the objects.
+    first = compiled.evaluate(program, {}, requests[:split], {})
+    stored = {
+        account: codec.decode_state_deferred(codec.encode_state(state), account)
+        for account, state in dict(first.accounts).items()
+    }
+    deferred = compiled.evaluate(program, stored, requests[split:], dict(first.receipts))
+    assert list(deferred.results) == outcomes[1][0][split:]
+    assert {**dict(first.accounts), **dict(deferred.accounts)} == outcomes[1][1]
     (ref_results, ref_accounts, ref_receipts, ref_job, ref_after), cy = outcomes[0], outcomes[1]
     for expected, actual in zip(ref_results, cy[0], strict=True):
         assert actual == expected

@@ -423,7 +423,8 @@ class Pipeline:
     ) -> dict[str, tuple[int, AccountState]]:
         """The states of ``accounts``: from the cache (from ``read`` when it asked for all of
         them already), else from PostgreSQL; ``fresh`` reads PostgreSQL only (after a
-        conflict)."""
+        conflict). Their loyalty accounts are decoded only when read (codec.
+        DeferredState): the compiled engine packs them from their stored fields."""
         states: dict[str, tuple[int, AccountState]] = {}
         if self.cache is not None and not fresh:
             if read is not None and read.asked.issuperset(accounts):
@@ -433,7 +434,7 @@ class Pipeline:
             undecodable = []
             for account, (version, blob) in cached.items():
                 try:
-                    states[account] = (version, codec.decode_state(blob, account))
+                    states[account] = (version, codec.decode_state_deferred(blob, account))
                 except codec.CodecError:
                     undecodable.append(account)
             if undecodable:
@@ -448,7 +449,7 @@ class Pipeline:
         for account in missing:
             if account in found:
                 version, blob = found[account]
-                states[account] = (version, codec.decode_state(blob, account))
+                states[account] = (version, codec.decode_state_deferred(blob, account))
             else:
                 states[account] = (0, AccountState(account))
         return {account: states[account] for account in accounts}

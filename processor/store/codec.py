@@ -112,6 +112,99 @@ def decode_state(data: bytes, account: str) -> AccountState:
     return _unpack(data, "account state", lambda fields: _state_from(fields, account))
 
 
+def decode_state_deferred(data: bytes, account: str) -> AccountState:
+    """``decode_state``, its loyalty accounts left as their stored fields until read (a
+    :class:`DeferredState`): the compiled engine packs them from those fields, without
+    the account and lot objects. The rest of the state, and the framing, version and
+    shape of every loyalty account, are checked here as ``decode_state`` checks them."""
+    return _unpack(data, "account state", lambda fields: _deferred_from(fields, account))
+
+
+class DeferredState(AccountState):
+    """An AccountState whose loyalty accounts are decoded when first read, from the fields
+    ``decode_state_deferred`` kept (``stored_loyalty``): to anyone who reads ``loyalty`` it
+    is the state ``decode_state`` would have made, and equal to it."""
+
+    __slots__ = ("_stored_loyalty",)
+    _stored_loyalty: list[list[Any]] | None
+
+    @property
+    def loyalty(self) -> dict[str, LoyaltyAccount]:
+        stored = self._stored_loyalty
+        if stored is not None:
+            _LOYALTY_SLOT.__set__(self, {one.program: one for one in map(loyalty_from, stored)})
+            self._stored_loyalty = None
+        held: dict[str, LoyaltyAccount] = _LOYALTY_SLOT.__get__(self)
+        return held
+
+    @loyalty.setter
+    def loyalty(self, value: dict[str, LoyaltyAccount]) -> None:
+        self._stored_loyalty = None
+        _LOYALTY_SLOT.__set__(self, value)
+
+    def stored_loyalty(self) -> list[list[Any]] | None:
+        """The loyalty accounts' stored fields (``loyalty_fields`` of each, in order), or
+        None once ``loyalty`` was read. Not to be changed."""
+        return self._stored_loyalty
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AccountState):
+            return NotImplemented
+        return _compared(self) == _compared(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_LOYALTY_SLOT: Final[Any] = AccountState.__dict__["loyalty"]
+
+
+def _compared(state: AccountState) -> tuple[Any, ...]:
+    return (
+        state.account,
+        state.version,
+        state.status,
+        state.customer,
+        state.tender,
+        state.awards,
+        state.loyalty,
+    )
+
+
+def _deferred_from(values: list[Any], account: str) -> AccountState:
+    version, status, loyalty, awards, tender, customer = _pad(values, _STATE, "account state")
+    if type(loyalty) is not list:
+        raise CodecError("account state's loyalty accounts are not an array")
+    for one in loyalty:
+        if type(one) is not list or not 3 <= len(one) <= len(_LOYALTY) or type(one[0]) is not str:
+            raise CodecError("a loyalty account of the account state is damaged")
+    award_accounts = [_award_account_from(one) for one in awards]
+    state = DeferredState(
+        account,
+        version,
+        _word(status, ACCOUNT_STATUSES, "account status"),
+        None if customer is None else _customer_from(customer),
+        None if tender is None else _tender_from(tender),
+        {one.program: one for one in award_accounts},
+        {},
+    )
+    state._stored_loyalty = loyalty
+    return state
+
+
+def padded_loyalty_fields(values: list[Any]) -> list[Any]:
+    """A copy of a loyalty account's stored fields with the trailing ones the writer left
+    off put back (``loyalty_from_reference``'s reading), for a reader of the fields."""
+    return _pad(list(values), _LOYALTY, "loyalty account")
+
+
+def loyalty_awards_from(
+    values: list[Any], holder: str, base: int, rules: list[str]
+) -> list[Award]:
+    """A loyalty account's coupons from their stored fields, as ``loyalty_from_reference``
+    reads them."""
+    return [_award_from(award, holder, base, rules.__getitem__) for award in values]
+
+
 def encode_receipt(receipt: Receipt) -> bytes:
     """The stored form of a posted request's receipt."""
     return _pack(_receipt_fields(receipt), "receipt")
