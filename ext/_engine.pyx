@@ -49,8 +49,8 @@ from processor.engine.types import (
     Purchase, Receipt, Result, TraceEntry,
 )
 from processor.store.codec import (
-    DeferredState, loyalty_award_fields, loyalty_awards_from, loyalty_fields, loyalty_from,
-    padded_loyalty_fields, state_fields, trimmed_loyalty_fields,
+    DeferredState, loyalty_award_fields, loyalty_awards_from, loyalty_fields,
+    loyalty_from_stored, padded_loyalty_fields, state_fields, trimmed_loyalty_fields,
 )
 
 # Compile-time constants: enums for small ints, a macro for the 64-bit one (an enum is a
@@ -863,7 +863,7 @@ cdef PackedLoyalty pack_stored_loyalty(PackedProgram program, PackedPlan plan, l
     try:
         return _pack_stored(program, plan, stored)
     except _Unusual:
-        return pack_loyalty(program, plan, loyalty_from(stored))
+        return pack_loyalty(program, plan, loyalty_from_stored(stored))
 
 
 class _Unusual(Exception):
@@ -1114,7 +1114,7 @@ cdef class PackedCard:
             if packed is not None:
                 loyalty[program_id] = unpack_loyalty(program, <PackedLoyalty> packed)
             elif self.stored and program_id in self.stored:
-                loyalty[program_id] = loyalty_from(self.stored[program_id])
+                loyalty[program_id] = loyalty_from_stored(self.stored[program_id])
             else:
                 loyalty[program_id] = copy.deepcopy(account)
         for program_id, packed in self.loyalty.items():

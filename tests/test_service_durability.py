@@ -35,7 +35,7 @@ from processor.cache.accounts import AccountCache
 from processor.errors import DatabaseUnavailableError
 from processor.flow import pipeline
 from processor.service import errors
-from processor.store import Store, ledger
+from processor.store import Store, codec, ledger
 
 pytestmark = pytest.mark.integration
 
@@ -179,6 +179,30 @@ async def test_a_stale_cache_entry_costs_a_retry_never_a_balance(
     assert (third.status, third.balances[POINTS]) == (APPROVED, 70)
     assert served.running.pipeline.conflicts_total == conflicts + 1
     assert await ledger_points(served, card) == 70
+    assert await served.store.reconcile() == []
+
+
+async def test_a_cached_state_damaged_inside_a_loyalty_account_is_read_from_postgresql(
+    served: Served, cards: list[str]
+) -> None:
+    # A state's loyalty accounts are decoded only when the engine reads them
+    # (codec.DeferredState), so damage there is found then, not when the cache is read.
+    card = cards[43]
+    post = served.transactions.PostTransaction
+    await post(purchase(card, "dm-1", lines=[line(1, 1_000)]), timeout=10)
+    version, state = (await served.store.load([card]))[card]
+    fields = msgpack.unpackb(codec.encode_state(state), raw=False, strict_map_key=False)
+    fields[3][0][6][0][0] = "not a day"  # the first lot of the first loyalty account
+    async with AccountCache.from_url(
+        served.redis_url, key_prefix=served.settings.cache_key_prefix
+    ) as cache:
+        await cache.put_many({card: (version, msgpack.packb(fields))})
+        second = (await post(purchase(card, "dm-2", lines=[line(1, 2_000)]), timeout=10)).result
+        assert (second.status, second.balances[POINTS]) == (APPROVED, 30)
+        cached = (await cache.get_many([card]))[card]
+    assert codec.decode_state(cached[1], card).loyalty == (
+        (await served.store.load([card]))[card][1].loyalty
+    )
     assert await served.store.reconcile() == []
 
 

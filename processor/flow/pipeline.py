@@ -365,11 +365,21 @@ class Pipeline:
                 else _given(customers),
             )
             _apply_card_records(states, records, customers)
-            self._answer_dry_runs(dry, states, receipts)
-            dry = []
-            if not pending:
-                return
-            evaluated = self._evaluate(pending, states, receipts)
+            try:
+                self._answer_dry_runs(dry, states, receipts)
+                dry = []
+                if not pending:
+                    return
+                evaluated = self._evaluate(pending, states, receipts)
+            except codec.CodecError:
+                if attempt > 0 or self.cache is None:
+                    raise
+                # A cached state damaged inside a loyalty account, found only now that the
+                # engine reads it (codec.DeferredState): read PostgreSQL instead, as for a
+                # cached state that does not decode at all.
+                log.warning("a cached account state could not be decoded; reading PostgreSQL")
+                await self.cache.invalidate(accounts)
+                continue
             committing = time.perf_counter()
             try:
                 outcome = await self.store.commit(evaluated.batch)

@@ -132,7 +132,8 @@ class DeferredState(AccountState):
     def loyalty(self) -> dict[str, LoyaltyAccount]:
         stored = self._stored_loyalty
         if stored is not None:
-            _LOYALTY_SLOT.__set__(self, {one.program: one for one in map(loyalty_from, stored)})
+            accounts = [loyalty_from_stored(one) for one in stored]
+            _LOYALTY_SLOT.__set__(self, {one.program: one for one in accounts})
             self._stored_loyalty = None
         held: dict[str, LoyaltyAccount] = _LOYALTY_SLOT.__get__(self)
         return held
@@ -191,15 +192,25 @@ def _deferred_from(values: list[Any], account: str) -> AccountState:
     return state
 
 
+def loyalty_from_stored(values: list[Any]) -> LoyaltyAccount:
+    """``loyalty_from`` of a deferred state's stored fields, damage a CodecError as
+    ``decode_state`` reports it."""
+    try:
+        account: LoyaltyAccount = loyalty_from(values)
+        return account
+    except CodecError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as error:
+        raise CodecError(f"a stored loyalty account is damaged: {error}") from error
+
+
 def padded_loyalty_fields(values: list[Any]) -> list[Any]:
     """A copy of a loyalty account's stored fields with the trailing ones the writer left
     off put back (``loyalty_from_reference``'s reading), for a reader of the fields."""
     return _pad(list(values), _LOYALTY, "loyalty account")
 
 
-def loyalty_awards_from(
-    values: list[Any], holder: str, base: int, rules: list[str]
-) -> list[Award]:
+def loyalty_awards_from(values: list[Any], holder: str, base: int, rules: list[str]) -> list[Award]:
     """A loyalty account's coupons from their stored fields, as ``loyalty_from_reference``
     reads them."""
     return [_award_from(award, holder, base, rules.__getitem__) for award in values]
