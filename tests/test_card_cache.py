@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -22,6 +23,7 @@ from plugins.server import Served, StartServed, line, purchase, transaction
 
 from processor import proto
 from processor.engine.types import Customer
+from processor.runtime import metrics
 from processor.service import errors
 from processor.store import card_cache
 from processor.store.card_cache import CardCache
@@ -341,3 +343,26 @@ async def test_a_replay_on_a_held_card_is_answered_before_its_pin_is_checked(
             purchase(card, "pinned-2", context_fields={"pin": wrong}), timeout=10
         )
     assert errors.reason_of(refused.value) == "PIN_INVALID"
+
+
+def test_the_sampler_counts_batches_given_their_cards_and_says_whether_it_listens() -> None:
+    def value(name: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name) or 0.0
+
+    cache = CardCache()
+    sampler = metrics.Sampler(
+        batcher=SimpleNamespace(depth=0), store=None, cache=None, card_cache=cache
+    )
+    hits, misses = value("catalog_memory_hits_total"), value("catalog_memory_misses_total")
+    cache.get([CARD])  # not listening: a miss
+    sampler.sample()
+    assert value("catalog_memory_listening") == 0
+    cache.listening_started()
+    cache.put({CARD: record()}, {}, cache.changes())
+    cache.get([CARD])
+    cache.get([CARD])
+    cache.get([OTHER])
+    sampler.sample()
+    assert value("catalog_memory_hits_total") - hits == 2
+    assert value("catalog_memory_misses_total") - misses == 2
+    assert value("catalog_memory_listening") == 1

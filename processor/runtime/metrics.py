@@ -226,6 +226,23 @@ CACHE_CIRCUIT_OPEN = Gauge(
     registry=REGISTRY,
     multiprocess_mode="max",
 )
+CARD_CACHE_HITS = Counter(
+    "catalog_memory_hits_total",
+    "Batches whose cards were all held in memory: nothing read before evaluation.",
+    registry=REGISTRY,
+)
+CARD_CACHE_MISSES = Counter(
+    "catalog_memory_misses_total",
+    "Batches that read their cards from PostgreSQL (one not held, or not listening).",
+    registry=REGISTRY,
+)
+CARD_CACHE_LISTENING = Gauge(
+    "catalog_memory_listening",
+    "1 while PostgreSQL's notifications of card changes are heard; 0 means every batch"
+    " reads its cards (worst worker).",
+    registry=REGISTRY,
+    multiprocess_mode="min",
+)
 DB_POOL_IN_USE = Gauge(
     "db_pool_in_use",
     "PostgreSQL connections lent out of the pools (sum over live workers).",
@@ -632,11 +649,15 @@ class Sampler:
     """Copies what the serving parts count or hold into the metrics, once a second: the
     queue depth, the database pool, and the cache's own counters (as increments)."""
 
-    def __init__(self, *, batcher: Any, store: Any, cache: Any | None) -> None:
+    def __init__(
+        self, *, batcher: Any, store: Any, cache: Any | None, card_cache: Any | None = None
+    ) -> None:
         self._batcher = batcher
         self._pool = getattr(store, "pool", None)
         self._cache = cache
         self._cache_seen = (0, 0, 0)
+        self._card_cache = card_cache
+        self._card_cache_seen = (0, 0)
 
     def sample(self) -> None:
         QUEUE_DEPTH.set(self._batcher.depth)
@@ -654,6 +675,15 @@ class Sampler:
                     metric.inc(current - seen)
             self._cache_seen = now
             CACHE_CIRCUIT_OPEN.set(1 if self._cache.circuit_open else 0)
+        if self._card_cache is not None:
+            held = (self._card_cache.hits_total, self._card_cache.misses_total)
+            for metric, current, seen in zip(
+                (CARD_CACHE_HITS, CARD_CACHE_MISSES), held, self._card_cache_seen, strict=True
+            ):
+                if current > seen:
+                    metric.inc(current - seen)
+            self._card_cache_seen = held
+            CARD_CACHE_LISTENING.set(1 if self._card_cache.listening else 0)
 
     async def run(self, interval_seconds: float = SAMPLE_INTERVAL_SECONDS) -> None:
         """Sample until cancelled, and once more then (the last counts of a shutdown)."""

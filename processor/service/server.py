@@ -247,7 +247,7 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
         await server.start()
         for name in ["", *proto.SERVICE_NAMES]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        sampler = metrics.Sampler(batcher=batcher, store=store, cache=cache)
+        sampler = metrics.Sampler(batcher=batcher, store=store, cache=cache, card_cache=card_cache)
         tasks = [
             asyncio.get_running_loop().create_task(
                 registry.run_refresher(settings.registry_refresh_seconds), name="registry"

@@ -68,7 +68,8 @@ class CardCache:
         self._listening = False
         self._changes = 0
         self._held_day: int | None = None
-        self.hits_total = 0
+        self.hits_total = 0  # batches given all their cards
+        self.misses_total = 0  # batches that must read theirs
 
     @property
     def listening(self) -> bool:
@@ -86,11 +87,13 @@ class CardCache:
     ) -> tuple[dict[str, CardRecord], dict[str, Customer]] | None:
         """The cards of ``numbers`` and their customers, or None unless every one is held."""
         if not self._listening or not numbers:
+            self.misses_total += 1
             return None
         day = self._day()
         if day != self._held_day:
             self._forget_all()
             self._held_day = day
+            self.misses_total += 1
             return None
         now = self._clock()
         cards: dict[str, CardRecord] = {}
@@ -98,6 +101,7 @@ class CardCache:
         for number in numbers:
             entry = self._entries.get(number)
             if entry is None or entry[2] <= now:
+                self.misses_total += 1
                 return None
             cards[number] = entry[0]
             if entry[1] is not None:
