@@ -77,6 +77,7 @@ class CodecError(InternalError):
 
 
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound=AccountState)
 
 
 # --------------------------------------------------------------------------- public API
@@ -172,22 +173,12 @@ def _compared(state: AccountState) -> tuple[Any, ...]:
 
 
 def _deferred_from(values: list[Any], account: str) -> AccountState:
-    version, status, loyalty, awards, tender, customer = _pad(values, _STATE, "account state")
+    state, loyalty = _state_without_loyalty(values, account, DeferredState)
     if type(loyalty) is not list:
         raise CodecError("account state's loyalty accounts are not an array")
     for one in loyalty:
         if type(one) is not list or not 3 <= len(one) <= len(_LOYALTY) or type(one[0]) is not str:
             raise CodecError("a loyalty account of the account state is damaged")
-    award_accounts = [_award_account_from(one) for one in awards]
-    state = DeferredState(
-        account,
-        version,
-        _word(status, ACCOUNT_STATUSES, "account status"),
-        None if customer is None else _customer_from(customer),
-        None if tender is None else _tender_from(tender),
-        {one.program: one for one in award_accounts},
-        {},
-    )
     state._stored_loyalty = loyalty
     return state
 
@@ -403,18 +394,27 @@ def _state_fields(
 
 
 def _state_from(values: list[Any], account: str) -> AccountState:
+    state, loyalty = _state_without_loyalty(values, account, AccountState)
+    loyalty_accounts = [loyalty_from(one) for one in loyalty]
+    state.loyalty = {one.program: one for one in loyalty_accounts}
+    return state
+
+
+def _state_without_loyalty(values: list[Any], account: str, kind: type[_S]) -> tuple[_S, Any]:
+    """A state of ``kind`` read from its fields but for its loyalty accounts (none yet),
+    and their stored fields."""
     version, status, loyalty, awards, tender, customer = _pad(values, _STATE, "account state")
     award_accounts = [_award_account_from(one) for one in awards]
-    loyalty_accounts = [loyalty_from(one) for one in loyalty]
-    return AccountState(
+    state = kind(
         account,
         version,
         _word(status, ACCOUNT_STATUSES, "account status"),
         None if customer is None else _customer_from(customer),
         None if tender is None else _tender_from(tender),
         {one.program: one for one in award_accounts},
-        {one.program: one for one in loyalty_accounts},
+        {},
     )
+    return state, loyalty
 
 
 def _customer_fields(customer: Customer) -> list[Any]:
