@@ -228,6 +228,35 @@ async def test_postgresql_tells_every_kind_of_change_to_cards_and_customers(
 
 
 @pytest.mark.integration
+async def test_a_lost_listening_connection_forgets_everything_and_listens_again(
+    schema_url: str,
+) -> None:
+    cache = CardCache()
+    listener = asyncio.get_running_loop().create_task(
+        card_cache.listen(schema_url, cache, retry_seconds=0.05)
+    )
+    try:
+        await eventually(lambda: cache.listening, "listening")
+        cache.put({CARD: record()}, {}, cache.changes())
+        assert cache.get([CARD]) is not None
+        async with await psycopg.AsyncConnection.connect(schema_url, autocommit=True) as db:
+            # As a PostgreSQL restart or a network cut ends the listener's session.
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query = %s AND pid <> pg_backend_pid()",
+                (f"LISTEN {card_cache.CHANNEL}",),
+            )
+        await eventually(lambda: len(cache) == 0, "everything forgotten")
+        await eventually(lambda: cache.listening, "listening again")
+        cache.put({CARD: record()}, {}, cache.changes())
+        assert cache.get([CARD]) is not None
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+@pytest.mark.integration
 async def test_a_statement_changing_many_cards_is_told_once_as_everything(
     schema_url: str,
 ) -> None:
