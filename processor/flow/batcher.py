@@ -165,7 +165,11 @@ class Batcher(Generic[PayloadT, AnswerT]):
                 f"{waiting} requests are ahead: the call's deadline would pass before its "
                 "answer; retry with backoff"
             )
-        items: list[Item[PayloadT, AnswerT]] = [Item(payload, deadline) for payload in payloads]
+        # One loop lookup and one clock reading for the whole call, not one per request.
+        create_future = asyncio.get_running_loop().create_future
+        items: list[Item[PayloadT, AnswerT]] = [
+            Item(payload, deadline, create_future(), now) for payload in payloads
+        ]
         for item in items[:-1]:
             item.more_follow = True
         for item in items:  # room was checked above, and nothing runs between the puts
