@@ -104,7 +104,10 @@ def conflict_pause(attempt: int) -> float:
     return random.uniform(0, ceiling)
 
 
-@dataclass(frozen=True, slots=True)
+# Submission and Answer are made for every transaction and never changed after: plain
+# slotted dataclasses, since a frozen one's __init__ sets each field through
+# object.__setattr__, about six times the cost (BENCHMARKS.md, "Frozen records").
+@dataclass(slots=True)
 class Submission:
     """One request as the services hand it over."""
 
@@ -118,7 +121,7 @@ class Submission:
     index: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """What a service sends back: the result and the program that produced it."""
 
