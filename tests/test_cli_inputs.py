@@ -68,9 +68,10 @@ def test_config_show_redacts_secrets(
             "less than or equal to 16",
         ),
         ("LOYALTY_CACHE_COMPRESSION", "maybe", "cache_compression", "valid boolean"),
+        ("LOYALTY_CARD_CACHE", "sometimes", "card_cache", "valid boolean"),
     ],
 )
-def test_the_overlap_and_compression_settings_refuse_bad_values(
+def test_the_overlap_cache_and_card_settings_refuse_bad_values(
     variable: str,
     value: str,
     field: str,
