@@ -52,8 +52,6 @@ cdef int _kind_code(object kind) except -1:
     raise CodecError(f"lot kind {kind!r} is not one of {LOT_KINDS}")
 
 
-# Day numbers the C calendar takes without overflow; anything else goes to the reference.
-cdef int64_t DAY_LIMIT = 1 << 40
 
 
 def lots_fields(list lots, object base, dict rules):

@@ -1015,9 +1015,6 @@ cdef list issued_coupons(PackedProgram program, PackedLoyalty packed):
     ]
 
 
-# Days the C calendar takes without overflow (as processor._codec): a packed account whose
-# opening day is beyond them is written through its objects.
-cdef int64_t DAY_LIMIT = 1 << 40
 
 
 cdef list packed_loyalty_fields(PackedProgram program, PackedLoyalty packed):

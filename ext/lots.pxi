@@ -3,6 +3,11 @@
 # its arrays).
 
 
+# Day numbers the C calendar takes without overflow; a lot or account beyond them is left
+# to the Python path.
+cdef int64_t DAY_LIMIT = 1 << 40
+
+
 cdef inline list trimmed_lot(list values):
     """A lot's seven fields without the trailing ones at their defaults (version 0, no
     expiry, available at once), as codec._trim over codec._LOT leaves them."""

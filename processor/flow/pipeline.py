@@ -59,7 +59,6 @@ from processor.engine.types import (
     Request,
     Result,
     Return,
-    TenderRequest,
     Void,
 )
 from processor.errors import (
@@ -221,8 +220,6 @@ class Pipeline:
         try:
             lookup, cached = await self._look_up(items)
             live = self._answer_replays(items, lookup.seen)
-            if lookup.held:
-                live = await self._replays_before_pins(live)
             admitted = _whole_calls(items, self._admit(live, lookup.cards))
             await self._evaluate_and_commit(admitted, lookup.cards, lookup.customers, cached)
         except LoyaltyError as error:
@@ -234,13 +231,17 @@ class Pipeline:
     async def _look_up(self, items: list[Work]) -> tuple[BatchLookup, CacheRead]:
         """The batch's cards, their customers and its posted request ids, with what the
         account cache holds of its accounts. Cards all held in memory (processor.store.
-        card_cache) are not read again, nor are posted ids: the commit refuses those, and
-        they are answered as replays then (``_evaluate_and_commit``)."""
-        numbers = _card_numbers(items)
+        card_cache) are not read again, nor are most posted ids: the commit refuses those,
+        and they are answered as replays then (``_evaluate_and_commit``). Only requests
+        carrying a PIN are looked up still (beside the cache read): a replay is answered
+        as stored before its PIN is checked, and the commit comes after the check."""
         accounts = _accounts_of(item.payload.request for item in items)
+        numbers = sorted(accounts)
         held = self.card_cache.get(numbers) if self.card_cache is not None else None
         if held is not None:
-            return BatchLookup(held[0], held[1], {}, held=True), await self._cached(accounts)
+            pinned = [item for item in items if item.payload.pin is not None]
+            seen, cached = await asyncio.gather(self._seen(pinned), self._cached(accounts))
+            return BatchLookup(held[0], held[1], seen), cached
         since = self.card_cache.changes() if self.card_cache is not None else 0
         # The cache is read while PostgreSQL looks the cards up, not after: one wait for
         # both (a lone caller's process sleeps and wakes once per wait; BENCHMARKS.md).
@@ -283,19 +284,6 @@ class Pipeline:
                 first[key] = item
             live.append(item)
         return live
-
-    async def _replays_before_pins(self, items: list[Work]) -> list[Work]:
-        """``items`` less the replays among those carrying a PIN, which are answered: a
-        replay is answered as stored before its PIN is checked, and the commit, which finds
-        the other replays of a batch that was not looked up, comes after the check."""
-        pinned = [item for item in items if item.payload.pin is not None]
-        if not pinned:
-            return items
-        seen = await self._seen(pinned)
-        if not seen:
-            return items
-        answered = {id(item) for item in self._answer_replays(pinned, seen)}
-        return [item for item in items if item.payload.pin is None or id(item) in answered]
 
     # ----------------------------------------------------------------- admission
 
@@ -352,20 +340,19 @@ class Pipeline:
     ) -> None:
         pending = [pair for pair in admitted if not pair[0].payload.dry_run]
         dry = [pair for pair in admitted if pair[0].payload.dry_run]
+        fresh = False  # read PostgreSQL, not the cache: after a conflict or damage
         for attempt in range(self.conflict_retries_max + 1):
             if not pending and not dry:
                 return
             requests = [item.payload.request for item, _ in pending + dry]
             accounts = _accounts_of(requests)
             customer_ids = sorted({r.customer_id for r in records.values() if r.customer_id})
-            # The first attempt has its customers from the batch's lookup; a conflict may
-            # have been a change of theirs, so every later attempt reads them again.
+            # The batch's lookup gave the customers; a conflict may have been a change of
+            # theirs, so an attempt after one reads them again.
             states, receipts, customers = await asyncio.gather(
-                self.load_states(accounts, fresh=attempt > 0, read=cached),
+                self.load_states(accounts, fresh=fresh, read=cached),
                 self._load_receipts(requests),
-                self.cards.customers(customer_ids)
-                if customer_ids and attempt > 0
-                else _given(customers),
+                self.cards.customers(customer_ids) if customer_ids and fresh else _given(customers),
             )
             _apply_card_records(states, records, customers)
             try:
@@ -375,13 +362,14 @@ class Pipeline:
                     return
                 evaluated = self._evaluate(pending, states, receipts)
             except codec.CodecError:
-                if attempt > 0 or self.cache is None:
+                if fresh or self.cache is None:
                     raise
                 # A cached state damaged inside a loyalty account, found only now that the
                 # engine reads it (codec.DeferredState): read PostgreSQL instead, as for a
                 # cached state that does not decode at all.
                 log.warning("a cached account state could not be decoded; reading PostgreSQL")
                 await self.cache.invalidate(accounts)
+                fresh = True
                 continue
             committing = time.perf_counter()
             try:
@@ -401,7 +389,8 @@ class Pipeline:
                 # answer those as replays, and commit the rest.
                 pending = await self._settle_replayed(pending)
                 if not outcome.conflicts:
-                    continue  # nothing raced these accounts: no pause, no conflict
+                    continue  # nothing raced these accounts: no pause, no conflict, same states
+            fresh = True
             self.conflicts_total += 1
             metrics.CONCURRENCY_RETRIES.inc()
             if self.cache is not None:
@@ -599,9 +588,10 @@ class _Changed:
         accounts = self._holder.get(account)
         if accounts is None:
             return ""
-        level = getattr(accounts, "level", None)
+        level = getattr(accounts, "level", None)  # the compiled engine's, from its arrays
         if level is None:
-            return metrics.StateHoldings(accounts).level(account, program)
+            held = accounts[account].loyalty.get(program)
+            return "" if held is None else str(held.level)
         return str(level(account, program))
 
     def state(self, account: str) -> AccountState | None:
@@ -656,16 +646,6 @@ def _replay_keys(items: Iterable[Work]) -> list[tuple[str, str]]:
         for item in items
         if not item.payload.dry_run
     ]
-
-
-def _card_numbers(items: Iterable[Work]) -> list[str]:
-    numbers = set()
-    for item in items:
-        request = item.payload.request
-        numbers.add(request.account)
-        if isinstance(request, TenderRequest) and request.target_account:
-            numbers.add(request.target_account)
-    return sorted(numbers)
 
 
 def _accounts_of(requests: Iterable[Request]) -> list[str]:

@@ -36,6 +36,7 @@ import psycopg
 from processor.engine.types import Customer
 from processor.limits import CARD_CACHE_CARDS_MAX, CARD_CACHE_SECONDS
 from processor.store.cards import CardRecord, today
+from processor.store.ledger import CONNECT_TIMEOUT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,6 @@ async def listen(
     cache: CardCache,
     *,
     retry_seconds: float = LISTEN_RETRY_SECONDS,
-    connect_timeout_seconds: float = 5.0,
 ) -> None:
     """Keep ``cache`` told of every change to cards and customers, over a connection of
     its own (a pooled one would be held for good); runs until cancelled, and connects
@@ -177,7 +177,7 @@ async def listen(
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
-                conninfo, autocommit=True, connect_timeout=max(1, int(connect_timeout_seconds))
+                conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
             ) as connection:
                 await connection.execute(f"LISTEN {CHANNEL}")
                 cache.listening_started()

@@ -53,8 +53,6 @@ class BatchLookup:
     # (payload hash, response) of the posted requests, by (account, request id): request
     # ids are unique per card only.
     seen: dict[tuple[str, str], tuple[bytes, bytes]]
-    # The cards were held in memory and nothing was read: ``seen`` is not known (empty).
-    held: bool = False
 
 
 class Catalog(CardCatalog, Customers):

@@ -89,16 +89,6 @@ def encode_state(state: AccountState, version: int | None = None) -> bytes:
     return _pack(state_fields(state, version), "account state")
 
 
-def state_fields(
-    state: AccountState, version: int | None = None, loyalty: list[list[Any]] | None = None
-) -> list[Any]:
-    """The fields ``encode_state`` packs. ``loyalty``: the loyalty accounts' fields in the
-    order of ``state.loyalty`` (``loyalty_fields`` of each) when the caller wrote them
-    itself, as the compiled engine does from its arrays; ``state.loyalty`` is then
-    ignored."""
-    return _state_fields(state, version, loyalty)
-
-
 def encode_fields(fields: list[Any], version: int) -> bytes:
     """``encode_state``'s bytes from ``state_fields``' fields, at ``version`` (at least 1):
     a commit sets the version of a state it was given as fields. The list is changed."""
@@ -153,8 +143,6 @@ class DeferredState(AccountState):
         if not isinstance(other, AccountState):
             return NotImplemented
         return _compared(self) == _compared(other)
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 _LOYALTY_SLOT: Final[Any] = AccountState.__dict__["loyalty"]
@@ -369,9 +357,13 @@ _LOYALTY: Final[tuple[Any, ...]] = (
 _LOT: Final[tuple[Any, ...]] = (_R, _R, 0, _R, 0, None, 0)
 
 
-def _state_fields(
+def state_fields(
     state: AccountState, version: int | None = None, loyalty: list[list[Any]] | None = None
 ) -> list[Any]:
+    """The fields ``encode_state`` packs. ``loyalty``: the loyalty accounts' fields in the
+    order of ``state.loyalty`` (``loyalty_fields`` of each) when the caller wrote them
+    itself, as the compiled engine does from its arrays; ``state.loyalty`` is then
+    ignored."""
     for key, award_account in state.awards.items():
         if key != award_account.program:
             raise CodecError(f"award account {award_account.program!r} is filed under {key!r}")
