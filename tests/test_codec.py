@@ -325,9 +325,11 @@ def test_the_compiled_lots_encode_as_the_reference(
     assert codec.lots_from_reference(fields, base, named) == given_lots
 
 
+# No infinities: inf - inf is NaN, and an account holding NaN equals no account, not even
+# the same one decoded by the other decoder.
 junk = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 3), st.integers(-(2**70), 2**70),
-    st.text(max_size=3), st.floats(allow_nan=False),
+    st.text(max_size=3), st.floats(allow_nan=False, allow_infinity=False),
 )  # fmt: skip
 
 
