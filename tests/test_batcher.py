@@ -406,3 +406,21 @@ async def test_while_a_batch_runs_the_next_one_gathers_what_arrives_meanwhile() 
     recorder.release.set()
     assert await asyncio.gather(*futures) == [1, 2, 3]
     await batcher.drain()
+
+
+async def test_with_no_room_in_flight_the_next_batch_gathers_until_a_batch_finishes() -> None:
+    recorder = Recorder()
+    recorder.release = asyncio.Event()
+    # No interval at all: the batch is still not cut while it could not start anyway.
+    batcher = Batcher(recorder, flush_interval_ms=0, keys_of=keys_of)
+    batcher.start()
+    futures = [batcher.submit(Work("A", 1))]
+    await turns()
+    for n, account in enumerate("BCD", start=2):
+        futures.append(batcher.submit(Work(account, n)))
+        await turns()
+    assert recorder.started == [[Work("A", 1)]]
+    recorder.release.set()
+    assert await asyncio.gather(*futures) == [1, 2, 3, 4]
+    assert recorder.started == [[Work("A", 1)], [Work("B", 2), Work("C", 3), Work("D", 4)]]
+    await batcher.drain()

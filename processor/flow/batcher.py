@@ -1,12 +1,15 @@
 """Batching: requests from every connection, gathered while the pipeline is busy.
 
 Handlers put work on a bounded queue and await its future; one flusher task takes up to
-``batch_requests_max`` items and hands them to the pipeline as one batch. While a batch is
-being processed, the next one gathers what arrives within ``flush_interval_ms`` of its
-first item; when none is, the pipeline is idle and the batch starts at once with what
-is queued (as PostgreSQL's commit_delay waits only when other transactions are active):
-a lone caller would otherwise wait out the interval, and pay a timer and one more
-sleep and wake-up of the process, on every request (BENCHMARKS.md).
+``batch_requests_max`` items and hands them to the pipeline as one batch. When no batch is
+being processed, the pipeline is idle and the batch starts at once with what is queued (as
+PostgreSQL's commit_delay waits only when other transactions are active): a lone caller
+would otherwise wait out an interval, and pay a timer and one more sleep and wake-up of
+the process, on every request. When as many batches are in flight as may be, the next one
+gathers everything that arrives until one of them finishes, and starts then: the more
+callers, the larger the batch, and its fixed cost (the round trips) shared by more
+requests. Between the two (a batch in flight, room for another), the next batch gathers
+what arrives within ``flush_interval_ms`` of its first item (BENCHMARKS.md).
 
 Up to ``batches_in_flight_max`` batches can be processed at once, so that one batch is
 evaluated while another waits for its commit's round trips and WAL flush. The default is
@@ -338,6 +341,11 @@ class Batcher(Generic[PayloadT, AnswerT]):
                 pass
             if not self._in_flight:
                 break  # an idle pipeline: nothing is gained by waiting
+            if len(self._in_flight) >= self._in_flight_max:
+                # No batch could start now anyway: what arrives until one finishes joins
+                # this one (cut at the interval, it would only wait beside the next).
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
             remaining = flush_at - time.monotonic()
             if remaining <= 0:
                 break
