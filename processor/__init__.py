@@ -2,8 +2,8 @@
 
 The sub-packages follow the path of one transaction:
 
-- ``service``: the gRPC servicers, interceptors and error mapping, and ``service.server``,
-  the gRPC server of one process (start, graceful stop);
+- ``service``: the gRPC servicers, the guard around every call (request id, metrics, error
+  mapping), and ``service.server``, the gRPC server of one process (start, graceful stop);
 - ``wire``: ``wire.admission`` checks each request message and makes the engine's request
   of it; ``wire.answers`` makes Result messages of the engine's results;
 - ``flow``: ``flow.batcher`` gathers requests from every connection into batches,

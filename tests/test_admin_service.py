@@ -1,6 +1,6 @@
 """AdminService through a real grpc.aio server on port 0, over a real PostgreSQL.
 
-The server runs the default interceptors, so the tests see what a client sees: answers,
+The server guards its methods as the processor does, so the tests see what a client sees: answers,
 status codes and ErrorInfo reasons (ALREADY_EXISTS / PROGRAM_EXISTS, FAILED_PRECONDITION /
 VERSION_EXISTS, PREFIX_IN_USE, CARD_REGISTERED, NOT_FOUND, INVALID_ARGUMENT with a
 BadRequest per problem). Account and ledger inquiries read rows committed by the Store.
@@ -34,7 +34,7 @@ from processor.flow.registry import ProgramRegistry
 from processor.limits import MESSAGE_BYTES_MAX
 from processor.service import errors
 from processor.service.admin import AdminServicer
-from processor.service.interceptors import default_interceptors
+from processor.service.guard import Guarded
 from processor.store import AccountWrite, CommitBatch, LedgerEntry, Store
 from processor.store.catalog import Catalog
 from processor.tools.demo import load_demo
@@ -63,12 +63,9 @@ async def api(store: Store) -> AsyncIterator[Harness]:
     catalog = Catalog(store, pin_key=b"test")
     registry = ProgramRegistry(catalog)
     # As the server configures it: room for a 4 MiB file and the rest of its message.
-    server = grpc.aio.server(
-        interceptors=default_interceptors(),
-        options=[("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)],
-    )
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)])
     servicer = AdminServicer(catalog=catalog, registry=registry, store=store)
-    proto.admin_grpc.add_AdminServiceServicer_to_server(servicer, server)
+    proto.admin_grpc.add_AdminServiceServicer_to_server(servicer, Guarded(server))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -239,6 +239,18 @@ def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
     assert figures["durable_ratio_to_ceiling"] > 0
 
 
+def test_the_guard_bench_reports_the_cpu_of_a_bare_and_a_guarded_call() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "guard_bench.py"), "--calls", "16", "--rounds", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures["runs"]) == {"bare", "guarded"}
+    # So few calls may cost less than a clock tick: only the shape is certain.
+    assert figures["bare_cpu_us_per_call"] >= 0 and figures["guarded_cpu_us_per_call"] >= 0
+
+
 @pytest.mark.parametrize(
     ("script", "arguments", "named"),
     [
@@ -247,6 +259,7 @@ def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
         ("answers_bench.py", ["--results", "0"], "--results"),
         ("server_cpu.py", ["--unary", "0"], "--unary"),
         ("engine_bench.py", ["--batch-size", "-1"], "--batch-size"),
+        ("guard_bench.py", ["--calls", "0"], "--calls"),
     ],
 )
 def test_a_bench_script_refuses_a_count_that_is_not_positive_by_name(

@@ -11,7 +11,7 @@ import pytest
 
 from processor.runtime import logs
 from processor.runtime.settings import Settings
-from processor.service.interceptors import request_id_var
+from processor.service.guard import request_id_var
 
 CARD = "6001200000000010"  # 16 digits
 MASKED = "600120******0010"

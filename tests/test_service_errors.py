@@ -1,10 +1,11 @@
-"""Errors become gRPC statuses in one place, for every RPC, through the interceptors.
+"""Errors become gRPC statuses in one place, for every RPC, through the guard around each method.
 
-A real grpc.aio server runs in-process on port 0 with the default interceptors and two
+A real grpc.aio server runs in-process on port 0 guarded as the processor's own, and two
 tiny servicers: TenderService.GetBalance raises the error named by the request id, and
 TransactionService.StreamTransactions answers until a transaction asks it to fail. The
 tests assert what a client sees: the status code, the ErrorInfo reason and metadata, the
-BadRequest violations, and the request id echoed in the initial metadata.
+BadRequest violations, and the request id echoed in the trailing metadata (and a
+stream's first, in its initial metadata).
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ from processor.proto import (
     transactions_grpc,
 )
 from processor.service import errors
-from processor.service.interceptors import (
+from processor.service.guard import (
     REQUEST_ID_KEY,
+    Guarded,
     RequestIdLogFilter,
     current_request_id,
-    default_interceptors,
 )
 
 SECRET = "host=10.9.8.7 password=hunter2"
@@ -95,7 +96,7 @@ class Tender(tender_grpc.TenderServiceServicer):
             missing = NotFoundError("no such original", reason="UNKNOWN_ORIGINAL")
             missing.metadata = {"index": "7"}  # type: ignore[attr-defined]
             raise missing
-        # The request id the interceptor put in the context, for the test to read back.
+        # The request id the guard put in the context, for the test to read back.
         result = common.Result(request_id=request_id, reason=current_request_id())
         return tender.GetBalanceResponse(result=result)
 
@@ -115,9 +116,9 @@ class Transactions(transactions_grpc.TransactionServiceServicer):
 
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    server = grpc.aio.server(interceptors=default_interceptors())
-    tender_grpc.add_TenderServiceServicer_to_server(Tender(), server)
-    transactions_grpc.add_TransactionServiceServicer_to_server(Transactions(), server)
+    server = grpc.aio.server()
+    tender_grpc.add_TenderServiceServicer_to_server(Tender(), Guarded(server))
+    transactions_grpc.add_TransactionServiceServicer_to_server(Transactions(), Guarded(server))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as opened:
@@ -184,10 +185,10 @@ async def test_server_side_failures_tell_the_client_nothing_of_the_server(
 async def test_a_bug_is_logged_with_its_traceback(
     channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="processor.service.interceptors"):
+    with caplog.at_level(logging.ERROR, logger="processor.service.guard"):
         error = await failure(channel, "bug")
     assert error.details() == errors.INTERNAL_MESSAGE
-    [record] = [r for r in caplog.records if r.name == "processor.service.interceptors"]
+    [record] = [r for r in caplog.records if r.name == "processor.service.guard"]
     assert "/loyalty.v1.TenderService/GetBalance" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is KeyError
 
@@ -279,8 +280,11 @@ async def test_a_stream_answers_every_earlier_message_then_the_error(
         assert caught.value.code() == status
         assert info_of(caught.value).metadata.get("code") == code
         assert "hunter2" not in (caught.value.details() or "")
-        metadata = await call.initial_metadata()
+        metadata = caught.value.trailing_metadata()
         assert re.fullmatch(r"[0-9a-f]{32}", dict(metadata)[REQUEST_ID_KEY])
+        # A stream tells its id first too, before its answers.
+        initial = await call.initial_metadata()
+        assert dict(initial)[REQUEST_ID_KEY] == dict(metadata)[REQUEST_ID_KEY]
 
 
 async def test_the_request_id_is_echoed_and_seen_by_the_servicer(
@@ -289,19 +293,21 @@ async def test_the_request_id_is_echoed_and_seen_by_the_servicer(
     stub = tender_grpc.TenderServiceStub(channel)
     call = stub.GetBalance(balance("ok"), metadata=((REQUEST_ID_KEY, "pos-17/42"),), timeout=5)
     response = await call
-    assert dict(await call.initial_metadata())[REQUEST_ID_KEY] == "pos-17/42"
+    assert dict(await call.trailing_metadata())[REQUEST_ID_KEY] == "pos-17/42"
+    # Nothing is sent ahead of a unary answer: that would cost the call a write of its own.
+    assert REQUEST_ID_KEY not in dict(await call.initial_metadata())
     assert response.result.reason == "pos-17/42"
 
 
 async def test_each_call_of_a_method_gets_its_own_request_id(
     channel: grpc.aio.Channel,
 ) -> None:
-    # The interceptors build a method's wrapping once; the id must still be the call's own.
+    # The guard wraps a method once; the id must still be the call's own.
     stub = tender_grpc.TenderServiceStub(channel)
     for request_id in ("till-1/1", "till-1/2", "till-2/1"):
         call = stub.GetBalance(balance("ok"), metadata=((REQUEST_ID_KEY, request_id),), timeout=5)
         response = await call
-        assert dict(await call.initial_metadata())[REQUEST_ID_KEY] == request_id
+        assert dict(await call.trailing_metadata())[REQUEST_ID_KEY] == request_id
         assert response.result.reason == request_id
 
 
@@ -313,7 +319,7 @@ async def test_a_missing_or_odd_request_id_is_replaced(
     metadata = () if sent is None else ((REQUEST_ID_KEY, sent),)
     call = stub.GetBalance(balance("ok"), metadata=metadata, timeout=5)
     response = await call
-    echoed = dict(await call.initial_metadata())[REQUEST_ID_KEY]
+    echoed = dict(await call.trailing_metadata())[REQUEST_ID_KEY]
     assert re.fullmatch(r"[0-9a-f]{32}", echoed)
     assert response.result.reason == echoed
 
@@ -323,7 +329,8 @@ async def test_the_request_id_is_echoed_on_errors_too(channel: grpc.aio.Channel)
     call = stub.GetBalance(balance("overloaded"), metadata=((REQUEST_ID_KEY, "r-9"),), timeout=5)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
-    assert dict(caught.value.initial_metadata())[REQUEST_ID_KEY] == "r-9"
+    assert dict(caught.value.trailing_metadata())[REQUEST_ID_KEY] == "r-9"
+    assert errors.error_info_of(caught.value) is not None  # the status details kept beside it
 
 
 def test_log_records_carry_the_request_id_outside_calls_too() -> None:

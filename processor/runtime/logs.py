@@ -8,7 +8,7 @@ any worker is forked, so the workers inherit it):
   ``request_id``, ``message``, ``pid``, and ``exception`` with the traceback), for a log
   shipper;
 - every record carries the request id of the call it was logged in ("-" outside any call),
-  from :class:`processor.service.interceptors.RequestIdLogFilter`;
+  from :class:`processor.service.guard.RequestIdLogFilter`;
 - :class:`CardMaskFilter` replaces every run of 13 to 19 digits in the rendered message and
   in the exception text with its masked form (first 6 and last 4 digits kept, as
   :func:`processor.errors.mask_card`), so a card number that reaches a log call by mistake
@@ -28,7 +28,7 @@ import time
 from typing import Any, Final, TextIO
 
 from processor.errors import mask_card
-from processor.service.interceptors import RequestIdLogFilter
+from processor.service.guard import RequestIdLogFilter
 
 LOG_FORMATS: Final = ("plain", "json")
 PLAIN_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"

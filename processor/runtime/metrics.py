@@ -8,7 +8,7 @@ and each comes from configuration or a fixed vocabulary.
 
 What records what:
 
-- :class:`MetricsInterceptor` (the gRPC server metrics, in the conventional names of
+- :func:`measuring` (the gRPC server metrics, in the conventional names of
   go-grpc-prometheus): started, handled by status code, handling time, messages in and out,
   and failures by their ``google.rpc.ErrorInfo`` reason and numeric code;
 - :func:`record_results` (the business metrics), called by the pipeline for the results of
@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -53,8 +53,6 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.metrics import MetricWrapperBase
-
-from processor.service.handlers import wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -400,34 +398,18 @@ class _MethodSeries:
         GRPC_HANDLED.labels(*self.labels, code.name).inc()
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Records the ``grpc_server_*`` metrics of every call.
+def measuring(full_method: str, handler: Any) -> Callable[[Any], Any]:
+    """What wraps the behaviour of ``handler`` (the method ``full_method``) to record its
+    ``grpc_server_*`` metrics; its series are made (at zero) once, here, not per call.
 
-    It sits outside the error mapping (see processor.service.interceptors), so it sees
-    each call's final status, mapped errors included, and times the whole call. A call
+    The wrapper goes outside the error mapping (see processor.service.guard), so it
+    sees each call's final status, mapped errors included, and times the whole call. A call
     the client cancelled counts as CANCELLED, one whose deadline passed as
     DEADLINE_EXCEEDED. Servicer methods that are plain functions pass through unmeasured.
     """
-
-    def __init__(self) -> None:
-        self._series: dict[str, _MethodSeries] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        series = self._series.get(method)
-        if series is None:
-            series = self._series[method] = _MethodSeries(_method_labels(method, handler))
-        streaming_in = bool(handler.request_streaming)
-        return wrap_handler(
-            handler, lambda behaviour: _measured(behaviour, series, streaming_in=streaming_in)
-        )
+    series = _MethodSeries(_method_labels(full_method, handler))
+    streaming_in = bool(handler.request_streaming)
+    return lambda behaviour: _measured(behaviour, series, streaming_in=streaming_in)
 
 
 def _method_labels(full_method: str, handler: Any) -> tuple[str, str, str]:
@@ -705,11 +687,11 @@ __all__ = [
     "DECLARED",
     "REGISTRY",
     "Holdings",
-    "MetricsInterceptor",
     "Sampler",
     "StateHoldings",
     "exported_names",
     "mark_process_dead",
+    "measuring",
     "record_results",
     "start_exposition",
     "use_multiprocess",

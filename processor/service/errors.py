@@ -153,9 +153,14 @@ async def abort(
     error: BaseException,
     *,
     metadata: Mapping[str, str] | None = None,
+    trailing: tuple[tuple[str, str], ...] = (),
 ) -> NoReturn:
-    """End an aio call with the status of ``error`` (raises grpc.aio.AbortError)."""
-    await context.abort_with_status(to_grpc_status(status_for(error, metadata=metadata)))
+    """End an aio call with the status of ``error`` (raises grpc.aio.AbortError), with
+    ``trailing`` metadata beside the status's details."""
+    status = to_grpc_status(status_for(error, metadata=metadata))
+    await context.abort(
+        status.code, status.details, trailing_metadata=(*status.trailing_metadata, *trailing)
+    )
     raise AssertionError("unreachable: abort_with_status raises")  # pragma: no cover
 
 

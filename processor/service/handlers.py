@@ -1,12 +1,13 @@
-"""Rewrapping a gRPC method handler: the one piece every server interceptor here shares.
+"""Rewrapping a gRPC method handler: the one piece every wrapper of a call here shares.
 
-A grpc.aio interceptor that acts around a call gets the method's handler and must return
-one of the same kind (unary or streaming, each way) with the same (de)serializers;
-:func:`wrap_handler` does that once, for the request-id, error and metrics interceptors.
+A wrapper that acts around a call gets the method's handler and must return one of the
+same kind (unary or streaming, each way) with the same (de)serializers;
+:func:`wrap_handler` does that once per method, for the request-id, metrics and error wrappers
+of :mod:`processor.service.guard`.
 
 A request that does not parse never reaches a servicer as an exception grpc would answer
 UNKNOWN (unary) or INTERNAL (streams): :func:`decoding_leniently` hands the behaviour an
-:class:`Undecodable` in its place, which the error interceptor refuses with
+:class:`Undecodable` in its place, which the guard (processor.service.guard) refuses with
 INVALID_ARGUMENT and reason MALFORMED_MESSAGE.
 """
 

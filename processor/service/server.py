@@ -31,7 +31,7 @@ from processor.runtime import metrics
 from processor.runtime.settings import Settings
 from processor.service.admin import AdminServicer
 from processor.service.awards import AwardServicer
-from processor.service.interceptors import default_interceptors
+from processor.service.guard import Guarded
 from processor.service.posting import encode_result
 from processor.service.tender import TenderServicer
 from processor.service.transactions import TransactionServicer
@@ -46,28 +46,6 @@ log = logging.getLogger(__name__)
 STREAM_POLL_SECONDS = 0.01
 DATABASE_WATCH_SECONDS = 0.5
 """How often health follows whether PostgreSQL is reachable (Store.reachable)."""
-
-
-class GenericOnly:
-    """A server as the generated ``add_*Servicer_to_server`` functions see it, taking each
-    service's methods as generic handlers only, not also as registered methods.
-
-    grpc.aio's serving loop keeps one pending call request per registered method (and one
-    for every generic method together) and passes them all to ``asyncio.wait`` for every
-    call it accepts: with the 30-odd methods of the tender, award, admin, health and
-    reflection services, that walk cost each call of every method about 12 µs more than
-    a wait on one request (BENCHMARKS.md). Generic handlers are found by a dictionary
-    lookup instead.
-    """
-
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
-
-    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
-        """Left out on purpose: the generic handlers added with them serve these methods."""
 
 
 @dataclass(slots=True)
@@ -214,7 +192,6 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
         )
         batcher.start()
         server = grpc.aio.server(
-            interceptors=default_interceptors(),
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -222,8 +199,8 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
             ],
         )
         transactions = TransactionServicer(batcher)
-        server.add_generic_rpc_handlers((transaction_handler(transactions),))
-        services: Any = GenericOnly(server)  # stands in for the server, duck-typed
+        services: Any = Guarded(server)  # stands in for the server, duck-typed
+        services.add_generic_rpc_handlers((transaction_handler(transactions),))
         proto.tender_grpc.add_TenderServiceServicer_to_server(TenderServicer(batcher), services)
         proto.awards_grpc.add_AwardServiceServicer_to_server(
             AwardServicer(batcher, pipeline), services
