@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -50,6 +51,10 @@ def serve(mode: str, port: int) -> None:
         print("listening", flush=True)
         await server.wait_for_termination()
 
+    with contextlib.suppress(ImportError):  # the event loop the server runs on
+        import uvloop
+
+        uvloop.install()
     asyncio.run(run())
 
 

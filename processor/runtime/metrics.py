@@ -385,7 +385,7 @@ _CODE_BY_VALUE: Final = {code.value[0]: code for code in grpc.StatusCode}
 class _MethodSeries:
     """The label children of one method, made once (labels() on every call costs)."""
 
-    __slots__ = ("handling", "labels", "received", "sent", "started")
+    __slots__ = ("handling", "labels", "ok", "received", "sent", "started")
 
     def __init__(self, labels: tuple[str, str, str]) -> None:
         self.labels = labels
@@ -393,9 +393,13 @@ class _MethodSeries:
         self.received = GRPC_RECEIVED.labels(*labels)
         self.sent = GRPC_SENT.labels(*labels)
         self.handling = GRPC_HANDLING.labels(*labels)
+        self.ok = GRPC_HANDLED.labels(*labels, grpc.StatusCode.OK.name)
 
     def handled(self, code: grpc.StatusCode) -> None:
-        GRPC_HANDLED.labels(*self.labels, code.name).inc()
+        if code is grpc.StatusCode.OK:
+            self.ok.inc()
+        else:
+            GRPC_HANDLED.labels(*self.labels, code.name).inc()
 
 
 def measuring(full_method: str, handler: Any) -> Callable[[Any], Any]:

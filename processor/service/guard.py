@@ -28,9 +28,10 @@ by grpc in a thread pool) is passed through unwrapped.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import re
-import uuid
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
@@ -46,6 +47,8 @@ from processor.service.handlers import Behaviour, Undecodable, decoding_lenientl
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
+_ID_PREFIX = secrets.token_hex(8)  # a new process (a forked worker too) draws its own
+_ID_COUNT = itertools.count()
 _REQUEST_ID = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{REQUEST_ID_HEADER_CHARS_MAX}}}")
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
@@ -160,7 +163,8 @@ def _request_id(metadata: Any) -> str:
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    # A process's random half and a count: unique like uuid4's, without a system call.
+    return f"{_ID_PREFIX}{next(_ID_COUNT):016x}"
 
 
 def with_request_id(behaviour: Behaviour) -> Behaviour:
