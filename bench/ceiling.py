@@ -212,6 +212,7 @@ async def start(listen: str = "127.0.0.1:0", delay_ms: float = 0.0) -> tuple[Any
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 0),
+            ("grpc.http2.bdp_probe", 0),  # as the server's default (its server_options)
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
         ]

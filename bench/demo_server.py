@@ -189,3 +189,25 @@ def demo_server(name: str, workers: int = 1) -> Iterator[DemoServer]:
                     "Its last lines:\n" + "".join(tail),
                     file=sys.stderr,
                 )
+
+
+@contextlib.contextmanager
+def ceiling_server() -> Iterator[DemoServer]:
+    """bench/ceiling.py as a second process, described as the demo server is."""
+    listen = f"127.0.0.1:{free_port()}"
+    ceiling = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "ceiling.py"), "--listen", listen],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert ceiling.stdout is not None
+        for line in ceiling.stdout:
+            if "listening on" in line:
+                break
+        else:
+            raise RuntimeError(f"bench/ceiling.py did not start (exit {ceiling.wait()})")
+        # Any card numbers do: the no-op server answers every one alike.
+        yield DemoServer(listen, "", [f"60012000{n:08d}" for n in range(1, 2001)], ceiling.pid)
+    finally:
+        ceiling.terminate()
+        ceiling.wait(30)

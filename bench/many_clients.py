@@ -22,6 +22,10 @@ clients' own schedule ran (a client on a busy machine measures itself too), the 
 CPU per request, the means of its own histograms over the run, and its memory and
 descriptors at each point.
 
+With ``--ceiling`` the same load goes to bench/ceiling.py instead (the no-op server: gRPC
+and the messages, nothing evaluated or written), for what the transport alone costs per
+request with that many connections on this machine.
+
     .venv/bin/python bench/many_clients.py --clients 10000 --rate 1000 --seconds 120
 """
 
@@ -45,7 +49,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_server import DemoServer, demo_server, server_usage, transaction
+from demo_server import DemoServer, ceiling_server, demo_server, server_usage, transaction
 
 from processor import proto
 
@@ -65,6 +69,8 @@ HANDLING = 'grpc_server_handling_seconds_{}{{grpc_method="PostTransaction"'
 def server_gauges(server: DemoServer) -> dict[str, float]:
     cpu, rss, descriptors = server_usage(server.pid)
     gauges = {"cpu_seconds": cpu, "rss_bytes": float(rss), "open_fds": float(descriptors)}
+    if not server.metrics_listen:  # the no-op server measures nothing of its own
+        return gauges
     url = f"http://{server.metrics_listen}/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     for line in text.splitlines():
@@ -159,8 +165,13 @@ def milliseconds(values: list[float]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = str(time.time_ns())
     interval = args.clients / args.rate
+    serving = (
+        ceiling_server()
+        if args.ceiling
+        else demo_server("many-clients", workers=args.server_workers)
+    )
     with (
-        demo_server("many-clients", workers=args.server_workers) as server,
+        serving as server,
         tempfile.TemporaryDirectory(prefix="many-clients-") as directory,
     ):
         results = Path(directory)
@@ -224,6 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "median": round(statistics.median(s["rss_bytes"] for s in samples) / 2**20, 1),
             "end": round(after["rss_bytes"] / 2**20, 1),
         },
+        "server": "ceiling" if args.ceiling else "loyalty",
         "server_workers": args.server_workers,
         "server_open_fds": {"idle": before["open_fds"], "connected": connected["open_fds"]},
     }
@@ -243,6 +255,9 @@ def main() -> int:
     parser.add_argument("--deadline-seconds", type=float, default=2.0)
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument("--server-workers", type=int, default=1, help="loyalty serve --workers")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="load bench/ceiling.py, the no-op server, instead"
+    )
     args = parser.parse_args()
     if min(args.clients, args.rate, args.seconds, args.processes) <= 0:
         parser.error("--clients, --rate, --seconds and --processes must be positive")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import time
 import urllib.request
@@ -37,14 +36,13 @@ import grpc  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_server import demo_server, free_port, server_usage, transaction
+from demo_server import ceiling_server, demo_server, server_usage, transaction
 
 from processor import proto
 
 DURABLE_CALLERS = 6
 PER_CALL = 100
 UNARY_CALLERS = 8
-CEILING = Path(__file__).resolve().parent / "ceiling.py"
 
 
 def cpu_seconds(metrics_address: str) -> float:
@@ -130,22 +128,8 @@ def phases(address: str, accounts: list[str], cpu: Any, args: Any) -> dict[str, 
 
 def ceiling_phases(accounts: list[str], args: Any) -> dict[str, float]:
     """The same phases against bench/ceiling.py, its CPU read from /proc."""
-    listen = f"127.0.0.1:{free_port()}"
-    ceiling = subprocess.Popen(
-        [sys.executable, str(CEILING), "--listen", listen],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        assert ceiling.stdout is not None
-        for line in ceiling.stdout:
-            if "listening on" in line:
-                break
-        else:
-            raise RuntimeError(f"bench/ceiling.py did not start (exit {ceiling.wait()})")
-        return phases(listen, accounts, lambda: server_usage(ceiling.pid)[0], args)
-    finally:
-        ceiling.terminate()
-        ceiling.wait(30)
+    with ceiling_server() as ceiling:
+        return phases(ceiling.listen, accounts, lambda: server_usage(ceiling.pid)[0], args)
 
 
 def main() -> int:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from processor.cli import main
+from processor.runtime.settings import Settings
+from processor.service.server import server_options
 
 
 def test_a_negative_seed_size_is_refused_before_anything_starts(
@@ -69,6 +71,7 @@ def test_config_show_redacts_secrets(
         ),
         ("LOYALTY_CACHE_COMPRESSION", "maybe", "cache_compression", "valid boolean"),
         ("LOYALTY_CARD_CACHE", "sometimes", "card_cache", "valid boolean"),
+        ("LOYALTY_HTTP2_BDP_PROBE", "often", "http2_bdp_probe", "valid boolean"),
     ],
 )
 def test_the_overlap_cache_and_card_settings_refuse_bad_values(
@@ -86,3 +89,8 @@ def test_the_overlap_cache_and_card_settings_refuse_bad_values(
     assert f"settings: {field} ({variable})" in error
     assert why in error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_server_sends_no_bandwidth_probes_unless_asked() -> None:
+    assert ("grpc.http2.bdp_probe", 0) in server_options(Settings())
+    assert ("grpc.http2.bdp_probe", 1) in server_options(Settings(http2_bdp_probe=True))

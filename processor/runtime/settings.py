@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     # Hold the cards and customers batches read in memory, told of changes by PostgreSQL
     # (processor.store.card_cache): a batch of held cards reads nothing before evaluation.
     card_cache: bool = True
+    # gRPC's HTTP/2 bandwidth-delay probe: a PING beside a connection's data, to size its
+    # flow-control window for large transfers over slow links. Off, it saves a transaction's
+    # requests about an eighth of the transport's CPU with many connections (BENCHMARKS.md);
+    # on, large PostTransactions calls over a long-haul link may send faster.
+    http2_bdp_probe: bool = False
     data_dir: Path = Path(".data")
     engine: str | None = None
     batch_requests_max: int = Field(default=1_000, ge=1, le=10_000)

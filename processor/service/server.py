@@ -48,6 +48,16 @@ DATABASE_WATCH_SECONDS = 0.5
 """How often health follows whether PostgreSQL is reachable (Store.reachable)."""
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments."""
+    return [
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+        ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+        ("grpc.http2.bdp_probe", int(settings.http2_bdp_probe)),
+    ]
+
+
 @dataclass(slots=True)
 class Running:
     """A serving process's parts, for tests and for shutdown."""
@@ -191,13 +201,7 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
             keys_of=submission_keys,
         )
         batcher.start()
-        server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 1),
-                ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-                ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-            ],
-        )
+        server = grpc.aio.server(options=server_options(settings))
         transactions = TransactionServicer(batcher)
         services: Any = Guarded(server)  # stands in for the server, duck-typed
         services.add_generic_rpc_handlers((transaction_handler(transactions),))
