@@ -37,6 +37,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 SERVER_FLAGS = (
     "listen",
     "metrics_listen",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
     "workers",
     "database_url",
     "redis_url",
@@ -249,6 +252,11 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help="gRPC address (default 127.0.0.1:50051)")
     parser.add_argument(
         "--metrics-listen", dest="metrics_listen", help="metrics address (default 127.0.0.1:8000)"
+    )
+    parser.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain: TLS on")
+    parser.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", dest="tls_client_ca", help="PEM CA bundle: clients must present a cert"
     )
     parser.add_argument("--workers", type=_count(1, 64), help="server processes sharing the port")
     parser.add_argument(

@@ -156,6 +156,9 @@ MESSAGE_BYTES_MAX: Final = 8 * 1024 * 1024
 """A gRPC message either way: twice a 4 MiB program or card import file, so either fits with
 the rest of its message (grpc's default is 4 MiB)."""
 
+PEM_FILE_BYTES_MAX: Final = 1024 * 1024
+"""A TLS certificate, key or CA bundle file (processor.service.tls); no PEM file is larger."""
+
 STATUS_MESSAGE_CHARS_MAX: Final = 1000
 """The message of a failed call's status, cut so that its trailers stay under the 8 KiB of
 trailing metadata clients accept by default."""

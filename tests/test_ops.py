@@ -25,6 +25,7 @@ from test_metrics import in_process_server, post_purchases
 from processor.cache.layout import LISTPACK_ENTRIES_MIN, LISTPACK_VALUE_BYTES_MIN
 from processor.runtime import metrics
 from processor.runtime.settings import Settings
+from processor.service.tls import is_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "ops"
@@ -313,6 +314,19 @@ def test_the_systemd_unit_stops_gracefully_and_is_hardened() -> None:
     example = (OPS / "systemd/loyalty.env.example").read_text()
     grace = re.search(r"^LOYALTY_GRACE_SECONDS=(\S+)", example, re.M)
     assert grace and float(grace.group(1)) < float(service["TimeoutStopSec"])
+
+
+def test_the_example_settings_serve_beyond_loopback_only_with_tls_or_a_proxy_said() -> None:
+    example = (OPS / "systemd/loyalty.env.example").read_text()
+    host = dict(re.findall(r"^(LOYALTY_\w+)=(\S*)", example, re.M))
+    compose = yaml.safe_load((OPS / "compose.yaml").read_text())
+    local = {k: str(v) for k, v in compose["services"]["processor"]["environment"].items()}
+    for settings in (host, local):
+        files = settings.get("LOYALTY_TLS_CERT") and settings.get("LOYALTY_TLS_KEY")
+        allowed = settings.get("LOYALTY_PLAINTEXT_ALLOWED") == "true"
+        for name in ("LOYALTY_LISTEN", "LOYALTY_METRICS_LISTEN"):
+            assert files or allowed or is_loopback(settings[name]), (name, settings[name])
+    assert host["LOYALTY_LISTEN"].startswith("0.0.0.0") and "LOYALTY_PLAINTEXT_ALLOWED" not in host
 
 
 def _seconds(duration: str) -> float:

@@ -230,7 +230,8 @@ def test_a_test_failing_inside_a_served_server_lets_the_next_test_run(
 async def test_a_start_that_fails_leaves_no_task_or_pool_behind(
     schema_url: str, redis_url: str
 ) -> None:
-    settings = Settings(listen="192.0.2.1:1", metrics_listen="")  # not an address of this host
+    # Not an address of this host; plaintext allowed, so that the bind is what fails.
+    settings = Settings(listen="192.0.2.1:1", metrics_listen="", plaintext_allowed=True)
     with pytest.raises(OSError, match=r"cannot listen on 192\.0\.2\.1:1"):
         await start(settings, schema_url, redis_url)
     assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []

@@ -349,8 +349,9 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid, str(_state.multiprocess_dir))
 
 
-def start_exposition(listen: str) -> Any:
+def start_exposition(listen: str, tls: dict[str, Any] | None = None) -> Any:
     """Serve ``/metrics`` on ``host:port``; returns the server (``shutdown()`` stops it).
+    ``tls``: prometheus_client's certificate arguments (processor.service.tls.metrics_tls).
 
     After :func:`use_multiprocess` the endpoint merges every worker's files; otherwise it
     serves :data:`REGISTRY`, this process's own values, with the process and
@@ -364,7 +365,7 @@ def start_exposition(listen: str) -> Any:
     else:
         _add_process_collectors()
     server, _thread = prometheus_client.start_http_server(
-        int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry
+        int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry, **(tls or {})
     )
     return server
 

@@ -26,7 +26,8 @@ from typing import Any, Final
 from processor.flow.registry import ProgramRegistry
 from processor.runtime import logs, metrics
 from processor.runtime.settings import Settings, secret
-from processor.service.server import Running, start
+from processor.service import tls
+from processor.service.server import Running, check_ports, start
 from processor.store.catalog import Catalog
 from processor.store.ledger import Store
 from processor.store.migrate import migrate
@@ -165,12 +166,15 @@ def _start_metrics(settings: Settings) -> Any:
     serves it (see ``_run_workers``)."""
     if settings.workers > 1 or not settings.metrics_listen:
         return None
-    return metrics.start_exposition(settings.metrics_listen)
+    return metrics.start_exposition(
+        settings.metrics_listen, tls.metrics_tls(tls.tls_files(settings))
+    )
 
 
 def run(settings: Settings) -> int:
     """``loyalty serve``: prepare once, then serve in one process or ``workers`` forks."""
     logs.install(settings.log_format, settings.log_level)
+    check_ports(settings)  # before any embedded server starts
     resolved = prepare(settings)
     try:
         if settings.workers == 1:
@@ -221,7 +225,9 @@ def _run_workers(settings: Settings, resolved: Resolved) -> int:
     signal.signal(signal.SIGINT, forward)
     exposition = None
     if settings.metrics_listen:
-        exposition = metrics.start_exposition(settings.metrics_listen)
+        exposition = metrics.start_exposition(
+            settings.metrics_listen, tls.metrics_tls(tls.tls_files(settings))
+        )
     status = 0
     try:
         # Each worker is reaped by its own pid (the embedded servers are children too), as

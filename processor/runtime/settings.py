@@ -22,6 +22,12 @@ class Settings(BaseSettings):
 
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:8000"
+    # TLS on both ports (processor.service.tls): PEM files, read again when they change.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # clients must present a certificate it signed
+    # Plaintext on an address other than loopback (a TLS-terminating proxy on this host).
+    plaintext_allowed: bool = False
     workers: int = Field(default=1, ge=1, le=64)
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None

@@ -29,6 +29,7 @@ from processor.flow.registry import ProgramRegistry
 from processor.limits import MESSAGE_BYTES_MAX
 from processor.runtime import metrics
 from processor.runtime.settings import Settings
+from processor.service import tls
 from processor.service.admin import AdminServicer
 from processor.service.awards import AwardServicer
 from processor.service.guard import Guarded
@@ -46,6 +47,18 @@ log = logging.getLogger(__name__)
 STREAM_POLL_SECONDS = 0.01
 DATABASE_WATCH_SECONDS = 0.5
 """How often health follows whether PostgreSQL is reachable (Store.reachable)."""
+
+
+def check_ports(settings: Settings) -> None:
+    """Refuse settings that would serve plaintext beyond loopback, or TLS files that do
+    not load, naming the setting, file and reason (processor.service.tls)."""
+    files = tls.tls_files(settings)
+    tls.check_listen(settings.listen, files, settings.plaintext_allowed)
+    if settings.metrics_listen:
+        # An address without a host serves metrics on loopback (metrics.start_exposition).
+        host = settings.metrics_listen.rpartition(":")[0]
+        listen = settings.metrics_listen if host else f"127.0.0.1{settings.metrics_listen}"
+        tls.check_listen(listen, files, settings.plaintext_allowed)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -152,6 +165,7 @@ async def close_all(*steps: Callable[[], Awaitable[Any]] | None) -> None:
 
 async def start(settings: Settings, database_url: str, redis_url: str | None) -> Running:
     """Open the pools, build the pipeline and services, and start serving."""
+    check_ports(settings)  # before anything opens
     store = Store(database_url, reconnect_attempt_seconds=settings.database_reconnect_seconds)
     await store.open()
     try:
@@ -218,9 +232,13 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
             reflection.aio.ReflectionServicer(names), services
         )
+        tls_files = tls.tls_files(settings)
         try:
             # grpcio answers a failed bind with 0 in older releases, RuntimeError in newer.
-            port = server.add_insecure_port(settings.listen)
+            if tls_files is None:
+                port = server.add_insecure_port(settings.listen)
+            else:
+                port = server.add_secure_port(settings.listen, tls.server_credentials(tls_files))
         except RuntimeError:
             port = 0
         if port == 0:

@@ -1,0 +1,207 @@
+"""TLS on the gRPC and metrics ports: certificates from files, read again when they change.
+
+``tls_cert`` and ``tls_key`` (PEM files) turn TLS on; ``tls_client_ca`` (a PEM bundle)
+makes it mutual: a client must present a certificate that CA signed. The gRPC port reads
+the files again when one of them changes (a renewal by cert-manager or certbot needs no
+restart): gRPC asks :class:`_Rotation` before each new connection's handshake, and a
+change of any file's modification time or size loads all three again. Connections open
+already keep the certificate they began with. A file that cannot be read or parsed at that
+moment (half written by a renewal) leaves the certificates in use as they were, logged, and
+is tried again at the next handshake.
+
+Plaintext is for loopback only: a server listening on any other address without TLS
+refuses to start unless ``plaintext_allowed`` says so (a TLS-terminating proxy or a mesh
+sidecar on the same host in front of it). :func:`check_listen` says why, naming the
+settings.
+"""
+
+# grpcio ships no type information.
+# mypy: disable-error-code="import-untyped"
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from processor.errors import InputFileError, Problem
+from processor.limits import PEM_FILE_BYTES_MAX
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Where the server's certificate chain, its key and the client CA bundle are."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def paths(self) -> list[Path]:
+        return [self.cert, self.key, *([self.client_ca] if self.client_ca else [])]
+
+
+def tls_files(settings: Any) -> TlsFiles | None:
+    """The TLS files the settings name (None: plaintext), each checked to be readable
+    PEM of its kind; a problem is an InputFileError naming the setting, file and reason."""
+    cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
+    if not cert and not key:
+        if client_ca:
+            raise InputFileError(
+                "settings",
+                [Problem("tls_client_ca (LOYALTY_TLS_CLIENT_CA)", "needs tls_cert and tls_key")],
+            )
+        return None
+    if not cert or not key:
+        missing = "tls_cert (LOYALTY_TLS_CERT)" if not cert else "tls_key (LOYALTY_TLS_KEY)"
+        raise InputFileError(
+            "settings", [Problem(missing, "TLS needs both the certificate and key")]
+        )
+    files = TlsFiles(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+    _load(files)  # refused now, at start, rather than at the first handshake
+    return files
+
+
+def check_listen(listen: str, tls: TlsFiles | None, plaintext_allowed: bool) -> None:
+    """Refuse plaintext on an address other than loopback, unless allowed on purpose."""
+    if tls is not None or plaintext_allowed or is_loopback(listen):
+        return
+    raise InputFileError(
+        "settings",
+        [
+            Problem(
+                "listen (LOYALTY_LISTEN)",
+                f"{listen} is not a loopback address, and plaintext is for loopback only: set "
+                "tls_cert and tls_key (LOYALTY_TLS_CERT, LOYALTY_TLS_KEY), or "
+                "plaintext_allowed (LOYALTY_PLAINTEXT_ALLOWED=true) when a proxy on this "
+                "host terminates TLS",
+            )
+        ],
+    )
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether ``host:port`` binds loopback only (``localhost``, 127.0.0.0/8 or ::1)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or empty (every address)
+        return False
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Credentials for ``add_secure_port`` that follow the files as they change."""
+    rotation = _Rotation(files)
+    return grpc.dynamic_ssl_server_credentials(
+        rotation.configuration,
+        rotation,
+        require_client_authentication=files.client_ca is not None,
+    )
+
+
+def metrics_tls(files: TlsFiles | None) -> dict[str, Any]:
+    """prometheus_client's ``start_http_server`` arguments for the same certificates (read
+    once: the metrics port is re-read at restart)."""
+    if files is None:
+        return {}
+    arguments: dict[str, Any] = {"certfile": str(files.cert), "keyfile": str(files.key)}
+    if files.client_ca is not None:
+        arguments["client_cafile"] = str(files.client_ca)
+        arguments["client_auth_required"] = True
+    return arguments
+
+
+class _Rotation:
+    """gRPC's certificate fetcher: a new configuration when a file changed, else None."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self._files = files
+        self._seen = _stamps(files)
+        self.configuration = _configuration(files)
+
+    def __call__(self) -> Any:
+        try:
+            stamps = _stamps(self._files)
+        except OSError as error:
+            log.warning("TLS files unreadable (%s): keeping the certificates in use", error)
+            return None
+        if stamps == self._seen:
+            return None
+        try:
+            configuration = _configuration(self._files)
+        except InputFileError as error:
+            log.warning("TLS files changed but do not load (%s): keeping those in use", error)
+            return None
+        self._seen = stamps
+        log.info("TLS certificates read again from %s", self._files.cert)
+        return configuration
+
+
+def _stamps(files: TlsFiles) -> list[tuple[int, int]]:
+    stats = [os.stat(path) for path in files.paths()]
+    return [(stat.st_mtime_ns, stat.st_size) for stat in stats]
+
+
+def _configuration(files: TlsFiles) -> Any:
+    cert, key, client_ca = _load(files)
+    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
+
+
+def _load(files: TlsFiles) -> tuple[bytes, bytes, bytes | None]:
+    """The three files' bytes, checked: readable, PEM, and a key that matches the
+    certificate (Python's ssl module loads the pair as a TLS server would)."""
+    cert = _read(files.cert, "tls_cert", b"CERTIFICATE")
+    key = _read(files.key, "tls_key", b"PRIVATE KEY")
+    client_ca = _read(files.client_ca, "tls_client_ca", b"CERTIFICATE") if files.client_ca else None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(files.cert, files.key)
+    except (ssl.SSLError, OSError) as error:
+        raise InputFileError(
+            str(files.key),
+            [Problem("tls_key (LOYALTY_TLS_KEY)", f"does not load with {files.cert}: {error}")],
+        ) from None
+    if files.client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=files.client_ca)
+        except (ssl.SSLError, OSError) as error:
+            raise InputFileError(
+                str(files.client_ca),
+                [Problem("tls_client_ca (LOYALTY_TLS_CLIENT_CA)", f"does not load: {error}")],
+            ) from None
+    return cert, key, client_ca
+
+
+def _read(path: Path, setting: str, kind: bytes) -> bytes:
+    where = f"{setting} (LOYALTY_{setting.upper()})"
+    try:
+        with path.open("rb") as opened:
+            data = opened.read(PEM_FILE_BYTES_MAX + 1)
+    except OSError as error:
+        raise InputFileError(
+            str(path), [Problem(where, f"cannot be read: {error.strerror}")]
+        ) from None
+    if len(data) > PEM_FILE_BYTES_MAX:
+        raise InputFileError(str(path), [Problem(where, f"is over {PEM_FILE_BYTES_MAX} bytes")])
+    if b"-----BEGIN " not in data or kind not in data:
+        raise InputFileError(str(path), [Problem(where, f"holds no PEM {kind.decode()}")])
+    return data
+
+
+__all__ = [
+    "TlsFiles",
+    "check_listen",
+    "is_loopback",
+    "metrics_tls",
+    "server_credentials",
+    "tls_files",
+]
