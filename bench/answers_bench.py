@@ -6,7 +6,8 @@ answers the compiled engine writes from its rows (``from_rows_us``,
 answers.written_by_engine); and the receipts built and encoded (``receipts_built_us``)
 against those it writes from its rows (``receipts_from_rows_us``, codec.stored_receipts);
 and, per account, the new states unpacked and encoded (``states_unpacked_us``) against
-those it writes from its arrays (``states_from_arrays_us``, AccountWrite.of_fields); and,
+those it writes from its arrays as fields packed by msgpack (``states_from_arrays_us``)
+and as msgpack written at once (``states_written_us``, codec.encode_evaluated); and,
 per account, stored states decoded and a batch evaluated on them, with their loyalty
 accounts decoded into objects (``states_read_us``) against packed from their stored fields
 (``states_read_deferred_us``, codec.decode_state_deferred).
@@ -151,7 +152,12 @@ def main() -> int:
             for account in outcome.accounts:
                 codec.encode_fields(outcome.accounts.stored_fields(account), 2)
 
+        def states_written(outcome: Any) -> None:
+            for account in outcome.accounts:
+                codec.encode_evaluated(outcome.accounts, account, 2)
+
         figures.update(states_read_us(program, requests))
+        figures["states_written_us"] = batch_us(states_written, program, requests, True)
         figures["states_unpacked_us"] = batch_us(states_unpacked, program, requests, True)
         figures["states_from_arrays_us"] = batch_us(states_from_arrays, program, requests, True)
     print(json.dumps(figures, sort_keys=True))

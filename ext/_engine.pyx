@@ -1017,12 +1017,18 @@ cdef list issued_coupons(PackedProgram program, PackedLoyalty packed):
 
 
 
-cdef list packed_loyalty_fields(PackedProgram program, PackedLoyalty packed):
+cdef list packed_loyalty_fields(
+    PackedProgram program, PackedLoyalty packed, list lot_rules=None
+):
     """``codec.loyalty_fields(unpack_loyalty(program, packed))``, written from the arrays:
     no account, lot or dictionary of the unpacked form is made. Rule ids are numbered in
     the order the unpacked account would show them (lots, then daily uses, periods,
     totals, coupons), so the bytes are the same; an account opened on a day beyond the C
-    calendar is written through its objects."""
+    calendar is written through its objects.
+
+    With ``lot_rules`` (an empty list, for ``write_packed_loyalty``), the lots are not
+    made: each lot's rule number is appended to it instead, and the lots' field holds one
+    None in their place (so that trimming still sees lots)."""
     cdef PackedPlan plan = packed.plan
     cdef list strings = program.strings.values
     cdef int64_t base = packed.created_day
@@ -1034,7 +1040,12 @@ cdef list packed_loyalty_fields(PackedProgram program, PackedLoyalty packed):
         return loyalty_fields(unpack_loyalty(program, packed))
     base_month = month_index(base)
     lots = []
-    for index in range(packed.lot_points.size):
+    if lot_rules is not None:
+        for index in range(packed.lot_points.size):
+            lot_rules.append(rules.setdefault(strings[packed.lot_rule.data[index]], len(rules)))
+        if packed.lot_points.size:
+            lots.append(None)
+    for index in range(packed.lot_points.size if lot_rules is None else 0):
         earned = packed.lot_earned.data[index]
         expires = packed.lot_expires.data[index]
         values = [
@@ -1085,6 +1096,53 @@ cdef list packed_loyalty_fields(PackedProgram program, PackedLoyalty packed):
         None if packed.sustain_until == NONE_DAY else packed.sustain_until - base,
         awards,
     ])
+
+
+cdef int write_packed_loyalty(_Buffer out, PackedProgram program, PackedLoyalty packed) except -1:
+    """``msgpack.packb(packed_loyalty_fields(program, packed))``'s bytes, the lots (most of
+    a busy account) written straight from their arrays: no list or int object per lot."""
+    cdef Py_ssize_t index, end, count = packed.lot_points.size
+    cdef int64_t base = packed.created_day
+    cdef int64_t earned, expires, available, version
+    if count == 0 or not -DAY_LIMIT < base < DAY_LIMIT:
+        return _mp_value(out, packed_loyalty_fields(program, packed))
+    cdef list lot_rules = []
+    cdef list fields = packed_loyalty_fields(program, packed, lot_rules)
+    # Index 6, the lots, is written from the arrays as trimmed_lot would leave each.
+    _mp_array(out, len(fields))
+    for index in range(len(fields)):
+        if index != 6:
+            _mp_value(out, fields[index])
+            continue
+        _mp_array(out, count)
+        for end in range(count):
+            earned = packed.lot_earned.data[end]
+            expires = packed.lot_expires.data[end]
+            available = packed.lot_available.data[end] - earned
+            version = packed.lot_version.data[end]
+            # trimmed_lot: the trailing fields at their defaults are left off.
+            if version != 0:
+                _mp_array(out, 7)
+            elif expires != NONE_DAY:
+                _mp_array(out, 6)
+            elif available != 0:
+                _mp_array(out, 5)
+            else:
+                _mp_array(out, 4)
+            _mp_int(out, earned - base)
+            _mp_int(out, <int64_t>lot_rules[end])
+            _mp_int(out, packed.lot_kind.data[end])
+            _mp_int(out, packed.lot_points.data[end])
+            if version != 0 or expires != NONE_DAY or available != 0:
+                _mp_int(out, available)
+            if version != 0 or expires != NONE_DAY:
+                if expires == NONE_DAY:
+                    _mp_byte(out, 0xC0)
+                else:
+                    _mp_int(out, expires - earned)
+            if version != 0:
+                _mp_int(out, version)
+    return 0
 
 
 cdef class PackedCard:
@@ -1148,6 +1206,41 @@ cdef class PackedCard:
             if program_id not in state.loyalty:
                 loyalty.append(packed_loyalty_fields(program, <PackedLoyalty> packed))
         return state_fields(state, 1, loyalty)
+
+    cdef bytes stored_bytes(self, PackedProgram program, int64_t format_version,
+                            int64_t version):
+        """``codec.encode_fields(self.fields(program), version)``'s bytes (format
+        ``format_version``), the packed accounts written straight from their arrays
+        (write_packed_loyalty). A TypeError or OverflowError: a value the writer here
+        does not take (a float, an int beyond 64 bits); codec packs the fields then."""
+        state = self.state
+        loyalty = []
+        for program_id, account in state.loyalty.items():
+            packed = self.loyalty.get(program_id)
+            if packed is not None:
+                loyalty.append(packed)
+            elif self.stored and program_id in self.stored:
+                loyalty.append(self.stored[program_id])  # unused: as it was stored
+            else:
+                loyalty.append(loyalty_fields(account))
+        for program_id, packed in self.loyalty.items():
+            if program_id not in state.loyalty:
+                loyalty.append(packed)
+        fields = state_fields(state, version, loyalty)
+        cdef _Buffer out = _Buffer()
+        _mp_array(out, 1 + len(fields))
+        _mp_int(out, format_version)
+        for index, value in enumerate(fields):
+            if index != 2:  # the loyalty accounts
+                _mp_value(out, value)
+                continue
+            _mp_array(out, len(value))
+            for one in value:
+                if type(one) is PackedLoyalty:
+                    write_packed_loyalty(out, program, <PackedLoyalty> one)
+                else:
+                    _mp_value(out, one)
+        return out.result()
 
     cdef str level(self, program_id):
         """The level of the card's loyalty account in ``program_id``, "" without one."""
@@ -2459,6 +2552,15 @@ class LazyAccounts(Mapping):
         if card is not None:
             return (<PackedCard> card).fields((<Batch> self._batch).p)
         return state_fields(self._states[account], 1)
+
+    def stored_bytes(self, account, int64_t format_version, int64_t version):
+        """``codec.encode_fields(self.stored_fields(account), version)``'s bytes, in
+        format ``format_version``, for a card evaluated in the arrays (written from
+        them: PackedCard.stored_bytes); None for any other account (its fields, then)."""
+        card = self._pending.get(account)
+        if card is None:
+            return None
+        return (<PackedCard> card).stored_bytes((<Batch> self._batch).p, format_version, version)
 
     def level(self, account, program_id):
         """The level of ``account`` in ``program_id`` ("" without an account there), read

@@ -1,7 +1,8 @@
 # msgpack, written the way msgpack-python's packer writes it (use_bin_type=True): every
 # integer, string, array and map in its shortest form. For records the compiled code
-# writes whole (a fast-path purchase's receipt); processor.store.codec packs everything
-# else with msgpack itself, and tests hold the bytes of the two equal. Needs wire.pxi.
+# writes whole (a fast-path purchase's receipt, a packed card's state); processor.store.
+# codec packs everything else with msgpack itself, and tests hold the bytes of the two
+# equal. Needs wire.pxi.
 
 cdef inline int _mp_byte(_Buffer out, unsigned char value) except -1:
     out.reserve(1)
@@ -75,7 +76,14 @@ cdef int _mp_map(_Buffer out, Py_ssize_t count) except -1:
 
 
 cdef int _mp_value(_Buffer out, object value) except -1:
-    """An int (64-bit), str, list or dict of them; anything else is a TypeError."""
+    """None, a bool, an int (64-bit), str, list or dict of them; anything else is a
+    TypeError (an int beyond 64 bits an OverflowError): the caller packs with msgpack."""
+    if value is None:
+        return _mp_byte(out, 0xC0)
+    if value is True:
+        return _mp_byte(out, 0xC3)
+    if value is False:
+        return _mp_byte(out, 0xC2)
     if type(value) is int:
         return _mp_int(out, <int64_t>value)
     if type(value) is str:

@@ -714,10 +714,12 @@ def test_the_compiled_engine_equals_the_reference_result_for_result(data: st.Dat
     again = compiled.evaluate(program, {}, requests, {})
     accounts_in_order = list(again.accounts)
     fields = {one: again.accounts.stored_fields(one) for one in accounts_in_order}
+    written = {one: codec.encode_evaluated(again.accounts, one, 7) for one in accounts_in_order}
     levels = {one: again.accounts.level(one, program.id) for one in accounts_in_order}
     for account in accounts_in_order:
         state = again.accounts[account]
         assert codec.encode_fields(fields[account], 7) == codec.encode_state(state, 7)
+        assert written[account] == codec.encode_state(state, 7)
         held = state.loyalty.get(program.id)
         assert levels[account] == ("" if held is None else str(held.level))
     assert cy[1] == ref_accounts

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import random
@@ -577,10 +578,10 @@ class _Changed:
 
     def write(self, account: str, expected_version: int) -> AccountWrite:
         accounts = self._holder[account]
-        stored_fields = getattr(accounts, "stored_fields", None)
-        if stored_fields is None:
+        if not hasattr(accounts, "stored_bytes"):
             return AccountWrite(accounts[account], expected_version)
-        return AccountWrite.of_fields(account, stored_fields(account), expected_version)
+        encode = functools.partial(codec.encode_evaluated, accounts, account)
+        return AccountWrite.of_encoder(account, encode, expected_version)
 
     # metrics.Holdings, for the business metrics of the committed batch
 

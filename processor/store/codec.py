@@ -98,6 +98,26 @@ def encode_fields(fields: list[Any], version: int) -> bytes:
     return _pack(fields, "account state")
 
 
+def encode_evaluated(accounts: Any, account: str, version: int) -> bytes:
+    """``encode_fields(accounts.stored_fields(account), version)``'s bytes, for the compiled
+    engine's accounts of a batch (processor._engine.LazyAccounts): a card it evaluated in
+    its arrays is written from them as msgpack at once (``stored_bytes``: no list per lot,
+    held equal by the engines' property test), any other packed from its fields."""
+    if type(version) is not int or version < 1:
+        raise CodecError(f"an encoded state's version must be at least 1, not {version!r}")
+    try:
+        data: bytes | None = accounts.stored_bytes(account, FORMAT_VERSION, version)
+    except (TypeError, OverflowError):  # a value that writer does not take: msgpack's turn
+        data = None
+    if data is None:
+        return encode_fields(accounts.stored_fields(account), version)
+    if len(data) > ENCODED_BLOB_BYTES_MAX:
+        raise CodecError(
+            f"account state encodes to {len(data)} bytes, more than {ENCODED_BLOB_BYTES_MAX}"
+        )
+    return data
+
+
 def decode_state(data: bytes, account: str) -> AccountState:
     """The state of ``account`` that ``encode_state`` wrote."""
     return _unpack(data, "account state", lambda fields: _state_from(fields, account))

@@ -37,7 +37,7 @@ import datetime
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
@@ -149,20 +149,23 @@ class AccountWrite:
     ``expected_version`` 0 means the account must not exist yet. The row is written at
     ``expected_version + 1``, and so is the version inside the stored state.
 
-    The state comes as objects (``state``) or, from the compiled engine, as the fields
-    ``codec.state_fields`` writes (``AccountWrite.of_fields``): a card the engine evaluated
-    in its arrays is written from them and never made into objects.
+    The state comes as objects (``state``) or, from the compiled engine, as a function that
+    writes its stored bytes at a version (``AccountWrite.of_encoder``, with
+    ``codec.encode_evaluated``): a card the engine evaluated in its arrays is written from
+    them and never made into objects.
     """
 
     state: AccountState | None
     expected_version: int
-    fields: list[Any] | None = None
+    encode: Callable[[int], bytes] | None = None
     account: str = ""
 
     @classmethod
-    def of_fields(cls, account: str, fields: list[Any], expected_version: int) -> AccountWrite:
-        """The write of ``account``'s state given as ``codec.state_fields``' fields."""
-        return cls(None, expected_version, fields, account)
+    def of_encoder(
+        cls, account: str, encode: Callable[[int], bytes], expected_version: int
+    ) -> AccountWrite:
+        """The write of ``account``'s state whose stored bytes ``encode(version)`` gives."""
+        return cls(None, expected_version, encode, account)
 
     @property
     def account_id(self) -> str:
@@ -170,8 +173,8 @@ class AccountWrite:
 
     def encoded(self, version: int) -> bytes:
         """The stored state at ``version``."""
-        if self.fields is not None:
-            return codec.encode_fields(self.fields, version)
+        if self.encode is not None:
+            return self.encode(version)
         return codec.encode_state(present(self.state, "the state of an account write"), version)
 
 
