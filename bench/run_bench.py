@@ -378,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         ]  # fmt: skip
         if resolved.redis_url:
             serve += ["--redis-url", resolved.redis_url]
-        with process(serve, args.results / "serve.log") as server:
+        # Outside the demo the server requires a PIN key; the seeded cards carry no PINs.
+        serve_env = {**os.environ}
+        serve_env.setdefault("LOYALTY_PIN_KEY", "bench PIN key, not a secret (no card has a PIN)")
+        with process(serve, args.results / "serve.log", serve_env) as server:
             address = f"127.0.0.1:{port}"
             asyncio.run(wait_serving(address))
             log(f"service: durable client for {args.durable_seconds:g} s")

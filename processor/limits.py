@@ -46,6 +46,10 @@ its program file."""
 PIN_DIGITS_MAX: Final = 12
 """Longest PIN a request carries or a card definition asks for, the ISO 9564 maximum."""
 
+PIN_KEY_CHARS_MIN: Final = 32
+"""The server's PIN key (``LOYALTY_PIN_KEY``), required outside the demo: a secret this long
+is not guessed, and without it no stored PIN hash can be tried offline."""
+
 LOCATION_CHARS_MAX: Final = 64
 """A store's location id, a key of the program's store directory."""
 

@@ -9,7 +9,7 @@ import pytest
 
 from processor.cli import main
 from processor.runtime.settings import Settings
-from processor.service.server import server_options
+from processor.service.server import check_secrets, pin_key_of, server_options
 
 
 def test_a_negative_seed_size_is_refused_before_anything_starts(
@@ -94,3 +94,31 @@ def test_the_overlap_cache_and_card_settings_refuse_bad_values(
 def test_the_server_sends_no_bandwidth_probes_unless_asked() -> None:
     assert ("grpc.http2.bdp_probe", 0) in server_options(Settings())
     assert ("grpc.http2.bdp_probe", 1) in server_options(Settings(http2_bdp_probe=True))
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [(None, "required outside the demo"), ("short secret", "at least 32 characters")],
+)
+def test_serve_refuses_real_cards_without_a_pin_key_of_its_own(
+    key: str | None,
+    why: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("LOYALTY_PIN_KEY", raising=False)
+    if key is not None:
+        monkeypatch.setenv("LOYALTY_PIN_KEY", key)
+    assert main(["serve", "--data-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "pin_key (LOYALTY_PIN_KEY)" in error and why in error
+    assert key is None or key not in error  # the secret is never printed
+    assert list(tmp_path.iterdir()) == []  # refused before any embedded server started
+
+
+def test_the_demo_may_use_the_development_pin_key_and_a_deployment_its_own() -> None:
+    check_secrets(Settings(demo=True))
+    check_secrets(Settings(pin_key="x" * 32))
+    assert pin_key_of(Settings(pin_key="x" * 32)) == b"x" * 32
+    assert pin_key_of(Settings(demo=True)) is None  # the environment's, or the development one

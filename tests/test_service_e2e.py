@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS_MAX = 60.0
 EXIT_SECONDS_MAX = 30.0
 GRACE_SECONDS = "1"
+TEST_PIN_KEY = "end-to-end test PIN key, not a secret: 32+ chars"
 APPROVED = proto.common.RESULT_STATUS_APPROVED
 POINTS = "points:points"
 ESCROW = "escrow:points"
@@ -119,6 +120,8 @@ class Deployment:
             "LOYALTY_CACHE_KEY_PREFIX": self.prefix,
             "LOYALTY_GRACE_SECONDS": GRACE_SECONDS,
             "LOYALTY_FLUSH_INTERVAL_MS": "1",
+            # Outside the demo the server requires a PIN key of its own.
+            "LOYALTY_PIN_KEY": TEST_PIN_KEY,
         }
         with log.open("wb") as output:
             process = subprocess.Popen(

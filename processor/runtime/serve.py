@@ -27,7 +27,7 @@ from processor.flow.registry import ProgramRegistry
 from processor.runtime import logs, metrics
 from processor.runtime.settings import Settings, secret
 from processor.service import tls
-from processor.service.server import Running, check_ports, start
+from processor.service.server import Running, check_ports, check_secrets, pin_key_of, start
 from processor.store.catalog import Catalog
 from processor.store.ledger import Store
 from processor.store.migrate import migrate
@@ -77,7 +77,7 @@ async def load_demo(settings: Settings, database_url: str) -> Any:
     from processor.tools import demo
 
     async with Store(database_url) as store:
-        catalog = Catalog(store)
+        catalog = Catalog(store, pin_key=pin_key_of(settings))
         registry = ProgramRegistry(catalog)
         return await demo.load_demo(catalog, registry, cards=settings.demo_cards)
 
@@ -175,6 +175,7 @@ def run(settings: Settings) -> int:
     """``loyalty serve``: prepare once, then serve in one process or ``workers`` forks."""
     logs.install(settings.log_format, settings.log_level)
     check_ports(settings)  # before any embedded server starts
+    check_secrets(settings)
     resolved = prepare(settings)
     try:
         if settings.workers == 1:

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     plaintext_allowed: bool = False
     workers: int = Field(default=1, ge=1, le=64)
     database_url: SecretStr | None = None
+    # The secret PIN hashes are keyed with (processor.store.cards); required but in the demo.
+    pin_key: SecretStr | None = None
     redis_url: SecretStr | None = None
     cache_key_prefix: str = Field(default="loyalty:", max_length=CACHE_KEY_PREFIX_CHARS_MAX)
     cache_compression: bool = True

@@ -23,12 +23,13 @@ from processor import proto
 from processor.cache.accounts import AccountCache
 from processor.cache.compression import sample_states_dictionary
 from processor.engine import get_engine
+from processor.errors import InputFileError, Problem
 from processor.flow.batcher import Batcher
 from processor.flow.pipeline import Pipeline, SubmissionBatcher, submission_keys
 from processor.flow.registry import ProgramRegistry
-from processor.limits import MESSAGE_BYTES_MAX
+from processor.limits import MESSAGE_BYTES_MAX, PIN_KEY_CHARS_MIN
 from processor.runtime import metrics
-from processor.runtime.settings import Settings
+from processor.runtime.settings import Settings, secret
 from processor.service import tls
 from processor.service.admin import AdminServicer
 from processor.service.awards import AwardServicer
@@ -47,6 +48,27 @@ log = logging.getLogger(__name__)
 STREAM_POLL_SECONDS = 0.01
 DATABASE_WATCH_SECONDS = 0.5
 """How often health follows whether PostgreSQL is reachable (Store.reachable)."""
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse to serve real cards without a PIN key of our own: PINs hashed with the public
+    development key could be tried offline by anyone holding a copy of the database."""
+    if settings.demo:
+        return
+    key = secret(settings.pin_key) or ""
+    why = None
+    if not key:
+        why = "is required outside the demo (PINs would be hashed with the public development key)"
+    elif len(key) < PIN_KEY_CHARS_MIN:
+        why = f"must be at least {PIN_KEY_CHARS_MIN} characters of secret"
+    if why is not None:
+        raise InputFileError("settings", [Problem("pin_key (LOYALTY_PIN_KEY)", why)])
+
+
+def pin_key_of(settings: Settings) -> bytes | None:
+    """The PIN key the settings give (None: the environment's, or the development key)."""
+    key = secret(settings.pin_key)
+    return key.encode("utf-8") if key else None
 
 
 def check_ports(settings: Settings) -> None:
@@ -176,7 +198,7 @@ async def start(settings: Settings, database_url: str, redis_url: str | None) ->
 
 
 async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> Running:
-    catalog = Catalog(store)
+    catalog = Catalog(store, pin_key=pin_key_of(settings))
     registry = ProgramRegistry(catalog)
     await registry.refresh()
     cache = None
