@@ -1188,24 +1188,35 @@ cdef class PackedCard:
         )
 
 
-    cdef list fields(self, PackedProgram program):
-        """``codec.state_fields(self.unpack(program))`` with the version field 1 (the
-        commit sets it: codec.encode_fields), the packed accounts written from their
-        arrays."""
+    cdef list loyalty_in_order(self):
+        """The card's loyalty accounts in the order they are stored: a packed one as its
+        PackedLoyalty, one the batch never used as its stored fields, any other as
+        ``loyalty_fields`` of it."""
         state = self.state
         loyalty = []
         for program_id, account in state.loyalty.items():
             packed = self.loyalty.get(program_id)
             if packed is not None:
-                loyalty.append(packed_loyalty_fields(program, <PackedLoyalty> packed))
+                loyalty.append(packed)
             elif self.stored and program_id in self.stored:
                 loyalty.append(self.stored[program_id])  # unused: as it was stored
             else:
                 loyalty.append(loyalty_fields(account))
         for program_id, packed in self.loyalty.items():
             if program_id not in state.loyalty:
-                loyalty.append(packed_loyalty_fields(program, <PackedLoyalty> packed))
-        return state_fields(state, 1, loyalty)
+                loyalty.append(packed)
+        return loyalty
+
+    cdef list fields(self, PackedProgram program):
+        """``codec.state_fields(self.unpack(program))`` with the version field 1 (the
+        commit sets it: codec.encode_fields), the packed accounts written from their
+        arrays."""
+        loyalty = [
+            packed_loyalty_fields(program, <PackedLoyalty> one)
+            if type(one) is PackedLoyalty else one
+            for one in self.loyalty_in_order()
+        ]
+        return state_fields(self.state, 1, loyalty)
 
     cdef bytes stored_bytes(self, PackedProgram program, int64_t format_version,
                             int64_t version):
@@ -1213,20 +1224,7 @@ cdef class PackedCard:
         ``format_version``), the packed accounts written straight from their arrays
         (write_packed_loyalty). A TypeError or OverflowError: a value the writer here
         does not take (a float, an int beyond 64 bits); codec packs the fields then."""
-        state = self.state
-        loyalty = []
-        for program_id, account in state.loyalty.items():
-            packed = self.loyalty.get(program_id)
-            if packed is not None:
-                loyalty.append(packed)
-            elif self.stored and program_id in self.stored:
-                loyalty.append(self.stored[program_id])  # unused: as it was stored
-            else:
-                loyalty.append(loyalty_fields(account))
-        for program_id, packed in self.loyalty.items():
-            if program_id not in state.loyalty:
-                loyalty.append(packed)
-        fields = state_fields(state, version, loyalty)
+        fields = state_fields(self.state, version, self.loyalty_in_order())
         cdef _Buffer out = _Buffer()
         _mp_array(out, 1 + len(fields))
         _mp_int(out, format_version)
