@@ -10,6 +10,7 @@ import pytest
 from processor.cli import main
 from processor.runtime.settings import Settings
 from processor.service.server import check_secrets, pin_key_of, server_options
+from processor.store.cards import DEVELOPMENT_PIN_KEY
 
 
 def test_a_negative_seed_size_is_refused_before_anything_starts(
@@ -98,7 +99,13 @@ def test_the_server_sends_no_bandwidth_probes_unless_asked() -> None:
 
 @pytest.mark.parametrize(
     ("key", "why"),
-    [(None, "required outside the demo"), ("short secret", "at least 32 characters")],
+    [
+        (None, "required outside the demo"),
+        (" " * 40, "required outside the demo"),
+        ("short secret", "at least 32 characters"),
+        (DEVELOPMENT_PIN_KEY.decode(), "a public value"),
+        ("CHANGE-ME-to-a-secret-of-at-least-32-characters", "a public value"),
+    ],
 )
 def test_serve_refuses_real_cards_without_a_pin_key_of_its_own(
     key: str | None,

@@ -11,12 +11,14 @@ stream's first, in its initial metadata).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from processor.errors import (
     AuthenticationError,
@@ -45,7 +47,7 @@ from processor.proto import (
     transactions,
     transactions_grpc,
 )
-from processor.service import errors
+from processor.service import errors, guard
 from processor.service.guard import (
     REQUEST_ID_KEY,
     Guarded,
@@ -391,3 +393,35 @@ async def test_an_undecodable_stream_message_ends_the_stream_after_the_earlier_a
     assert answered == ["ok-1"]
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info_of(caught.value).reason == "MALFORMED_MESSAGE"
+
+
+def test_a_forked_worker_makes_request_ids_of_its_own() -> None:
+    mine = guard._request_id(())
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: its first id, then out at once
+        os.write(writing, guard._request_id(()).encode())
+        os._exit(0)
+    os.close(writing)
+    theirs = os.read(reading, 64).decode()
+    os.close(reading)
+    os.waitpid(child, 0)
+    assert re.fullmatch(r"[0-9a-f]{32}", theirs)
+    assert theirs[:16] != mine[:16]  # another random half: no id made twice
+
+
+async def test_a_method_that_streams_by_writing_tells_its_request_id_first() -> None:
+    # Health Watch is a coroutine that streams with context.write, not an async generator.
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), Guarded(server))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), metadata=((REQUEST_ID_KEY, "watch-1"),)
+            )
+            assert dict(await call.initial_metadata())[REQUEST_ID_KEY] == "watch-1"
+            call.cancel()
+    finally:
+        await server.stop(None)

@@ -4,7 +4,9 @@ when misconfigured (naming the setting, file and reason) or plaintext beyond loo
 from __future__ import annotations
 
 import http.client
+import logging
 import shutil
+import socket
 import ssl
 import subprocess
 import urllib.request
@@ -188,7 +190,7 @@ def test_the_metrics_port_serves_over_tls_with_the_same_certificates(
     authorities: tuple[Authority, Authority],
 ) -> None:
     first, _ = authorities
-    server = metrics.start_exposition("127.0.0.1:0", tls.metrics_tls(_files(first)))
+    server = metrics.start_exposition("127.0.0.1:0", tls.metrics_context(_files(first)))
     try:
         port = server.server_address[1]
         context = ssl.create_default_context(cafile=str(first.ca))
@@ -196,6 +198,13 @@ def test_the_metrics_port_serves_over_tls_with_the_same_certificates(
             assert page.status == 200
         with pytest.raises((OSError, http.client.HTTPException)):  # no plaintext answer
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        # A client that connects and never starts its handshake holds up nobody else.
+        with socket.create_connection(("127.0.0.1", port)):
+            page = urllib.request.urlopen(
+                f"https://127.0.0.1:{port}/metrics", context=context, timeout=5
+            )
+            assert page.status == 200
+            page.close()
     finally:
         server.shutdown()
         server.server_close()
@@ -230,8 +239,10 @@ def test_plaintext_is_refused_beyond_loopback_unless_allowed(
 
 def test_a_metrics_address_without_a_host_is_loopback_and_any_other_is_checked() -> None:
     check_ports(Settings(listen="127.0.0.1:0", metrics_listen=":8000"))
-    with pytest.raises(InputFileError, match=r"0\.0\.0\.0:8000"):
+    check_ports(Settings(listen="127.0.0.1:0", metrics_listen="8000"))
+    with pytest.raises(InputFileError, match=r"0\.0\.0\.0:8000") as caught:
         check_ports(Settings(listen="127.0.0.1:0", metrics_listen="0.0.0.0:8000"))
+    assert "metrics_listen (LOYALTY_METRICS_LISTEN)" in str(caught.value)
 
 
 def test_tls_on_any_address_is_accepted(authorities: tuple[Authority, Authority]) -> None:
@@ -253,6 +264,9 @@ def _bad_files(authorities: tuple[Authority, Authority], tmp_path: Path) -> dict
     huge = tmp_path / "huge.pem"
     huge.write_bytes(b"-----BEGIN CERTIFICATE-----\n" + b"A" * PEM_FILE_BYTES_MAX)
     missing = tmp_path / "missing.pem"
+    encrypted = tmp_path / "encrypted.key"
+    _openssl("pkey", "-in", str(first.server_key), "-aes256", "-passout", "pass:secret",
+             "-out", str(encrypted))  # fmt: skip
     cert, key = str(first.server_cert), str(first.server_key)
     return {
         "key without cert": ({"tls_key": key}, "tls_cert (LOYALTY_TLS_CERT)", "both"),
@@ -268,6 +282,9 @@ def _bad_files(authorities: tuple[Authority, Authority], tmp_path: Path) -> dict
         "huge cert": ({"tls_cert": str(huge), "tls_key": key}, str(huge), "is over"),
         "key of another cert": (
             {"tls_cert": cert, "tls_key": str(second.server_key)}, "tls_key", "does not load"
+        ),
+        "encrypted key": (
+            {"tls_cert": cert, "tls_key": str(encrypted)}, str(encrypted), "is encrypted"
         ),
         "client CA not PEM": (
             {"tls_cert": cert, "tls_key": key, "tls_client_ca": str(not_pem)}, str(not_pem),
@@ -287,6 +304,7 @@ def _bad_files(authorities: tuple[Authority, Authority], tmp_path: Path) -> dict
         "key not PEM",
         "huge cert",
         "key of another cert",
+        "encrypted key",
         "client CA not PEM",
     ],
 )
@@ -307,3 +325,19 @@ def test_serve_refuses_plaintext_beyond_loopback_before_starting_anything(
     assert "listen (LOYALTY_LISTEN)" in error and "loopback" in error
     assert list(tmp_path.iterdir()) == []  # no embedded server was started
 
+
+def test_renewed_files_that_do_not_load_are_read_once_until_they_change_again(
+    authorities: tuple[Authority, Authority], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = authorities
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    shutil.copy(first.server_cert, cert)
+    shutil.copy(first.server_key, key)
+    rotation = tls._Rotation(tls.TlsFiles(cert, key))
+    assert rotation() is None  # nothing changed
+    shutil.copy(second.server_key, key)  # a key that is not the certificate's
+    with caplog.at_level(logging.WARNING, logger="processor.service.tls"):
+        assert rotation() is None and rotation() is None and rotation() is None
+    assert len(caplog.records) == 1  # read once, not at every handshake
+    shutil.copy(second.server_cert, cert)  # the renewal completed
+    assert rotation() is not None

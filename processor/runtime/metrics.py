@@ -35,11 +35,16 @@ import contextlib
 import inspect
 import logging
 import os
+import socket
+import ssl
+import threading
 import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any, Final, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 import prometheus_client
@@ -349,9 +354,9 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid, str(_state.multiprocess_dir))
 
 
-def start_exposition(listen: str, tls: dict[str, Any] | None = None) -> Any:
+def start_exposition(listen: str, tls: ssl.SSLContext | None = None) -> Any:
     """Serve ``/metrics`` on ``host:port``; returns the server (``shutdown()`` stops it).
-    ``tls``: prometheus_client's certificate arguments (processor.service.tls.metrics_tls).
+    ``tls``: serve HTTPS with that context (processor.service.tls.metrics_context).
 
     After :func:`use_multiprocess` the endpoint merges every worker's files; otherwise it
     serves :data:`REGISTRY`, this process's own values, with the process and
@@ -364,9 +369,46 @@ def start_exposition(listen: str, tls: dict[str, Any] | None = None) -> Any:
         multiprocess.MultiProcessCollector(registry, path=str(_state.multiprocess_dir))
     else:
         _add_process_collectors()
-    server, _thread = prometheus_client.start_http_server(
-        int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry, **(tls or {})
+    address = host.strip("[]") or "127.0.0.1"
+    if tls is not None:
+        return _start_tls_exposition(address, int(port), registry, tls)
+    server, _ = prometheus_client.start_http_server(int(port), addr=address, registry=registry)
+    return server
+
+
+TLS_HANDSHAKE_SECONDS: Final = 10.0
+"""How long a metrics client may take to finish its TLS handshake and send its request."""
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+def _start_tls_exposition(
+    address: str, port: int, registry: CollectorRegistry, context: ssl.SSLContext
+) -> Any:
+    """``/metrics`` over HTTPS, each connection's handshake done in its own thread within
+    ``TLS_HANDSHAKE_SECONDS``. (prometheus_client's own HTTPS server shakes hands inside
+    ``accept``, on its one serving thread: a client that connects and says nothing would
+    stop every scrape.)"""
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+        def get_request(self) -> tuple[Any, Any]:
+            connection, peer = self.socket.accept()
+            connection.settimeout(TLS_HANDSHAKE_SECONDS)
+            wrapped = context.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+            return wrapped, peer
+
+    server = make_server(
+        address, port, prometheus_client.make_wsgi_app(registry), Server, _QuietHandler
     )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 
 

@@ -167,7 +167,7 @@ def _start_metrics(settings: Settings) -> Any:
     if settings.workers > 1 or not settings.metrics_listen:
         return None
     return metrics.start_exposition(
-        settings.metrics_listen, tls.metrics_tls(tls.tls_files(settings))
+        settings.metrics_listen, tls.metrics_context(tls.tls_files(settings))
     )
 
 
@@ -227,7 +227,7 @@ def _run_workers(settings: Settings, resolved: Resolved) -> int:
     exposition = None
     if settings.metrics_listen:
         exposition = metrics.start_exposition(
-            settings.metrics_listen, tls.metrics_tls(tls.tls_files(settings))
+            settings.metrics_listen, tls.metrics_context(tls.tls_files(settings))
         )
     status = 0
     try:

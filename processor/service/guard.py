@@ -30,6 +30,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,8 +48,20 @@ from processor.service.handlers import Behaviour, Undecodable, decoding_lenientl
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
-_ID_PREFIX = secrets.token_hex(8)  # a new process (a forked worker too) draws its own
+_ID_PREFIX = ""
 _ID_COUNT = itertools.count()
+
+
+def _draw_request_ids() -> None:
+    """A process's random half of the ids it makes, and a new count: drawn at import and
+    again in every forked child (the workers fork after importing this module)."""
+    global _ID_PREFIX, _ID_COUNT
+    _ID_PREFIX = secrets.token_hex(8)
+    _ID_COUNT = itertools.count()
+
+
+_draw_request_ids()
+os.register_at_fork(after_in_child=_draw_request_ids)
 _REQUEST_ID = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{REQUEST_ID_HEADER_CHARS_MAX}}}")
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
@@ -167,7 +180,7 @@ def _request_id(metadata: Any) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNT):016x}"
 
 
-def with_request_id(behaviour: Behaviour) -> Behaviour:
+def with_request_id(behaviour: Behaviour, *, streams: bool = False) -> Behaviour:
     """``behaviour`` run under its call's request id: the client's ``x-request-id``
     metadata when it is a plain token of at most 128 characters, else a new one, held in
     :data:`request_id_var` while the call is served.
@@ -177,7 +190,8 @@ def with_request_id(behaviour: Behaviour) -> Behaviour:
     it first, in the initial metadata, so that a long stream can be told apart while it
     runs; a unary call does not: initial metadata of its own would cost the call one more
     write and completion event, about a quarter of a no-op call's CPU (BENCHMARKS.md).
-    Servicers must not set metadata of their own: it is set here.
+    Servicers must not set metadata of their own: it is set here. ``streams``: the method
+    streams its answers (a coroutine may, writing them with ``context.write``).
     """
     if inspect.isasyncgenfunction(behaviour):
 
@@ -190,7 +204,9 @@ def with_request_id(behaviour: Behaviour) -> Behaviour:
     if inspect.iscoroutinefunction(behaviour):
 
         async def unary(request: Any, context: Any) -> Any:
-            _given_request_id(context)
+            echoed = _given_request_id(context)
+            if streams:
+                await context.send_initial_metadata(echoed)
             return await behaviour(request, context)
 
         return unary
@@ -221,7 +237,8 @@ def guard(full_method: str, handler: Any) -> Any:
 
     def wrap(behaviour: Behaviour) -> Behaviour:
         checked = refusing_undecodable(behaviour, streaming_in=streaming_in)
-        return with_request_id(measured(mapping_errors(checked, failed)))
+        inner = measured(mapping_errors(checked, failed))
+        return with_request_id(inner, streams=bool(handler.response_streaming))
 
     return wrap_handler(
         handler, wrap, request_deserializer=decoding_leniently(handler.request_deserializer)

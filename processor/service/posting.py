@@ -62,16 +62,7 @@ def transaction_hash(transaction: transactions.Transaction) -> bytes:
     if not transaction.HasField("context") or context.HasField("pin") or context.dry_run:
         return hash_of(transactions.PostTransactionRequest(transaction=transaction))
     body = transaction.SerializeToString(deterministic=True)
-    return payload_digest(_TRANSACTION_FIELD + _varint(len(body)) + body)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return payload_digest(answers.length_delimited(_TRANSACTION_FIELD, body))
 
 
 def submit(

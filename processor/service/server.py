@@ -40,6 +40,7 @@ from processor.service.transactions import TransactionServicer
 from processor.service.transactions import handler as transaction_handler
 from processor.store.card_cache import CardCache
 from processor.store.card_cache import listen as listen_for_card_changes
+from processor.store.cards import DEVELOPMENT_PIN_KEY
 from processor.store.catalog import Catalog
 from processor.store.ledger import Store
 
@@ -57,10 +58,12 @@ def check_secrets(settings: Settings) -> None:
         return
     key = secret(settings.pin_key) or ""
     why = None
-    if not key:
+    if not key.strip():
         why = "is required outside the demo (PINs would be hashed with the public development key)"
     elif len(key) < PIN_KEY_CHARS_MIN:
         why = f"must be at least {PIN_KEY_CHARS_MIN} characters of secret"
+    elif key.encode("utf-8") == DEVELOPMENT_PIN_KEY or "CHANGE-ME" in key.upper():
+        why = "is a public value (the development key or an example's placeholder): set a secret"
     if why is not None:
         raise InputFileError("settings", [Problem("pin_key (LOYALTY_PIN_KEY)", why)])
 
@@ -78,9 +81,9 @@ def check_ports(settings: Settings) -> None:
     tls.check_listen(settings.listen, files, settings.plaintext_allowed)
     if settings.metrics_listen:
         # An address without a host serves metrics on loopback (metrics.start_exposition).
-        host = settings.metrics_listen.rpartition(":")[0]
-        listen = settings.metrics_listen if host else f"127.0.0.1{settings.metrics_listen}"
-        tls.check_listen(listen, files, settings.plaintext_allowed)
+        host, _, port = settings.metrics_listen.rpartition(":")
+        listen = settings.metrics_listen if host else f"127.0.0.1:{port}"
+        tls.check_listen(listen, files, settings.plaintext_allowed, setting="metrics_listen")
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

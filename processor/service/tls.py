@@ -69,15 +69,18 @@ def tls_files(settings: Any) -> TlsFiles | None:
     return files
 
 
-def check_listen(listen: str, tls: TlsFiles | None, plaintext_allowed: bool) -> None:
-    """Refuse plaintext on an address other than loopback, unless allowed on purpose."""
+def check_listen(
+    listen: str, tls: TlsFiles | None, plaintext_allowed: bool, setting: str = "listen"
+) -> None:
+    """Refuse plaintext on an address other than loopback, unless allowed on purpose;
+    ``setting`` names the address's setting in the refusal."""
     if tls is not None or plaintext_allowed or is_loopback(listen):
         return
     raise InputFileError(
         "settings",
         [
             Problem(
-                "listen (LOYALTY_LISTEN)",
+                f"{setting} (LOYALTY_{setting.upper()})",
                 f"{listen} is not a loopback address, and plaintext is for loopback only: set "
                 "tls_cert and tls_key (LOYALTY_TLS_CERT, LOYALTY_TLS_KEY), or "
                 "plaintext_allowed (LOYALTY_PLAINTEXT_ALLOWED=true) when a proxy on this "
@@ -108,16 +111,17 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     )
 
 
-def metrics_tls(files: TlsFiles | None) -> dict[str, Any]:
-    """prometheus_client's ``start_http_server`` arguments for the same certificates (read
-    once: the metrics port is re-read at restart)."""
+def metrics_context(files: TlsFiles | None) -> ssl.SSLContext | None:
+    """The metrics port's TLS context for the same certificates (read once: the metrics
+    port reads renewed files at its next start), or None for plaintext."""
     if files is None:
-        return {}
-    arguments: dict[str, Any] = {"certfile": str(files.cert), "keyfile": str(files.key)}
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.cert, files.key)
     if files.client_ca is not None:
-        arguments["client_cafile"] = str(files.client_ca)
-        arguments["client_auth_required"] = True
-    return arguments
+        context.load_verify_locations(cafile=files.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 class _Rotation:
@@ -136,12 +140,14 @@ class _Rotation:
             return None
         if stamps == self._seen:
             return None
+        # Remembered whether they load or not: files left broken are read once, not at
+        # every handshake, and read again when they change again.
+        self._seen = stamps
         try:
             configuration = _configuration(self._files)
         except InputFileError as error:
             log.warning("TLS files changed but do not load (%s): keeping those in use", error)
             return None
-        self._seen = stamps
         log.info("TLS certificates read again from %s", self._files.cert)
         return configuration
 
@@ -194,6 +200,10 @@ def _read(path: Path, setting: str, kind: bytes) -> bytes:
         raise InputFileError(str(path), [Problem(where, f"is over {PEM_FILE_BYTES_MAX} bytes")])
     if b"-----BEGIN " not in data or kind not in data:
         raise InputFileError(str(path), [Problem(where, f"holds no PEM {kind.decode()}")])
+    if kind == b"PRIVATE KEY" and b"ENCRYPTED" in data:
+        # OpenSSL would ask for its passphrase on the terminal, at start or mid-rotation.
+        why = "is encrypted: give the key unencrypted, readable by the server only"
+        raise InputFileError(str(path), [Problem(where, why)])
     return data
 
 
@@ -201,7 +211,7 @@ __all__ = [
     "TlsFiles",
     "check_listen",
     "is_loopback",
-    "metrics_tls",
+    "metrics_context",
     "server_credentials",
     "tls_files",
 ]

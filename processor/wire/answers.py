@@ -222,7 +222,7 @@ def _trace_field(entry: TraceEntry, precision: int) -> bytes:
         points=common.Points(units=entry.points, precision=precision),
         reason=entry.reason,
     ).SerializeToString(deterministic=True)
-    return _TRACE_TAG + _varint(len(body)) + body
+    return length_delimited(_TRACE_TAG, body)
 
 
 _RESULT_FIELD = b"\x0a"  # field 1, length-delimited: the result(s) of every response
@@ -232,7 +232,13 @@ _REPLAYED_TRUE = bytes((13 << 3, 1))  # Result.replayed = true, a varint field
 def response_bytes(result: bytes) -> bytes:
     """A PostTransactionResponse or StreamTransactionsResponse holding ``result`` (a Result's
     bytes), as bytes; PostTransactionsResponse is these concatenated, in order."""
-    return _RESULT_FIELD + _varint(len(result)) + result
+    return length_delimited(_RESULT_FIELD, result)
+
+
+def length_delimited(tag: bytes, body: bytes) -> bytes:
+    """A length-delimited protobuf field: its ``tag``, the length of ``body`` as a varint,
+    then ``body``."""
+    return tag + _varint(len(body)) + body
 
 
 def replayed_bytes(result: bytes) -> bytes:
@@ -485,6 +491,7 @@ __all__ = [
     "awards_to_proto",
     "balance_exponents",
     "balance_name",
+    "length_delimited",
     "replayed_bytes",
     "response_bytes",
     "result_bytes",
