@@ -131,6 +131,30 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
+def _unlock_pin(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor.errors import NotFoundError, mask_card
+    from processor.runtime import serve
+    from processor.store.catalog import Catalog
+    from processor.store.ledger import Store
+
+    resolved = serve.resolve_servers(_settings(args))
+
+    async def unlock() -> bool:
+        async with Store(resolved.database_url) as store:
+            return await Catalog(store).unlock_pin(args.card)
+
+    try:
+        found = asyncio.run(unlock())
+    finally:
+        resolved.stop()
+    if not found:
+        raise NotFoundError(f"no card {mask_card(args.card)}", reason="UNKNOWN_CARD")
+    print(f"{mask_card(args.card)}: PIN unlocked (wrong PINs counted from 0 again)")
+    return 0
+
+
 def _seed(args: argparse.Namespace) -> int:
     from processor.tools import seed
 
@@ -209,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _server_flags(reconcile)
     reconcile.set_defaults(handler=_reconcile)
+
+    cards = commands.add_parser("cards", help="card operations for Support")
+    card_commands = cards.add_subparsers(dest="cards_command", required=True)
+    unlock = card_commands.add_parser(
+        "unlock-pin", help="clear a card's wrong-PIN count: a locked PIN works again"
+    )
+    unlock.add_argument("card", help="the card number")
+    _server_flags(unlock)
+    unlock.set_defaults(handler=_unlock_pin)
 
     seed = commands.add_parser(
         "seed", help="bulk-load cards, customers and accounts for load tests (resumable)"

@@ -50,6 +50,10 @@ PIN_KEY_CHARS_MIN: Final = 32
 """The server's PIN key (``LOYALTY_PIN_KEY``), required outside the demo: a secret this long
 is not guessed, and without it no stored PIN hash can be tried offline."""
 
+PIN_ATTEMPTS_MAX: Final = 5
+"""Wrong PINs in a row after which a card's PIN is locked (PIN_LOCKED) until cleared; the
+default of the ``pin_attempts_max`` setting."""
+
 LOCATION_CHARS_MAX: Final = 64
 """A store's location id, a key of the program's store directory."""
 

@@ -22,6 +22,7 @@ import pytest
 from plugins.server import Served, StartServed, context, line, purchase, transaction
 
 from processor import proto
+from processor.cli import main
 from processor.flow.pipeline import Pipeline
 from processor.service import errors
 
@@ -496,6 +497,93 @@ async def test_a_wrong_pin_is_permission_denied_with_code_2001(
             grpc.StatusCode.PERMISSION_DENIED,
             "PIN_INVALID",
         )
+
+
+async def test_wrong_pins_in_a_row_lock_the_card_until_support_unlocks_it(
+    start_served: StartServed,
+) -> None:
+    served = await start_served(pin_attempts_max=3)
+    card, pin = served.demo.first_card, served.demo.first_pin
+    assert pin is not None
+    wrong = str((int(pin) + 1) % 10_000).zfill(4)
+
+    async def post(request_id: str, given: str) -> Any:
+        return await served.transactions.PostTransaction(
+            purchase(card, request_id, context_fields={"pin": given}), timeout=10
+        )
+
+    # A right PIN clears the count: two wrong, one right, two wrong again is not three.
+    for attempt in range(2):
+        await fails(
+            post(f"lock-a{attempt}", wrong), grpc.StatusCode.PERMISSION_DENIED, "PIN_INVALID"
+        )
+    assert (await post("lock-ok", pin)).result.status == APPROVED
+    for attempt in range(2):
+        await fails(
+            post(f"lock-b{attempt}", wrong), grpc.StatusCode.PERMISSION_DENIED, "PIN_INVALID"
+        )
+    # The third wrong in a row locks it; then even the right PIN is refused, and a dry run
+    # (which could otherwise try PINs unseen) is counted and refused the same way.
+    locked = await fails(post("lock-b2", wrong), grpc.StatusCode.PERMISSION_DENIED, "PIN_LOCKED")
+    info = errors.error_info_of(locked)
+    assert info is not None and info.metadata["code"] == "2004"
+    await fails(post("lock-c", pin), grpc.StatusCode.PERMISSION_DENIED, "PIN_LOCKED")
+    dry = purchase(card, "lock-d", context_fields={"pin": pin, "dry_run": True})
+    await fails(
+        served.transactions.PostTransaction(dry, timeout=10),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PIN_LOCKED",
+    )
+    before = await served.store.ledger_sums(card)
+    # Support unlocks it (loyalty cards unlock-pin): the right PIN works again.
+    assert await served.running.pipeline.cards.unlock_pin(card)
+    assert (await post("lock-e", pin)).result.status == APPROVED
+    assert await served.store.ledger_sums(card) != before
+    assert not await served.running.pipeline.cards.unlock_pin("9999999999999999")
+
+
+async def test_support_unlocks_a_pin_from_the_command_line(
+    start_served: StartServed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served = await start_served(pin_attempts_max=1)
+    card, pin = served.demo.first_card, served.demo.first_pin
+    assert pin is not None
+    wrong = str((int(pin) + 1) % 10_000).zfill(4)
+    request = purchase(card, "cli-1", context_fields={"pin": wrong})
+    await fails(
+        served.transactions.PostTransaction(request, timeout=10),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PIN_LOCKED",
+    )
+    unlock = ["cards", "unlock-pin", card, "--database-url", served.database_url]
+    assert await asyncio.to_thread(main, unlock) == 0
+    said = capsys.readouterr().out
+    assert "PIN unlocked" in said and card not in said  # the number masked
+    right = purchase(card, "cli-2", context_fields={"pin": pin})
+    assert (await served.transactions.PostTransaction(right, timeout=10)).result.status == APPROVED
+    # An unknown card is named (masked) and refused.
+    unknown = ["cards", "unlock-pin", "9999999999999999", "--database-url", served.database_url]
+    assert await asyncio.to_thread(main, unknown) == 2
+    assert "no card 999999******9999" in capsys.readouterr().err
+
+
+async def test_concurrent_wrong_pins_on_one_card_count_every_one(
+    start_served: StartServed,
+) -> None:
+    served = await start_served(pin_attempts_max=4)
+    card, pin = served.demo.first_card, served.demo.first_pin
+    assert pin is not None
+    wrong = str((int(pin) + 1) % 10_000).zfill(4)
+    calls = [
+        served.transactions.PostTransaction(
+            purchase(card, f"race-{index}", context_fields={"pin": wrong}), timeout=10
+        )
+        for index in range(10)
+    ]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    reasons = sorted(errors.reason_of(outcome) for outcome in outcomes)
+    # Four wrong in a row lock it (the fourth says so); none of the ten gets past.
+    assert reasons == ["PIN_INVALID"] * 3 + ["PIN_LOCKED"] * 7
 
 
 # --------------------------------------------------------------------------- load

@@ -13,7 +13,10 @@ posted ids are found by the commit instead. Then:
    meanwhile), they are answered so then, and the rest of the batch is committed without
    them.
 2. **Admission.** The card must exist and belong to an active program; a PIN, when given,
-   must verify (PIN_INVALID, code 2001), and then counts as verified for the engine.
+   must verify (PIN_INVALID, code 2001), and then counts as verified for the engine. Every
+   PIN tried is counted in PostgreSQL, one statement for the batch: wrong ones in a row
+   lock the card's PIN at ``pin_attempts_max`` (PIN_LOCKED, code 2004), a right one
+   clears the count.
 3. **State.** Account states come from Redis when it has them, from PostgreSQL
    otherwise; receipts of the originals of returns and voids from PostgreSQL.
 4. **Evaluation.** One engine call per program for the whole batch; same-account
@@ -156,6 +159,8 @@ class Cards(Protocol):
 
     def verify_pin(self, record: Any, pin: str) -> bool: ...
 
+    async def pin_attempts(self, attempts: Sequence[tuple[Any, str]]) -> list[str]: ...
+
     async def customers(self, ids: Sequence[str]) -> dict[str, Any]: ...
 
 
@@ -221,7 +226,8 @@ class Pipeline:
         try:
             lookup, cached = await self._look_up(items)
             live = self._answer_replays(items, lookup.seen)
-            admitted = _whole_calls(items, self._admit(live, lookup.cards))
+            pins = await self._pin_attempts(live, lookup.cards)
+            admitted = _whole_calls(items, self._admit(live, lookup.cards, pins))
             await self._evaluate_and_commit(admitted, lookup.cards, lookup.customers, cached)
         except LoyaltyError as error:
             _fail(items, error)
@@ -288,8 +294,21 @@ class Pipeline:
 
     # ----------------------------------------------------------------- admission
 
+    async def _pin_attempts(self, items: list[Work], records: dict[str, Any]) -> dict[int, str]:
+        """The outcome of each PIN the batch's known cards are given ("ok", "invalid",
+        "locked"), by ``id(item)``, counted in one statement."""
+        tried: list[tuple[Work, Any, str]] = [
+            (item, records[item.payload.request.account], item.payload.pin)
+            for item in items
+            if item.payload.pin is not None and item.payload.request.account in records
+        ]
+        if not tried:
+            return {}
+        outcomes = await self.cards.pin_attempts([(record, pin) for _, record, pin in tried])
+        return {id(item): outcome for (item, _, _), outcome in zip(tried, outcomes, strict=True)}
+
     def _admit(
-        self, items: list[Work], records: dict[str, Any]
+        self, items: list[Work], records: dict[str, Any], pins: dict[int, str]
     ) -> list[tuple[Work, CompiledProgram]]:
         admitted = []
         for item in items:
@@ -304,12 +323,9 @@ class Pipeline:
                 submission = dataclasses.replace(submission, request=resolved)
                 item.payload = submission
             if submission.pin is not None:
-                record = records[submission.request.account]
-                if not self.cards.verify_pin(record, submission.pin):
-                    _settle(
-                        item,
-                        error=AuthenticationError("the PIN does not match", reason="PIN_INVALID"),
-                    )
+                outcome = pins.get(id(item))
+                if outcome != "ok":
+                    _settle(item, error=_pin_refused(outcome))
                     continue
                 item.payload = dataclasses.replace(
                     submission,
@@ -605,6 +621,15 @@ class _Evaluated:
     batch: CommitBatch
     answers: list[tuple[Work, Answer]]
     changed: _Changed
+
+
+def _pin_refused(outcome: str | None) -> LoyaltyError:
+    if outcome == "locked":
+        return AuthenticationError(
+            "the card's PIN is locked after too many wrong PINs; ask Support to unlock it",
+            reason="PIN_LOCKED",
+        )
+    return AuthenticationError("the PIN does not match", reason="PIN_INVALID")
 
 
 def _record(evaluated: _Evaluated) -> None:

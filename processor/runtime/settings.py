@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from processor.limits import CACHE_KEY_PREFIX_CHARS_MAX
+from processor.limits import CACHE_KEY_PREFIX_CHARS_MAX, PIN_ATTEMPTS_MAX
 
 
 class Settings(BaseSettings):
@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     # The secret PIN hashes are keyed with (processor.store.cards); required but in the demo.
     pin_key: SecretStr | None = None
+    # Wrong PINs in a row that lock a card's PIN until `loyalty cards unlock-pin`.
+    pin_attempts_max: int = Field(default=PIN_ATTEMPTS_MAX, ge=1, le=100)
     redis_url: SecretStr | None = None
     cache_key_prefix: str = Field(default="loyalty:", max_length=CACHE_KEY_PREFIX_CHARS_MAX)
     cache_compression: bool = True

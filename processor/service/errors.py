@@ -84,6 +84,7 @@ class ReasonStatus:
 STATUS_BY_REASON: dict[str, ReasonStatus] = {
     # The cardholder is known but the PIN is wrong: not a failure to say who calls.
     "PIN_INVALID": ReasonStatus(grpc.StatusCode.PERMISSION_DENIED, 2001),
+    "PIN_LOCKED": ReasonStatus(grpc.StatusCode.PERMISSION_DENIED, 2004),
     # The calling system (not the cardholder) failed to authenticate.
     "API_AUTHENTICATION_FAILED": ReasonStatus(grpc.StatusCode.UNAUTHENTICATED, 1042),
     "ALREADY_EXISTS": ReasonStatus(grpc.StatusCode.ALREADY_EXISTS),

@@ -201,7 +201,9 @@ async def start(settings: Settings, database_url: str, redis_url: str | None) ->
 
 
 async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> Running:
-    catalog = Catalog(store, pin_key=pin_key_of(settings))
+    catalog = Catalog(
+        store, pin_key=pin_key_of(settings), pin_attempts_max=settings.pin_attempts_max
+    )
     registry = ProgramRegistry(catalog)
     await registry.refresh()
     cache = None

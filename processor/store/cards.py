@@ -43,7 +43,12 @@ from processor.errors import (
     NotFoundError,
     Problem,
 )
-from processor.limits import CARD_IMPORT_BYTES_MAX, GENERATE_CARDS_MAX, LOOKUP_KEYS_MAX
+from processor.limits import (
+    CARD_IMPORT_BYTES_MAX,
+    GENERATE_CARDS_MAX,
+    LOOKUP_KEYS_MAX,
+    PIN_ATTEMPTS_MAX,
+)
 from processor.money import is_currency
 from processor.program.cards import CardBatch, CardSeries
 from processor.program.model import ProgramFile
@@ -208,12 +213,17 @@ class CardCatalog(ProgramFiles):
     """
 
     def __init__(
-        self, store: Store | AsyncConnectionPool[Any], *, pin_key: bytes | None = None
+        self,
+        store: Store | AsyncConnectionPool[Any],
+        *,
+        pin_key: bytes | None = None,
+        pin_attempts_max: int = PIN_ATTEMPTS_MAX,
     ) -> None:
         super().__init__(store)
         self._pin_key = pin_key if pin_key is not None else pin_key_from_environment()
         if not self._pin_key:
             raise ValueError("the PIN key is empty")
+        self._pin_attempts_max = pin_attempts_max
 
     async def _program_for_cards(
         self, program_id: str, series_id: str
@@ -482,6 +492,34 @@ class CardCatalog(ProgramFiles):
         if record.pin_hash is None:
             return False
         return hmac.compare_digest(pin_hash(self._pin_key, record.number, pin), record.pin_hash)
+
+    async def pin_attempts(self, attempts: Sequence[tuple[CardRecord, str]]) -> list[str]:
+        """Each (card, PIN) tried in order and counted: "ok", "invalid" (wrong, counted),
+        "locked" (wrong ``pin_attempts_max`` times in a row, this one included, until
+        ``unlock_pin``) or "unknown" (no such card). One statement for all of them."""
+        if not attempts:
+            return []
+        numbers = [record.number for record, _ in attempts]
+        matched = [self.verify_pin(record, pin) for record, pin in attempts]
+        try:
+            async with self._pool.connection() as connection:
+                cursor = await connection.execute(
+                    "SELECT pin_attempts(%s, %s, %s)", (numbers, matched, self._pin_attempts_max)
+                )
+                row = await cursor.fetchone()
+        except psycopg.Error as error:
+            raise database_error(error, "count PIN attempts", self._pool.timeout) from error
+        return list(row[0]) if row is not None else []
+
+    async def unlock_pin(self, number: str) -> bool:
+        """Clear a card's wrong-PIN count (a locked PIN works again); whether the card is."""
+        try:
+            async with self._pool.connection() as connection:
+                cursor = await connection.execute("SELECT pin_unlock(%s)", (number,))
+                row = await cursor.fetchone()
+        except psycopg.Error as error:
+            raise database_error(error, "unlock a PIN", self._pool.timeout) from error
+        return bool(row and row[0])
 
     async def opening_balances(self, *, limit: int = 1_000) -> list[tuple[Any, ...]]:
         """Queued opening balances not posted yet: (card, program file, version, tender,
