@@ -134,21 +134,25 @@ def _reconcile(args: argparse.Namespace) -> int:
 def _unlock_pin(args: argparse.Namespace) -> int:
     import asyncio
 
-    from processor.errors import NotFoundError, mask_card
-    from processor.runtime import serve
+    from processor.errors import InputFileError, NotFoundError, Problem, mask_card
+    from processor.runtime.settings import secret
     from processor.store.catalog import Catalog
     from processor.store.ledger import Store
 
-    resolved = serve.resolve_servers(_settings(args))
+    settings = _settings(args)
+    database_url = secret(settings.database_url)
+    if not database_url:
+        # An embedded database would be another one than the deployment's, holding no PINs.
+        raise InputFileError(
+            "settings",
+            [Problem("database_url (LOYALTY_DATABASE_URL)", "names the deployment's database")],
+        )
 
     async def unlock() -> bool:
-        async with Store(resolved.database_url) as store:
+        async with Store(database_url) as store:
             return await Catalog(store).unlock_pin(args.card)
 
-    try:
-        found = asyncio.run(unlock())
-    finally:
-        resolved.stop()
+    found = asyncio.run(unlock())
     if not found:
         raise NotFoundError(f"no card {mask_card(args.card)}", reason="UNKNOWN_CARD")
     print(f"{mask_card(args.card)}: PIN unlocked (wrong PINs counted from 0 again)")

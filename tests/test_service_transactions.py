@@ -18,6 +18,7 @@ import asyncio
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
+import psycopg
 import pytest
 from plugins.server import Served, StartServed, context, line, purchase, transaction
 
@@ -565,6 +566,61 @@ async def test_support_unlocks_a_pin_from_the_command_line(
     unknown = ["cards", "unlock-pin", "9999999999999999", "--database-url", served.database_url]
     assert await asyncio.to_thread(main, unknown) == 2
     assert "no card 999999******9999" in capsys.readouterr().err
+
+
+def test_unlocking_a_pin_needs_the_deployments_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    monkeypatch.delenv("LOYALTY_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing embedded is started here either
+    assert main(["cards", "unlock-pin", "6001200000000010"]) == 2
+    assert "database_url (LOYALTY_DATABASE_URL)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_dry_run_counts_its_pin_and_a_replay_does_not(
+    start_served: StartServed,
+) -> None:
+    served = await start_served(pin_attempts_max=2)
+    card, pin = served.demo.first_card, served.demo.first_pin
+    assert pin is not None
+    wrong = str((int(pin) + 1) % 10_000).zfill(4)
+
+    def post(request_id: str, given: str, **fields: Any) -> Any:
+        request = purchase(card, request_id, context_fields={"pin": given, **fields})
+        return served.transactions.PostTransaction(request, timeout=10)
+
+    assert (await post("count-1", pin)).result.status == APPROVED
+    # A replay is answered as stored before its PIN is looked at: nothing counted.
+    for _ in range(3):
+        assert (await post("count-1", wrong)).result.replayed
+    await fails(
+        post("count-2", wrong, dry_run=True), grpc.StatusCode.PERMISSION_DENIED, "PIN_INVALID"
+    )
+    await fails(post("count-3", wrong), grpc.StatusCode.PERMISSION_DENIED, "PIN_LOCKED")
+
+
+async def test_batches_trying_pins_on_the_same_cards_in_other_orders_never_deadlock(
+    served: Served, cards: list[str]
+) -> None:
+    catalog = served.running.pipeline.cards
+    first, second = cards[40], cards[41]
+    records = await catalog.cards([first, second])
+    forward = [(records[first], "0000"), (records[second], "0000")]
+    backward = list(reversed(forward))
+    for _ in range(3):  # the two orders at once, on two connections of the pool
+        outcomes = await asyncio.gather(
+            catalog.pin_attempts(forward), catalog.pin_attempts(backward)
+        )
+        assert all(outcome in ("invalid", "locked") for one in outcomes for outcome in one)
+    # Six wrong PINs each, every one counted: with the default limit of five, locked.
+    assert await catalog.pin_attempts([(records[first], "0000")]) == ["locked"]
+    async with await psycopg.AsyncConnection.connect(served.database_url) as connection:
+        cursor = await connection.execute(
+            "SELECT card_number, failures FROM card_pin_failures WHERE card_number = ANY(%s)",
+            ([first, second],),
+        )
+        assert dict(await cursor.fetchall()) == {first: 5, second: 5}
 
 
 async def test_concurrent_wrong_pins_on_one_card_count_every_one(

@@ -24,6 +24,7 @@ SELECT create_distributed_table('receipts', 'account_id', colocate_with => 'acco
 -- including those ensure_ledger_partition() creates later.
 SELECT create_distributed_table('ledger', 'account_id', colocate_with => 'accounts');
 SELECT create_distributed_table('card_opening_balances', 'card_number', colocate_with => 'accounts');
+SELECT create_distributed_table('card_pin_failures', 'card_number', colocate_with => 'accounts');
 
 -- Customers are read by id (one query per batch for its cards' customers): their own group.
 SELECT create_distributed_table('customers', 'customer_id', shard_count => 32);

@@ -226,8 +226,10 @@ class Pipeline:
         try:
             lookup, cached = await self._look_up(items)
             live = self._answer_replays(items, lookup.seen)
-            pins = await self._pin_attempts(live, lookup.cards)
-            admitted = _whole_calls(items, self._admit(live, lookup.cards, pins))
+            known = self._admit_cards(live, lookup.cards)
+            # Only PINs given to a request that could be served count against its card.
+            pins = await self._pin_attempts([item for item, _ in known], lookup.cards)
+            admitted = _whole_calls(items, self._admit(known, pins))
             await self._evaluate_and_commit(admitted, lookup.cards, lookup.customers, cached)
         except LoyaltyError as error:
             _fail(items, error)
@@ -295,8 +297,8 @@ class Pipeline:
     # ----------------------------------------------------------------- admission
 
     async def _pin_attempts(self, items: list[Work], records: dict[str, Any]) -> dict[int, str]:
-        """The outcome of each PIN the batch's known cards are given ("ok", "invalid",
-        "locked"), by ``id(item)``, counted in one statement."""
+        """The outcome of each PIN ``items`` (admitted to their cards) carry ("ok",
+        "invalid", "locked"), by ``id(item)``, counted in one statement."""
         tried: list[tuple[Work, Any, str]] = [
             (item, records[item.payload.request.account], item.payload.pin)
             for item in items
@@ -307,17 +309,27 @@ class Pipeline:
         outcomes = await self.cards.pin_attempts([(record, pin) for _, record, pin in tried])
         return {id(item): outcome for (item, _, _), outcome in zip(tried, outcomes, strict=True)}
 
-    def _admit(
-        self, items: list[Work], records: dict[str, Any], pins: dict[int, str]
+    def _admit_cards(
+        self, items: list[Work], records: dict[str, Any]
     ) -> list[tuple[Work, CompiledProgram]]:
-        admitted = []
+        """The items whose cards (and target cards) exist under one active program, each
+        with that program; the others are answered with why not."""
+        known = []
         for item in items:
-            submission: Submission = item.payload
             try:
-                program = self._admit_one(submission, records)
+                known.append((item, self._admit_one(item.payload, records)))
             except LoyaltyError as error:
                 _settle(item, error=error)
-                continue
+        return known
+
+    def _admit(
+        self, known: list[tuple[Work, CompiledProgram]], pins: dict[int, str]
+    ) -> list[tuple[Work, CompiledProgram]]:
+        """``known`` (``_admit_cards``) with their currency resolved and their PINs'
+        outcomes applied (``pins``: ``_pin_attempts``)."""
+        admitted = []
+        for item, program in known:
+            submission: Submission = item.payload
             resolved = admission.resolve_currency(submission.request, program)
             if resolved is not submission.request:
                 submission = dataclasses.replace(submission, request=resolved)
