@@ -500,13 +500,19 @@ async def test_a_wrong_pin_is_permission_denied_with_code_2001(
         )
 
 
+async def pin_card(start_served: StartServed, attempts_max: int) -> tuple[Served, str, str, str]:
+    """A server locking PINs after ``attempts_max`` wrong ones; its first demo card, that
+    card's PIN and a wrong one."""
+    served = await start_served(pin_attempts_max=attempts_max)
+    card, pin = served.demo.first_card, served.demo.first_pin
+    assert pin is not None
+    return served, card, pin, str((int(pin) + 1) % 10_000).zfill(4)
+
+
 async def test_wrong_pins_in_a_row_lock_the_card_until_support_unlocks_it(
     start_served: StartServed,
 ) -> None:
-    served = await start_served(pin_attempts_max=3)
-    card, pin = served.demo.first_card, served.demo.first_pin
-    assert pin is not None
-    wrong = str((int(pin) + 1) % 10_000).zfill(4)
+    served, card, pin, wrong = await pin_card(start_served, 3)
 
     async def post(request_id: str, given: str) -> Any:
         return await served.transactions.PostTransaction(
@@ -546,10 +552,7 @@ async def test_wrong_pins_in_a_row_lock_the_card_until_support_unlocks_it(
 async def test_support_unlocks_a_pin_from_the_command_line(
     start_served: StartServed, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    served = await start_served(pin_attempts_max=1)
-    card, pin = served.demo.first_card, served.demo.first_pin
-    assert pin is not None
-    wrong = str((int(pin) + 1) % 10_000).zfill(4)
+    served, card, pin, wrong = await pin_card(start_served, 1)
     request = purchase(card, "cli-1", context_fields={"pin": wrong})
     await fails(
         served.transactions.PostTransaction(request, timeout=10),
@@ -581,10 +584,7 @@ def test_unlocking_a_pin_needs_the_deployments_database(
 async def test_a_dry_run_counts_its_pin_and_a_replay_does_not(
     start_served: StartServed,
 ) -> None:
-    served = await start_served(pin_attempts_max=2)
-    card, pin = served.demo.first_card, served.demo.first_pin
-    assert pin is not None
-    wrong = str((int(pin) + 1) % 10_000).zfill(4)
+    served, card, pin, wrong = await pin_card(start_served, 2)
 
     def post(request_id: str, given: str, **fields: Any) -> Any:
         request = purchase(card, request_id, context_fields={"pin": given, **fields})
@@ -626,10 +626,7 @@ async def test_batches_trying_pins_on_the_same_cards_in_other_orders_never_deadl
 async def test_concurrent_wrong_pins_on_one_card_count_every_one(
     start_served: StartServed,
 ) -> None:
-    served = await start_served(pin_attempts_max=4)
-    card, pin = served.demo.first_card, served.demo.first_pin
-    assert pin is not None
-    wrong = str((int(pin) + 1) % 10_000).zfill(4)
+    served, card, _, wrong = await pin_card(start_served, 4)
     calls = [
         served.transactions.PostTransaction(
             purchase(card, f"race-{index}", context_fields={"pin": wrong}), timeout=10
