@@ -210,6 +210,36 @@ def test_the_metrics_port_serves_over_tls_with_the_same_certificates(
         server.server_close()
 
 
+def test_the_metrics_port_serves_renewed_certificates_without_a_restart(
+    authorities: tuple[Authority, Authority], tmp_path: Path
+) -> None:
+    first, second = authorities
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    shutil.copy(first.server_cert, cert)
+    shutil.copy(first.server_key, key)
+    server = metrics.start_exposition("127.0.0.1:0", tls.metrics_context(tls.TlsFiles(cert, key)))
+
+    def scraped(authority: Authority) -> bool:
+        context = ssl.create_default_context(cafile=str(authority.ca))
+        url = f"https://127.0.0.1:{server.server_address[1]}/metrics"
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=5) as page:
+                return bool(page.status == 200)
+        except OSError:  # ssl.SSLError and URLError: a certificate it does not trust
+            return False
+
+    try:
+        assert scraped(first) and not scraped(second)
+        cert.write_text("-----BEGIN CERTIFICATE-----\nnot yet\n")  # a renewal half written
+        assert scraped(first)
+        shutil.copy(second.server_cert, cert)
+        shutil.copy(second.server_key, key)
+        assert scraped(second) and not scraped(first)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize(
     ("listen", "allowed", "refused"),
     [

@@ -354,9 +354,10 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid, str(_state.multiprocess_dir))
 
 
-def start_exposition(listen: str, tls: ssl.SSLContext | None = None) -> Any:
+def start_exposition(listen: str, tls: Callable[[], ssl.SSLContext] | None = None) -> Any:
     """Serve ``/metrics`` on ``host:port``; returns the server (``shutdown()`` stops it).
-    ``tls``: serve HTTPS with that context (processor.service.tls.metrics_context).
+    ``tls``: serve HTTPS, each connection with the context it gives then
+    (processor.service.tls.metrics_context: renewed certificates are taken so).
 
     After :func:`use_multiprocess` the endpoint merges every worker's files; otherwise it
     serves :data:`REGISTRY`, this process's own values, with the process and
@@ -386,7 +387,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def _start_tls_exposition(
-    address: str, port: int, registry: CollectorRegistry, context: ssl.SSLContext
+    address: str, port: int, registry: CollectorRegistry, context: Callable[[], ssl.SSLContext]
 ) -> Any:
     """``/metrics`` over HTTPS, each connection's handshake done in its own thread within
     ``TLS_HANDSHAKE_SECONDS``. (prometheus_client's own HTTPS server shakes hands inside
@@ -400,7 +401,7 @@ def _start_tls_exposition(
         def get_request(self) -> tuple[Any, Any]:
             connection, peer = self.socket.accept()
             connection.settimeout(TLS_HANDSHAKE_SECONDS)
-            wrapped = context.wrap_socket(
+            wrapped = context().wrap_socket(
                 connection, server_side=True, do_handshake_on_connect=False
             )
             return wrapped, peer

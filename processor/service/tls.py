@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,17 +112,45 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     )
 
 
-def metrics_context(files: TlsFiles | None) -> ssl.SSLContext | None:
-    """The metrics port's TLS context for the same certificates (read once: the metrics
-    port reads renewed files at its next start), or None for plaintext."""
-    if files is None:
-        return None
+def metrics_context(files: TlsFiles | None) -> Callable[[], ssl.SSLContext] | None:
+    """The metrics port's TLS context for the same certificates, as a function called for
+    each new connection that reads the files again when they changed (as the gRPC port
+    does); None for plaintext."""
+    return None if files is None else _MetricsRotation(files)
+
+
+def _ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    _load(files)  # checked as at start: a renewal that does not load is not taken
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(files.cert, files.key)
     if files.client_ca is not None:
         context.load_verify_locations(cafile=files.client_ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+class _MetricsRotation:
+    """The metrics port's context, made again when a file changed and it loads."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self._files = files
+        self._seen = _stamps(files)
+        self._context = _ssl_context(files)
+
+    def __call__(self) -> ssl.SSLContext:
+        try:
+            stamps = _stamps(self._files)
+        except OSError as error:
+            log.warning("TLS files unreadable (%s): keeping the certificates in use", error)
+            return self._context
+        if stamps != self._seen:
+            self._seen = stamps  # files left broken are read once, not at every connection
+            try:
+                self._context = _ssl_context(self._files)
+                log.info("metrics TLS certificates read again from %s", self._files.cert)
+            except (InputFileError, ssl.SSLError, OSError) as error:
+                log.warning("TLS files changed but do not load (%s): keeping those in use", error)
+        return self._context
 
 
 class _Rotation:
