@@ -363,7 +363,7 @@ def test_renewed_files_that_do_not_load_are_read_once_until_they_change_again(
     cert, key = tmp_path / "server.crt", tmp_path / "server.key"
     shutil.copy(first.server_cert, cert)
     shutil.copy(first.server_key, key)
-    rotation = tls._Rotation(tls.TlsFiles(cert, key))
+    rotation = tls._Renewed(tls.TlsFiles(cert, key), tls._configuration)
     assert rotation() is None  # nothing changed
     shutil.copy(second.server_key, key)  # a key that is not the certificate's
     with caplog.at_level(logging.WARNING, logger="processor.service.tls"):

@@ -166,6 +166,11 @@ def _start_metrics(settings: Settings) -> Any:
     serves it (see ``_run_workers``)."""
     if settings.workers > 1 or not settings.metrics_listen:
         return None
+    return _exposition(settings)
+
+
+def _exposition(settings: Settings) -> Any:
+    """``/metrics`` on ``metrics_listen``, over TLS when the settings name certificates."""
     return metrics.start_exposition(
         settings.metrics_listen, tls.metrics_context(tls.tls_files(settings))
     )
@@ -226,9 +231,7 @@ def _run_workers(settings: Settings, resolved: Resolved) -> int:
     signal.signal(signal.SIGINT, forward)
     exposition = None
     if settings.metrics_listen:
-        exposition = metrics.start_exposition(
-            settings.metrics_listen, tls.metrics_context(tls.tls_files(settings))
-        )
+        exposition = _exposition(settings)
     status = 0
     try:
         # Each worker is reaped by its own pid (the embedded servers are children too), as

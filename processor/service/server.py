@@ -74,9 +74,10 @@ def pin_key_of(settings: Settings) -> bytes | None:
     return key.encode("utf-8") if key else None
 
 
-def check_ports(settings: Settings) -> None:
+def check_ports(settings: Settings) -> tls.TlsFiles | None:
     """Refuse settings that would serve plaintext beyond loopback, or TLS files that do
-    not load, naming the setting, file and reason (processor.service.tls)."""
+    not load, naming the setting, file and reason (processor.service.tls); the TLS files
+    to serve with (None: plaintext)."""
     files = tls.tls_files(settings)
     tls.check_listen(settings.listen, files, settings.plaintext_allowed)
     if settings.metrics_listen:
@@ -84,6 +85,7 @@ def check_ports(settings: Settings) -> None:
         host, _, port = settings.metrics_listen.rpartition(":")
         listen = settings.metrics_listen if host else f"127.0.0.1:{port}"
         tls.check_listen(listen, files, settings.plaintext_allowed, setting="metrics_listen")
+    return files
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -190,17 +192,19 @@ async def close_all(*steps: Callable[[], Awaitable[Any]] | None) -> None:
 
 async def start(settings: Settings, database_url: str, redis_url: str | None) -> Running:
     """Open the pools, build the pipeline and services, and start serving."""
-    check_ports(settings)  # before anything opens
+    tls_files = check_ports(settings)  # before anything opens
     store = Store(database_url, reconnect_attempt_seconds=settings.database_reconnect_seconds)
     await store.open()
     try:
-        return await _start_on(store, settings, redis_url)
+        return await _start_on(store, settings, redis_url, tls_files)
     except BaseException:
         await store.close()
         raise
 
 
-async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> Running:
+async def _start_on(
+    store: Store, settings: Settings, redis_url: str | None, tls_files: tls.TlsFiles | None
+) -> Running:
     catalog = Catalog(
         store, pin_key=pin_key_of(settings), pin_attempts_max=settings.pin_attempts_max
     )
@@ -259,7 +263,6 @@ async def _start_on(store: Store, settings: Settings, redis_url: str | None) -> 
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
             reflection.aio.ReflectionServicer(names), services
         )
-        tls_files = tls.tls_files(settings)
         try:
             # grpcio answers a failed bind with 0 in older releases, RuntimeError in newer.
             if tls_files is None:

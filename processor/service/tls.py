@@ -27,7 +27,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -35,6 +35,8 @@ from processor.errors import InputFileError, Problem
 from processor.limits import PEM_FILE_BYTES_MAX
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +105,13 @@ def is_loopback(listen: str) -> bool:
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
-    """Credentials for ``add_secure_port`` that follow the files as they change."""
-    rotation = _Rotation(files)
+    """Credentials for ``add_secure_port`` that follow the files as they change (gRPC asks
+    for a renewed configuration before each new connection's handshake)."""
+    # The fetcher answers None when nothing changed, as gRPC's documentation says it may
+    # (its type information says otherwise).
+    renewed: Any = _Renewed(files, _configuration)
     return grpc.dynamic_ssl_server_credentials(
-        rotation.configuration,
-        rotation,
-        require_client_authentication=files.client_ca is not None,
+        renewed.current, renewed, require_client_authentication=files.client_ca is not None
     )
 
 
@@ -116,7 +119,15 @@ def metrics_context(files: TlsFiles | None) -> Callable[[], ssl.SSLContext] | No
     """The metrics port's TLS context for the same certificates, as a function called for
     each new connection that reads the files again when they changed (as the gRPC port
     does); None for plaintext."""
-    return None if files is None else _MetricsRotation(files)
+    if files is None:
+        return None
+    renewed = _Renewed(files, _ssl_context)
+
+    def context() -> ssl.SSLContext:
+        renewed()
+        return renewed.current
+
+    return context
 
 
 def _ssl_context(files: TlsFiles) -> ssl.SSLContext:
@@ -129,39 +140,17 @@ def _ssl_context(files: TlsFiles) -> ssl.SSLContext:
     return context
 
 
-class _MetricsRotation:
-    """The metrics port's context, made again when a file changed and it loads."""
+class _Renewed(Generic[_T]):
+    """What ``make`` builds from the TLS files (``current``), built again when one of them
+    changed and it loads. Called: the new one then, else None (gRPC's fetcher protocol)."""
 
-    def __init__(self, files: TlsFiles) -> None:
+    def __init__(self, files: TlsFiles, make: Callable[[TlsFiles], _T]) -> None:
         self._files = files
+        self._make = make
         self._seen = _stamps(files)
-        self._context = _ssl_context(files)
+        self.current = make(files)
 
-    def __call__(self) -> ssl.SSLContext:
-        try:
-            stamps = _stamps(self._files)
-        except OSError as error:
-            log.warning("TLS files unreadable (%s): keeping the certificates in use", error)
-            return self._context
-        if stamps != self._seen:
-            self._seen = stamps  # files left broken are read once, not at every connection
-            try:
-                self._context = _ssl_context(self._files)
-                log.info("metrics TLS certificates read again from %s", self._files.cert)
-            except (InputFileError, ssl.SSLError, OSError) as error:
-                log.warning("TLS files changed but do not load (%s): keeping those in use", error)
-        return self._context
-
-
-class _Rotation:
-    """gRPC's certificate fetcher: a new configuration when a file changed, else None."""
-
-    def __init__(self, files: TlsFiles) -> None:
-        self._files = files
-        self._seen = _stamps(files)
-        self.configuration = _configuration(files)
-
-    def __call__(self) -> Any:
+    def __call__(self) -> _T | None:
         try:
             stamps = _stamps(self._files)
         except OSError as error:
@@ -170,15 +159,16 @@ class _Rotation:
         if stamps == self._seen:
             return None
         # Remembered whether they load or not: files left broken are read once, not at
-        # every handshake, and read again when they change again.
+        # every connection, and read again when they change again.
         self._seen = stamps
         try:
-            configuration = _configuration(self._files)
-        except InputFileError as error:
+            built = self._make(self._files)
+        except (InputFileError, ssl.SSLError, OSError) as error:
             log.warning("TLS files changed but do not load (%s): keeping those in use", error)
             return None
         log.info("TLS certificates read again from %s", self._files.cert)
-        return configuration
+        self.current = built
+        return built
 
 
 def _stamps(files: TlsFiles) -> list[tuple[int, int]]:

@@ -501,25 +501,22 @@ class CardCatalog(ProgramFiles):
             return []
         numbers = [record.number for record, _ in attempts]
         matched = [self.verify_pin(record, pin) for record, pin in attempts]
+        # One autocommitted statement (the function is its own transaction): no BEGIN and
+        # COMMIT round trips on the transaction path, as _transaction would add.
         try:
             async with self._pool.connection() as connection:
                 cursor = await connection.execute(
                     "SELECT pin_attempts(%s, %s, %s)", (numbers, matched, self._pin_attempts_max)
                 )
-                row = await cursor.fetchone()
+                return list((await one_row(cursor))[0])
         except psycopg.Error as error:
             raise database_error(error, "count PIN attempts", self._pool.timeout) from error
-        return list(row[0]) if row is not None else []
 
     async def unlock_pin(self, number: str) -> bool:
         """Clear a card's wrong-PIN count (a locked PIN works again); whether the card is."""
-        try:
-            async with self._pool.connection() as connection:
-                cursor = await connection.execute("SELECT pin_unlock(%s)", (number,))
-                row = await cursor.fetchone()
-        except psycopg.Error as error:
-            raise database_error(error, "unlock a PIN", self._pool.timeout) from error
-        return bool(row and row[0])
+        async with self._transaction("unlock a PIN") as cursor:
+            await cursor.execute("SELECT pin_unlock(%s)", (number,))
+            return bool((await one_row(cursor))[0])
 
     async def opening_balances(self, *, limit: int = 1_000) -> list[tuple[Any, ...]]:
         """Queued opening balances not posted yet: (card, program file, version, tender,
