@@ -32,6 +32,7 @@ import grpc  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from credentials import metadata
 from demo_server import demo_server, free_port, transaction
 
 from processor import proto
@@ -51,7 +52,7 @@ async def flood(address: str, accounts: list[str], calls: int, deadline: float) 
             transaction=transaction(accounts[index % len(accounts)], f"flood-{tag}-{index}")
         )
         try:
-            await stub.PostTransaction(request, timeout=deadline)
+            await stub.PostTransaction(request, timeout=deadline, metadata=metadata())
         except grpc.aio.AioRpcError as error:
             details = DETAILS_KEY in dict(error.trailing_metadata() or ())
             return str(error.code().name) + ("+details" if details else "")

@@ -1,9 +1,10 @@
 """What the guard around every call costs: server CPU per unary call, bare and guarded.
 
 Starts a no-op ``grpc.aio`` server (PostTransaction answering an empty response) as a
-second process, once without anything around its methods and once served through
-:class:`processor.service.guard.Guarded` (request id, metrics, error mapping), and sends
-each the same calls from eight callers on one channel, alternating the two servers
+second process, once without anything around its methods, once served through
+:class:`processor.service.guard.Guarded` (request id, metrics, error mapping) and once
+guarded with authentication too (an API key checked and the caller's role), and sends
+each the same calls from eight callers on one channel, alternating the servers
 ``--rounds`` times. CPU is the server process's own (/proc), a figure the noise of a shared
 machine barely moves. Prints one JSON line: the median µs per call of each, and their
 difference.
@@ -39,12 +40,35 @@ class NoOp(proto.transactions_grpc.TransactionServiceServicer):
         return proto.transactions.PostTransactionResponse()
 
 
+KEY = "lk_bench_guard-bench-key-not-secret"
+
+
+class _OneKey:
+    """Stands in for the key table's database: one Processor key."""
+
+    async def keys(self, include_revoked: bool = False) -> list[Any]:
+        import datetime
+
+        from processor.store.credentials import KeyRecord, secret_hash
+
+        made = datetime.datetime.now(datetime.UTC)
+        hashed = secret_hash(KEY.split("_", 2)[2])
+        return [KeyRecord("bench", "bench", ("Processor",), None, hashed, False, made, None)]
+
+
 def serve(mode: str, port: int) -> None:
+    from processor.service.auth import Authority, KeyTable
     from processor.service.guard import Guarded
 
     async def run() -> None:
         server = grpc.aio.server()
-        services: Any = Guarded(server) if mode == "guarded" else server
+        services: Any = server
+        if mode == "guarded":
+            services = Guarded(server)
+        elif mode == "authenticated":
+            keys = KeyTable(_OneKey(), demo_allowed=False)  # type: ignore[arg-type]
+            await keys.refresh()
+            services = Guarded(server, Authority(keys))
         proto.transactions_grpc.add_TransactionServiceServicer_to_server(NoOp(), services)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -62,10 +86,11 @@ async def load(port: int, calls: int) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = proto.transactions_grpc.TransactionServiceStub(channel)
         request = proto.transactions.PostTransactionRequest()
+        metadata = (("x-api-key", KEY),)
 
         async def caller() -> None:
             for _ in range(calls // CALLERS):
-                await stub.PostTransaction(request, timeout=10)
+                await stub.PostTransaction(request, timeout=10, metadata=metadata)
 
         await asyncio.gather(*(caller() for _ in range(CALLERS)))
 
@@ -93,7 +118,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=8_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--serve", choices=("bare", "guarded"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve", choices=("bare", "guarded", "authenticated"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -101,15 +128,17 @@ def main() -> int:
         return 0
     if args.calls < CALLERS or args.rounds < 1:
         parser.error(f"--calls must be at least {CALLERS} and --rounds positive")
-    figures: dict[str, list[float]] = {"bare": [], "guarded": []}
+    figures: dict[str, list[float]] = {"bare": [], "guarded": [], "authenticated": []}
     for _ in range(args.rounds):
         for mode in figures:
             figures[mode].append(measure(mode, args.calls))
-    bare, guarded = (statistics.median(figures[mode]) for mode in ("bare", "guarded"))
+    bare, guarded, authenticated = (statistics.median(runs) for runs in figures.values())
     print(json.dumps({
         "bare_cpu_us_per_call": round(bare, 1),
         "guarded_cpu_us_per_call": round(guarded, 1),
         "guard_cpu_us_per_call": round(guarded - bare, 1),
+        "authenticated_cpu_us_per_call": round(authenticated, 1),
+        "authentication_cpu_us_per_call": round(authenticated - guarded, 1),
         "runs": {mode: [round(one, 1) for one in runs] for mode, runs in figures.items()},
     }))  # fmt: skip
     return 0

@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ceiling  # noqa: E402
+from credentials import metadata  # noqa: E402
 
 from processor import proto  # noqa: E402
 from processor.cards import card_number  # noqa: E402
@@ -155,7 +156,7 @@ class GrpcUser(User):
         started = time.perf_counter()
         response, error = None, None
         try:
-            response = method(request, timeout=TIMEOUT_S)
+            response = method(request, timeout=TIMEOUT_S, metadata=metadata())
         except grpc.RpcError as failure:
             error = failure
         elapsed_ms = (time.perf_counter() - started) * 1000.0
@@ -284,7 +285,7 @@ class StreamingUser(GrpcUser):
         fire = self.environment.events.request.fire
         try:
             for response in self.transactions.StreamTransactions(
-                requests(), timeout=TIMEOUT_S + STREAM_MESSAGES / 100
+                requests(), timeout=TIMEOUT_S + STREAM_MESSAGES / 100, metadata=metadata()
             ):
                 elapsed_ms = (time.perf_counter() - sent.popleft()) * 1000.0
                 window.release()

@@ -49,6 +49,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from credentials import metadata
 from demo_server import DemoServer, ceiling_server, demo_server, server_usage, transaction
 
 from processor import proto
@@ -132,7 +133,7 @@ async def client_process(
                 transaction=transaction(account, f"mc-{tag}-{number}-{sequence}")
             )
             try:
-                await stubs[index].PostTransaction(request, timeout=deadline)
+                await stubs[index].PostTransaction(request, timeout=deadline, metadata=metadata())
                 outcomes["OK"] += 1
                 latencies.append(loop.time() - started)
             except grpc.aio.AioRpcError as error:

@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import ceiling  # noqa: E402
 import sla  # noqa: E402
+from credentials import API_KEY_ENV, metadata  # noqa: E402
 from demo_server import server_usage  # noqa: E402
 
 from processor import proto  # noqa: E402
@@ -150,7 +151,7 @@ async def durable_run(
                 transactions=[workload.transaction() for _ in range(batch_size)]
             )
             try:
-                response = await stub.PostTransactions(request, timeout=10.0)
+                response = await stub.PostTransactions(request, timeout=10.0, metadata=metadata())
             except grpc.RpcError as error:
                 run.failed += batch_size
                 failed(error)
@@ -170,7 +171,7 @@ async def durable_run(
                 )
 
         while time.monotonic() < deadline:
-            call = stub.StreamTransactions(requests(), timeout=seconds + 30)
+            call = stub.StreamTransactions(requests(), timeout=seconds + 30, metadata=metadata())
             try:
                 async for _ in call:
                     window.release()
@@ -381,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         # Outside the demo the server requires a PIN key; the seeded cards carry no PINs.
         serve_env = {**os.environ}
         serve_env.setdefault("LOYALTY_PIN_KEY", "bench PIN key, not a secret (no card has a PIN)")
+        # Every call needs a credential: a Processor key of this run, for its clients.
+        made = subprocess.run(
+            [LOYALTY, "keys", "create", "--name", "bench", "--role", "Processor",
+             "--database-url", resolved.database_url],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        os.environ[API_KEY_ENV] = made.stdout.strip()
         with process(serve, args.results / "serve.log", serve_env) as server:
             address = f"127.0.0.1:{port}"
             asyncio.run(wait_serving(address))

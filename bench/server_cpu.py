@@ -36,6 +36,7 @@ import grpc  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from credentials import metadata
 from demo_server import ceiling_server, demo_server, server_usage, transaction
 
 from processor import proto
@@ -64,7 +65,7 @@ async def unary(address: str, accounts: list[str], calls: int, tag: str, callers
                 request = proto.transactions.PostTransactionRequest(
                     transaction=transaction(accounts[index % len(accounts)], f"u{tag}-{index}")
                 )
-                await stub.PostTransaction(request, timeout=30)
+                await stub.PostTransaction(request, timeout=30, metadata=metadata())
 
         await asyncio.gather(*(caller(first) for first in range(callers)))
 
@@ -84,7 +85,7 @@ async def durable(address: str, accounts: list[str], batches: int, tag: str) -> 
                     for index in range(PER_CALL)
                 ]
             )
-            await stub.PostTransactions(request, timeout=60)
+            await stub.PostTransactions(request, timeout=60, metadata=metadata())
 
     try:
         await asyncio.gather(*(caller(number) for number in range(DURABLE_CALLERS)))

@@ -131,31 +131,142 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 1 if mismatches else 0
 
 
-def _unlock_pin(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from processor.errors import InputFileError, NotFoundError, Problem, mask_card
+def _deployment_database(args: argparse.Namespace) -> str:
+    """The database URL the settings name; refused without one: an embedded database would
+    be another one than the deployment's, holding none of its cards or keys."""
+    from processor.errors import InputFileError, Problem
     from processor.runtime.settings import secret
-    from processor.store.catalog import Catalog
-    from processor.store.ledger import Store
 
-    settings = _settings(args)
-    database_url = secret(settings.database_url)
+    database_url = secret(_settings(args).database_url)
     if not database_url:
-        # An embedded database would be another one than the deployment's, holding no PINs.
         raise InputFileError(
             "settings",
             [Problem("database_url (LOYALTY_DATABASE_URL)", "names the deployment's database")],
         )
+    return database_url
 
-    async def unlock() -> bool:
+
+def _local_audit(rpc: str) -> Any:
+    """The audit row of a command run here: the operating-system user, by hand."""
+    import getpass
+
+    from processor.store.audit_log import AuditEntry
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return AuditEntry(f"local:{user}", "local", [], rpc, "", "-")
+
+
+def _unlock_pin(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor.errors import mask_card
+    from processor.store.catalog import Catalog
+    from processor.store.ledger import Store
+
+    database_url = _deployment_database(args)
+
+    async def unlock() -> None:
         async with Store(database_url) as store:
-            return await Catalog(store).unlock_pin(args.card)
+            await Catalog(store).unlock_pin(args.card)
 
-    found = asyncio.run(unlock())
-    if not found:
-        raise NotFoundError(f"no card {mask_card(args.card)}", reason="UNKNOWN_CARD")
+    asyncio.run(unlock())
     print(f"{mask_card(args.card)}: PIN unlocked (wrong PINs counted from 0 again)")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor.store.credentials import Credentials
+    from processor.store.ledger import Store
+
+    database_url = _deployment_database(args)
+
+    async def create() -> tuple[Any, str]:
+        async with Store(database_url, pool_size_max=1) as store:
+            return await Credentials(store).create_key(
+                args.name,
+                sorted(set(args.role)),
+                cards=args.card or None,
+                audit=_local_audit("keys create"),
+            )
+
+    record, key = asyncio.run(create())
+    scope = f", cards {', '.join(record.cards)}" if record.cards else ""
+    print(
+        f"key {record.key_id} ({record.name}), roles {', '.join(record.roles)}{scope}.\n"
+        "The key, shown this once (only its hash is stored); send it as x-api-key:",
+        file=sys.stderr,
+    )
+    print(key)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor.store.credentials import Credentials
+    from processor.store.ledger import Store
+
+    database_url = _deployment_database(args)
+
+    async def listed() -> list[Any]:
+        async with Store(database_url, pool_size_max=1) as store:
+            return await Credentials(store).keys()
+
+    for key in asyncio.run(listed()):
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "live"
+        cards = f" cards={','.join(key.cards)}" if key.cards else ""
+        demo = " demo" if key.demo else ""
+        print(
+            f"{key.key_id}\t{key.name}\t{','.join(key.roles)}\t"
+            f"created {key.created_at:%Y-%m-%d %H:%M}\t{state}{cards}{demo}"
+        )
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor.store.credentials import Credentials
+    from processor.store.ledger import Store
+
+    database_url = _deployment_database(args)
+
+    async def revoke() -> bool:
+        async with Store(database_url, pool_size_max=1) as store:
+            return await Credentials(store).revoke_key(
+                args.key_id, audit=_local_audit("keys revoke")
+            )
+
+    newly = asyncio.run(revoke())
+    print(f"key {args.key_id} " + ("revoked" if newly else "was revoked already"))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor.store.credentials import Credentials
+    from processor.store.ledger import Store
+
+    database_url = _deployment_database(args)
+
+    async def read() -> list[Any]:
+        async with Store(database_url, pool_size_max=1) as store:
+            return await Credentials(store).audit(
+                page_size=args.limit, principal=args.principal, rpc=args.rpc
+            )
+
+    for row in asyncio.run(read()):
+        print(
+            f"{row.sequence}\t{row.at:%Y-%m-%dT%H:%M:%S%z}\t{row.principal}\t"
+            f"{','.join(row.roles) or '-'}\t{row.rpc}\t{row.target}\t{row.outcome}\t"
+            f"{row.request_id}"
+        )
     return 0
 
 
@@ -197,6 +308,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from processor.limits import AUDIT_PAGE_SIZE_MAX
+    from processor.service.roles import ROLES
     from processor.tools import seed as seed_limits
 
     parser = argparse.ArgumentParser(prog="loyalty", description=__doc__)
@@ -246,6 +359,43 @@ def build_parser() -> argparse.ArgumentParser:
     unlock.add_argument("card", help="the card number")
     _server_flags(unlock)
     unlock.set_defaults(handler=_unlock_pin)
+
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser(
+        "create", help="make a key; it is printed once, on standard output"
+    )
+    create.add_argument("--name", required=True, help="who holds it, e.g. pos-gateway-eu")
+    create.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=ROLES,
+        help="a role it holds (repeat for more)",
+    )
+    create.add_argument(
+        "--card",
+        action="append",
+        help="scope it to this card (repeat for more): a customer's app acting on its cards",
+    )
+    _server_flags(create)
+    create.set_defaults(handler=_keys_create)
+    listed = key_commands.add_parser("list", help="every key, live and revoked (no secrets)")
+    _server_flags(listed)
+    listed.set_defaults(handler=_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key (every process within seconds)")
+    revoke.add_argument("key_id", help="the key's id (lk_<key_id>_...)")
+    _server_flags(revoke)
+    revoke.set_defaults(handler=_keys_revoke)
+
+    audit = commands.add_parser("audit", help="the audit log, newest first")
+    audit.add_argument("--principal", default="", help="only this principal, e.g. key:3f2a...")
+    audit.add_argument("--rpc", default="", help="only this RPC, e.g. ActivateProgram")
+    audit.add_argument(
+        "--limit", type=_count(1, AUDIT_PAGE_SIZE_MAX), default=100, help="rows (default 100)"
+    )
+    _server_flags(audit)
+    audit.set_defaults(handler=_audit)
 
     seed = commands.add_parser(
         "seed", help="bulk-load cards, customers and accounts for load tests (resumable)"

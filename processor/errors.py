@@ -52,6 +52,12 @@ class AuthenticationError(LoyaltyError):
     code = 2001
 
 
+class PermissionDeniedError(LoyaltyError):
+    """The caller is known but its roles, or its cards, do not allow the request."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class OverloadedError(LoyaltyError):
     """A bounded queue is full; the caller should back off and retry."""
 

@@ -237,3 +237,28 @@ first."""
 CARD_CACHE_SECONDS: Final = 60.0
 """How long a held card is used before it is read again: a backstop only, since every
 change is told through PostgreSQL's notifications."""
+
+# --------------------------------------------------------------------------- credentials and audit
+
+API_KEY_NAME_CHARS_MAX: Final = 64
+"""A key's name (who holds it: "pos-gateway-eu"), shown in lists and the audit log."""
+
+API_KEY_CARDS_MAX: Final = 100
+"""Cards a card-scoped key or token may name: a customer's own cards."""
+
+CREDENTIAL_HEADER_CHARS_MAX: Final = 4096
+"""An ``authorization`` or ``x-api-key`` header; a longer one is refused unread (a JWT
+with its claims is well under 2 KB; gRPC itself refuses metadata over 8 KiB)."""
+
+VERIFIED_TOKENS_MAX: Final = 10_000
+"""Tokens one process holds as verified (until they expire), so a caller's repeated token
+is not checked again on every call; when full, the table starts again empty."""
+
+TOKEN_LEEWAY_SECONDS_MAX: Final = 300
+"""The most clock skew a token's times may be given (``auth_token_leeway_seconds``)."""
+
+AUDIT_TEXT_CHARS_MAX: Final = 500
+"""An audit row's principal, target, outcome and request id, each cut to this."""
+
+AUDIT_PAGE_SIZE_MAX: Final = 1_000
+"""Rows of one ListAudit page or ``loyalty audit`` run."""

@@ -37,7 +37,7 @@ from processor.service.admin import AdminServicer
 from processor.service.guard import Guarded
 from processor.store import AccountWrite, CommitBatch, LedgerEntry, Store
 from processor.store.catalog import Catalog
-from processor.tools.demo import load_demo
+from processor.tools.demo import DEMO_PIN, load_demo
 
 pytestmark = pytest.mark.integration
 
@@ -471,10 +471,15 @@ async def test_the_demo_loads_once_and_is_served(api: Harness) -> None:
         25,
     )
     assert summary.first_card == CARD and summary.created
-    assert summary.first_pin is not None and len(summary.first_pin) == 4
+    assert summary.first_pin == DEMO_PIN
     assert summary.customers == ("DEMO-1", "DEMO-2", "DEMO-3")
     again = await load_demo(api.catalog, api.registry, cards=30)
-    assert (again.cards, again.generated, again.created, again.first_pin) == (30, 5, False, None)
+    assert (again.cards, again.generated, again.created, again.first_pin) == (
+        30,
+        5,
+        False,
+        DEMO_PIN,
+    )
     assert again.first_cards == summary.first_cards
     assert api.registry.for_card(CARD).id == "northwind"
 

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import sla  # noqa: E402
+from plugins.server import keyed  # noqa: E402
 
 from processor.cache.accounts import AccountCache  # noqa: E402
 from processor.runtime.serve import load_demo  # noqa: E402
@@ -73,9 +74,12 @@ async def _warm_up(address: str, card: str) -> None:
     import ceiling
 
     from processor import proto
+    from processor.tools.demo import DEMO_KEYS
 
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = proto.transactions_grpc.TransactionServiceStub(channel)
+        stub = keyed(
+            proto.transactions_grpc.TransactionServiceStub, channel, DEMO_KEYS["Processor"]
+        )
         rng = random.Random(5)
         for number in range(20):
             transaction = ceiling.purchase(rng, card, f"warm-{number}", ceiling.local_time())
@@ -127,9 +131,10 @@ async def test_the_gate_reads_the_real_service_under_locust_with_nothing_failed(
     # the gate is a minute, and the speed itself is make bench's to measure.
     _need_locust()
     demo = await load_demo(Settings(demo_cards=50), schema_url)
+    # A demo server: it accepts the demo's published Processor key, which locust sends.
     settings = Settings(
         listen="127.0.0.1:0", metrics_listen="", cache_key_prefix=redis_key_prefix,
-        flush_interval_ms=1,
+        flush_interval_ms=1, demo=True,
     )  # fmt: skip
     running = await start(settings, schema_url, redis_url)
     try:
@@ -240,16 +245,18 @@ def test_the_server_cpu_bench_reports_cpu_per_request_and_per_transaction(
     assert figures["durable_ratio_to_ceiling"] > 0
 
 
-def test_the_guard_bench_reports_the_cpu_of_a_bare_and_a_guarded_call() -> None:
+def test_the_guard_bench_reports_the_cpu_of_a_bare_a_guarded_and_an_authenticated_call() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "guard_bench.py"), "--calls", "16", "--rounds", "1"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(figures["runs"]) == {"bare", "guarded"}
-    # So few calls may cost less than a clock tick: only the shape is certain.
-    assert figures["bare_cpu_us_per_call"] >= 0 and figures["guarded_cpu_us_per_call"] >= 0
+    assert set(figures["runs"]) == {"bare", "guarded", "authenticated"}
+    # So few calls may cost less than a clock tick: only the shape is certain. (Every call
+    # was answered: a key the authenticated server refused would have failed the script.)
+    for mode in ("bare", "guarded", "authenticated"):
+        assert figures[f"{mode}_cpu_us_per_call"] >= 0
 
 
 @pytest.mark.parametrize(

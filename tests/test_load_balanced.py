@@ -24,6 +24,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 import psycopg
 import pytest
+from plugins.server import keyed
 from test_metrics import (
     DEMO_CARDS,
     channels,
@@ -35,6 +36,7 @@ from test_metrics import (
 )
 
 from processor import proto
+from processor.tools.demo import DEMO_KEYS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -130,7 +132,11 @@ def test_two_servers_behind_haproxy_post_exactly_once_when_one_is_killed(
         async def scenario() -> None:
             nonlocal killed
             opened = channels(balancer, CLIENTS)
-            stubs = [proto.transactions_grpc.TransactionServiceStub(c) for c in opened]
+            processor_key = DEMO_KEYS["Processor"]
+            stubs = [
+                keyed(proto.transactions_grpc.TransactionServiceStub, c, processor_key)
+                for c in opened
+            ]
 
             async def client(number: int) -> None:
                 for index in range(PER_CLIENT):

@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
+from plugins.server import key_with_every_role, keyed
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -52,7 +53,7 @@ from processor.runtime.settings import Settings
 from processor.service.server import Running, start
 from processor.store import Store
 from processor.store.catalog import Catalog
-from processor.tools.demo import DemoSummary, load_demo
+from processor.tools.demo import DEMO_KEYS, DemoSummary, load_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CARDS = 20
@@ -248,11 +249,18 @@ async def _flush_prefix(redis_url: str, prefix: str) -> None:
 
 
 async def post_purchases(
-    address: str, accounts: Sequence[str], calls: int, *, channel_count: int = 8, tag: str = ""
+    address: str,
+    accounts: Sequence[str],
+    calls: int,
+    *,
+    channel_count: int = 8,
+    tag: str = "",
+    key: str = DEMO_KEYS["Processor"],
 ) -> dict[str, str]:
-    """``calls`` purchases spread over the accounts and channels; request id -> status name."""
+    """``calls`` purchases spread over the accounts and channels, sending ``key`` (by
+    default the demo's, which a ``serve --demo`` accepts); request id -> status name."""
     opened = channels(address, channel_count)
-    stubs = [proto.transactions_grpc.TransactionServiceStub(channel) for channel in opened]
+    stubs = [keyed(proto.transactions_grpc.TransactionServiceStub, one, key) for one in opened]
     tag = tag or uuid.uuid4().hex[:8]
 
     async def one(index: int) -> tuple[str, str]:
@@ -278,6 +286,7 @@ class InProcess:
     running: Running
     demo: DemoSummary
     channel: Any
+    key: str  # an API key with every role
 
     @property
     def address(self) -> str:
@@ -302,9 +311,10 @@ async def in_process_server(
         listen="127.0.0.1:0", metrics_listen="", cache_key_prefix=prefix, flush_interval_ms=1
     )
     running = await start(settings, database_url, redis_url)
+    key = await key_with_every_role(database_url)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
-        yield InProcess(running, demo, channel)
+        yield InProcess(running, demo, channel, key)
     finally:
         await channel.close()
         await running.stop(grace_seconds)
@@ -495,7 +505,7 @@ async def test_a_served_call_records_grpc_business_and_batch_metrics(
 
     async with in_process_server(schema_url, redis_url) as served:
         before = values()
-        stub = proto.transactions_grpc.TransactionServiceStub(served.channel)
+        stub = keyed(proto.transactions_grpc.TransactionServiceStub, served.channel, served.key)
         cards = served.cards
         for index in range(5):
             await stub.PostTransaction(purchase(cards[index], f"unary-{index}"), timeout=10)

@@ -140,7 +140,9 @@ async def test_live_metrics_pass_promtool_check_metrics(schema_url: str, redis_u
     async with in_process_server(schema_url, redis_url) as served:
         exposition = metrics.start_exposition(f"127.0.0.1:{port}")
         try:
-            outcomes = await post_purchases(served.address, served.cards, 20, channel_count=2)
+            outcomes = await post_purchases(
+                served.address, served.cards, 20, channel_count=2, key=served.key
+            )
             assert set(outcomes.values()) == {"OK"}
             await asyncio.sleep(metrics.SAMPLE_INTERVAL_SECONDS + 0.2)
             text = await asyncio.to_thread(_scrape, f"http://127.0.0.1:{port}/metrics")

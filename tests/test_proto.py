@@ -57,6 +57,8 @@ EXPECTED_METHODS = {
         "SetAudiences",
         "GetAccount",
         "ListLedger",
+        "UnlockPin",
+        "ListAudit",
     ],
 }
 STREAMING_METHODS = {"loyalty.v1.TransactionService.StreamTransactions"}

@@ -35,7 +35,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from plugins.server import flush_prefix, line, transaction
+from plugins.server import flush_prefix, key_with_every_role, keyed, line, transaction
 
 from processor import proto
 from processor.store import Store
@@ -111,6 +111,7 @@ class Deployment:
     cards: list[str]
     logs: Path
     started: list[ServerProcess]
+    key: str  # an API key with every role
 
     def start(self) -> ServerProcess:
         port = free_port()
@@ -149,7 +150,8 @@ async def deployment(
 ) -> AsyncIterator[Deployment]:
     # `cards` loads the demo program into the schema, in-process, before any server starts.
     cache_prefix = f"e2e-{uuid.uuid4().hex[:12]}:"
-    deployed = Deployment(schema_url, redis_url, cache_prefix, cards, tmp_path, [])
+    key = await key_with_every_role(schema_url)
+    deployed = Deployment(schema_url, redis_url, cache_prefix, cards, tmp_path, [], key)
     try:
         yield deployed
     finally:
@@ -175,12 +177,14 @@ class Stream:
     """One StreamTransactions call sending $1.00 purchases to one card as fast as the
     server takes them; it records what it sent and what was acknowledged."""
 
-    def __init__(self, channel: grpc.aio.Channel, card: str, prefix: str, count: int) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, card: str, prefix: str, count: int, key: str
+    ) -> None:
         self.card, self.prefix, self.count = card, prefix, count
         self.sent: list[str] = []
         self.acknowledged: list[Any] = []
         self.error: grpc.aio.AioRpcError | None = None
-        self._stub = proto.transactions_grpc.TransactionServiceStub(channel)
+        self._stub = keyed(proto.transactions_grpc.TransactionServiceStub, channel, key)
 
     async def _messages(self) -> AsyncIterator[Any]:
         for number in range(self.count):
@@ -242,13 +246,13 @@ async def test_a_served_process_is_healthy_reflects_and_drains_on_sigterm(
         }
 
         # A stream, answered in order.
-        first = await Stream(channel, card, "warm", 100).run()
+        first = await Stream(channel, card, "warm", 100, deployment.key).run()
         assert first.error is None
         assert [r.request_id for r in first.acknowledged] == first.sent
         assert [r.balances[POINTS] for r in first.acknowledged] == list(range(1, 101))
 
         # SIGTERM while a stream is posting: the process drains and exits cleanly.
-        busy = Stream(channel, card, "term", 3_000)
+        busy = Stream(channel, card, "term", 3_000, deployment.key)
         running = asyncio.create_task(busy.run())
         await wait_for(lambda: len(busy.acknowledged) >= 50)
         server.process.send_signal(signal.SIGTERM)
@@ -272,7 +276,7 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_transaction(
     server = deployment.start()
     await server.wait_serving()
     async with grpc.aio.insecure_channel(server.address) as channel:
-        busy = Stream(channel, card, "kill", 400)
+        busy = Stream(channel, card, "kill", 400, deployment.key)
         running = asyncio.create_task(busy.run())
         await wait_for(lambda: len(busy.acknowledged) >= 50)
         server.process.kill()
@@ -288,7 +292,7 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_transaction(
     await restarted.wait_serving()
     sent = [f"kill-{number}" for number in range(400)]
     async with grpc.aio.insecure_channel(restarted.address) as channel:
-        retry = await Stream(channel, card, "kill", 400).run()
+        retry = await Stream(channel, card, "kill", 400, deployment.key).run()
     assert retry.error is None
     assert [r.request_id for r in retry.acknowledged] == sent
     replayed = {r.request_id for r in retry.acknowledged if r.replayed}
@@ -316,7 +320,7 @@ async def test_two_server_processes_posting_to_one_card_end_at_the_exact_sum(
             for server in servers
         ]
         streams = [
-            Stream(channel, card, f"p{index}s{number}", per_stream)
+            Stream(channel, card, f"p{index}s{number}", per_stream, deployment.key)
             for index, channel in enumerate(channels)
             for number in range(streams_per_server)
         ]

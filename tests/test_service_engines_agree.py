@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from plugins.postgres import temporary_schema
-from plugins.server import ThreadedServer, demo_cards
+from plugins.server import ThreadedServer, demo_cards, keyed_sync_channel
 
 from processor.proto import awards, common, tender, transactions
 from processor.service import errors
@@ -71,7 +71,11 @@ class Twins:
 
     def __init__(self, reference: ThreadedServer, compiled: ThreadedServer) -> None:
         self.servers = (reference, compiled)
-        self.channels = [grpc.insecure_channel(server.start()) for server in self.servers]
+        self.plain = [grpc.insecure_channel(server.start()) for server in self.servers]
+        self.channels = [
+            keyed_sync_channel(channel, server.key)
+            for channel, server in zip(self.plain, self.servers, strict=True)
+        ]
         assert reference.demo is not None
         self.cards = demo_cards(reference.demo)[:12]
 
@@ -81,7 +85,7 @@ class Twins:
         return [_outcome(channel.unary_unary(method, **RAW), body) for channel in self.channels]
 
     def close(self) -> None:
-        for channel in self.channels:
+        for channel in self.plain:
             channel.close()
         for server in self.servers:
             server.stop()

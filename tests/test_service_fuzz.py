@@ -27,7 +27,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from plugins.server import ThreadedServer
+from plugins.server import ThreadedServer, keyed_sync_channel
 
 from processor import proto
 from processor.proto import common, transactions
@@ -58,7 +58,7 @@ def fuzzed(schema_url: str, redis_url: str) -> Iterator[tuple[grpc.Channel, str]
     address = server.start()
     try:
         with grpc.insecure_channel(address) as channel:
-            yield channel, schema_url
+            yield keyed_sync_channel(channel, server.key), schema_url
     finally:
         server.stop()
 

@@ -16,6 +16,7 @@ import grpc  # type: ignore[import-untyped]
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from plugins.server import keyed
 from test_metrics import (
     DEMO_CARDS,
     channels,
@@ -32,6 +33,7 @@ from processor.flow.pipeline import Pipeline
 from processor.runtime.settings import Settings
 from processor.service.server import start
 from processor.service.transactions import STREAM_IN_FLIGHT_MAX
+from processor.tools.demo import DEMO_KEYS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,7 +88,11 @@ def test_sigterm_drains_in_flight_purchases_and_exits_0(
 
         async def scenario() -> float:
             opened = channels(server.listen, CLIENTS)
-            stubs = [proto.transactions_grpc.TransactionServiceStub(c) for c in opened]
+            processor_key = DEMO_KEYS["Processor"]
+            stubs = [
+                keyed(proto.transactions_grpc.TransactionServiceStub, c, processor_key)
+                for c in opened
+            ]
             watcher = asyncio.create_task(watch_health(server.listen, health))
             clients = [
                 asyncio.create_task(purchases(stubs[n], accounts, n, acked, refused))
@@ -165,7 +171,7 @@ async def test_a_stop_ends_every_task_with_a_batch_stuck_and_a_stream_backed_up(
     backed_up = STREAM_IN_FLIGHT_MAX + 1  # the stream's reader then waits for room
     with pytest.raises(AssertionError, match="deliberately"):
         async with in_process_server(schema_url, redis_url, grace_seconds=1.0) as served:
-            stub = proto.transactions_grpc.TransactionServiceStub(served.channel)
+            stub = keyed(proto.transactions_grpc.TransactionServiceStub, served.channel, served.key)
             cards = served.cards
 
             async def requests() -> Any:
@@ -207,11 +213,14 @@ def test_a_test_failing_inside_a_served_server_lets_the_next_test_run(
     pytester.makepyfile(
         test_inner="""
         from test_metrics import in_process_server, purchase
+        from plugins.server import keyed
         from processor import proto
 
         async def test_fails_inside(schema_url, redis_url):
             async with in_process_server(schema_url, redis_url) as served:
-                stub = proto.transactions_grpc.TransactionServiceStub(served.channel)
+                stub = keyed(
+                proto.transactions_grpc.TransactionServiceStub, served.channel, served.key
+            )
                 await stub.PostTransaction(purchase(served.cards[0], "inner-1"), timeout=30)
                 assert served.running.batcher.depth == -1, "deliberately failed"
 

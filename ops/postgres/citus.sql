@@ -14,6 +14,8 @@
 SELECT create_reference_table('programs');
 SELECT create_reference_table('program_parts');
 SELECT create_reference_table('program_activations');
+-- API keys: a few rows, read by every server every few seconds.
+SELECT create_reference_table('api_keys');
 
 -- The transaction path, by card number (the account id), in one co-location group.
 SELECT create_distributed_table('accounts', 'account_id', shard_count => 64);
@@ -28,3 +30,7 @@ SELECT create_distributed_table('card_pin_failures', 'card_number', colocate_wit
 
 -- Customers are read by id (one query per batch for its cards' customers): their own group.
 SELECT create_distributed_table('customers', 'customer_id', shard_count => 32);
+
+-- The audit log: one row per administrative call, rare next to transactions; a copy on
+-- every worker, so a change to a reference table and its row commit together anywhere.
+SELECT create_reference_table('audit_log');

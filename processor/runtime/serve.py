@@ -29,6 +29,7 @@ from processor.runtime.settings import Settings, secret
 from processor.service import tls
 from processor.service.server import Running, check_ports, check_secrets, pin_key_of, start
 from processor.store.catalog import Catalog
+from processor.store.credentials import Credentials
 from processor.store.ledger import Store
 from processor.store.migrate import migrate
 
@@ -79,7 +80,9 @@ async def load_demo(settings: Settings, database_url: str) -> Any:
     async with Store(database_url) as store:
         catalog = Catalog(store, pin_key=pin_key_of(settings))
         registry = ProgramRegistry(catalog)
-        return await demo.load_demo(catalog, registry, cards=settings.demo_cards)
+        summary = await demo.load_demo(catalog, registry, cards=settings.demo_cards)
+        await demo.demo_keys(Credentials(store))
+        return summary
 
 
 def prepare(settings: Settings) -> Resolved:
@@ -99,16 +102,27 @@ def prepare(settings: Settings) -> Resolved:
 
 
 def print_demo(settings: Settings, summary: Any) -> None:
+    from processor.tools.demo import DEMO_KEYS
+
     card = summary.first_card
+    keys = "\n".join(f"    {role:<10} {key}" for role, key in DEMO_KEYS.items())
+    pin = f" PIN {summary.first_pin} on the first cards." if summary.first_pin else ""
     print(
         f"""
 Demo program loaded: {summary.program_id} v{summary.version}, {summary.cards} cards
-(first card {card}). gRPC on {settings.listen}, metrics on http://{settings.metrics_listen}/metrics
+(first card {card}).{pin} gRPC on {settings.listen}, metrics on
+http://{settings.metrics_listen}/metrics
 
-  buf curl --protocol grpc --http2-prior-knowledge --data '{{"transaction": {{"context":
-    {{"request_id": "first-1", "account": "{card}", "local_time": "2026-03-02T10:00:00",
-    "location": "S001"}}, "purchase": {{"currency": "USD", "lines": [{{"number": 1,
-    "item": "JACKET-1", "amount": "12000", "quantity": 1, "hierarchy": ["OUTERWEAR"]}}]}}}}}}' \\
+Every call but health needs a credential. The demo's API keys, one per role (published:
+only a server started with --demo accepts them), go in the x-api-key header:
+{keys}
+
+  buf curl --protocol grpc --http2-prior-knowledge \\
+    -H 'x-api-key: {DEMO_KEYS["Processor"]}' \\
+    --data '{{"transaction": {{"context": {{"request_id": "first-1", "account": "{card}",
+    "local_time": "2026-03-02T10:00:00", "location": "S001"}}, "purchase": {{"currency": "USD",
+    "lines": [{{"number": 1, "item": "JACKET-1", "amount": "12000", "quantity": 1,
+    "hierarchy": ["OUTERWEAR"]}}]}}}}}}' \\
     http://{settings.listen}/loyalty.v1.TransactionService/PostTransaction
 """,
         flush=True,

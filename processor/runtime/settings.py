@@ -12,7 +12,11 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from processor.limits import CACHE_KEY_PREFIX_CHARS_MAX, PIN_ATTEMPTS_MAX
+from processor.limits import (
+    CACHE_KEY_PREFIX_CHARS_MAX,
+    PIN_ATTEMPTS_MAX,
+    TOKEN_LEEWAY_SECONDS_MAX,
+)
 
 
 class Settings(BaseSettings):
@@ -28,6 +32,19 @@ class Settings(BaseSettings):
     tls_client_ca: str | None = None  # clients must present a certificate it signed
     # Plaintext on an address other than loopback (a TLS-terminating proxy on this host).
     plaintext_allowed: bool = False
+    # Who may call (processor.service.auth, processor.service.roles): API keys always; bearer
+    # tokens when an issuer, audience and JWKS (a file or an https URL) are given.
+    auth_token_issuer: str | None = None
+    auth_token_audience: str | None = None
+    auth_token_jwks: str | None = None
+    auth_token_leeway_seconds: float = Field(default=30.0, ge=0, le=TOKEN_LEEWAY_SECONDS_MAX)
+    auth_token_roles_claim: str = "roles"
+    auth_token_cards_claim: str = "cards"
+    # How often each process reads the API keys again: a revocation takes at most this long.
+    auth_keys_refresh_seconds: float = Field(default=2.0, gt=0, le=600)
+    # Reflection without credentials (tools such as grpcurl list the services); false: any
+    # authenticated caller. Health is always open.
+    auth_reflection_open: bool = True
     workers: int = Field(default=1, ge=1, le=64)
     database_url: SecretStr | None = None
     # The secret PIN hashes are keyed with (processor.store.cards); required but in the demo.

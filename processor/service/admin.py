@@ -21,6 +21,8 @@ from processor.engine.types import AccountState, Award, AwardAccount, LoyaltyAcc
 from processor.errors import InvalidFieldError, NotFoundError
 from processor.flow.registry import ProgramRegistry
 from processor.limits import (
+    AUDIT_PAGE_SIZE_MAX,
+    AUDIT_TEXT_CHARS_MAX,
     CARD_DIGITS_MAX,
     CARD_IMPORT_BYTES_MAX,
     CUSTOMER_ID_CHARS_MAX,
@@ -34,6 +36,7 @@ from processor.limits import (
 from processor.service.handlers import Context
 from processor.store.catalog import Catalog
 from processor.store.catalog_base import decode_page_token, encode_page_token
+from processor.store.credentials import Credentials
 from processor.store.ledger import Store
 from processor.store.programs import ProgramPart, ProgramSummary, parse_stored_program
 from processor.wire import answers
@@ -45,6 +48,9 @@ common = proto.common
 
 LEDGER_PAGE_SIZE_DEFAULT: Final = 100
 """Rows of a ListLedger page when the request leaves page_size at zero."""
+
+AUDIT_PAGE_SIZE_DEFAULT: Final = 100
+"""Rows of a ListAudit page when the request leaves page_size at zero."""
 
 _TYPES: Final = {
     "tender": admin.PROGRAM_TYPE_TENDER,
@@ -87,10 +93,18 @@ _POSTING_BALANCE: Final = {
 class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     """Every AdminService RPC, over the catalog, the program registry and the store."""
 
-    def __init__(self, *, catalog: Catalog, registry: ProgramRegistry, store: Store) -> None:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        registry: ProgramRegistry,
+        store: Store,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.catalog = catalog
         self.registry = registry
         self.store = store
+        self.credentials = credentials if credentials is not None else Credentials(store)
 
     # ----------------------------------------------------------------------- program files
 
@@ -327,11 +341,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     ) -> admin.ListLedgerResponse:
         account = _card_number(request.account, "account")
         page_size = _page_size(request.page_size, LEDGER_PAGE_SIZE_DEFAULT, LEDGER_PAGE_SIZE_MAX)
-        before = None
-        if request.page_token:
-            (before,) = decode_page_token(request.page_token, 1)
-            if not isinstance(before, int) or before < 1:
-                raise InvalidFieldError("page_token", "is not a token a previous page returned")
+        before = _sequence_before(request.page_token)
         rows = await self.catalog.ledger_page(
             account, program=request.program, before_sequence=before, page_size=page_size
         )
@@ -357,6 +367,44 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
             entry.committed_time.FromDatetime(row.committed_at)
             if name in exponents:
                 response.balance_exponents[name] = exponents[name]
+        if len(rows) == page_size and rows[-1].sequence > 1:
+            response.next_page_token = encode_page_token([rows[-1].sequence])
+        return response
+
+    # ----------------------------------------------------------------------- security
+
+    async def UnlockPin(
+        self, request: admin.UnlockPinRequest, context: Context
+    ) -> admin.UnlockPinResponse:
+        account = _card_number(request.account, "account")
+        await self.catalog.unlock_pin(account)
+        return admin.UnlockPinResponse(account=account)
+
+    async def ListAudit(
+        self, request: admin.ListAuditRequest, context: Context
+    ) -> admin.ListAuditResponse:
+        principal = checked_text(
+            request.principal, "principal", AUDIT_TEXT_CHARS_MAX, required=False
+        )
+        rpc = checked_text(request.rpc, "rpc", IDENTIFIER_CHARS_MAX, required=False)
+        page_size = _page_size(request.page_size, AUDIT_PAGE_SIZE_DEFAULT, AUDIT_PAGE_SIZE_MAX)
+        before = _sequence_before(request.page_token)
+        rows = await self.credentials.audit(
+            page_size=page_size, before_sequence=before, principal=principal, rpc=rpc
+        )
+        response = admin.ListAuditResponse()
+        for row in rows:
+            entry = response.entries.add(
+                sequence=row.sequence,
+                principal=row.principal,
+                method=row.method,
+                roles=list(row.roles),
+                rpc=row.rpc,
+                target=row.target,
+                outcome=row.outcome,
+                request_id=row.request_id,
+            )
+            entry.time.FromDatetime(row.at)
         if len(rows) == page_size and rows[-1].sequence > 1:
             response.next_page_token = encode_page_token([rows[-1].sequence])
         return response
@@ -527,6 +575,16 @@ def _version(value: int) -> int:
 def _check_size(text: str, field: str, bytes_max: int) -> None:
     if len(text) > bytes_max or len(text.encode("utf-8")) > bytes_max:
         raise InvalidFieldError(field, f"is larger than {bytes_max} bytes", reason="FILE_TOO_LARGE")
+
+
+def _sequence_before(page_token: str) -> int | None:
+    """The sequence a page of rows newest first starts below (None: the first page)."""
+    if not page_token:
+        return None
+    (before,) = decode_page_token(page_token, 1)
+    if not isinstance(before, int) or before < 1:
+        raise InvalidFieldError("page_token", "is not a token a previous page returned")
+    return before
 
 
 def _page_size(value: int, default: int, largest: int) -> int:

@@ -13,10 +13,15 @@ wrappers, outermost first:
    time the whole call;
 3. the error mapping: any exception escaping the layers inside it becomes the status of
    :mod:`processor.service.errors`;
-4. a request that did not parse refused as MALFORMED_MESSAGE (:func:`refusing_undecodable`).
-
-(Authentication goes between 3 and 4: inside the error mapping, so it only has to raise
-``AuthenticationError(reason="API_AUTHENTICATION_FAILED")``.)
+4. authentication (:func:`authenticated`, processor.service.auth): inside the error mapping,
+   so a refusal is raised as an error like any other; health (and reflection, unless
+   closed) is served without it and the layers below up to 6;
+5. the audit row of an AdminService call (processor.service.audit), so that refusals by
+   role below are audited too;
+6. the caller's roles (:func:`permitted`, processor.service.roles);
+7. a request that did not parse refused as MALFORMED_MESSAGE (:func:`refusing_undecodable`);
+8. a card-scoped caller's requests checked to name only its cards (each message of a
+   stream as it arrives).
 
 Servicer methods must be ``async def`` functions or async generators; a plain function (run
 by grpc in a thread pool) is passed through unwrapped.
@@ -42,8 +47,10 @@ import grpc
 from processor.errors import BadRequestError, LoyaltyError, UnavailableError
 from processor.limits import REQUEST_ID_HEADER_CHARS_MAX
 from processor.runtime.metrics import measuring
-from processor.service import errors
+from processor.service import audit, errors, roles
+from processor.service.auth import Authority, check_cards, principal_var
 from processor.service.handlers import Behaviour, Undecodable, decoding_leniently, wrap_handler
+from processor.store.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +123,27 @@ def mapping_errors(
     return behaviour
 
 
+def preparing(behaviour: Behaviour, prepare: Callable[[Any, Any], Awaitable[Any]]) -> Behaviour:
+    """``behaviour`` of the same kind (coroutine or async generator function), handed
+    ``await prepare(request, context)`` instead of its request (or request iterator): the
+    one shape of the wrappers below that check a call before it runs. A ``prepare`` that
+    raises ends the call."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            async for response in behaviour(await prepare(request, context), context):
+                yield response
+
+        return stream
+    if inspect.iscoroutinefunction(behaviour):
+
+        async def unary(request: Any, context: Any) -> Any:
+            return await behaviour(await prepare(request, context), context)
+
+        return unary
+    return behaviour
+
+
 def refusing_undecodable(behaviour: Behaviour, *, streaming_in: bool) -> Behaviour:
     """``behaviour`` that raises MALFORMED_MESSAGE for an :class:`Undecodable` request: the
     request of a unary call before it runs, a stream's at the message that did not parse
@@ -133,28 +161,63 @@ def refusing_undecodable(behaviour: Behaviour, *, streaming_in: bool) -> Behavio
                 raise refuse(message)
             yield message
 
-    if inspect.isasyncgenfunction(behaviour):
+    async def prepare(request: Any, context: Any) -> Any:
+        if streaming_in:
+            return checked(request)
+        if isinstance(request, Undecodable):
+            raise refuse(request)
+        return request
 
-        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            if streaming_in:
-                request = checked(request)
-            elif isinstance(request, Undecodable):
-                raise refuse(request)
-            async for response in behaviour(request, context):
-                yield response
+    return preparing(behaviour, prepare)
 
-        return stream
-    if inspect.iscoroutinefunction(behaviour):
 
-        async def unary(request: Any, context: Any) -> Any:
-            if streaming_in:
-                request = checked(request)
-            elif isinstance(request, Undecodable):
-                raise refuse(request)
-            return await behaviour(request, context)
+def authenticated(
+    behaviour: Behaviour, authority: Authority, *, role_of: str | None = None
+) -> Behaviour:
+    """``behaviour`` run only for a caller the authority authenticates, its principal held
+    in :data:`principal_var` for the call; and, given ``role_of`` (a method's full name),
+    only when the caller's roles may call that method (one wrapper for both, where no
+    audit row goes between them)."""
 
-        return unary
-    return behaviour
+    async def admit(request: Any, context: Any) -> Any:
+        principal = await authority.authenticate(context)
+        principal_var.set(principal)
+        if role_of is not None:
+            authority.authorize(principal, role_of)
+        return request
+
+    return preparing(behaviour, admit)
+
+
+def permitted(behaviour: Behaviour, full_method: str, authority: Authority) -> Behaviour:
+    """``behaviour`` run only when the authenticated caller's roles may call ``full_method``."""
+
+    async def allow(request: Any, context: Any) -> Any:
+        authority.authorize(principal_var.get(), full_method)
+        return request
+
+    return preparing(behaviour, allow)
+
+
+def checking_cards(behaviour: Behaviour, *, streaming_in: bool) -> Behaviour:
+    """``behaviour`` that refuses (CARD_NOT_PERMITTED) a card-scoped caller's request naming
+    a card not its own: a unary request before it runs, a stream's message as it arrives."""
+
+    async def checked(requests: AsyncIterator[Any], principal: Any) -> AsyncIterator[Any]:
+        async for message in requests:
+            check_cards(principal, message)
+            yield message
+
+    async def admitted(request: Any, context: Any) -> Any:
+        principal = principal_var.get()
+        if principal.cards is None:
+            return request
+        if streaming_in:
+            return checked(request, principal)
+        check_cards(principal, request)
+        return request
+
+    return preparing(behaviour, admitted)
 
 
 def _log_error(method: str, error: Exception) -> None:
@@ -223,10 +286,16 @@ def _given_request_id(context: Any) -> tuple[tuple[str, str]]:
     return echoed
 
 
-def guard(full_method: str, handler: Any) -> Any:
+def guard(
+    full_method: str,
+    handler: Any,
+    authority: Authority | None = None,
+    credentials: Credentials | None = None,
+) -> Any:
     """``handler`` (of the method ``full_method``) with every wrapper of the module's
     docstring around its behaviour, and a request that does not parse handed on as
-    :class:`Undecodable`."""
+    :class:`Undecodable`. Without an ``authority`` (tests of the other layers, benchmarks
+    of the guard) no credentials are asked for and nothing is audited."""
     measured = measuring(full_method, handler)
     streaming_in = bool(handler.request_streaming)
 
@@ -236,7 +305,23 @@ def guard(full_method: str, handler: Any) -> Any:
         await errors.abort(context, error, trailing=((REQUEST_ID_KEY, request_id_var.get()),))
 
     def wrap(behaviour: Behaviour) -> Behaviour:
-        checked = refusing_undecodable(behaviour, streaming_in=streaming_in)
+        if authority is None or authority.is_open(full_method):
+            checked = refusing_undecodable(behaviour, streaming_in=streaming_in)
+        else:
+            checked = refusing_undecodable(
+                checking_cards(behaviour, streaming_in=streaming_in), streaming_in=streaming_in
+            )
+            if credentials is not None and full_method.startswith(roles.AUDITED_SERVICE):
+                checked = audit.audited(
+                    permitted(checked, full_method, authority),
+                    rpc=full_method.rsplit("/", 1)[-1],
+                    credentials=credentials,
+                    principal=principal_var.get,
+                    request_id=request_id_var.get,
+                )
+                checked = authenticated(checked, authority)
+            else:
+                checked = authenticated(checked, authority, role_of=full_method)
         inner = measured(mapping_errors(checked, failed))
         return with_request_id(inner, streams=bool(handler.response_streaming))
 
@@ -248,8 +333,15 @@ def guard(full_method: str, handler: Any) -> Any:
 class _GuardedHandler(grpc.GenericRpcHandler):
     """A generic handler whose methods are served guarded, each wrapped once."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(
+        self,
+        inner: grpc.GenericRpcHandler,
+        authority: Authority | None,
+        credentials: Credentials | None,
+    ) -> None:
         self._inner = inner
+        self._authority = authority
+        self._credentials = credentials
         # Only methods the inner handler serves are kept: their number is bounded.
         self._guarded: dict[str, Any] = {}
 
@@ -260,7 +352,9 @@ class _GuardedHandler(grpc.GenericRpcHandler):
             handler = self._inner.service(handler_call_details)
             if handler is None:
                 return None
-            guarded = self._guarded[method] = guard(method, handler)
+            guarded = self._guarded[method] = guard(
+                method, handler, self._authority, self._credentials
+            )
         return guarded
 
 
@@ -277,11 +371,20 @@ class Guarded:
     lookup instead.
     """
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        authority: Authority | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
         self._server = server
+        self._authority = authority
+        self._credentials = credentials
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_GuardedHandler(one) for one in handlers))
+        self._server.add_generic_rpc_handlers(
+            tuple(_GuardedHandler(one, self._authority, self._credentials) for one in handlers)
+        )
 
     def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
         """Left out on purpose: the generic handlers added with them serve these methods."""
@@ -291,9 +394,13 @@ __all__ = [
     "REQUEST_ID_KEY",
     "Guarded",
     "RequestIdLogFilter",
+    "authenticated",
+    "checking_cards",
     "current_request_id",
     "guard",
     "mapping_errors",
+    "permitted",
+    "preparing",
     "refusing_undecodable",
     "request_id_var",
     "with_request_id",

@@ -30,7 +30,7 @@ from processor.flow.registry import ProgramRegistry
 from processor.limits import MESSAGE_BYTES_MAX, PIN_KEY_CHARS_MIN
 from processor.runtime import metrics
 from processor.runtime.settings import Settings, secret
-from processor.service import tls
+from processor.service import auth, tls
 from processor.service.admin import AdminServicer
 from processor.service.awards import AwardServicer
 from processor.service.guard import Guarded
@@ -42,6 +42,7 @@ from processor.store.card_cache import CardCache
 from processor.store.card_cache import listen as listen_for_card_changes
 from processor.store.cards import DEVELOPMENT_PIN_KEY
 from processor.store.catalog import Catalog
+from processor.store.credentials import Credentials
 from processor.store.ledger import Store
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,33 @@ def check_secrets(settings: Settings) -> None:
         why = "is a public value (the development key or an example's placeholder): set a secret"
     if why is not None:
         raise InputFileError("settings", [Problem("pin_key (LOYALTY_PIN_KEY)", why)])
+
+
+def token_settings(settings: Settings) -> auth.TokenSettings | None:
+    """The bearer tokens the settings accept (None: API keys and certificates only); all of
+    issuer, audience and JWKS, or none, else refused naming the missing one."""
+    given = {
+        "auth_token_issuer (LOYALTY_AUTH_TOKEN_ISSUER)": settings.auth_token_issuer,
+        "auth_token_audience (LOYALTY_AUTH_TOKEN_AUDIENCE)": settings.auth_token_audience,
+        "auth_token_jwks (LOYALTY_AUTH_TOKEN_JWKS)": settings.auth_token_jwks,
+    }
+    if not any(given.values()):
+        return None
+    missing = [
+        Problem(name, "bearer tokens need an issuer, an audience and a JWKS")
+        for name, value in given.items()
+        if not value
+    ]
+    if missing:
+        raise InputFileError("settings", missing)
+    return auth.TokenSettings(
+        issuer=settings.auth_token_issuer or "",
+        audience=settings.auth_token_audience or "",
+        jwks=settings.auth_token_jwks or "",
+        leeway_seconds=settings.auth_token_leeway_seconds,
+        roles_claim=settings.auth_token_roles_claim,
+        cards_claim=settings.auth_token_cards_claim,
+    )
 
 
 def pin_key_of(settings: Settings) -> bytes | None:
@@ -193,23 +221,33 @@ async def close_all(*steps: Callable[[], Awaitable[Any]] | None) -> None:
 async def start(settings: Settings, database_url: str, redis_url: str | None) -> Running:
     """Open the pools, build the pipeline and services, and start serving."""
     tls_files = check_ports(settings)  # before anything opens
+    tokens = token_settings(settings)
+    verifier = auth.TokenVerifier(tokens) if tokens is not None else None
     store = Store(database_url, reconnect_attempt_seconds=settings.database_reconnect_seconds)
     await store.open()
     try:
-        return await _start_on(store, settings, redis_url, tls_files)
+        return await _start_on(store, settings, redis_url, tls_files, verifier)
     except BaseException:
         await store.close()
         raise
 
 
 async def _start_on(
-    store: Store, settings: Settings, redis_url: str | None, tls_files: tls.TlsFiles | None
+    store: Store,
+    settings: Settings,
+    redis_url: str | None,
+    tls_files: tls.TlsFiles | None,
+    verifier: auth.TokenVerifier | None,
 ) -> Running:
     catalog = Catalog(
         store, pin_key=pin_key_of(settings), pin_attempts_max=settings.pin_attempts_max
     )
     registry = ProgramRegistry(catalog)
     await registry.refresh()
+    credentials = Credentials(store)
+    keys = auth.KeyTable(credentials, demo_allowed=settings.demo)
+    await keys.refresh()
+    authority = auth.Authority(keys, verifier, reflection_open=settings.auth_reflection_open)
     cache = None
     if redis_url:
         # The candidate compression dictionary: sample states of the active programs. The
@@ -248,14 +286,16 @@ async def _start_on(
         batcher.start()
         server = grpc.aio.server(options=server_options(settings))
         transactions = TransactionServicer(batcher)
-        services: Any = Guarded(server)  # stands in for the server, duck-typed
+        # Guarded stands in for the server, duck-typed: every method served authenticated.
+        services: Any = Guarded(server, authority, credentials)
         services.add_generic_rpc_handlers((transaction_handler(transactions),))
         proto.tender_grpc.add_TenderServiceServicer_to_server(TenderServicer(batcher), services)
         proto.awards_grpc.add_AwardServiceServicer_to_server(
             AwardServicer(batcher, pipeline), services
         )
         proto.admin_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(catalog=catalog, registry=registry, store=store), services
+            AdminServicer(catalog=catalog, registry=registry, store=store, credentials=credentials),
+            services,
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
@@ -282,6 +322,9 @@ async def _start_on(
                 registry.run_refresher(settings.registry_refresh_seconds), name="registry"
             ),
             asyncio.get_running_loop().create_task(sampler.run(), name="metrics"),
+            asyncio.get_running_loop().create_task(
+                keys.run_refresher(settings.auth_keys_refresh_seconds), name="api-keys"
+            ),
             asyncio.get_running_loop().create_task(
                 watch_database(store, health_servicer), name="database-health"
             ),

@@ -42,6 +42,7 @@ from processor.errors import (
     InvalidFieldError,
     NotFoundError,
     Problem,
+    mask_card,
 )
 from processor.limits import (
     CARD_IMPORT_BYTES_MAX,
@@ -512,11 +513,28 @@ class CardCatalog(ProgramFiles):
         except psycopg.Error as error:
             raise database_error(error, "count PIN attempts", self._pool.timeout) from error
 
-    async def unlock_pin(self, number: str) -> bool:
-        """Clear a card's wrong-PIN count (a locked PIN works again); whether the card is."""
+    async def set_pin(self, number: str, pin: str) -> bool:
+        """Give a card a known PIN (the demo's published one); whether the card exists."""
+        hashed = pin_hash(self._pin_key, number, pin)
+        async with self._transaction("set a PIN") as cursor:
+            await cursor.execute(
+                "UPDATE cards SET pin_hash = %s WHERE card_number = %s"
+                " AND pin_hash IS DISTINCT FROM %s",
+                (hashed, number, hashed),
+            )
+            if cursor.rowcount:
+                return True
+            await cursor.execute("SELECT 1 FROM cards WHERE card_number = %s", (number,))
+            return await cursor.fetchone() is not None
+
+    async def unlock_pin(self, number: str) -> None:
+        """Clear a card's wrong-PIN count (a locked PIN works again); NotFoundError
+        (UNKNOWN_CARD) for no such card, raised inside the transaction, so that nothing is
+        kept of it (its audit row included)."""
         async with self._transaction("unlock a PIN") as cursor:
             await cursor.execute("SELECT pin_unlock(%s)", (number,))
-            return bool((await one_row(cursor))[0])
+            if not (await one_row(cursor))[0]:
+                raise NotFoundError(f"no card {mask_card(number)}", reason="UNKNOWN_CARD")
 
     async def opening_balances(self, *, limit: int = 1_000) -> list[tuple[Any, ...]]:
         """Queued opening balances not posted yet: (card, program file, version, tender,

@@ -19,6 +19,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from processor.errors import DeclinedError, InternalError, InvalidFieldError
+from processor.store import audit_log
 from processor.store.ledger import Store, database_error
 
 _LOCK_NAMESPACE: Final = 0x4341  # "CA": the first key of the catalog's advisory locks
@@ -68,11 +69,18 @@ class CatalogBase:
 
     @contextlib.asynccontextmanager
     async def _transaction(self, action: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        """A cursor in a transaction, which ends by writing the audit row of the
+        administrative call being served, if any (processor.store.audit_log)."""
+        audited = None
         try:
             async with self._pool.connection() as connection, connection.transaction():
-                yield connection.cursor()
+                cursor = connection.cursor()
+                yield cursor
+                audited = await audit_log.append_pending(cursor)
         except psycopg.Error as error:
             raise database_error(error, action, self._pool.timeout) from error
+        if audited is not None:
+            audited.written = True
 
     @contextlib.asynccontextmanager
     async def _reading(self, action: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:

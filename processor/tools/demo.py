@@ -3,8 +3,12 @@
 ``load_demo`` is idempotent: run again, it finds the program file, the active version,
 the cards and the customers already there and makes only what is missing. The cards are
 the first ones of the program's first generated series, and their batches are activated
-so they can be used at once. PINs exist only as hashes once stored, so a card's PIN is
-known only to the run that generated it (``DemoSummary.first_pin``).
+so they can be used at once. PINs exist only as hashes once stored; the first cards are
+given the published :data:`DEMO_PIN` so the documented examples work as written.
+
+:func:`demo_keys` stores one API key per role with a published secret (:data:`DEMO_KEYS`),
+marked as the demo's: only a server started with ``--demo`` accepts them, so a demo
+database served later for real does not let them in.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from processor.limits import GENERATE_CARDS_MAX
 from processor.program.cards import CardSeries
 from processor.program.loader import parse_program_text
 from processor.program.model import ProgramFile
+from processor.service.roles import ROLES
 from processor.store.catalog import Catalog
+from processor.store.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,14 @@ DEMO_CARDS_MAX: Final = 100_000
 """Most demo cards one load makes (generated 10,000 per call)."""
 
 FIRST_CARDS_SHOWN: Final = 5
+
+DEMO_PIN: Final = "1234"
+"""The PIN of the first demo cards (FIRST_CARDS_SHOWN of them), published in the docs."""
+
+DEMO_KEYS: Final = {
+    role: f"lk_demo-{role.lower()}_demo-{role.lower()}-key-not-secret" for role in ROLES
+}
+"""The demo's API key of each role, published in the docs; accepted by demo servers only."""
 
 DEMO_CUSTOMERS: Final = (
     # id, birth date, signup date, audiences
@@ -55,7 +69,7 @@ class DemoSummary:
     generated: int  # of which this run generated
     first_card: str
     first_cards: tuple[str, ...]
-    first_pin: str | None  # the first card's PIN, only when this run generated it
+    first_pin: str | None  # the first cards' PIN (DEMO_PIN), None without cards
     customers: tuple[str, ...]  # registered to the first cards, in order
     created: bool  # this run stored the program file
 
@@ -91,7 +105,11 @@ async def load_demo(
     await _activate_batches(catalog, program, series, wanted)
     customers = await _customers(catalog, numbers)
     await registry.refresh()
-    first_pin = generated[0].pin if generated and present == 0 else None
+    first_pin = None
+    if program.card.has_pins:
+        for number in numbers[:FIRST_CARDS_SHOWN]:
+            await catalog.set_pin(number, DEMO_PIN)
+        first_pin = DEMO_PIN if numbers else None
     summary = DemoSummary(
         program_id=program.id,
         version=program.version,
@@ -112,6 +130,18 @@ async def load_demo(
         summary.generated,
     )
     return summary
+
+
+async def demo_keys(credentials: Credentials) -> dict[str, str]:
+    """Store the demo's key of each role unless it is there already; the keys by role."""
+    stored = {key.key_id for key in await credentials.keys()}
+    for role, key in DEMO_KEYS.items():
+        _, key_id, secret = key.split("_", 2)
+        if key_id not in stored:
+            await credentials.create_key(
+                f"demo {role}", [role], key_id=key_id, secret=secret, demo=True
+            )
+    return dict(DEMO_KEYS)
 
 
 def _resolve(path: Path) -> Path:

@@ -12,6 +12,10 @@ Load with ``-p plugins.server`` (``tests/`` on the path; it needs ``plugins.post
 - ``start_served``: a factory for servers with other settings, a second server on the same
   schema, or a restart, each stopped after the test.
 
+Every server asks for credentials like any deployment: the fixtures store an API key with
+every role in the schema (:func:`key_with_every_role`) and the channels they open send it
+through their stubs (:func:`keyed`); tests of authentication make stubs of their own.
+
 :class:`ThreadedServer` serves on a loop of its own thread, for synchronous clients.
 
 Helpers: :func:`purchase` builds a ``PostTransactionRequest`` for a purchase,
@@ -37,9 +41,11 @@ from processor.cache.accounts import AccountCache
 from processor.cards import card_number
 from processor.flow.registry import ProgramRegistry
 from processor.runtime.settings import Settings
+from processor.service.roles import ROLES
 from processor.service.server import Running, start
 from processor.store import Store
 from processor.store.catalog import Catalog
+from processor.store.credentials import Credentials
 from processor.tools.demo import DemoSummary, load_demo
 
 common = proto.common
@@ -65,14 +71,17 @@ class Served:
     tender: Any = None
     awards: Any = None
     admin: Any = None
+    key: str = ""  # an API key with every role, which the channel sends
     channel_closed: bool = field(default=False)
     server_stopped: bool = field(default=False)
 
     def __post_init__(self) -> None:
-        self.transactions = proto.transactions_grpc.TransactionServiceStub(self.channel)
-        self.tender = proto.tender_grpc.TenderServiceStub(self.channel)
-        self.awards = proto.awards_grpc.AwardServiceStub(self.channel)
-        self.admin = proto.admin_grpc.AdminServiceStub(self.channel)
+        self.transactions = keyed(
+            proto.transactions_grpc.TransactionServiceStub, self.channel, self.key
+        )
+        self.tender = keyed(proto.tender_grpc.TenderServiceStub, self.channel, self.key)
+        self.awards = keyed(proto.awards_grpc.AwardServiceStub, self.channel, self.key)
+        self.admin = keyed(proto.admin_grpc.AdminServiceStub, self.channel, self.key)
 
     @property
     def store(self) -> Store:
@@ -183,6 +192,73 @@ def transaction(
     )
 
 
+class KeyedStub:
+    """A stub whose every call sends ``x-api-key`` (unless the call sends metadata with its
+    own). Metadata per call, not a client interceptor: grpc.aio's stream interceptors fail
+    streams that end early."""
+
+    def __init__(self, stub: Any, key: str) -> None:
+        self._stub = stub
+        self._key = key
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        key = self._key
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            metadata = list(kwargs.pop("metadata", None) or ())
+            if not any(header == "x-api-key" for header, _ in metadata):
+                metadata.append(("x-api-key", key))
+            return method(*args, metadata=metadata, **kwargs)
+
+        return call
+
+
+def keyed(stub_class: Any, channel: Any, key: str) -> KeyedStub:
+    """``stub_class(channel)`` whose every call sends ``key``."""
+    return KeyedStub(stub_class(channel), key)
+
+
+class _SendsKeySync(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``x-api-key`` to every call of a synchronous channel."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), ("x-api-key", self.key)]
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            details.wait_for_ready, details.compression,
+        )  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
+    def __init__(self, *fields: Any) -> None:
+        (
+            self.method, self.timeout, self.metadata, self.credentials,
+            self.wait_for_ready, self.compression,
+        ) = fields  # fmt: skip
+
+
+def keyed_sync_channel(channel: Any, key: str) -> Any:
+    """A synchronous ``channel`` whose every unary and bidirectional call sends ``key``."""
+    return grpc.intercept_channel(channel, _SendsKeySync(key))
+
+
+async def key_with_every_role(database_url: str) -> str:
+    """A new API key holding every role, stored in the schema ``database_url`` names."""
+    async with Store(database_url, pool_size_max=1) as store:
+        _, key = await Credentials(store).create_key("tests", list(ROLES))
+    return key
+
+
 async def load_demo_into(database_url: str, cards: int = DEMO_CARDS) -> DemoSummary:
     """Load the demo program and ``cards`` cards into the schema ``database_url`` names."""
     async with Store(database_url, pool_size_max=2) as store:
@@ -215,6 +291,7 @@ class ThreadedServer:
         self.running: Running | None = None
         self.demo: DemoSummary | None = None
         self.first_card = ""
+        self.key = ""
 
     def run(self, coroutine: Any) -> Any:
         """Run ``coroutine`` on the server's loop and wait for its result."""
@@ -233,7 +310,12 @@ class ThreadedServer:
         }
         values.update(self.overrides)
         self.running = self.run(start(Settings(**values), self.database_url, self.redis_url))
+        self.key = self.run(key_with_every_role(self.database_url))
         return f"127.0.0.1:{self.running.port}"
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata a synchronous call sends: the key with every role."""
+        return (("x-api-key", self.key),)
 
     def stop(self) -> None:
         try:
@@ -290,8 +372,9 @@ async def start_served(
         prefixes.add(settings.cache_key_prefix)
         url, cache = database_url or schema_url, cache_url or redis_url
         running = await start(settings, url, cache)
+        key = await Credentials(running.store).create_key("tests", list(ROLES))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-        served = Served(running, demo_summary, channel, settings, url, cache)
+        served = Served(running, demo_summary, channel, settings, url, cache, key=key[1])
         started.append(served)
         return served
 
