@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import http.server
+import ipaddress
 import json
 import os
 import shutil
@@ -560,3 +561,81 @@ async def test_buf_curl_posts_with_the_demo_key_and_with_a_token_as_the_readme_s
     assert json.loads(out)["result"]["requestId"] == "buf-2"
     code, out, err = await _buf_curl(buf, served.address, "x-api-key: lk_x_y", cards[15], "b3")
     assert code != 0 and "unauthenticated" in (out + err).lower()
+
+
+# --------------------------------------------------------------------------- mutual TLS
+
+
+def _signed(
+    issuer_name: x509.Name, issuer_key: Any, subject: x509.Name, *, ca: bool, san: bool
+) -> tuple[bytes, bytes]:
+    """A certificate for ``subject`` signed by the issuer: (certificate PEM, key PEM). A
+    CA's certificate is its own key's (self-signed)."""
+    key = issuer_key if ca else ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    certificate = builder.sign(issuer_key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _name(common_name: str, *organizations: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, one) for one in organizations]
+    )
+
+
+async def test_a_client_certificate_is_a_credential_its_organizations_the_roles(
+    start_served: StartServed, cards: list[str], tmp_path: Path
+) -> None:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("loyalty test CA")
+    ca_pem, _ = _signed(ca_name, ca_key, ca_name, ca=True, san=False)
+    server_pem, server_key = _signed(ca_name, ca_key, _name("server"), ca=False, san=True)
+    files = {"ca.crt": ca_pem, "server.crt": server_pem, "server.key": server_key}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    served = await start_served(
+        tls_cert=str(tmp_path / "server.crt"),
+        tls_key=str(tmp_path / "server.key"),
+        tls_client_ca=str(tmp_path / "ca.crt"),
+    )
+
+    async def post(client: x509.Name, request_id: str, metadata: Any = ()) -> Any:
+        certificate, key = _signed(ca_name, ca_key, client, ca=False, san=False)
+        credentials = grpc.ssl_channel_credentials(ca_pem, key, certificate)
+        async with grpc.aio.secure_channel(served.address, credentials) as channel:
+            stub = proto.transactions_grpc.TransactionServiceStub(channel)
+            try:
+                await stub.PostTransaction(
+                    purchase(cards[16], request_id), metadata=metadata, timeout=30
+                )
+            except grpc.aio.AioRpcError as error:
+                return error.code(), error_info_of(error) or error.details()
+        return grpc.StatusCode.OK, None
+
+    assert await post(_name("pos-gateway", roles.PROCESSOR), "m-1") == (grpc.StatusCode.OK, None)
+    outcome = await post(_name("reporting", roles.VIEWER), "m-2")
+    assert_refused(outcome, grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_PERMITTED")
+    # A credential sent is the one used, whatever the certificate says.
+    outcome = await post(_name("pos-gateway", roles.PROCESSOR), "m-3", with_key("lk_x_" + "y" * 20))
+    assert_refused(outcome, grpc.StatusCode.UNAUTHENTICATED, "API_AUTHENTICATION_FAILED")
