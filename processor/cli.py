@@ -146,55 +146,64 @@ def _deployment_database(args: argparse.Namespace) -> str:
     return database_url
 
 
-def _local_audit(rpc: str) -> Any:
-    """The audit row of a command run here: the operating-system user, by hand."""
+def _locally(args: argparse.Namespace, command: str, target: str, action: Any) -> Any:
+    """Run ``action(store)`` (a coroutine function) against the deployment's database, as a
+    call made here by hand: its change's audit row names the operating-system user and
+    ``command``, written in the change's own transaction."""
+    import asyncio
     import getpass
 
-    from processor.store.audit_log import AuditEntry
+    from processor.store import audit_log
+    from processor.store.ledger import Store
 
+    database_url = _deployment_database(args)
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return AuditEntry(f"local:{user}", "local", [], rpc, "", "-")
+    entry = audit_log.AuditEntry(f"local:{user}", "local", [], command, target, "-")
+
+    async def run() -> Any:
+        audit_log.pending.set(entry)  # this run's own context: nothing else sees it
+        async with Store(database_url, pool_size_max=1) as store:
+            return await action(store)
+
+    return asyncio.run(run())
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters shown escaped: a principal or target a caller chose
+    cannot pose as other rows on the terminal."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _unlock_pin(args: argparse.Namespace) -> int:
-    import asyncio
-
     from processor.errors import mask_card
     from processor.store.catalog import Catalog
-    from processor.store.ledger import Store
 
-    database_url = _deployment_database(args)
-
-    async def unlock() -> None:
-        async with Store(database_url) as store:
-            await Catalog(store).unlock_pin(args.card)
-
-    asyncio.run(unlock())
-    print(f"{mask_card(args.card)}: PIN unlocked (wrong PINs counted from 0 again)")
+    shown = mask_card(args.card)
+    _locally(
+        args,
+        "cards unlock-pin",
+        f"account={shown}",
+        lambda store: Catalog(store).unlock_pin(args.card),
+    )
+    print(f"{shown}: PIN unlocked (wrong PINs counted from 0 again)")
     return 0
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    import asyncio
+    from processor.store.credentials import Credentials, new_key_id
 
-    from processor.store.credentials import Credentials
-    from processor.store.ledger import Store
-
-    database_url = _deployment_database(args)
-
-    async def create() -> tuple[Any, str]:
-        async with Store(database_url, pool_size_max=1) as store:
-            return await Credentials(store).create_key(
-                args.name,
-                sorted(set(args.role)),
-                cards=args.card or None,
-                audit=_local_audit("keys create"),
-            )
-
-    record, key = asyncio.run(create())
+    key_id = new_key_id()
+    record, key = _locally(
+        args,
+        "keys create",
+        f"key {key_id} ({args.name})",
+        lambda store: Credentials(store).create_key(
+            args.name, sorted(set(args.role)), cards=args.card or None, key_id=key_id
+        ),
+    )
     scope = f", cards {', '.join(record.cards)}" if record.cards else ""
     print(
         f"key {record.key_id} ({record.name}), roles {', '.join(record.roles)}{scope}.\n"
@@ -206,66 +215,48 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    import asyncio
-
     from processor.store.credentials import Credentials
-    from processor.store.ledger import Store
 
-    database_url = _deployment_database(args)
-
-    async def listed() -> list[Any]:
-        async with Store(database_url, pool_size_max=1) as store:
-            return await Credentials(store).keys()
-
-    for key in asyncio.run(listed()):
+    for key in _locally(args, "keys list", "", lambda store: Credentials(store).keys()):
         state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "live"
         cards = f" cards={','.join(key.cards)}" if key.cards else ""
         demo = " demo" if key.demo else ""
         print(
-            f"{key.key_id}\t{key.name}\t{','.join(key.roles)}\t"
+            f"{key.key_id}\t{_printable(key.name)}\t{','.join(key.roles)}\t"
             f"created {key.created_at:%Y-%m-%d %H:%M}\t{state}{cards}{demo}"
         )
     return 0
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    import asyncio
-
     from processor.store.credentials import Credentials
-    from processor.store.ledger import Store
 
-    database_url = _deployment_database(args)
-
-    async def revoke() -> bool:
-        async with Store(database_url, pool_size_max=1) as store:
-            return await Credentials(store).revoke_key(
-                args.key_id, audit=_local_audit("keys revoke")
-            )
-
-    newly = asyncio.run(revoke())
+    newly = _locally(
+        args,
+        "keys revoke",
+        f"key {args.key_id}",
+        lambda store: Credentials(store).revoke_key(args.key_id),
+    )
     print(f"key {args.key_id} " + ("revoked" if newly else "was revoked already"))
     return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
-    import asyncio
-
     from processor.store.credentials import Credentials
-    from processor.store.ledger import Store
 
-    database_url = _deployment_database(args)
-
-    async def read() -> list[Any]:
-        async with Store(database_url, pool_size_max=1) as store:
-            return await Credentials(store).audit(
-                page_size=args.limit, principal=args.principal, rpc=args.rpc
-            )
-
-    for row in asyncio.run(read()):
+    rows = _locally(
+        args,
+        "audit",
+        "",
+        lambda store: Credentials(store).audit(
+            page_size=args.limit, principal=args.principal, rpc=args.rpc
+        ),
+    )
+    for row in rows:
         print(
-            f"{row.sequence}\t{row.at:%Y-%m-%dT%H:%M:%S%z}\t{row.principal}\t"
-            f"{','.join(row.roles) or '-'}\t{row.rpc}\t{row.target}\t{row.outcome}\t"
-            f"{row.request_id}"
+            f"{row.sequence}\t{row.at:%Y-%m-%dT%H:%M:%S%z}\t{_printable(row.principal)}\t"
+            f"{','.join(row.roles) or '-'}\t{row.rpc}\t{_printable(row.target)}\t"
+            f"{row.outcome}\t{_printable(row.request_id)}"
         )
     return 0
 

@@ -254,6 +254,26 @@ VERIFIED_TOKENS_MAX: Final = 10_000
 """Tokens one process holds as verified (until they expire), so a caller's repeated token
 is not checked again on every call; when full, the table starts again empty."""
 
+JWKS_BYTES_MAX: Final = 1024 * 1024
+"""A JWKS file or answer of the issuer's JWKS URL; no key set is larger."""
+
+JWKS_READ_SECONDS: Final = 10.0
+"""Longest wait for the issuer's JWKS URL to answer."""
+
+JWKS_REFRESH_SECONDS: Final = 3600.0
+"""How often the JWKS is read again (a key the issuer withdrew stops being trusted then, and
+tokens verified with it are checked again)."""
+
+JWKS_MISS_SECONDS: Final = 60.0
+"""A token naming a key id the JWKS does not hold reads it again at most this often."""
+
+KEYS_MISS_READ_GAP_SECONDS: Final = 0.1
+"""Least time between reads of the API keys made because a call presented an unknown key
+id: made-up ids cost at most ten small reads a second, whatever their number."""
+
+CERTIFICATES_HELD_MAX: Final = 1_000
+"""Client certificates one process remembers the principal of; when full, it starts again."""
+
 TOKEN_LEEWAY_SECONDS_MAX: Final = 300
 """The most clock skew a token's times may be given (``auth_token_leeway_seconds``)."""
 

@@ -107,6 +107,23 @@ async def test_a_changes_row_is_written_in_the_changes_own_transaction(served: S
     assert change is not None and change == audit_row
 
 
+async def test_a_call_failing_after_its_change_committed_has_a_second_row_saying_so(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    principal, key = await make_key(served, roles.MANAGER)
+
+    async def refresh_fails() -> None:
+        raise RuntimeError("the registry could not be read")
+
+    monkeypatch.setattr(served.running.registry, "refresh", refresh_fails)
+    stub = proto.admin_grpc.AdminServiceStub(served.channel)
+    request = admin.ActivateProgramRequest(program_id="northwind", version=1)
+    outcome = await outcome_of(stub.ActivateProgram(request, metadata=sent(key, "after-1")))
+    assert outcome == "INTERNAL INTERNAL"
+    outcomes = [row.outcome for row in await rows(served, principal=principal)]
+    assert outcomes == ["INTERNAL INTERNAL after its change committed", "OK"]
+
+
 async def test_a_call_refused_by_role_is_audited_and_one_without_credentials_is_not(
     served: Served,
 ) -> None:
@@ -246,7 +263,9 @@ def test_keys_made_listed_and_revoked_from_the_command_line_are_audited(
     assert main(["keys", "revoke", "nosuchkey", *flags]) != 0
     assert main(["audit", *flags]) == 0
     audit = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[4] for line in audit] == ["keys revoke", "keys create"]
+    # Each change by hand is audited, the second revoke too (it changed nothing, said so).
+    assert [line.split("\t")[4] for line in audit] == ["keys revoke", "keys revoke", "keys create"]
+    assert audit[-1].split("\t")[2].startswith("local:")
     with pytest.raises(SystemExit):
         main(["keys", "create", "--name", "x", "--role", "Root", *flags])
     with pytest.raises(SystemExit):

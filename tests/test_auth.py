@@ -4,6 +4,7 @@ role held to its row of processor.service.roles, card-scoped callers to their ow
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import http.server
 import ipaddress
@@ -34,7 +35,7 @@ from processor.runtime.settings import Settings
 from processor.service import roles
 from processor.service.auth import CertificateIdentities
 from processor.service.errors import error_info_of
-from processor.service.server import token_settings
+from processor.service.server import check_ports, token_settings
 from processor.store.credentials import Credentials
 from processor.tools.demo import DEMO_KEYS, demo_keys
 
@@ -443,6 +444,43 @@ async def test_the_jwks_may_come_from_a_url(
         purchase(cards[14], "url-1"),
     )
     assert outcome == (grpc.StatusCode.OK, None)
+
+
+def test_a_jwks_url_in_the_clear_beyond_loopback_is_refused() -> None:
+    from processor.service.auth import TokenSettings, TokenVerifier
+
+    with pytest.raises(InputFileError, match="https"):
+        TokenVerifier(TokenSettings(ISSUER, AUDIENCE, "http://issuer.example/jwks.json", 5))
+
+
+async def test_a_symmetric_key_in_the_jwks_is_never_used(
+    start_served: StartServed, cards: list[str], tmp_path: Path
+) -> None:
+    secret = "a shared secret long enough to sign with, 32+ bytes"
+    encoded = base64.urlsafe_b64encode(secret.encode()).decode().rstrip("=")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [{"kty": "oct", "kid": "k1", "k": encoded}]}))
+    served = await start_served(**_token_settings(str(path)))
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": now + 60, "roles": ["Processor"]}
+    token = jwt.encode(claims, secret, algorithm="HS256", headers={"kid": "k1"})
+    outcome = await call(
+        served,
+        "/loyalty.v1.TransactionService/PostTransaction",
+        bearer(token),
+        purchase(cards[17], "oct"),
+    )
+    assert_refused(outcome, grpc.StatusCode.UNAUTHENTICATED, "API_AUTHENTICATION_FAILED")
+
+
+def test_the_demo_is_served_on_loopback_only() -> None:
+    settings = Settings(demo=True, listen="0.0.0.0:50051", metrics_listen="")
+    with pytest.raises(InputFileError, match="the demo serves on loopback only"):
+        check_ports(settings)
+    # A container publishing its port on the host's loopback says so (ops/compose.yaml).
+    check_ports(
+        Settings(demo=True, listen="0.0.0.0:50051", metrics_listen="", plaintext_allowed=True)
+    )
 
 
 def test_token_settings_incomplete_or_unreadable_refuse_to_start(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ own transaction (processor.store.audit_log); a call that changed nothing (a read
 by role, a bad request, a failure) has its row written on its own when it ends, with the
 status it ended with. A call that was not authenticated has no principal to write: it is
 logged, not audited (rows anyone could make without a credential would let them fill the
-table). PINs never reach a row: the target names programs, series, batches, cards and
+table); they are logged at debug level and counted with the gRPC status metrics. PINs never
+reach a row: the target names programs, series, batches, cards (masked, as in the logs) and
 customers only.
 """
 
@@ -16,7 +17,7 @@ import inspect
 import logging
 from typing import Any, Final
 
-from processor.errors import LoyaltyError
+from processor.errors import LoyaltyError, mask_card
 from processor.service import errors
 from processor.service.auth import Principal
 from processor.service.handlers import Behaviour, Undecodable
@@ -47,7 +48,7 @@ def target_of(request: Any) -> str:
     for name in _TARGET_FIELDS:
         value = getattr(request, name, None)
         if value not in (None, "", 0):
-            parts.append(f"{name}={value}")
+            parts.append(f"{name}={mask_card(value) if name == 'account' else value}")
     return " ".join(parts) or "-"
 
 
@@ -91,8 +92,12 @@ def audited(
 
 
 async def _finish(credentials: Credentials, entry: audit_log.AuditEntry, outcome: str) -> None:
+    """Write the call's row unless its change wrote it; a call that failed after its change
+    committed (a refresh, a read after it) gets a second row saying so."""
     if entry.written:
-        return
+        if outcome == audit_log.OK:
+            return
+        outcome = f"{outcome} after its change committed"
     try:
         await credentials.append(entry, outcome)
     except LoyaltyError as error:  # the call's own answer stands; the gap is logged

@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
@@ -38,15 +39,26 @@ import jwt
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from processor.errors import AuthenticationError, InputFileError, PermissionDeniedError, Problem
+from processor.errors import (
+    AuthenticationError,
+    InputFileError,
+    InvalidFieldError,
+    PermissionDeniedError,
+    Problem,
+)
 from processor.limits import (
-    API_KEY_CARDS_MAX,
+    CERTIFICATES_HELD_MAX,
     CREDENTIAL_HEADER_CHARS_MAX,
-    PEM_FILE_BYTES_MAX,
+    JWKS_BYTES_MAX,
+    JWKS_MISS_SECONDS,
+    JWKS_READ_SECONDS,
+    JWKS_REFRESH_SECONDS,
+    KEYS_MISS_READ_GAP_SECONDS,
     VERIFIED_TOKENS_MAX,
 )
 from processor.service import roles
 from processor.store.credentials import KEY_PATTERN, Credentials, KeyRecord, secret_hash
+from processor.store.credentials import check_cards as check_card_scope
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +78,9 @@ TOKEN_ALGORITHMS: Final = (
 )
 """Signatures a token may carry: public-key ones only, so a JWKS can never be mistaken for
 a shared secret (the "alg confusion" of HS256 against a public key)."""
-JWKS_FILE_BYTES_MAX: Final = PEM_FILE_BYTES_MAX
-JWKS_REFRESH_SECONDS: Final = 3600.0
-"""How often a JWKS is read again, rotated keys included."""
-JWKS_MISS_SECONDS: Final = 60.0
-"""A token signed by a key not in the JWKS reads it again at most this often."""
+SIGNING_KEY_TYPES: Final = frozenset({"RSA", "EC", "OKP"})
+"""The JWKS entries kept: public keys. A symmetric ("oct") entry is left out, so no token
+can be checked as an HMAC whatever its header says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +121,16 @@ class KeyTable:
         self._keys: dict[str, KeyRecord] = {}
         self._principals: dict[str, Principal] = {}  # by the key presented, for live keys
         self._read_began = float("-inf")
+        self._miss_read_began = float("-inf")
         self._reading: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
-        """Read the live keys again."""
+        """Read the live keys again; a read that began before the one last applied is
+        dropped (the refresher and a miss may read at once)."""
         began = time.monotonic()
         keys = await self._credentials.keys(include_revoked=False)
+        if began < self._read_began:
+            return
         self._keys = {key.key_id: key for key in keys if self._demo_allowed or not key.demo}
         self._principals = {}
         self._read_began = began
@@ -155,9 +169,15 @@ class KeyTable:
         return principal
 
     async def _read_since(self, asked: float) -> None:
-        """A read of the keys that began at ``asked`` or later, shared by every caller."""
+        """A read of the keys that began at ``asked`` or later, shared by every caller, and
+        at most one every KEYS_MISS_READ_GAP_SECONDS (a caller waits for the next)."""
         while self._read_began < asked:
             if self._reading is None or self._reading.done():
+                wait = self._miss_read_began + KEYS_MISS_READ_GAP_SECONDS - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue  # another caller may have started the read meanwhile
+                self._miss_read_began = time.monotonic()
                 self._reading = asyncio.get_running_loop().create_task(self.refresh())
             try:
                 await asyncio.shield(self._reading)
@@ -183,33 +203,58 @@ class TokenSettings:
 
 class TokenVerifier:
     """Checks bearer tokens against one issuer's JWKS; remembers the ones it verified until
-    they expire (a caller sends the same token on every call)."""
+    they expire (a caller sends the same token on every call) or the key set changes."""
 
     def __init__(self, settings: TokenSettings) -> None:
         self.settings = settings
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._read_at = -JWKS_MISS_SECONDS
         self._verified: dict[str, tuple[Principal, float]] = {}
+        self._read_at = time.monotonic()
+        self._reading: asyncio.Task[None] | None = None
         self._keys = self._read_keys()  # refused at start, naming the setting
 
     def _read_keys(self) -> dict[str, jwt.PyJWK]:
         source = self.settings.jwks
         setting = "auth_token_jwks (LOYALTY_AUTH_TOKEN_JWKS)"
         try:
-            if source.startswith("https://") or source.startswith("http://"):
-                with urllib.request.urlopen(source, timeout=10) as answer:
-                    text = answer.read(JWKS_FILE_BYTES_MAX + 1)
+            if "://" in source:
+                if not _trusted_url(source):
+                    raise ValueError("a JWKS URL must be https (http only on loopback)")
+                with urllib.request.urlopen(source, timeout=JWKS_READ_SECONDS) as answer:
+                    text = answer.read(JWKS_BYTES_MAX + 1)
             else:
-                text = Path(source).read_bytes()[: JWKS_FILE_BYTES_MAX + 1]
-            if len(text) > JWKS_FILE_BYTES_MAX:
-                raise ValueError(f"is over {JWKS_FILE_BYTES_MAX} bytes")
+                with Path(source).open("rb") as file:
+                    text = file.read(JWKS_BYTES_MAX + 1)
+            if len(text) > JWKS_BYTES_MAX:
+                raise ValueError(f"is over {JWKS_BYTES_MAX} bytes")
             keys = jwt.PyJWKSet.from_dict(json.loads(text)).keys
         except (OSError, ValueError, jwt.PyJWTError) as error:
             raise InputFileError(
                 "settings", [Problem(setting, f"{source}: not a JWKS that can be used: {error}")]
             ) from error
-        self._read_at = time.monotonic()
-        return {key.key_id or "": key for key in keys}
+        return {key.key_id or "": key for key in keys if key.key_type in SIGNING_KEY_TYPES}
+
+    async def refresh(self) -> None:
+        """Read the JWKS again, off the event loop, one read at a time; every token is
+        verified again after it (a key the issuer withdrew is trusted no longer)."""
+        if self._reading is None or self._reading.done():
+            self._read_at = time.monotonic()
+            self._reading = asyncio.get_running_loop().create_task(self._apply_read())
+        await asyncio.shield(self._reading)
+
+    async def _apply_read(self) -> None:
+        try:
+            keys = await asyncio.to_thread(self._read_keys)
+        except InputFileError as error:  # keep the keys held; tried again later
+            log.warning("JWKS not read again: %s", error)
+            return
+        self._verified = {}  # every token verified again, against the keys as they are now
+        self._keys = keys
+
+    async def run_refresher(self, interval_seconds: float = JWKS_REFRESH_SECONDS) -> None:
+        """Read the JWKS every ``interval_seconds`` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_seconds)
+            await self.refresh()
 
     async def principal(self, token: str) -> Principal:
         now = time.time()
@@ -219,7 +264,7 @@ class TokenVerifier:
         claims = await self._verify(token)
         principal = self._principal_of(claims)
         if len(self._verified) >= VERIFIED_TOKENS_MAX:
-            self._verified.clear()
+            self._verified = {}
         self._verified[token] = (principal, float(claims["exp"]) + self.settings.leeway_seconds)
         return principal
 
@@ -231,10 +276,7 @@ class TokenVerifier:
         kid = header.get("kid") or ""
         key = self._keys.get(kid)
         if key is None and time.monotonic() - self._read_at >= JWKS_MISS_SECONDS:
-            try:  # a rotated key: read the JWKS again, off the event loop
-                self._keys = await asyncio.to_thread(self._read_keys)
-            except InputFileError as error:
-                log.warning("JWKS not read again: %s", error)
+            await self.refresh()  # a rotated key: read the JWKS again
             key = self._keys.get(kid)
         if key is None:
             raise refused(f"the token's key {kid!r} is not one of the issuer's")
@@ -259,15 +301,11 @@ class TokenVerifier:
         if not isinstance(granted, list) or not all(isinstance(role, str) for role in granted):
             raise refused(f"the token's {self.settings.roles_claim} claim is not a list of roles")
         cards = claims.get(self.settings.cards_claim)
-        if cards is not None and (
-            not isinstance(cards, list)
-            or not 1 <= len(cards) <= API_KEY_CARDS_MAX
-            or not all(isinstance(card, str) for card in cards)
-        ):
-            raise refused(
-                f"the token's {self.settings.cards_claim} claim is not a list of 1 to"
-                f" {API_KEY_CARDS_MAX} card numbers"
-            )
+        if cards is not None:
+            try:
+                check_card_scope(cards if isinstance(cards, list) else [], "cards")
+            except InvalidFieldError as error:
+                raise refused(f"the token's {self.settings.cards_claim} claim: {error}") from error
         return Principal(
             f"token:{claims['sub']}",
             "token",
@@ -277,8 +315,6 @@ class TokenVerifier:
 
 
 # --------------------------------------------------------------------------- certificates
-
-_CERTIFICATES_HELD: Final = 1_000
 
 
 class CertificateIdentities:
@@ -304,7 +340,7 @@ class CertificateIdentities:
         principal = Principal(
             f"certificate:{names[0]}", "certificate", frozenset(granted) & frozenset(roles.ROLES)
         )
-        if len(self._known) >= _CERTIFICATES_HELD:
+        if len(self._known) >= CERTIFICATES_HELD_MAX:
             self._known.clear()
         self._known[pem] = principal
         return principal
@@ -372,16 +408,25 @@ class Authority:
         if allowed is None or principal.roles.isdisjoint(allowed):
             raise PermissionDeniedError(
                 f"{principal.name} (roles: {', '.join(sorted(principal.roles)) or 'none'}) may"
-                f" not call {full_method.rsplit('/', 1)[-1]}; it needs one of:"
+                f" not call {roles.rpc_name(full_method)}; it needs one of:"
                 f" {', '.join(sorted(allowed or ())) or 'no role may'}",
                 reason="ROLE_NOT_PERMITTED",
             )
         if principal.cards is not None and not roles.acts_on_cards(full_method):
             raise PermissionDeniedError(
                 f"{principal.name} may act only on its own cards, and"
-                f" {full_method.rsplit('/', 1)[-1]} does not act on a card",
+                f" {roles.rpc_name(full_method)} does not act on a card",
                 reason="CARD_NOT_PERMITTED",
             )
+
+
+def _trusted_url(url: str) -> bool:
+    """https, or http to this host (a sidecar): a JWKS read in the clear from elsewhere could
+    be anyone's keys."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "https":
+        return True
+    return parsed.scheme == "http" and (parsed.hostname or "") in {"127.0.0.1", "::1", "localhost"}
 
 
 def check_cards(principal: Principal, request: Any) -> None:

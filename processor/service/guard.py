@@ -307,6 +307,9 @@ def guard(
     def wrap(behaviour: Behaviour) -> Behaviour:
         if authority is None or authority.is_open(full_method):
             checked = refusing_undecodable(behaviour, streaming_in=streaming_in)
+        elif not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
+            # The wrappers pass a plain function through: served so, it would ask no one.
+            raise TypeError(f"{full_method}: a method served with authentication must be async")
         else:
             checked = refusing_undecodable(
                 checking_cards(behaviour, streaming_in=streaming_in), streaming_in=streaming_in
@@ -314,7 +317,7 @@ def guard(
             if credentials is not None and full_method.startswith(roles.AUDITED_SERVICE):
                 checked = audit.audited(
                     permitted(checked, full_method, authority),
-                    rpc=full_method.rsplit("/", 1)[-1],
+                    rpc=roles.rpc_name(full_method),
                     credentials=credentials,
                     principal=principal_var.get,
                     request_id=request_id_var.get,

@@ -88,8 +88,14 @@ AUDITED_SERVICE: Final = "/loyalty.v1.AdminService/"
 
 
 def allowed(full_method: str) -> frozenset[str] | None:
-    """The roles that may call ``full_method``; None for one that needs no role."""
+    """The roles that may call ``full_method``; None for a method not in the table, which
+    no role may call."""
     return ALLOWED.get(full_method)
+
+
+def rpc_name(full_method: str) -> str:
+    """The RPC's own name: "/loyalty.v1.AdminService/GetAccount" -> "GetAccount"."""
+    return full_method.rsplit("/", 1)[-1]
 
 
 def is_open(full_method: str, *, reflection_open: bool) -> bool:
@@ -133,7 +139,7 @@ CARD_METHODS: Final = frozenset(
     method
     for method in ALLOWED
     if not method.startswith(AUDITED_SERVICE)
-    or method.rsplit("/", 1)[1] in {"GetAccount", "ListLedger"}
+    or rpc_name(method) in {"GetAccount", "ListLedger"}
 )
 """The RPCs a card-scoped caller may make (on its own cards): posting, tender, awards and
 the two account inquiries."""
@@ -153,4 +159,5 @@ __all__ = [
     "allowed",
     "cards_of",
     "is_open",
+    "rpc_name",
 ]

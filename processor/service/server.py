@@ -106,6 +106,20 @@ def check_ports(settings: Settings) -> tls.TlsFiles | None:
     """Refuse settings that would serve plaintext beyond loopback, or TLS files that do
     not load, naming the setting, file and reason (processor.service.tls); the TLS files
     to serve with (None: plaintext)."""
+    if settings.demo and not tls.is_loopback(settings.listen) and not settings.plaintext_allowed:
+        # The demo's keys and PINs are published: anyone who can reach it could use them.
+        # A container publishing its port on the host's loopback says so with
+        # plaintext_allowed (ops/compose.yaml).
+        raise InputFileError(
+            "settings",
+            [
+                Problem(
+                    "listen (LOYALTY_LISTEN)",
+                    "the demo serves on loopback only (its keys are public), unless"
+                    " plaintext_allowed says its port is reached from this host alone",
+                )
+            ],
+        )
     files = tls.tls_files(settings)
     tls.check_listen(settings.listen, files, settings.plaintext_allowed)
     if settings.metrics_listen:
@@ -329,6 +343,10 @@ async def _start_on(
                 watch_database(store, health_servicer), name="database-health"
             ),
         ]
+        if verifier is not None:
+            tasks.append(
+                asyncio.get_running_loop().create_task(verifier.run_refresher(), name="jwks")
+            )
         if card_cache is not None:
             tasks.append(
                 asyncio.get_running_loop().create_task(

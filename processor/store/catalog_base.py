@@ -71,16 +71,18 @@ class CatalogBase:
     async def _transaction(self, action: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
         """A cursor in a transaction, which ends by writing the audit row of the
         administrative call being served, if any (processor.store.audit_log)."""
-        audited = None
         try:
-            async with self._pool.connection() as connection, connection.transaction():
-                cursor = connection.cursor()
-                yield cursor
-                audited = await audit_log.append_pending(cursor)
+            async with self._pool.connection() as connection:
+                async with connection.transaction():
+                    cursor = connection.cursor()
+                    yield cursor
+                    audited = await audit_log.append_pending(cursor)
+                # Committed: marked at once, before the connection goes back to the pool (a
+                # failure there must not have the row written again as the call's failure).
+                if audited is not None:
+                    audited.written = True
         except psycopg.Error as error:
             raise database_error(error, action, self._pool.timeout) from error
-        if audited is not None:
-            audited.written = True
 
     @contextlib.asynccontextmanager
     async def _reading(self, action: str) -> AsyncIterator[psycopg.AsyncCursor[Any]]:

@@ -26,6 +26,7 @@ from processor.limits import (
     API_KEY_CARDS_MAX,
     API_KEY_NAME_CHARS_MAX,
     AUDIT_PAGE_SIZE_MAX,
+    CARD_DIGITS_MAX,
 )
 from processor.store import audit_log
 from processor.store.catalog_base import CatalogBase
@@ -36,6 +37,11 @@ _SECRET_BYTES: Final = 32
 KEY_PATTERN: Final = re.compile(r"lk_([a-z0-9-]{1,32})_([A-Za-z0-9_-]{16,64})")
 """A presented key: the id (made keys have 12 hex digits; the demo's are named) and the
 secret (43 URL-safe base64 characters for a made key)."""
+
+
+def new_key_id() -> str:
+    """A new key's id: 12 random hex digits."""
+    return secrets.token_hex(KEY_ID_CHARS // 2)
 
 
 def secret_hash(secret: str) -> bytes:
@@ -75,6 +81,15 @@ class AuditRow:
 _KEY_COLUMNS: Final = "key_id, name, roles, cards, secret_hash, demo, created_at, revoked_at"
 
 
+def check_cards(cards: Sequence[str], field: str) -> None:
+    """A card scope: 1 to API_KEY_CARDS_MAX card numbers; InvalidFieldError naming ``field``."""
+    if not 1 <= len(cards) <= API_KEY_CARDS_MAX:
+        raise InvalidFieldError(field, f"a card scope names 1 to {API_KEY_CARDS_MAX} cards")
+    for card in cards:
+        if not (isinstance(card, str) and card.isdigit() and len(card) <= CARD_DIGITS_MAX):
+            raise InvalidFieldError(field, "holds something other than a card number")
+
+
 def _key_record(row: Sequence[Any]) -> KeyRecord:
     key_id, name, roles, cards, hashed, demo, created, revoked = row
     return KeyRecord(
@@ -101,18 +116,17 @@ class Credentials(CatalogBase):
         key_id: str | None = None,
         secret: str | None = None,
         demo: bool = False,
-        audit: audit_log.AuditEntry | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key; the record and the key to hand to its holder (shown once).
-        ``key_id`` and ``secret`` are for the demo's published keys only. ``audit``: the
-        audit row written in the same transaction (who created it)."""
+        ``key_id`` and ``secret`` are given for the demo's published keys (and a key id by
+        a caller that names the key in its audit row before it is made)."""
         if not name or len(name) > API_KEY_NAME_CHARS_MAX or not name.isprintable():
             raise InvalidFieldError(
                 "name", f"must be 1 to {API_KEY_NAME_CHARS_MAX} printable characters"
             )
-        if cards is not None and not 1 <= len(cards) <= API_KEY_CARDS_MAX:
-            raise InvalidFieldError("cards", f"a card-scoped key names 1 to {API_KEY_CARDS_MAX}")
-        key_id = key_id or secrets.token_hex(KEY_ID_CHARS // 2)
+        if cards is not None:
+            check_cards(cards, "cards")
+        key_id = key_id or new_key_id()
         secret = secret or base64.urlsafe_b64encode(
             secrets.token_bytes(_SECRET_BYTES)
         ).decode().rstrip("=")
@@ -136,9 +150,6 @@ class Credentials(CatalogBase):
             row = await cursor.fetchone()
             if row is None:
                 raise InvalidFieldError("key_id", f"a key {key_id!r} exists already")
-            if audit is not None:
-                audit.target = f"key {key_id} ({name})"
-                await audit_log.append(cursor, audit, audit_log.OK)
         return _key_record(row), key
 
     async def keys(self, *, include_revoked: bool = True) -> list[KeyRecord]:
@@ -157,7 +168,7 @@ class Credentials(CatalogBase):
             row = await cursor.fetchone()
         return None if row is None else _key_record(row)
 
-    async def revoke_key(self, key_id: str, *, audit: audit_log.AuditEntry | None = None) -> bool:
+    async def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; False when it was revoked already. NotFoundError for none."""
         async with self._transaction("revoke an API key") as cursor:
             await cursor.execute(
@@ -170,9 +181,6 @@ class Credentials(CatalogBase):
                 if await cursor.fetchone() is None:
                     raise NotFoundError(f"no API key {key_id!r}")
                 return False
-            if audit is not None:
-                audit.target = f"key {key_id}"
-                await audit_log.append(cursor, audit, audit_log.OK)
             return True
 
     async def audit(
