@@ -605,7 +605,13 @@ async def test_buf_curl_posts_with_the_demo_key_and_with_a_token_as_the_readme_s
 
 
 def _signed(
-    issuer_name: x509.Name, issuer_key: Any, subject: x509.Name, *, ca: bool, san: bool
+    issuer_name: x509.Name,
+    issuer_key: Any,
+    subject: x509.Name,
+    *,
+    ca: bool,
+    san: bool,
+    expired: bool = False,
 ) -> tuple[bytes, bytes]:
     """A certificate for ``subject`` signed by the issuer: (certificate PEM, key PEM). A
     CA's certificate is its own key's (self-signed)."""
@@ -617,8 +623,8 @@ def _signed(
         .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(days=3 if expired else 0, minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=-1 if expired else 1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if san:
@@ -677,3 +683,41 @@ async def test_a_client_certificate_is_a_credential_its_organizations_the_roles(
     # A credential sent is the one used, whatever the certificate says.
     outcome = await post(_name("pos-gateway", roles.PROCESSOR), "m-3", with_key("lk_x_" + "y" * 20))
     assert_refused(outcome, grpc.StatusCode.UNAUTHENTICATED, "API_AUTHENTICATION_FAILED")
+
+
+async def test_an_expired_certificate_fails_the_handshake_either_way(
+    start_served: StartServed, cards: list[str], tmp_path: Path
+) -> None:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("loyalty test CA")
+    ca_pem, _ = _signed(ca_name, ca_key, ca_name, ca=True, san=False)
+
+    async def handshake(server_expired: bool, client_expired: bool) -> grpc.StatusCode:
+        folder = tmp_path / f"s{int(server_expired)}c{int(client_expired)}"
+        folder.mkdir()
+        server_pem, server_key = _signed(
+            ca_name, ca_key, _name("server"), ca=False, san=True, expired=server_expired
+        )
+        for name, content in (("ca.crt", ca_pem), ("s.crt", server_pem), ("s.key", server_key)):
+            (folder / name).write_bytes(content)
+        served = await start_served(
+            tls_cert=str(folder / "s.crt"),
+            tls_key=str(folder / "s.key"),
+            tls_client_ca=str(folder / "ca.crt"),
+        )
+        client = _name("pos-gateway", roles.PROCESSOR)
+        certificate, key = _signed(
+            ca_name, ca_key, client, ca=False, san=False, expired=client_expired
+        )
+        credentials = grpc.ssl_channel_credentials(ca_pem, key, certificate)
+        async with grpc.aio.secure_channel(served.address, credentials) as channel:
+            stub = proto.transactions_grpc.TransactionServiceStub(channel)
+            try:
+                await stub.PostTransaction(purchase(cards[18], f"x-{folder.name}"), timeout=10)
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+        return grpc.StatusCode.OK
+
+    assert await handshake(False, False) == grpc.StatusCode.OK
+    assert await handshake(False, True) == grpc.StatusCode.UNAVAILABLE
+    assert await handshake(True, False) == grpc.StatusCode.UNAVAILABLE
