@@ -268,6 +268,7 @@ def test_the_guard_bench_reports_the_cpu_of_a_bare_a_guarded_and_an_authenticate
         ("server_cpu.py", ["--unary", "0"], "--unary"),
         ("engine_bench.py", ["--batch-size", "-1"], "--batch-size"),
         ("guard_bench.py", ["--calls", "0"], "--calls"),
+        ("admission_bench.py", ["--purchases", "0"], "--purchases"),
     ],
 )
 def test_a_bench_script_refuses_a_count_that_is_not_positive_by_name(
