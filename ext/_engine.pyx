@@ -36,6 +36,7 @@ from limits cimport LINES_MAX
 include "wire.pxi"
 include "msgpack.pxi"
 include "lots.pxi"
+include "slots.pxi"
 
 import copy
 import gc
@@ -52,6 +53,9 @@ from processor.store.codec import (
     DeferredState, loyalty_award_fields, loyalty_awards_from, loyalty_fields,
     loyalty_from_stored, padded_loyalty_fields, state_fields, trimmed_loyalty_fields,
 )
+
+cdef _Maker _POSTING = _Maker(Posting)
+cdef _Maker _LEVEL_MOVE = _Maker(LevelMove)
 
 # Compile-time constants: enums for small ints, a macro for the 64-bit one (an enum is a
 # C int). Cython 3 deprecates DEF.
@@ -1492,12 +1496,12 @@ cdef class Batch:
         start = self.row_posts.data[row]
         end = self.row_posts.data[row + 1] if row + 1 < rows else self.posts.size
         for i in range(start, end, 8):
-            result.postings.append(Posting(
+            result.postings.append(_POSTING.make((
                 strings[self.posts.data[i]], self.posts.data[i + 1],
                 strings[self.posts.data[i + 2]], strings[self.posts.data[i + 3]],
                 self.posts.data[i + 4], strings[self.posts.data[i + 5]], self.posts.data[i + 6],
                 strings[self.posts.data[i + 7]],
-            ))
+            )))
         start = self.row_traces.data[row]
         end = self.row_traces.data[row + 1] if row + 1 < rows else self.traces.size
         if not with_trace:
@@ -1520,11 +1524,11 @@ cdef class Batch:
         start = self.row_moves.data[row]
         end = self.row_moves.data[row + 1] if row + 1 < rows else self.moves.size
         for i in range(start, end, 5):
-            result.moves.append(LevelMove(
+            result.moves.append(_LEVEL_MOVE.make((
                 strings[self.moves.data[i]], strings[self.moves.data[i + 1]],
                 strings[self.moves.data[i + 2]], strings[self.moves.data[i + 3]],
                 strings[self.moves.data[i + 4]],
-            ))
+            )))
         start = self.row_bals.data[row]
         end = self.row_bals.data[row + 1] if row + 1 < rows else self.bals.size
         for i in range(start, end, 2):
