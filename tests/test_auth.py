@@ -106,6 +106,14 @@ async def call(served: Served, full_method: str, metadata: Any, request: Any = N
     return grpc.StatusCode.OK, None
 
 
+POST = "/loyalty.v1.TransactionService/PostTransaction"
+
+
+async def post(served: Served, metadata: Any, card: str, request_id: str) -> Any:
+    """A purchase posted with ``metadata``: what :func:`call` answers."""
+    return await call(served, POST, metadata, purchase(card, request_id))
+
+
 def assert_refused(outcome: Any, code: grpc.StatusCode, reason: str) -> None:
     status, info = outcome
     assert status == code, outcome
@@ -149,9 +157,7 @@ async def test_pins_of_generated_cards_go_to_an_admin_only(served: Served) -> No
 async def test_a_call_without_credentials_is_refused_1042_and_health_stays_open(
     served: Served, cards: list[str]
 ) -> None:
-    outcome = await call(
-        served, "/loyalty.v1.TransactionService/PostTransaction", (), purchase(cards[5], "n-1")
-    )
+    outcome = await post(served, (), cards[5], "n-1")
     assert_refused(outcome, grpc.StatusCode.UNAUTHENTICATED, "API_AUTHENTICATION_FAILED")
     assert outcome[1].metadata["code"] == "1042"
     health = health_pb2_grpc.HealthStub(served.channel)
@@ -202,9 +208,7 @@ async def test_reflection_closed_by_the_setting_needs_a_credential(
 async def test_a_credential_that_proves_nothing_is_refused_without_echoing_it(
     served: Served, cards: list[str], metadata: Any
 ) -> None:
-    outcome = await call(
-        served, "/loyalty.v1.TransactionService/PostTransaction", metadata, purchase(cards[5], "x")
-    )
+    outcome = await post(served, metadata, cards[5], "x")
     assert_refused(outcome, grpc.StatusCode.UNAUTHENTICATED, "API_AUTHENTICATION_FAILED")
     assert metadata[0][1][-20:] not in str(outcome[1])
 
@@ -214,18 +218,15 @@ async def test_a_wrong_secret_is_refused_and_a_revoked_key_stops_working(
 ) -> None:
     served = await start_served(auth_keys_refresh_seconds=0.05)
     key = await make_key(served, roles.PROCESSOR)
-    method = "/loyalty.v1.TransactionService/PostTransaction"
-    assert (await call(served, method, with_key(key), purchase(cards[6], "k-1")))[0] == (
-        grpc.StatusCode.OK
-    )
+    assert (await post(served, with_key(key), cards[6], "k-1"))[0] == (grpc.StatusCode.OK)
     wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
-    outcome = await call(served, method, with_key(wrong), purchase(cards[6], "k-2"))
+    outcome = await post(served, with_key(wrong), cards[6], "k-2")
     assert_refused(outcome, grpc.StatusCode.UNAUTHENTICATED, "API_AUTHENTICATION_FAILED")
     key_id = key.split("_")[1]
     assert await Credentials(served.store).revoke_key(key_id)
     assert not await Credentials(served.store).revoke_key(key_id)  # once
     for attempt in range(200):  # the refresher reads the keys again every 0.05 s
-        outcome = await call(served, method, with_key(key), purchase(cards[6], f"k-r{attempt}"))
+        outcome = await post(served, with_key(key), cards[6], f"k-r{attempt}")
         if outcome[0] != grpc.StatusCode.OK:
             break
         await asyncio.sleep(0.05)
@@ -234,12 +235,7 @@ async def test_a_wrong_secret_is_refused_and_a_revoked_key_stops_working(
 
 async def test_a_key_sent_as_a_bearer_token_is_accepted(served: Served, cards: list[str]) -> None:
     key = await make_key(served, roles.PROCESSOR)
-    outcome = await call(
-        served,
-        "/loyalty.v1.TransactionService/PostTransaction",
-        bearer(key),
-        purchase(cards[7], "b-1"),
-    )
+    outcome = await post(served, bearer(key), cards[7], "b-1")
     assert outcome == (grpc.StatusCode.OK, None)
 
 
@@ -248,12 +244,11 @@ async def test_the_demo_keys_are_refused_outside_the_demo(
 ) -> None:
     real = await start_served()
     await demo_keys(Credentials(real.store))
-    method = "/loyalty.v1.TransactionService/PostTransaction"
     processor_key = with_key(DEMO_KEYS[roles.PROCESSOR])
-    outcome = await call(real, method, processor_key, purchase(cards[8], "d-1"))
+    outcome = await post(real, processor_key, cards[8], "d-1")
     assert_refused(outcome, grpc.StatusCode.UNAUTHENTICATED, "API_AUTHENTICATION_FAILED")
     demo = await start_served(demo=True)
-    outcome = await call(demo, method, processor_key, purchase(cards[8], "d-2"))
+    outcome = await post(demo, processor_key, cards[8], "d-2")
     assert outcome == (grpc.StatusCode.OK, None)
 
 
@@ -276,9 +271,8 @@ async def test_a_card_scoped_key_acts_only_on_its_own_cards(
 ) -> None:
     own, other = cards[9], cards[10]
     key = with_key(await make_key(served, roles.PROCESSOR, roles.VIEWER, cards=[own]))
-    post = "/loyalty.v1.TransactionService/PostTransaction"
-    assert (await call(served, post, key, purchase(own, "c-1")))[0] == grpc.StatusCode.OK
-    outcome = await call(served, post, key, purchase(other, "c-2"))
+    assert (await post(served, key, own, "c-1"))[0] == grpc.StatusCode.OK
+    outcome = await post(served, key, other, "c-2")
     assert_refused(outcome, grpc.StatusCode.PERMISSION_DENIED, "CARD_NOT_PERMITTED")
     many = transactions.PostTransactionsRequest(
         transactions=[transaction(own, "c-3"), transaction(other, "c-4")]
@@ -361,8 +355,7 @@ async def test_tokens_of_the_issuer_are_accepted_and_every_other_refused(
     start_served: StartServed, cards: list[str], issuer: Issuer, tmp_path: Path
 ) -> None:
     served = await start_served(**_token_settings(str(issuer.path)))
-    post = "/loyalty.v1.TransactionService/PostTransaction"
-    good = await call(served, post, bearer(issuer.token()), purchase(cards[11], "t-1"))
+    good = await post(served, bearer(issuer.token()), cards[11], "t-1")
     assert good == (grpc.StatusCode.OK, None)
     now = int(time.time())
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -383,16 +376,16 @@ async def test_tokens_of_the_issuer_are_accepted_and_every_other_refused(
         ),
     }
     for why, token in refused.items():
-        outcome = await call(served, post, bearer(token), purchase(cards[11], f"t-{why}"))
+        outcome = await post(served, bearer(token), cards[11], f"t-{why}")
         assert outcome[0] == grpc.StatusCode.UNAUTHENTICATED, why
         assert outcome[1].reason == "API_AUTHENTICATION_FAILED", why
     viewer = issuer.token(roles=[roles.VIEWER])
-    outcome = await call(served, post, bearer(viewer), purchase(cards[11], "t-viewer"))
+    outcome = await post(served, bearer(viewer), cards[11], "t-viewer")
     assert_refused(outcome, grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_PERMITTED")
     scoped = issuer.token(cards=[cards[12]])
-    outcome = await call(served, post, bearer(scoped), purchase(cards[11], "t-scoped"))
+    outcome = await post(served, bearer(scoped), cards[11], "t-scoped")
     assert_refused(outcome, grpc.StatusCode.PERMISSION_DENIED, "CARD_NOT_PERMITTED")
-    outcome = await call(served, post, bearer(scoped), purchase(cards[12], "t-own"))
+    outcome = await post(served, bearer(scoped), cards[12], "t-own")
     assert outcome == (grpc.StatusCode.OK, None)
 
 
@@ -402,12 +395,7 @@ async def test_a_token_within_the_clock_skew_is_accepted(
     served = await start_served(**_token_settings(str(issuer.path)))
     now = int(time.time())
     token = issuer.token(exp=now - 2)  # 2 s past its expiry, inside the 5 s allowed
-    outcome = await call(
-        served,
-        "/loyalty.v1.TransactionService/PostTransaction",
-        bearer(token),
-        purchase(cards[13], "skew-1"),
-    )
+    outcome = await post(served, bearer(token), cards[13], "skew-1")
     assert outcome == (grpc.StatusCode.OK, None)
 
 
@@ -437,12 +425,7 @@ async def test_the_jwks_may_come_from_a_url(
     start_served: StartServed, cards: list[str], issuer: Issuer, jwks_url: str
 ) -> None:
     served = await start_served(**_token_settings(jwks_url))
-    outcome = await call(
-        served,
-        "/loyalty.v1.TransactionService/PostTransaction",
-        bearer(issuer.token()),
-        purchase(cards[14], "url-1"),
-    )
+    outcome = await post(served, bearer(issuer.token()), cards[14], "url-1")
     assert outcome == (grpc.StatusCode.OK, None)
 
 
@@ -464,12 +447,7 @@ async def test_a_symmetric_key_in_the_jwks_is_never_used(
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": now + 60, "roles": ["Processor"]}
     token = jwt.encode(claims, secret, algorithm="HS256", headers={"kid": "k1"})
-    outcome = await call(
-        served,
-        "/loyalty.v1.TransactionService/PostTransaction",
-        bearer(token),
-        purchase(cards[17], "oct"),
-    )
+    outcome = await post(served, bearer(token), cards[17], "oct")
     assert_refused(outcome, grpc.StatusCode.UNAUTHENTICATED, "API_AUTHENTICATION_FAILED")
 
 
