@@ -483,23 +483,12 @@ def test_token_settings_incomplete_or_unreadable_refuse_to_start(tmp_path: Path)
 
 
 def _certificate(common_name: str | None, organizations: list[str]) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
+    """A self-signed certificate of this subject (the CN left out when None)."""
     names = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, one) for one in organizations]
     if common_name is not None:
         names.insert(0, x509.NameAttribute(NameOID.COMMON_NAME, common_name))
     subject = x509.Name(names)
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM)
+    return _signed(subject, ec.generate_private_key(ec.SECP256R1()), subject, ca=True, san=False)[0]
 
 
 def test_a_client_certificate_names_the_principal_and_its_organizations_the_roles() -> None:
