@@ -305,6 +305,8 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_transaction(
 
 # --------------------------------------------------------------------------- two processes
 
+STREAM_ATTEMPTS_MAX = 5
+
 
 async def test_two_server_processes_posting_to_one_card_end_at_the_exact_sum(
     deployment: Deployment, store: Store
@@ -319,18 +321,35 @@ async def test_two_server_processes_posting_to_one_card_end_at_the_exact_sum(
             await stack.enter_async_context(grpc.aio.insecure_channel(server.address))
             for server in servers
         ]
-        streams = [
-            Stream(channel, card, f"p{index}s{number}", per_stream, deployment.key)
-            for index, channel in enumerate(channels)
-            for number in range(streams_per_server)
-        ]
-        await asyncio.gather(*(one.run() for one in streams))
 
-    results = [result for one in streams for result in one.acknowledged]
-    assert [one.error for one in streams] == [None] * len(streams)
+        async def until_posted(channel: grpc.aio.Channel, prefix: str) -> dict[str, Any]:
+            """One client's stream, sent again with the same ids after a retryable end, as
+            the contract asks of clients (two processes racing one card may exhaust a
+            batch's re-evaluations: CONCURRENT_UPDATE); the first answer of each id."""
+            answered: dict[str, Any] = {}
+            for _ in range(STREAM_ATTEMPTS_MAX):
+                one = await Stream(channel, card, prefix, per_stream, deployment.key).run()
+                for result in one.acknowledged:
+                    answered.setdefault(result.request_id, result)
+                if one.error is None:
+                    return answered
+                assert one.error.code() == grpc.StatusCode.UNAVAILABLE, one.error
+            raise AssertionError(f"{prefix}: not posted in {STREAM_ATTEMPTS_MAX} attempts")
+
+        posted = await asyncio.gather(
+            *(
+                until_posted(channel, f"p{index}s{number}")
+                for index, channel in enumerate(channels)
+                for number in range(streams_per_server)
+            )
+        )
+
+    results = [result for answered in posted for result in answered.values()]
     total = 2 * streams_per_server * per_stream
     assert len(results) == total == 2_000
-    assert all(r.status == APPROVED and not r.replayed for r in results)
+    # A retried stream's ids posted before it ended are answered as replays of their first
+    # answers: the same balances, so the history below holds either way.
+    assert all(r.status == APPROVED for r in results)
     # 2,000 stars, one per purchase: coupon-5 at 500 and again at 1,000 (500 stars each),
     # silver -> gold at 1,000 ytd, then every star escrowed (gold): 2,000 - 1,000 = 1,000.
     history = [*range(1, 500), 0, *range(1, 500), 0, *range(1, 1001)]
