@@ -197,3 +197,14 @@ def test_the_reference_engine_leaves_every_answer_to_the_writer() -> None:
     purchases: list[Purchase] = workload(50, seed=5, cards=10)
     results = get_engine("python").evaluate(PROGRAM, {}, purchases, {}).results
     assert answers.written_by_engine(results, PROGRAM) == [None] * len(results)
+
+
+def test_lengths_are_written_as_protobuf_writes_varints() -> None:
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    from processor.wire import answers
+
+    for size in [*range(0, 300), 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, 2**35 + 5, 2**63 - 1]:
+        assert answers._varint(size) == _VarintBytes(size), size
+    body = b"x" * 200
+    assert answers.length_delimited(b"\x0a", body) == b"\x0a" + _VarintBytes(200) + body

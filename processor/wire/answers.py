@@ -248,12 +248,21 @@ def replayed_bytes(result: bytes) -> bytes:
 
 
 def _varint(value: int) -> bytes:
+    # Every answer's length and every posted transaction's (for its payload hash) passes
+    # here: one and two bytes cover all but the largest, without the loop and bytearray.
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_ONE_BYTE: Final = tuple(bytes((value,)) for value in range(0x80))
 
 
 _TRACE_FIELDS: dict[tuple[str, str, bool, int, str, int], bytes] = {}
