@@ -243,6 +243,7 @@ async def test_a_served_process_is_healthy_reflects_and_drains_on_sigterm(
             "loyalty.v1.AdminService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
+            "grpc.reflection.v1.ServerReflection",
         }
 
         # A stream, answered in order.

@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from processor import proto
 from processor.cache.accounts import AccountCache
@@ -34,6 +33,7 @@ from processor.service import auth, tls
 from processor.service.admin import AdminServicer
 from processor.service.awards import AwardServicer
 from processor.service.guard import Guarded
+from processor.service.health import Health, add_reflection
 from processor.service.posting import encode_result
 from processor.service.tender import TenderServicer
 from processor.service.transactions import TransactionServicer
@@ -311,12 +311,9 @@ async def _start_on(
             AdminServicer(catalog=catalog, registry=registry, store=store, credentials=credentials),
             services,
         )
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = Health()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services)
-        names = [*proto.SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
-            reflection.aio.ReflectionServicer(names), services
-        )
+        add_reflection(services, [*proto.SERVICE_NAMES, health.SERVICE_NAME])
         try:
             # grpcio answers a failed bind with 0 in older releases, RuntimeError in newer.
             if tls_files is None:
