@@ -33,6 +33,8 @@ cdef class _Maker:
         self.slots = tuple(getattr(cls, field.name) for field in dataclasses.fields(cls))
 
     cdef object make(self, tuple values):
+        if len(values) != len(self.slots):  # a field added to the class and not here
+            raise TypeError(f"{self.cls.__name__} has {len(self.slots)} fields, given {len(values)}")
         cdef object instance = self.cls.__new__(self.cls)
         cdef Py_ssize_t index
         for index in range(len(self.slots)):
