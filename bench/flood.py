@@ -5,7 +5,7 @@ moment over a few channels, from this process, against ``loyalty serve --demo`` 
 second process (on the servers ``LOYALTY_DATABASE_URL`` / ``LOYALTY_REDIS_URL`` name, else
 embedded ones in a temporary directory). Prints one JSON line: what the clients got, by
 status (``+details`` when the refusal carried an ErrorInfo), and what the server counted
-(``grpc_server_handled_total`` and ``requests_rejected_total`` from its /metrics).
+(``grpc_server_handled_total`` and ``loyalty_requests_rejected_total`` from its /metrics).
 
     .venv/bin/python bench/flood.py --calls 5000 --deadline-seconds 1
 
@@ -73,7 +73,7 @@ def server_counts(metrics_address: str) -> dict[str, float]:
         if line.startswith("grpc_server_handled_total") and '"PostTransaction"' in line:
             code = line.split('grpc_code="')[1].split('"')[0]
             counts[f"handled_{code}"] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("requests_rejected_total"):
+        elif line.startswith("loyalty_requests_rejected_total"):
             reason = line.split('reason="')[1].split('"')[0]
             counts[f"rejected_{reason}"] = float(line.rsplit(" ", 1)[1])
     return {name: value for name, value in counts.items() if value}

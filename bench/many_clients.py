@@ -78,7 +78,7 @@ def server_gauges(server: DemoServer) -> dict[str, float]:
         name, _, value = line.rpartition(" ")
         for histogram in SERVER_HISTOGRAMS:
             for part in ("sum", "count"):
-                if name == f"{histogram}_{part}":
+                if name == f"loyalty_{histogram}_{part}":  # reported without the prefix
                     gauges[f"{histogram}_{part}"] = float(value)
         for part in ("sum", "count"):
             if name.startswith(HANDLING.format(part)):

@@ -208,7 +208,7 @@ async def test_drain_waits_for_every_batch_in_flight() -> None:
     await batcher.drain()
     assert all(future.done() for future in futures)
     assert batcher.in_flight == 0
-    assert metrics.REGISTRY.get_sample_value("batches_in_flight") == 0
+    assert metrics.REGISTRY.get_sample_value("loyalty_batches_in_flight") == 0
 
 
 async def test_an_expired_request_is_dropped_and_the_rest_still_run() -> None:

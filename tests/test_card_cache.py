@@ -382,16 +382,17 @@ def test_the_sampler_counts_batches_given_their_cards_and_says_whether_it_listen
     sampler = metrics.Sampler(
         batcher=SimpleNamespace(depth=0), store=None, cache=None, card_cache=cache
     )
-    hits, misses = value("catalog_memory_hits_total"), value("catalog_memory_misses_total")
+    hits = value("loyalty_catalog_memory_hits_total")
+    misses = value("loyalty_catalog_memory_misses_total")
     cache.get([CARD])  # not listening: a miss
     sampler.sample()
-    assert value("catalog_memory_listening") == 0
+    assert value("loyalty_catalog_memory_listening") == 0
     cache.listening_started()
     cache.put({CARD: record()}, {}, cache.changes())
     cache.get([CARD])
     cache.get([CARD])
     cache.get([OTHER])
     sampler.sample()
-    assert value("catalog_memory_hits_total") - hits == 2
-    assert value("catalog_memory_misses_total") - misses == 2
-    assert value("catalog_memory_listening") == 1
+    assert value("loyalty_catalog_memory_hits_total") - hits == 2
+    assert value("loyalty_catalog_memory_misses_total") - misses == 2
+    assert value("loyalty_catalog_memory_listening") == 1

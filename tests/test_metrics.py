@@ -343,17 +343,24 @@ def test_every_metric_is_declared_with_help_units_and_bounded_labels() -> None:
         assert not re.search(r"card|customer|account|request_id", name), name
         assert not name.endswith(("_ms", "_milliseconds")), name
     assert {
-        "grpc_server_started_total", "grpc_server_handled_total", "grpc_server_handling_seconds",
-        "grpc_server_msg_received_total", "grpc_server_msg_sent_total", "transactions_total",
-        "points_issued_total", "points_redeemed_total", "awards_issued_total",
-        "awards_redeemed_total", "level_moves_total", "tender_value_total", "batch_size",
-        "batch_wait_seconds", "engine_seconds", "commit_seconds", "concurrency_retries_total",
-        "cache_hits_total", "cache_misses_total", "cache_errors_total", "db_pool_in_use",
-        "db_pool_waiting", "queue_depth", "requests_rejected_total",
+        "grpc_server_started_total", "grpc_server_handled_total",
+        "grpc_server_handling_seconds", "grpc_server_msg_received_total",
+        "grpc_server_msg_sent_total", "loyalty_transactions_total",
+        "loyalty_points_issued_total", "loyalty_points_redeemed_total",
+        "loyalty_awards_issued_total", "loyalty_awards_redeemed_total",
+        "loyalty_level_moves_total", "loyalty_tender_value_total", "loyalty_batch_size",
+        "loyalty_batch_wait_seconds", "loyalty_engine_seconds", "loyalty_commit_seconds",
+        "loyalty_concurrency_retries_total", "loyalty_cache_hits_total",
+        "loyalty_cache_misses_total", "loyalty_cache_errors_total", "loyalty_db_pool_in_use",
+        "loyalty_db_pool_waiting", "loyalty_queue_depth", "loyalty_requests_rejected_total",
     } <= names  # fmt: skip
     exported = metrics.exported_names()
-    assert {"commit_seconds_bucket", "commit_seconds_sum", "commit_seconds_count"} <= exported
-    assert "transactions_total" in exported and "queue_depth" in exported
+    assert {
+        "loyalty_commit_seconds_bucket",
+        "loyalty_commit_seconds_sum",
+        "loyalty_commit_seconds_count",
+    } <= exported
+    assert "loyalty_transactions_total" in exported and "loyalty_queue_depth" in exported
 
 
 def test_latency_buckets_start_below_a_millisecond_and_mark_the_objective() -> None:
@@ -396,17 +403,21 @@ def test_record_results_counts_business_metrics_by_bounded_labels() -> None:
     declined_labels = {**approved_labels, "outcome": "declined", "reason": "INSUFFICIENT_BALANCE"}
     gold = {"program": "points", "level": "gold"}
     watched = [
-        ("transactions_total", approved_labels, 1),
-        ("transactions_total", declined_labels, 1),
-        ("points_issued_total", {**gold, "kind": "regular"}, 150),
-        ("points_issued_total", {**gold, "kind": "bonus"}, 50),
-        ("points_redeemed_total", {**gold, "kind": "award_cost"}, 100),
-        ("tender_value_total", {"program": "gift", "kind": "issued"}, 5000),  # merge_in left out
-        ("tender_value_total", {"program": "gift", "kind": "redeemed"}, 1200),
-        ("awards_issued_total", {"program": "points", "kind": "coupon"}, 1),
-        ("awards_redeemed_total", {"program": "points", "kind": "coupon"}, 1),
-        ("awards_redeemed_total", {"program": "ecash", "kind": "e_award"}, 1),
-        ("level_moves_total", {"program": "points", "kind": "advancement"}, 1),
+        ("loyalty_transactions_total", approved_labels, 1),
+        ("loyalty_transactions_total", declined_labels, 1),
+        ("loyalty_points_issued_total", {**gold, "kind": "regular"}, 150),
+        ("loyalty_points_issued_total", {**gold, "kind": "bonus"}, 50),
+        ("loyalty_points_redeemed_total", {**gold, "kind": "award_cost"}, 100),
+        (
+            "loyalty_tender_value_total",
+            {"program": "gift", "kind": "issued"},
+            5000,
+        ),  # merge_in left out
+        ("loyalty_tender_value_total", {"program": "gift", "kind": "redeemed"}, 1200),
+        ("loyalty_awards_issued_total", {"program": "points", "kind": "coupon"}, 1),
+        ("loyalty_awards_redeemed_total", {"program": "points", "kind": "coupon"}, 1),
+        ("loyalty_awards_redeemed_total", {"program": "ecash", "kind": "e_award"}, 1),
+        ("loyalty_level_moves_total", {"program": "points", "kind": "advancement"}, 1),
     ]
     before = [registry_value(name, **labels) for name, labels, _ in watched]
 
@@ -437,11 +448,13 @@ metrics.TRANSACTIONS.labels("p", "approved", "").inc(2)
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(tmp_path))
-    assert registry.get_sample_value("concurrency_retries_total") == 3
-    assert registry.get_sample_value("requests_rejected_total", {"reason": "queue_full"}) == 1
-    assert registry.get_sample_value("queue_depth") == 7
+    assert registry.get_sample_value("loyalty_concurrency_retries_total") == 3
+    assert (
+        registry.get_sample_value("loyalty_requests_rejected_total", {"reason": "queue_full"}) == 1
+    )
+    assert registry.get_sample_value("loyalty_queue_depth") == 7
     labels = {"program": "p", "outcome": "approved", "reason": ""}
-    assert registry.get_sample_value("transactions_total", labels) == 2
+    assert registry.get_sample_value("loyalty_transactions_total", labels) == 2
 
 
 # --------------------------------------------------------------------------- one process
@@ -459,7 +472,7 @@ async def test_a_served_call_records_grpc_business_and_batch_metrics(
     }
     watched = {
         "ok": ("grpc_server_handled_total", {**unary, "grpc_code": "OK"}),
-        "not_found": ("grpc_server_handled_total", {**unary, "grpc_code": "NOT_FOUND"}),
+        "not_found": ("grpc_server_handled_total", {**unary, "grpc_code": "NotFound"}),
         "started": ("grpc_server_started_total", unary),
         "received": ("grpc_server_msg_received_total", unary),
         "sent": ("grpc_server_msg_sent_total", unary),
@@ -469,7 +482,7 @@ async def test_a_served_call_records_grpc_business_and_batch_metrics(
             {
                 "grpc_service": SERVICE,
                 "grpc_method": "PostTransaction",
-                "grpc_code": "NOT_FOUND",
+                "grpc_code": "NotFound",
                 "reason": "UNKNOWN_CARD",
                 "code": "",
             },
@@ -478,15 +491,15 @@ async def test_a_served_call_records_grpc_business_and_batch_metrics(
         "stream_in": ("grpc_server_msg_received_total", bidi),
         "stream_out": ("grpc_server_msg_sent_total", bidi),
         "approved": (
-            "transactions_total",
+            "loyalty_transactions_total",
             {"program": "northwind", "outcome": "approved", "reason": ""},
         ),
-        "points": ("points_issued_total", {}),
-        "batched": ("batch_size_sum", {}),
-        "commits": ("commit_seconds_count", {}),
-        "engine": ("engine_seconds_count", {}),
-        "cache_lookups": ("cache_hits_total", {}),
-        "cache_misses": ("cache_misses_total", {}),
+        "points": ("loyalty_points_issued_total", {}),
+        "batched": ("loyalty_batch_size_sum", {}),
+        "commits": ("loyalty_commit_seconds_count", {}),
+        "engine": ("loyalty_engine_seconds_count", {}),
+        "cache_lookups": ("loyalty_cache_hits_total", {}),
+        "cache_misses": ("loyalty_cache_misses_total", {}),
     }
 
     def values() -> dict[str, float]:
@@ -560,12 +573,12 @@ def test_two_workers_serve_one_metrics_endpoint_that_adds_them_up(
         assert sample_value(text, "grpc_server_msg_received_total", **unary) == calls
         assert sample_value(text, "grpc_server_msg_sent_total", **unary) == calls
         assert sample_value(text, "grpc_server_handling_seconds_count", **unary) == calls
-        assert sample_value(text, "transactions_total", outcome="approved") == calls
-        assert sample_value(text, "points_issued_total") > 0
-        assert sample_value(text, "batch_size_sum") == calls
-        assert sample_value(text, "commit_seconds_count") >= 2
-        assert sample_value(text, "queue_depth") == 0
-        assert sample_value(text, "db_pool_waiting") == 0
+        assert sample_value(text, "loyalty_transactions_total", outcome="approved") == calls
+        assert sample_value(text, "loyalty_points_issued_total") > 0
+        assert sample_value(text, "loyalty_batch_size_sum") == calls
+        assert sample_value(text, "loyalty_commit_seconds_count") >= 2
+        assert sample_value(text, "loyalty_queue_depth") == 0
+        assert sample_value(text, "loyalty_db_pool_waiting") == 0
         assert "process_cpu_seconds_total" not in text  # per-process collectors: not here
 
         # Each worker wrote its own files, and both served some of the calls.
@@ -609,3 +622,27 @@ def _registry_of(paths: Sequence[Path]) -> Any:
     registry = CollectorRegistry()
     registry.register(Files())
     return registry
+
+
+def test_every_method_has_its_series_at_zero_before_its_first_call_with_canonical_codes() -> None:
+    method = "/loyalty.v1.AwardService/RedeemAwardValue"  # a method no test here calls
+    metrics.initialize_methods([(method, False, False), ("/x.Y/Stream", True, True)])
+    unary = {"grpc_service": "loyalty.v1.AwardService", "grpc_method": "RedeemAwardValue"}
+    for name in ("grpc_server_started_total", "grpc_server_msg_received_total"):
+        assert metrics.REGISTRY.get_sample_value(name, {**unary, "grpc_type": "unary"}) == 0
+    labels = {**unary, "grpc_type": "unary", "grpc_code": "OK"}
+    assert metrics.REGISTRY.get_sample_value("grpc_server_handled_total", labels) is not None
+    stream = {"grpc_service": "x.Y", "grpc_method": "Stream", "grpc_type": "bidi_stream"}
+    assert metrics.REGISTRY.get_sample_value("grpc_server_started_total", stream) == 0
+    # gRPC's canonical code names, as the ecosystem's dashboards and alerts match them.
+    assert metrics.CODE_NAMES[grpc.StatusCode.INVALID_ARGUMENT] == "InvalidArgument"
+    assert metrics.CODE_NAMES[grpc.StatusCode.CANCELLED] == "Canceled"
+    assert metrics.CODE_NAMES[grpc.StatusCode.DEADLINE_EXCEEDED] == "DeadlineExceeded"
+    assert len(set(metrics.CODE_NAMES.values())) == len(grpc.StatusCode)
+
+
+def test_every_metric_is_grpc_s_conventional_or_carries_the_loyalty_prefix() -> None:
+    # In a shared Prometheus the processor's series must not mix with other programs'.
+    for metric in metrics.DECLARED:
+        (family,) = metric.describe()
+        assert family.name.startswith(("grpc_server_", "loyalty_")), family.name

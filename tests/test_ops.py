@@ -149,7 +149,7 @@ async def test_live_metrics_pass_promtool_check_metrics(schema_url: str, redis_u
         finally:
             exposition.shutdown()
             exposition.server_close()
-    assert "grpc_server_handled_total{" in text and "transactions_total{" in text
+    assert "grpc_server_handled_total{" in text and "loyalty_transactions_total{" in text
     checked = promtool("check", "metrics", stdin=text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     exported = {
@@ -169,12 +169,13 @@ def _scrape(url: str) -> str:
 
 def test_metric_names_are_read_from_promql() -> None:
     expr = (
-        'histogram_quantile(0.99, sum by (le, grpc_method) (rate(commit_seconds_bucket{le!="1",'
+        "histogram_quantile(0.99, sum by (le, grpc_method) "
+        '(rate(loyalty_commit_seconds_bucket{le!="1",'
         'reason=~"a|b"}[5m] offset 1h))) / on (job) group_left (x) up > 1e-3 and '
         "loyalty:latency_slow:ratio_rate5m unless vector(0.2)"
     )
     assert metric_names(expr) == {
-        "commit_seconds_bucket",
+        "loyalty_commit_seconds_bucket",
         "up",
         "loyalty:latency_slow:ratio_rate5m",
     }
@@ -198,11 +199,11 @@ def test_the_dashboard_has_the_panels_an_operator_needs() -> None:
     for needed in (
         "grpc_server_handled_total",  # throughput, errors by code
         "grpc_server_handling_seconds_bucket",  # latency p50 / p99
-        "batch_size_bucket",
-        "commit_seconds_bucket",
-        "cache_hits_total",
-        "queue_depth",
-        "points_issued_total",
+        "loyalty_batch_size_bucket",
+        "loyalty_commit_seconds_bucket",
+        "loyalty_cache_hits_total",
+        "loyalty_queue_depth",
+        "loyalty_points_issued_total",
     ):
         assert needed in queries, needed
     assert "histogram_quantile(0.5," in queries and "histogram_quantile(0.99," in queries

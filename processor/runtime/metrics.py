@@ -131,46 +131,46 @@ GRPC_ERRORS = Counter(
 # --------------------------------------------------------------------------- business
 
 TRANSACTIONS = Counter(
-    "transactions_total",
+    "loyalty_transactions_total",
     "Committed requests by card program and outcome (approved, declined) with the decline "
     "reason; replays are not counted.",
     ("program", "outcome", "reason"),
     registry=REGISTRY,
 )
 POINTS_ISSUED = Counter(
-    "points_issued_total",
+    "loyalty_points_issued_total",
     "Points added to balances (scaled by the program's points precision), by loyalty "
     "program, the account's level once its batch committed, and posting kind.",
     ("program", "level", "kind"),
     registry=REGISTRY,
 )
 POINTS_REDEEMED = Counter(
-    "points_redeemed_total",
+    "loyalty_points_redeemed_total",
     "Points taken off balances (scaled by the program's points precision): award and move "
     "costs, returns, expiry; by loyalty program, level and posting kind.",
     ("program", "level", "kind"),
     registry=REGISTRY,
 )
 AWARDS_ISSUED = Counter(
-    "awards_issued_total",
+    "loyalty_awards_issued_total",
     "Awards issued, by the program holding them and kind (coupon, certificate, e_award).",
     ("program", "kind"),
     registry=REGISTRY,
 )
 AWARDS_REDEEMED = Counter(
-    "awards_redeemed_total",
+    "loyalty_awards_redeemed_total",
     "Award redemptions: coupon and certificate uses, and e-award value spends.",
     ("program", "kind"),
     registry=REGISTRY,
 )
 LEVEL_MOVES = Counter(
-    "level_moves_total",
+    "loyalty_level_moves_total",
     "Level moves, by loyalty program and kind (advancement, sustain, demotion, extension).",
     ("program", "kind"),
     registry=REGISTRY,
 )
 TENDER_VALUE = Counter(
-    "tender_value_total",
+    "loyalty_tender_value_total",
     "Stored value in minor units of the tender program's currency, by kind: issued "
     "(activations, reloads, reversals) or redeemed (redemptions, captures, cash-outs).",
     ("program", "kind"),
@@ -180,98 +180,98 @@ TENDER_VALUE = Counter(
 # --------------------------------------------------------------------------- internals
 
 BATCH_SIZE = Histogram(
-    "batch_size",
+    "loyalty_batch_size",
     "Requests evaluated together in one batch.",
     buckets=BATCH_SIZE_BUCKETS,
     registry=REGISTRY,
 )
 BATCH_WAIT = Histogram(
-    "batch_wait_seconds",
+    "loyalty_batch_wait_seconds",
     "How long the oldest request of each batch waited in the queue.",
     buckets=STAGE_BUCKETS_SECONDS,
     registry=REGISTRY,
 )
 ENGINE = Histogram(
-    "engine_seconds",
+    "loyalty_engine_seconds",
     "Rule engine time for one batch (every program's call).",
     buckets=STAGE_BUCKETS_SECONDS,
     registry=REGISTRY,
 )
 COMMIT = Histogram(
-    "commit_seconds",
+    "loyalty_commit_seconds",
     "PostgreSQL time to commit one batch (one transaction), failed attempts included.",
     buckets=STAGE_BUCKETS_SECONDS,
     registry=REGISTRY,
 )
 CONCURRENCY_RETRIES = Counter(
-    "concurrency_retries_total",
+    "loyalty_concurrency_retries_total",
     "Batches evaluated again because another process changed their accounts first.",
     registry=REGISTRY,
 )
 CACHE_HITS = Counter(
-    "cache_hits_total",
+    "loyalty_cache_hits_total",
     "Account states read from Redis.",
     registry=REGISTRY,
 )
 CACHE_MISSES = Counter(
-    "cache_misses_total",
+    "loyalty_cache_misses_total",
     "Account states Redis did not have (read from PostgreSQL instead).",
     registry=REGISTRY,
 )
 CACHE_ERRORS = Counter(
-    "cache_errors_total",
+    "loyalty_cache_errors_total",
     "Redis calls that failed (each answered as a miss or a no-op).",
     registry=REGISTRY,
 )
 CACHE_CIRCUIT_OPEN = Gauge(
-    "cache_circuit_open",
+    "loyalty_cache_circuit_open",
     "1 while the cache skips Redis after repeated errors (worst worker).",
     registry=REGISTRY,
     multiprocess_mode="max",
 )
 CARD_CACHE_HITS = Counter(
-    "catalog_memory_hits_total",
+    "loyalty_catalog_memory_hits_total",
     "Batches whose cards were all held in memory: nothing read before evaluation.",
     registry=REGISTRY,
 )
 CARD_CACHE_MISSES = Counter(
-    "catalog_memory_misses_total",
+    "loyalty_catalog_memory_misses_total",
     "Batches that read their cards from PostgreSQL (one not held, or not listening).",
     registry=REGISTRY,
 )
 CARD_CACHE_LISTENING = Gauge(
-    "catalog_memory_listening",
+    "loyalty_catalog_memory_listening",
     "1 while PostgreSQL's notifications of card changes are heard; 0 means every batch"
     " reads its cards (worst worker).",
     registry=REGISTRY,
     multiprocess_mode="min",
 )
 DB_POOL_IN_USE = Gauge(
-    "db_pool_in_use",
+    "loyalty_db_pool_in_use",
     "PostgreSQL connections lent out of the pools (sum over live workers).",
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
 DB_POOL_WAITING = Gauge(
-    "db_pool_waiting",
+    "loyalty_db_pool_waiting",
     "Callers waiting for a PostgreSQL connection (sum over live workers).",
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
 QUEUE_DEPTH = Gauge(
-    "queue_depth",
+    "loyalty_queue_depth",
     "Requests waiting for a batch (sum over live workers).",
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
 BATCHES_IN_FLIGHT = Gauge(
-    "batches_in_flight",
+    "loyalty_batches_in_flight",
     "Batches being evaluated or committed at once (sum over live workers).",
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
 REQUESTS_REJECTED = Counter(
-    "requests_rejected_total",
+    "loyalty_requests_rejected_total",
     "Requests refused before evaluation: queue_full (RESOURCE_EXHAUSTED: no room, or the "
     "requests ahead would outlast the call's deadline), shutting_down "
     "(UNAVAILABLE), deadline_expired (the deadline passed while queued), cancelled (the "
@@ -425,6 +425,13 @@ def _add_process_collectors() -> None:
 _STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 _CODE_BY_VALUE: Final = {code.value[0]: code for code in grpc.StatusCode}
 
+CODE_NAMES: Final = {
+    code: "".join(part.capitalize() for part in code.name.split("_")) for code in grpc.StatusCode
+} | {grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"}
+"""The ``grpc_code`` label of each status: gRPC's canonical code names (``InvalidArgument``,
+``Canceled``), as the ecosystem's server metrics, dashboards and alerts spell them, not
+Python's upper-case enum names."""
+
 
 class _MethodSeries:
     """The label children of one method, made once (labels() on every call costs)."""
@@ -437,13 +444,13 @@ class _MethodSeries:
         self.received = GRPC_RECEIVED.labels(*labels)
         self.sent = GRPC_SENT.labels(*labels)
         self.handling = GRPC_HANDLING.labels(*labels)
-        self.ok = GRPC_HANDLED.labels(*labels, grpc.StatusCode.OK.name)
+        self.ok = GRPC_HANDLED.labels(*labels, CODE_NAMES[grpc.StatusCode.OK])
 
     def handled(self, code: grpc.StatusCode) -> None:
         if code is grpc.StatusCode.OK:
             self.ok.inc()
         else:
-            GRPC_HANDLED.labels(*self.labels, code.name).inc()
+            GRPC_HANDLED.labels(*self.labels, CODE_NAMES[code]).inc()
 
 
 def measuring(full_method: str, handler: Any) -> Callable[[Any], Any]:
@@ -460,9 +467,20 @@ def measuring(full_method: str, handler: Any) -> Callable[[Any], Any]:
     return lambda behaviour: _measured(behaviour, series, streaming_in=streaming_in)
 
 
+def initialize_methods(methods: Iterable[tuple[str, bool, bool]]) -> None:
+    """Make every method's ``grpc_server_*`` series (its OK count among them) at zero before
+    its first call, so rates and ratios exist from the start: ``methods`` are (full method
+    name, request streaming, response streaming)."""
+    for full_method, streaming_in, streaming_out in methods:
+        _MethodSeries(_labels_of(full_method, streaming_in, streaming_out))
+
+
 def _method_labels(full_method: str, handler: Any) -> tuple[str, str, str]:
+    return _labels_of(full_method, handler.request_streaming, handler.response_streaming)
+
+
+def _labels_of(full_method: str, streaming_in: bool, streaming_out: bool) -> tuple[str, str, str]:
     service, _, method = full_method.lstrip("/").rpartition("/")
-    streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
     kind = {
         (False, False): "unary",
         (True, False): "client_stream",
@@ -531,7 +549,7 @@ def _finish(
     if code != grpc.StatusCode.OK:
         reason, numeric = _reason(context)
         service, method, _ = series.labels
-        GRPC_ERRORS.labels(service, method, code.name, reason, numeric).inc()
+        GRPC_ERRORS.labels(service, method, CODE_NAMES[code], reason, numeric).inc()
 
 
 def _status_code(context: Any, error: BaseException | None) -> grpc.StatusCode:

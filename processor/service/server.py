@@ -327,6 +327,16 @@ async def _start_on(
         await server.start()
         for name in ["", *proto.SERVICE_NAMES]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        metrics.initialize_methods(
+            (
+                f"/{service.full_name}/{method.name}",
+                method.client_streaming,
+                method.server_streaming,
+            )
+            for module in proto.FILES
+            for service in module.DESCRIPTOR.services_by_name.values()
+            for method in service.methods
+        )
         sampler = metrics.Sampler(batcher=batcher, store=store, cache=cache, card_cache=card_cache)
         tasks = [
             asyncio.get_running_loop().create_task(
