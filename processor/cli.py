@@ -303,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     from processor.service.roles import ROLES
     from processor.tools import seed as seed_limits
 
-    parser = argparse.ArgumentParser(prog="loyalty", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="loyalty",
+        description="The loyalty and stored-value transaction processor: the gRPC server, "
+        "its database and keys, and the offline evaluator. `loyalty COMMAND --help` for one.",
+    )
     parser.add_argument("--version", action="version", version=f"loyalty {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
