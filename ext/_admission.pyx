@@ -22,6 +22,7 @@ from processor.limits import (
     CARD_DIGITS_MAX,
     CARD_DIGITS_MIN,
     HIERARCHY_NODES_MAX,
+    JOB_REQUEST_ID_PREFIX,
     LINE_ATTRIBUTES_MAX,
     LINE_QUANTITY_MAX,
     LINES_MAX,
@@ -143,6 +144,7 @@ def purchase(message):
     if (
         context.HasField("pin")
         or not _text(request_id, REQUEST_ID_CHARS_MAX, True)
+        or request_id.startswith(JOB_REQUEST_ID_PREFIX)
         or not CARD_DIGITS_MIN <= len(account) <= CARD_DIGITS_MAX
         or not (account.isascii() and account.isdigit())
         or not _local_time(context.local_time, &day, &second)

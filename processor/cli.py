@@ -261,6 +261,144 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs_list(args: argparse.Namespace) -> int:
+    from processor.jobs.named import JOBS
+
+    runs = {run.job: run for run in reversed(_with_store(args, _recent_runs))}
+    for job in JOBS.values():
+        run = runs.get(job.name)
+        last = "never run" if run is None else _run_line(run)
+        print(f"{job.name}\t{last}\t{job.summary}")
+    return 0
+
+
+def _jobs_history(args: argparse.Namespace) -> int:
+    from processor.jobs.named import job_named
+
+    name = job_named(args.job).name if args.job else ""
+
+    async def recent(store: Any) -> list[Any]:
+        from processor.store.job_runs import JobRuns
+
+        return await JobRuns(store).recent(name, args.limit)
+
+    for run in _with_store(args, recent):
+        print(f"{run.job}\t{_run_line(run)}")
+    return 0
+
+
+async def _recent_runs(store: Any) -> list[Any]:
+    from processor.jobs.named import JOBS
+    from processor.store.job_runs import JobRuns
+
+    return await JobRuns(store).recent(limit=len(JOBS) * 50)
+
+
+def _run_line(run: Any) -> str:
+    from processor import calendar
+
+    state = run.status + (f" ({_printable(run.error)})" if run.error else "")
+    return (
+        f"as of {calendar.format_day(run.as_of)}: {state}, {run.accounts_done} of "
+        f"{run.accounts_total} accounts, {run.accounts_changed} changed, {run.postings} "
+        f"postings, started {run.started_at:%Y-%m-%d %H:%M:%S%z}"
+    )
+
+
+def _jobs_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from processor import calendar
+    from processor.jobs.named import job_named
+    from processor.runtime import serve
+
+    job = job_named(args.job)
+    as_of = _as_of(args.as_of)
+    settings = _settings(args)
+    chunk = args.chunk_accounts or settings.jobs_chunk_accounts
+    resolved = serve.resolve_servers(settings)
+    try:
+        report = asyncio.run(
+            _run_locally(job, as_of, chunk, settings, resolved.database_url, resolved.redis_url)
+        )
+    finally:
+        resolved.stop()
+    print(json.dumps(report.as_dict()))
+    if report.already:
+        print(
+            f"{job.name} as of {calendar.format_day(as_of)} had finished before: "
+            "nothing was run again",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _run_locally(
+    job: Any, as_of: int, chunk: int, settings: Any, database_url: str, redis_url: str | None
+) -> Any:
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    from processor.cache import compression
+    from processor.flow.registry import ProgramRegistry
+    from processor.jobs import runner
+    from processor.store.catalog import Catalog
+    from processor.store.ledger import Store
+
+    async with Store(database_url, pool_size_max=2) as store:
+        registry = ProgramRegistry(Catalog(store))
+        await registry.refresh()
+        cache = (
+            compression.open_for_programs(redis_url, registry.programs(), settings)
+            if redis_url
+            else None
+        )  # as the server opens it: the same keys, the same candidate dictionary
+        bar = tqdm(desc=job.name, unit=" accounts", file=sys.stderr, disable=None)
+        try:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            context = runner.JobContext(store, registry, cache)
+            return await runner.run(context, job, as_of, chunk_accounts=chunk, progress=progress)
+        finally:
+            bar.close()
+            if cache is not None:
+                await cache.aclose()
+
+
+def _as_of(text: str | None) -> int:
+    from processor import calendar
+    from processor.errors import InvalidFieldError
+    from processor.store.cards import today
+
+    if text is None:
+        return today()
+    try:
+        return calendar.parse_day(text)
+    except ValueError:
+        raise InvalidFieldError("--as-of", f"{text!r} is not a date YYYY-MM-DD") from None
+
+
+def _with_store(args: argparse.Namespace, action: Any) -> Any:
+    """``action(store)`` against the settings' database (the embedded one by default)."""
+    import asyncio
+
+    from processor.runtime import serve
+    from processor.store.ledger import Store
+
+    resolved = serve.resolve_servers(_settings(args), cache=False)
+
+    async def run() -> Any:
+        async with Store(resolved.database_url, pool_size_max=1) as store:
+            return await action(store)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        resolved.stop()
+
+
 def _seed(args: argparse.Namespace) -> int:
     from processor.tools import seed
 
@@ -299,7 +437,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from processor.limits import AUDIT_PAGE_SIZE_MAX
+    from processor.limits import AUDIT_PAGE_SIZE_MAX, JOB_CHUNK_ACCOUNTS_MAX
     from processor.service.roles import ROLES
     from processor.tools import seed as seed_limits
 
@@ -391,6 +529,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _server_flags(audit)
     audit.set_defaults(handler=_audit)
+
+    jobs = commands.add_parser("jobs", help="the scheduled jobs: list, run, history")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    listed_jobs = job_commands.add_parser("list", help="every job, its last run, what it does")
+    _server_flags(listed_jobs)
+    listed_jobs.set_defaults(handler=_jobs_list)
+    run_job = job_commands.add_parser(
+        "run", help="run a job now (or go on with its stopped run), with a progress bar"
+    )
+    run_job.add_argument("job", help="the job's name (`loyalty jobs list`)")
+    run_job.add_argument(
+        "--as-of", dest="as_of", help="the business day it runs as of (default: today)"
+    )
+    run_job.add_argument(
+        "--chunk-accounts",
+        dest="chunk_accounts",
+        type=_count(1, JOB_CHUNK_ACCOUNTS_MAX),
+        help="accounts per commit (default: the jobs_chunk_accounts setting)",
+    )
+    _server_flags(run_job)
+    run_job.set_defaults(handler=_jobs_run)
+    history = job_commands.add_parser("history", help="the latest runs, newest first")
+    history.add_argument("job", nargs="?", default="", help="only this job")
+    history.add_argument(
+        "--limit", type=_count(1, AUDIT_PAGE_SIZE_MAX), default=20, help="runs (default 20)"
+    )
+    _server_flags(history)
+    history.set_defaults(handler=_jobs_history)
 
     seed = commands.add_parser(
         "seed", help="bulk-load cards, customers and accounts for load tests (resumable)"

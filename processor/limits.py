@@ -27,6 +27,10 @@ REQUEST_ID_CHARS_MAX: Final = 64
 """A client's request id (and the original_id and preauthorization_id naming one), as
 common.proto documents: room for a UUID or a store-register-sequence."""
 
+JOB_REQUEST_ID_PREFIX: Final = "job:"
+"""How the request ids of the processor's scheduled jobs begin (``job:<job>:<as-of
+date>:<card>``, processor.jobs); a client's request id may not, so the two never meet."""
+
 CARD_DIGITS_MIN: Final = 8
 """Shortest card number a transaction names: a five-digit serial prefix, two sequence
 digits and the Luhn check digit, the shortest number a card definition generates."""
@@ -282,3 +286,13 @@ AUDIT_TEXT_CHARS_MAX: Final = 500
 
 AUDIT_PAGE_SIZE_MAX: Final = 1_000
 """Rows of one ListAudit page or ``loyalty audit`` run."""
+
+# --------------------------------------------------------------------------- scheduled jobs
+
+JOB_CHUNK_ACCOUNTS_MAX: Final = 10_000
+"""Accounts one chunk of a job evaluates and commits together: one commit each, well under
+BATCH_ROWS_MAX, and short enough between yields that the server's own batches go on."""
+
+JOB_CONFLICT_RETRIES_MAX: Final = 20
+"""Times a chunk's accounts are read and evaluated again because live transactions changed
+them first; past it the run fails and its next start goes on from the chunk."""

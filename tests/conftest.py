@@ -18,9 +18,16 @@ from processor.engine import Engine, get_engine
 
 NO_EXTENSIONS = os.environ.get("LOYALTY_NO_EXTENSIONS", "") == "1"
 
+# The jobs' schedule runs in every server by default; the servers of the suite (in process
+# and `loyalty serve` children) run without it, so no tick can change a test's accounts
+# while it looks at them. tests/test_jobs.py runs servers with it on, on purpose.
+os.environ.setdefault("LOYALTY_JOBS_SCHEDULE", "false")
+
 # Servers for integration tests: the ones the environment names, else embedded ones.
 # pytester runs a small suite of its own where a test proves how the suite itself behaves.
-pytest_plugins = ["plugins.postgres", "plugins.redis", "plugins.server", "pytester"]
+pytest_plugins = [
+    "plugins.postgres", "plugins.redis", "plugins.server", "plugins.proxy", "pytester",
+]  # fmt: skip
 
 # "ci" replays the same examples on every run, so a red build is reproducible from its log;
 # "dev" explores new examples each run. Neither has a deadline: timing on shared machines is

@@ -24,11 +24,10 @@ import grpc  # type: ignore[import-untyped]
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 import psycopg
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from plugins.proxy import Proxy
 from plugins.server import Served, StartServed, context, flush_prefix, line, purchase, transaction
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from processor import proto
 from processor.cache.accounts import AccountCache
@@ -480,69 +479,6 @@ async def posted_ids(database_url: str, card: str) -> set[str]:
 
 
 # --------------------------------------------------------------------------- outages
-
-
-class Proxy:
-    """A fault-injecting TCP proxy (to PostgreSQL or Redis): it can cut every connection
-    and refuse new ones, and hold every chunk of data for ``delay_seconds`` (a slow link)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
-        self.port = 0
-        self.delay_seconds = 0.0
-        self.url = ""  # a conninfo through the proxy, when a fixture made one
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """The server "goes away": the listener closes and every connection is dropped."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    if self.delay_seconds:
-                        await asyncio.sleep(self.delay_seconds)
-                    sink.write(data)
-                    await sink.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-
-@pytest_asyncio.fixture
-async def postgres_proxy(schema_url: str) -> AsyncIterator[Proxy]:
-    """A Proxy to the test's PostgreSQL, open; ``.url`` reaches the test's schema through it."""
-    given = conninfo_to_dict(schema_url)
-    proxy = Proxy(str(given.get("host") or "127.0.0.1"), int(given.get("port") or 5432))
-    await proxy.open()
-    proxy.url = make_conninfo(schema_url, host="127.0.0.1", port=str(proxy.port))
-    try:
-        yield proxy
-    finally:
-        await proxy.cut()
 
 
 async def test_postgres_down_fails_fast_with_1001_and_service_resumes_by_itself(

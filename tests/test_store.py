@@ -45,10 +45,16 @@ from processor.store import (
     ledger_entries,
     migrate,
 )
-from processor.store.migrate import MIGRATION_LOCK_KEY, migrations
+from processor.store.migrate import (
+    JOB_QUEUE_MIGRATION,
+    MIGRATION_LOCK_KEY,
+    MigrationError,
+    migrations,
+)
 from processor.tools.evaluate import prepare
 
-ALL_MIGRATIONS = [migration.name for migration in migrations()]
+# Ours, then procrastinate's schema (the jobs' queue), which is its release's own.
+ALL_MIGRATIONS = [*(migration.name for migration in migrations()), JOB_QUEUE_MIGRATION]
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +142,17 @@ def test_migrating_twice_applies_nothing_the_second_time(fresh_schema_url: str) 
     with psycopg.connect(fresh_schema_url) as connection:
         rows = connection.execute("SELECT name FROM schema_migrations").fetchall()
     assert rows == [(name,) for name in ALL_MIGRATIONS]
+
+
+def test_a_job_queue_schema_other_than_the_one_applied_is_refused(fresh_schema_url: str) -> None:
+    migrate(fresh_schema_url)
+    with psycopg.connect(fresh_schema_url, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE schema_migrations SET sha256 = 'another release' WHERE name = %s",
+            (JOB_QUEUE_MIGRATION,),
+        )
+    with pytest.raises(MigrationError, match="procrastinate's schema differs"):
+        migrate(fresh_schema_url)
 
 
 def test_two_processes_migrating_at_once_apply_each_migration_once(

@@ -141,7 +141,7 @@ purchases = st.builds(
 )
 contexts = st.builds(
     common.RequestContext,
-    request_id=text,
+    request_id=mostly("r-1", [*ODD_TEXT, "job:points-aging:2026-03-02:6001200000000010"]),
     account=accounts,
     local_time=local_times,
     location=text,
@@ -189,6 +189,7 @@ def test_a_plain_purchase_is_admitted_by_the_compiled_path() -> None:
         transactions.Transaction(context=context(pin="0042"), purchase=message.purchase),
         transactions.Transaction(context=context(), void=transactions.Void(original_id="r-0")),
         purchase(lines=[common.Line(number=1, item="A"), common.Line(number=1, item="B")]),
+        transactions.Transaction(context=context(request_id="job:x"), purchase=message.purchase),
     ):
         assert admission._compiled_purchase(slow) is None
 
@@ -228,6 +229,7 @@ def test_context_repr_never_shows_the_pin() -> None:
         ({"request_id": ""}, "context.request_id"),
         ({"request_id": "r" * 65}, "context.request_id"),
         ({"request_id": "a\nb"}, "context.request_id"),
+        ({"request_id": "job:movement:2026-03-05"}, "context.request_id"),  # the jobs' ids
         ({"account": ""}, "context.account"),
         ({"account": "1234567"}, "context.account"),
         ({"account": "1" * 33}, "context.account"),

@@ -16,6 +16,10 @@ SELECT create_reference_table('program_parts');
 SELECT create_reference_table('program_activations');
 -- API keys: a few rows, read by every server every few seconds.
 SELECT create_reference_table('api_keys');
+-- Scheduled job runs: a row per job and day, updated once per chunk. procrastinate's own
+-- tables (the jobs' queue) stay local to the coordinator: its functions lock and notify
+-- on them in ways Citus does not distribute, and they hold a few rows a day.
+SELECT create_reference_table('job_runs');
 
 -- The transaction path, by card number (the account id), in one co-location group.
 SELECT create_distributed_table('accounts', 'account_id', shard_count => 64);

@@ -21,12 +21,13 @@ from __future__ import annotations
 import datetime
 import random
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from processor import calendar
 from processor.engine import samples
 
 if TYPE_CHECKING:
+    from processor.cache.accounts import AccountCache
     from processor.program.model import ProgramFile
 
 __all__ = ["DICTIONARY_BYTES_MAX", "active_programs_dictionary", "sample_states_dictionary"]
@@ -81,3 +82,18 @@ async def active_programs_dictionary(database_url: str) -> bytes | None:
     return sample_states_dictionary(
         parse_stored_program(program_id, version, source) for program_id, version, source in rows
     )
+
+
+def open_for_programs(url: str, programs: Iterable[Any], settings: Any) -> AccountCache:
+    """The account cache at ``url`` as every process opens it: its keys under the settings'
+    ``cache_key_prefix`` and, with ``cache_compression``, the sample states of the active
+    ``programs`` (compiled) as its candidate dictionary (the first one stored in Redis is
+    the one every process writes with: processor.cache.accounts)."""
+    from processor.cache.accounts import AccountCache
+
+    dictionary = (
+        sample_states_dictionary(program.source for program in programs)
+        if settings.cache_compression
+        else None
+    )
+    return AccountCache.from_url(url, key_prefix=settings.cache_key_prefix, dictionary=dictionary)

@@ -22,11 +22,18 @@ from typing import Protocol
 
 from processor.engine.calls import Receipts, engine_calls, keyed, receipts_of
 from processor.engine.plan import CompiledProgram, compile_program
-from processor.engine.reference import BatchOutcome, ReferenceEngine, issue_card, run_job
+from processor.engine.reference import (
+    JOB_STEPS,
+    BatchOutcome,
+    ReferenceEngine,
+    issue_card,
+    run_job,
+)
 from processor.engine.types import AccountState, Receipt, Request
 
 __all__ = [
     "ENGINES",
+    "JOB_STEPS",
     "BatchOutcome",
     "CompiledProgram",
     "Engine",

@@ -23,8 +23,9 @@ The path of a purchase:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Final
 
 from processor import money
 from processor.cards import pin_problem
@@ -674,32 +675,57 @@ def _award_redemption(
 # --------------------------------------------------------------------------- jobs
 
 
+JOB_STEPS: Final = ("age", "award", "move", "expire_awards", "expire_tender")
+"""What a scheduled job may do to each account, in this order (processor.jobs names the
+jobs): age its points (expire lots, inactivity aging, lapsed coupons), issue the awards
+whose rule says ``issue: job``, make the moves whose rule says ``change: job``, expire award
+accounts, value and certificates, and expire tender accounts and lapsed pre-authorizations."""
+
+
 def run_job(
-    program: CompiledProgram, accounts: Mapping[str, AccountState], day: int, job_id: str
+    program: CompiledProgram,
+    accounts: Mapping[str, AccountState],
+    day: int,
+    job_id: str,
+    steps: Collection[str] = JOB_STEPS,
 ) -> BatchOutcome:
-    """The scheduled job: age every account, then run the award and movement rules that
-    wait for the job. ``job_id`` names the run, so its award codes are reproducible."""
+    """A scheduled job over ``accounts`` on ``day``: the ``steps`` of JOB_STEPS it names.
+
+    A loyalty account is always aged before its job rules run, as before any transaction,
+    so a rule never counts points that expired before it. ``job_id`` names the run, so its
+    award codes are reproducible.
+    """
+    unknown = set(steps) - set(JOB_STEPS)
+    if unknown:
+        raise ValueError(f"unknown job steps {sorted(unknown)}; known: {', '.join(JOB_STEPS)}")
+    loyalty_steps = {"age", "award", "move"} & set(steps)
     results = []
     states = {}
     for account_id in sorted(accounts):
         state = copy.deepcopy(accounts[account_id])
         request = RequestBase(f"{job_id}:{account_id}", account_id, day)
         result = Result(request.id, account_id)
-        for plan in program.loyalty:
+        for plan in program.loyalty if loyalty_steps else ():
             account = state.loyalty.get(plan.program.id)
             if account is None or not plan.program.in_effect(day):
                 continue
             loyalty.age(plan, account, day, result, program.version)
-            loyalty.run_award_rules(
-                program, plan, state, account, request, result, program.version, job=True
-            )
-            loyalty.run_movement_rules(plan, account, request, result, program.version, job=True)
+            if "award" in steps:
+                loyalty.run_award_rules(
+                    program, plan, state, account, request, result, program.version, job=True
+                )
+            if "move" in steps:
+                loyalty.run_movement_rules(
+                    plan, account, request, result, program.version, job=True
+                )
             loyalty.balances(plan, account, day, result)
-        for award_program in program.award_programs.values():
-            if award_program.id in state.awards:
-                awards.expire_awards(award_program, state, day, result, program.version)
-        if program.tender is not None and state.tender is not None:
+        if "expire_awards" in steps:
+            for award_program in program.award_programs.values():
+                if award_program.id in state.awards:
+                    awards.expire_awards(award_program, state, day, result, program.version)
+        if "expire_tender" in steps and program.tender is not None and state.tender is not None:
             tender.expire_tender(program.tender, state, day, result, program.version)
+            tender.release_expired_holds(state.tender, day)
         states[account_id] = state
         results.append(result)
     return BatchOutcome(results, states, {})

@@ -93,7 +93,7 @@ def apply_tender(
         _activate(program, state, request, result, version)
         return
     account = _active_account(state, request.op, request.amount, result)
-    expired_holds = _release_expired_holds(account, request.day)
+    expired_holds = release_expired_holds(account, request.day)
     _roll_usage(account, request.day)
     _OPERATIONS[request.op](program, account, request, result, version, expired_holds)
 
@@ -117,7 +117,7 @@ def debit_basket(
     _admit(program, purchase, result, state.tender, op, purchase.stored_value)
     expire_tender(program, state, purchase.day, result, version)
     account = _active_account(state, op, purchase.stored_value, result)
-    _release_expired_holds(account, purchase.day)
+    release_expired_holds(account, purchase.day)
     _roll_usage(account, purchase.day)
     sent = _Sent(op, purchase.stored_value, purchase.currency, purchase.exchange_rate)
     amount = _positive_amount(program, account, sent, result)
@@ -222,7 +222,7 @@ def merge_tender(
     giver = _active_account(source, op, request.amount, result)
     taker = _active_account(target, op, request.amount, result)
     for account in (giver, taker):
-        _release_expired_holds(account, request.day)
+        release_expired_holds(account, request.day)
     if giver.holds:
         detail = f"{len(giver.holds)} pre-authorization(s) still hold value on the source card"
         _decline(result, op, request.amount, giver, "PREAUTHORIZATION_PENDING", detail)
@@ -555,7 +555,7 @@ def _answer_balance(
         result.balances[BALANCE] = 0
         return
     if account.status == "active":
-        _release_expired_holds(account, request.day)
+        release_expired_holds(account, request.day)
     available = max(_available(program, account), 0) if account.status == "active" else 0
     reason = _STATUS_REASONS.get(account.status, "")
     result.tender = TenderDecision(request.op, True, 0, available, account.balance, reason)
@@ -625,7 +625,7 @@ def _reversal_account(
     _admit(program, request, result, state.tender, op, amount)
     expire_tender(program, state, request.day, result, version)
     account = _active_account(state, op, amount, result)
-    _release_expired_holds(account, request.day)
+    release_expired_holds(account, request.day)
     if amount <= 0:
         _decline(result, op, amount, account, "INVALID_AMOUNT", "must be greater than 0")
     return account
@@ -707,7 +707,7 @@ def _available(program: TenderProgram, account: TenderAccount) -> int:
     return account.balance - account.held - program.minor(program.min_balance)
 
 
-def _release_expired_holds(account: TenderAccount, day: int) -> set[str]:
+def release_expired_holds(account: TenderAccount, day: int) -> set[str]:
     """Drop holds whose expiry day has come; returns their ids so a capture can say why."""
     expired = {
         hold_id

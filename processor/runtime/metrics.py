@@ -3,7 +3,7 @@
 Conventions (prometheus/client_python): base units (``_seconds``; money in minor units,
 points in the program's scaled units), counters named ``..._total``, and label sets that
 are bounded and known up front. No label ever holds a card number, a customer id or a
-request id: programs, levels, kinds, reasons and gRPC methods are the only label values,
+request id: programs, levels, kinds, reasons, jobs and gRPC methods are the only label values,
 and each comes from configuration or a fixed vocabulary.
 
 What records what:
@@ -175,6 +175,46 @@ TENDER_VALUE = Counter(
     "(activations, reloads, reversals) or redeemed (redemptions, captures, cash-outs).",
     ("program", "kind"),
     registry=REGISTRY,
+)
+
+# --------------------------------------------------------------------------- scheduled jobs
+
+JOB_STATES = Counter(
+    "loyalty_job_states_total",
+    "Account states a scheduled job went through, by job and outcome: changed (committed), "
+    "unchanged, or skipped (no active program serves the card). The label is job_name: "
+    "Prometheus keeps job for the scrape target's.",
+    ("job_name", "outcome"),
+    registry=REGISTRY,
+)
+JOB_RUNS = Counter(
+    "loyalty_job_runs_total",
+    "Job runs ended, by job and outcome: finished, failed, or stopped (its process was "
+    "stopping); the next start of a failed or stopped run resumes it.",
+    ("job_name", "outcome"),
+    registry=REGISTRY,
+)
+JOB_DURATION = Histogram(
+    "loyalty_job_duration_seconds",
+    "How long each job run took in this process, from its start or resume to its end.",
+    ("job_name",),
+    buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400),
+    registry=REGISTRY,
+)
+JOB_PROGRESS = Gauge(
+    "loyalty_job_progress_ratio",
+    "Share of the accounts the running job has gone through, 0 to 1 (1 once it ends).",
+    ("job_name",),
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
+JOB_LAST_SUCCESS = Gauge(
+    "loyalty_job_last_success_timestamp_seconds",
+    "When each job last finished a run (Unix time; read from PostgreSQL when the schedule "
+    "starts), for the alert on a job that no longer finishes.",
+    ("job_name",),
+    registry=REGISTRY,
+    multiprocess_mode="max",
 )
 
 # --------------------------------------------------------------------------- internals
@@ -637,17 +677,21 @@ class StateHoldings:
         return self._states.get(account)
 
 
-def record_results(results: Iterable[tuple[Any, Any]], holdings: Holdings) -> None:
+def record_results(
+    results: Iterable[tuple[Any, Any]], holdings: Holdings, *, transactions: bool = True
+) -> None:
     """Count a committed batch's results: ``(Result, CompiledProgram)`` pairs, and what
-    the committed accounts hold (levels, and the kinds of awards redeemed).
+    the committed accounts hold (levels, and the kinds of awards redeemed). A scheduled
+    job's results (``transactions`` false) count their points, awards and moves only.
 
     Counts are summed per label set first, so a batch costs one increment per series.
     """
     tally: Tally[tuple[Any, tuple[str, ...]]] = Tally()
     for result, program in results:
-        declined = result.status != "approved"
-        outcome = ("declined", result.reason or "DECLINED") if declined else ("approved", "")
-        tally[(TRANSACTIONS, (program.id, *outcome))] += 1
+        if transactions:
+            declined = result.status != "approved"
+            outcome = ("declined", result.reason or "DECLINED") if declined else ("approved", "")
+            tally[(TRANSACTIONS, (program.id, *outcome))] += 1
         for posting in result.postings:
             _tally_posting(tally, posting, holdings, posting.account or result.account)
         for award in result.awards:

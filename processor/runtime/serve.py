@@ -53,8 +53,9 @@ class Resolved:
                 server.stop()
 
 
-def resolve_servers(settings: Settings) -> Resolved:
-    """The configured URLs, or embedded servers under the data directory."""
+def resolve_servers(settings: Settings, *, cache: bool = True) -> Resolved:
+    """The configured URLs, or embedded servers under the data directory (no cache server
+    when ``cache`` is false: the command needs only the database)."""
     database_url = secret(settings.database_url)
     redis_url = secret(settings.redis_url)
     started: list[Any] = []
@@ -64,7 +65,7 @@ def resolve_servers(settings: Settings) -> Resolved:
         embedded = postgres.start(Path(settings.data_dir) / "postgres")
         started.append(embedded)
         database_url = embedded.url
-    if not redis_url:
+    if not redis_url and cache:
         from processor.runtime.embedded import valkey
 
         cache_server = valkey.start(Path(settings.data_dir) / "valkey")

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from processor.limits import (
     CACHE_KEY_PREFIX_CHARS_MAX,
+    JOB_CHUNK_ACCOUNTS_MAX,
     PIN_ATTEMPTS_MAX,
     TOKEN_LEEWAY_SECONDS_MAX,
 )
@@ -76,8 +77,20 @@ class Settings(BaseSettings):
     gc_tuning: bool = True
     log_format: Literal["plain", "json"] = "plain"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # The scheduled jobs (processor.jobs): run in every `loyalty serve` process, each tick
+    # of jobs_cron (UTC) running each job once across all of them; accounts per commit.
+    jobs_schedule: bool = True
+    jobs_cron: str = "15 2 * * *"
+    jobs_chunk_accounts: int = Field(default=1_000, ge=1, le=JOB_CHUNK_ACCOUNTS_MAX)
     demo: bool = False
     demo_cards: int = Field(default=2_000, ge=0, le=100_000)
+
+    @field_validator("jobs_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from processor.jobs.schedule import check_cron
+
+        return check_cron(value)
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod

@@ -19,13 +19,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from processor import proto
+from processor.cache import compression
 from processor.cache.accounts import AccountCache
-from processor.cache.compression import sample_states_dictionary
 from processor.engine import get_engine
 from processor.errors import InputFileError, Problem
 from processor.flow.batcher import Batcher
 from processor.flow.pipeline import Pipeline, SubmissionBatcher, submission_keys
 from processor.flow.registry import ProgramRegistry
+from processor.jobs.runner import JobContext
+from processor.jobs.schedule import Schedule
 from processor.limits import MESSAGE_BYTES_MAX, PIN_KEY_CHARS_MIN
 from processor.runtime import metrics
 from processor.runtime.settings import Settings, secret
@@ -262,18 +264,11 @@ async def _start_on(
     keys = auth.KeyTable(credentials, demo_allowed=settings.demo)
     await keys.refresh()
     authority = auth.Authority(keys, verifier, reflection_open=settings.auth_reflection_open)
-    cache = None
-    if redis_url:
-        # The candidate compression dictionary: sample states of the active programs. The
-        # first one stored in Redis is the one every process writes with (processor.cache.accounts).
-        dictionary = (
-            sample_states_dictionary(program.source for program in registry.programs())
-            if settings.cache_compression
-            else None
-        )
-        cache = AccountCache.from_url(
-            redis_url, key_prefix=settings.cache_key_prefix, dictionary=dictionary
-        )
+    cache = (
+        compression.open_for_programs(redis_url, registry.programs(), settings)
+        if redis_url
+        else None
+    )
     # Whatever this start began is ended again if a later step fails (a port taken, a
     # server that will not start), so a failed start leaves no task or pool behind.
     batcher: SubmissionBatcher | None = None
@@ -350,6 +345,16 @@ async def _start_on(
                 watch_database(store, health_servicer), name="database-health"
             ),
         ]
+        if settings.jobs_schedule:
+            schedule = Schedule(
+                store.conninfo,
+                JobContext(store, registry, cache),
+                cron=settings.jobs_cron,
+                chunk_accounts=settings.jobs_chunk_accounts,
+            )
+            tasks.append(
+                asyncio.get_running_loop().create_task(schedule.run_forever(), name="jobs")
+            )
         if verifier is not None:
             tasks.append(
                 asyncio.get_running_loop().create_task(verifier.run_refresher(), name="jwks")

@@ -43,6 +43,9 @@ CONNECT_TIMEOUT_SECONDS: Final = 10
 MIGRATION_FILES_MAX: Final = 9999
 """Four-digit numbers: the most migrations the naming scheme allows."""
 
+JOB_QUEUE_MIGRATION: Final = "procrastinate_schema"
+"""The name schema_migrations records procrastinate's schema under (its job queue)."""
+
 _NAME = re.compile(r"(?P<number>[0-9]{4})_[a-z0-9_]+\.sql")
 
 _CREATE_TABLE = """
@@ -135,7 +138,35 @@ def _apply(connection: psycopg.Connection, pending: list[Migration]) -> list[str
                 (migration.name, migration.sha256),
             )
         done.append(migration.name)
+    if _apply_job_queue(connection, applied.get(JOB_QUEUE_MIGRATION)):
+        done.append(JOB_QUEUE_MIGRATION)
     return done
+
+
+def _apply_job_queue(connection: psycopg.Connection, recorded: str | None) -> bool:
+    """Create procrastinate's tables and functions (the job queue of processor.jobs) when
+    they are missing; whether it did. Its schema is its own, kept by its release: an upgrade
+    of procrastinate that changes it is refused here until its migrations are applied
+    (procrastinate's ``sql/migrations``, in a migration of ours) and recorded."""
+    from procrastinate.schema import SchemaManager
+
+    sql = SchemaManager.get_schema()
+    digest = hashlib.sha256(sql.encode()).hexdigest()
+    if recorded is not None:
+        if recorded != digest:
+            raise MigrationError(
+                f"the installed procrastinate's schema differs from the one applied "
+                f"({JOB_QUEUE_MIGRATION}); apply its migrations between the two releases "
+                "before serving with it"
+            )
+        return False
+    with connection.transaction():
+        connection.execute(sql.encode())
+        connection.execute(
+            "INSERT INTO schema_migrations (name, sha256) VALUES (%s, %s)",
+            (JOB_QUEUE_MIGRATION, digest),
+        )
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,7 @@ from processor.limits import (
     EXCHANGE_RATE_DECIMALS_MAX,
     HIERARCHY_NODES_MAX,
     IDENTIFIER_CHARS_MAX,
+    JOB_REQUEST_ID_PREFIX,
     LINE_ATTRIBUTES_MAX,
     LINE_QUANTITY_MAX,
     LINES_MAX,
@@ -110,6 +111,12 @@ class Context:
 def context_from_proto(message: common.RequestContext, field: str = "context") -> Context:
     """The checked context of a request; ``field`` is the message's path, for errors."""
     checked_text(message.request_id, _join(field, "request_id"), REQUEST_ID_CHARS_MAX)
+    if message.request_id.startswith(JOB_REQUEST_ID_PREFIX):
+        raise InvalidFieldError(
+            _join(field, "request_id"),
+            f"must not begin with {JOB_REQUEST_ID_PREFIX!r}: the processor's scheduled jobs "
+            "post under such ids",
+        )
     _card_number(message.account, _join(field, "account"))
     day, second = _local_time(message.local_time, _join(field, "local_time"))
     checked_text(message.location, _join(field, "location"), LOCATION_CHARS_MAX, required=False)

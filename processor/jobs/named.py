@@ -1,0 +1,66 @@
+"""The jobs a deployment runs, by name: what each does to every account it goes through.
+
+Each is a selection of the reference engine's job steps (processor.engine.reference
+``JOB_STEPS``). A loyalty account is aged before its job rules run, as before any
+transaction, so ``create-loyalty-award`` and ``movement`` age the accounts they go through
+as ``points-aging`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from processor.errors import InvalidFieldError
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A scheduled job: its name, the engine's steps it runs and what it does."""
+
+    name: str
+    steps: tuple[str, ...]
+    summary: str
+
+
+JOBS: dict[str, Job] = {
+    job.name: job
+    for job in (
+        Job(
+            "points-aging",
+            ("age",),
+            "expires points whose lots are due, and an inactive account's points where its "
+            "level ages them on inactivity; marks lapsed coupons expired",
+        ),
+        Job(
+            "award-expiry",
+            ("expire_awards",),
+            "expires award accounts, e-award value and certificates whose day has come",
+        ),
+        Job(
+            "tender-expiry",
+            ("expire_tender",),
+            "expires stored-value accounts on their expiry day and releases lapsed "
+            "pre-authorizations",
+        ),
+        Job(
+            "create-loyalty-award",
+            ("award",),
+            "issues the awards whose rule says `issue: job` to the accounts that qualify",
+        ),
+        Job(
+            "movement",
+            ("move",),
+            "makes the level moves whose rule says `change: job`: sustains, and demotions "
+            "with their extensions",
+        ),
+    )
+}
+"""Every job, in the order a nightly schedule runs them."""
+
+
+def job_named(name: str) -> Job:
+    """The job called ``name``; InvalidFieldError naming the known ones otherwise."""
+    job = JOBS.get(name)
+    if job is None:
+        raise InvalidFieldError("job", f"{name!r} is not a job; the jobs are {', '.join(JOBS)}")
+    return job

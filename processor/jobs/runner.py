@@ -1,0 +1,288 @@
+"""One run of a job over every account: chunks evaluated, committed and recorded.
+
+``run`` is the whole of it (processor.jobs says where it sits). What holds:
+
+- **Once per run.** A changed account is committed with an idempotency row keyed by its
+  card and the run (``job:<job>:<as-of>:<card>``, a prefix clients may not use); a second
+  attempt at it (a resumed run, a chunk evaluated again) is refused by the commit as a
+  replay and the account left as the first attempt wrote it. An account the job does not
+  change is not written at all.
+- **Beside live traffic.** The commit is ``commit_batch``'s: an account a transaction
+  changed after the chunk read it conflicts, and the chunk reads those accounts again and
+  evaluates them again (up to JOB_CONFLICT_RETRIES_MAX times). The event loop is let go
+  between chunks, so the server's own batches go on.
+- **Resumable.** After each chunk the run records its last account; a run started again
+  after a crash or a stop goes on after it, and a finished run is not run again.
+- **One at a time.** A run holds its job's lock (processor.store.job_runs), so two runners
+  of one job take turns, and the second finds the run finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from processor import calendar
+from processor.engine import CompiledProgram, run_job
+from processor.engine.types import AccountState, Result
+from processor.errors import NotFoundError
+from processor.jobs.named import Job
+from processor.limits import JOB_CONFLICT_RETRIES_MAX, JOB_REQUEST_ID_PREFIX
+from processor.runtime import metrics
+from processor.store import codec
+from processor.store.job_runs import JobRuns
+from processor.store.ledger import (
+    AccountWrite,
+    CommitBatch,
+    CommitOutcome,
+    IdempotencyRecord,
+    Store,
+    ledger_entries,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_ACCOUNTS_DEFAULT = 1_000
+"""Accounts per chunk unless the settings say otherwise (jobs_chunk_accounts)."""
+
+Progress = Callable[[int, int], None]
+"""Told after each chunk: accounts done so far in the run, and the run's total."""
+
+
+class Programs(Protocol):
+    """The active program of a card (processor.flow.registry.ProgramRegistry)."""
+
+    def for_card(self, card_number: str) -> CompiledProgram: ...
+
+
+class Cache(Protocol):
+    async def put_many(self, entries: dict[str, tuple[int, bytes]]) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a run reads and writes through: the server's, or the command line's own."""
+
+    store: Store
+    programs: Programs
+    cache: Cache | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What a run did, in all its attempts (``already`` when it had finished before)."""
+
+    job: str
+    as_of: int
+    accounts_total: int
+    accounts_done: int
+    accounts_changed: int
+    postings: int
+    attempts: int
+    already: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "as_of": calendar.format_day(self.as_of),
+            "status": "finished before" if self.already else "finished",
+            "accounts_total": self.accounts_total,
+            "accounts_done": self.accounts_done,
+            "accounts_changed": self.accounts_changed,
+            "postings": self.postings,
+            "attempts": self.attempts,
+        }
+
+
+def run_id(job: Job, as_of: int) -> str:
+    """The name of the run of ``job`` as of ``as_of``: its request ids begin with it."""
+    return f"{JOB_REQUEST_ID_PREFIX}{job.name}:{calendar.format_day(as_of)}"
+
+
+async def run(
+    context: JobContext,
+    job: Job,
+    as_of: int,
+    *,
+    chunk_accounts: int = CHUNK_ACCOUNTS_DEFAULT,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Run ``job`` as of ``as_of`` over every account, or go on with its stopped run."""
+    runs = JobRuns(context.store)
+    async with runs.exclusive(job.name):
+        begun = await runs.begin(job.name, as_of)
+        if begun.status == "finished":
+            return RunReport(
+                job.name, as_of, begun.accounts_total, begun.accounts_done,
+                begun.accounts_changed, begun.postings, begun.attempts, already=True,
+            )  # fmt: skip
+        started = time.monotonic()
+        total = max(begun.accounts_total, begun.accounts_done)
+        done, changed, postings = begun.accounts_done, begun.accounts_changed, begun.postings
+        after = begun.after_account
+        gauge = metrics.JOB_PROGRESS.labels(job.name)
+        gauge.set(_ratio(done, total))
+        if after:
+            log.info("job %s as of %s: resuming after %d accounts", job.name, _day(as_of), done)
+        try:
+            while True:
+                rows = await runs.accounts_after(after, chunk_accounts)
+                if not rows:
+                    break
+                chunk = await _run_chunk(context, job, as_of, rows)
+                after = rows[-1][0]
+                await runs.progress(job.name, as_of, after, len(rows), *chunk)
+                done, changed, postings = done + len(rows), changed + chunk[0], postings + chunk[1]
+                total = max(total, done)
+                gauge.set(_ratio(done, total))
+                if progress is not None:
+                    progress(done, total)
+                await asyncio.sleep(0)  # the server's batches go on between chunks
+            await runs.finish(job.name, as_of)
+        except BaseException as error:
+            stopped = isinstance(error, asyncio.CancelledError)
+            metrics.JOB_RUNS.labels(job.name, "stopped" if stopped else "failed").inc()
+            with contextlib.suppress(Exception):
+                await runs.finish(job.name, as_of, error=_described(error))
+            raise
+        finally:
+            metrics.JOB_DURATION.labels(job.name).observe(time.monotonic() - started)
+        gauge.set(1.0)
+        metrics.JOB_RUNS.labels(job.name, "finished").inc()
+        metrics.JOB_LAST_SUCCESS.labels(job.name).set(time.time())
+        log.info(
+            "job %s as of %s finished: %d accounts, %d changed, %d postings",
+            job.name, _day(as_of), done, changed, postings,
+        )  # fmt: skip
+        return RunReport(job.name, as_of, total, done, changed, postings, begun.attempts)
+
+
+async def _run_chunk(
+    context: JobContext, job: Job, as_of: int, rows: list[tuple[str, int, bytes]]
+) -> tuple[int, int]:
+    """Evaluate and commit one chunk; (accounts changed, postings written)."""
+    read = {
+        account: (version, codec.decode_state(blob, account)) for account, version, blob in rows
+    }
+    name = run_id(job, as_of)
+    done_before: set[str] = set()  # accounts an earlier attempt of the run changed
+    for _ in range(JOB_CONFLICT_RETRIES_MAX + 1):
+        evaluated = _evaluate(context.programs, job, as_of, name, read, done_before)
+        outcome = (
+            await context.store.commit(evaluated.batch)
+            if evaluated.batch.accounts
+            else CommitOutcome(True)
+        )
+        if outcome.committed:
+            await _committed(context, job, evaluated, outcome)
+            return len(evaluated.batch.accounts), len(evaluated.batch.postings)
+        done_before.update(_account_of(request_id) for request_id in outcome.replayed)
+        if outcome.conflicts:
+            metrics.CONCURRENCY_RETRIES.inc()
+            fresh = await context.store.load(list(outcome.conflicts))
+            read.update(fresh)
+    raise RuntimeError(
+        f"job {job.name}: live transactions kept changing the accounts of a chunk "
+        f"({JOB_CONFLICT_RETRIES_MAX} tries); the next start goes on from it"
+    )
+
+
+@dataclass(slots=True)
+class _Evaluated:
+    batch: CommitBatch
+    results: list[tuple[Result, CompiledProgram]]
+    states: dict[str, AccountState]
+    unchanged: int  # evaluated and left as they were, or changed by an earlier attempt
+    skipped: int  # no active program serves the card
+
+
+def _evaluate(
+    programs: Programs,
+    job: Job,
+    as_of: int,
+    name: str,
+    read: Mapping[str, tuple[int, AccountState]],
+    done_before: set[str],
+) -> _Evaluated:
+    """The chunk's changed accounts, ready to commit; unchanged ones are left out."""
+    by_program: dict[int, tuple[CompiledProgram, dict[str, AccountState]]] = {}
+    skipped = 0
+    unchanged = len(done_before)
+    for account, (_, state) in read.items():
+        if account in done_before:
+            continue
+        try:
+            program = programs.for_card(account)
+        except NotFoundError:
+            skipped += 1  # no active program serves the card: nothing runs on it
+            continue
+        by_program.setdefault(id(program), (program, {}))[1][account] = state
+    batch = CommitBatch()
+    results: list[tuple[Result, CompiledProgram]] = []
+    states: dict[str, AccountState] = {}
+    for program, accounts in by_program.values():
+        outcome = run_job(program, accounts, as_of, name, job.steps)
+        for result in outcome.results:
+            account = result.account
+            new = outcome.accounts[account]
+            if new == accounts[account]:
+                unchanged += 1
+                continue
+            batch.accounts.append(AccountWrite(new, read[account][0]))
+            batch.postings.extend(ledger_entries(result))
+            batch.idempotency.append(
+                IdempotencyRecord(account, result.id, _payload_hash(result.id), b"")
+            )
+            results.append((result, program))
+            states[account] = new
+    return _Evaluated(batch, results, states, unchanged, skipped)
+
+
+async def _committed(
+    context: JobContext, job: Job, evaluated: _Evaluated, outcome: CommitOutcome
+) -> None:
+    for outcome_name, count in (
+        ("changed", len(evaluated.states)),
+        ("unchanged", evaluated.unchanged),
+        ("skipped", evaluated.skipped),
+    ):
+        if count:
+            metrics.JOB_STATES.labels(job.name, outcome_name).inc(count)
+    metrics.record_results(
+        evaluated.results, metrics.StateHoldings(evaluated.states), transactions=False
+    )
+    if context.cache is not None and outcome.versions:
+        versions, encoded = outcome.versions, outcome.encoded
+        await context.cache.put_many(
+            {account: (versions[account], encoded[account]) for account in versions}
+        )
+
+
+def _account_of(request_id: str) -> str:
+    """The card of a job's request id (``job:<job>:<as-of>:<card>``)."""
+    return request_id.rsplit(":", 1)[-1]
+
+
+def _payload_hash(request_id: str) -> bytes:
+    """What the run's idempotency row holds as its payload: the run is the payload."""
+    return hashlib.blake2b(request_id.encode(), digest_size=16).digest()
+
+
+def _ratio(done: int, total: int) -> float:
+    return 1.0 if total <= 0 else min(1.0, done / total)
+
+
+def _day(day: int) -> str:
+    return calendar.format_day(day)
+
+
+def _described(error: BaseException) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "stopped before it finished (the server stopped)"
+    return f"{type(error).__name__}: {error}"[:500]

@@ -1,0 +1,145 @@
+"""Scheduled job runs in PostgreSQL (migration 0008), and the accounts a run walks.
+
+A run is (job, as-of day). ``begin`` makes its row or finds it: a finished run is not run
+again, and a stopped one goes on from the last account it recorded. ``exclusive`` holds a
+session advisory lock on the job for the whole run, so two runners of one job (two servers'
+schedules, a person at a terminal) take turns: the second finds the run finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+
+from processor import calendar
+from processor.store.catalog_base import CatalogBase, one_row
+from processor.store.ledger import database_error
+
+_JOB_LOCK_NAMESPACE: Final = 0x4A42  # "JB": the first key of the jobs' advisory locks
+
+_BEGIN = """
+INSERT INTO job_runs (job, as_of, accounts_total) VALUES (%s, %s, %s)
+ON CONFLICT (job, as_of) DO UPDATE SET
+    attempts = job_runs.attempts + CASE WHEN job_runs.status = 'finished' THEN 0 ELSE 1 END,
+    status = CASE WHEN job_runs.status = 'finished' THEN 'finished' ELSE 'running' END,
+    error = CASE WHEN job_runs.status = 'finished' THEN job_runs.error ELSE '' END,
+    updated_at = now()
+RETURNING status, after_account, accounts_total, accounts_done, accounts_changed, postings,
+          attempts
+"""
+_PROGRESS = """
+UPDATE job_runs SET after_account = %s, accounts_done = accounts_done + %s,
+    accounts_changed = accounts_changed + %s, postings = postings + %s, updated_at = now()
+WHERE job = %s AND as_of = %s AND status = 'running'
+"""
+_FINISH = """
+UPDATE job_runs SET status = %s, error = %s, updated_at = now(),
+    finished_at = CASE WHEN %s = 'finished' THEN now() ELSE NULL END
+WHERE job = %s AND as_of = %s AND status = 'running'
+"""
+_RECENT = """
+SELECT job, as_of, status, after_account, accounts_total, accounts_done, accounts_changed,
+       postings, attempts, error, started_at, finished_at
+FROM job_runs WHERE (%s = '' OR job = %s) ORDER BY started_at DESC, job LIMIT %s
+"""
+_LAST_FINISHED = """
+SELECT job, max(finished_at) FROM job_runs WHERE status = 'finished' GROUP BY job
+"""
+_ACCOUNTS_AFTER = """
+SELECT account_id, version, state FROM accounts WHERE account_id > %s
+ORDER BY account_id LIMIT %s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    """A run's row: where it stands and what it did so far."""
+
+    job: str
+    as_of: int  # a day number
+    status: str  # running, finished or failed
+    after_account: str  # the last account finished; "" before the first
+    accounts_total: int  # accounts when the run first started
+    accounts_done: int
+    accounts_changed: int
+    postings: int
+    attempts: int  # starts and resumes
+    error: str = ""
+    started_at: datetime.datetime | None = None
+    finished_at: datetime.datetime | None = None
+
+
+class JobRuns(CatalogBase):
+    """The job_runs table and the walk over accounts, through the Store's pool."""
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, job: str) -> AsyncIterator[None]:
+        """Hold ``job``'s lock (waiting for it) until the block ends; a runner that dies
+        lets go with its connection."""
+        try:
+            async with self._pool.connection() as connection:
+                key = (_JOB_LOCK_NAMESPACE, job)
+                await connection.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
+                try:
+                    yield
+                finally:
+                    await connection.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+        except psycopg.Error as error:
+            action = f"hold the lock of job {job}"
+            raise database_error(error, action, self._pool.timeout) from error
+
+    async def begin(self, job: str, as_of: int) -> JobRun:
+        """The run of ``job`` as of ``as_of``: made (running), resumed (running again, one
+        more attempt) or found finished."""
+        async with self._transaction(f"begin job {job}") as cursor:
+            await cursor.execute("SELECT count(*) FROM accounts")
+            total = (await one_row(cursor))[0]
+            await cursor.execute(_BEGIN, (job, calendar.to_date(as_of), total))
+            row = await one_row(cursor)
+        return JobRun(job, as_of, *row)
+
+    async def progress(
+        self, job: str, as_of: int, after_account: str, done: int, changed: int, postings: int
+    ) -> None:
+        """Record a chunk finished: its last account and what it did."""
+        async with self._transaction(f"record the progress of job {job}") as cursor:
+            await cursor.execute(
+                _PROGRESS,
+                (after_account, done, changed, postings, job, calendar.to_date(as_of)),
+            )
+
+    async def finish(self, job: str, as_of: int, error: str = "") -> None:
+        """The run finished (no ``error``) or failed with ``error``; a failed run is resumed
+        by the next start."""
+        status = "failed" if error else "finished"
+        async with self._transaction(f"finish job {job}") as cursor:
+            await cursor.execute(_FINISH, (status, error, status, job, calendar.to_date(as_of)))
+
+    async def recent(self, job: str = "", limit: int = 20) -> list[JobRun]:
+        """The latest runs, newest first: of ``job``, or of every job."""
+        async with self._reading("list job runs") as cursor:
+            await cursor.execute(_RECENT, (job, job, limit))
+            rows = await cursor.fetchall()
+        return [_run(row) for row in rows]
+
+    async def last_finished(self) -> dict[str, datetime.datetime]:
+        """When each job last finished a run."""
+        async with self._reading("read when jobs last finished") as cursor:
+            await cursor.execute(_LAST_FINISHED)
+            return {job: finished_at for job, finished_at in await cursor.fetchall()}
+
+    async def accounts_after(self, after: str, limit: int) -> list[tuple[str, int, bytes]]:
+        """Up to ``limit`` accounts (id, version, stored state) after ``after``, in order."""
+        async with self._reading("read accounts for a job") as cursor:
+            await cursor.execute(_ACCOUNTS_AFTER, (after, limit))
+            return [(row[0], row[1], bytes(row[2])) for row in await cursor.fetchall()]
+
+
+def _run(row: Any) -> JobRun:
+    job, as_of, *fields = row
+    return JobRun(job, calendar.to_day(as_of), *fields)

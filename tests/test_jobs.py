@@ -1,0 +1,455 @@
+"""Scheduled jobs on real PostgreSQL: each job's exact effect on the demo program, a second
+run that changes nothing, a crash in the middle and the resume, two runners at once, a
+transaction racing a chunk, the schedule deferring a tick once, and the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+from plugins.proxy import Proxy
+from plugins.server import DemoSummary, StartServed, demo_cards, unique_prefix
+
+from processor import calendar
+from processor.cache.accounts import AccountCache
+from processor.engine import ReferenceEngine
+from processor.engine.types import AccountState, Line, Purchase, Request, TenderRequest
+from processor.errors import InvalidFieldError
+from processor.flow.registry import ProgramRegistry
+from processor.jobs import runner
+from processor.jobs.named import JOBS, job_named
+from processor.jobs.schedule import Schedule, check_cron, task_name
+from processor.runtime import metrics
+from processor.store.catalog import Catalog
+from processor.store.job_runs import JobRuns
+from processor.store.ledger import AccountWrite, CommitBatch, Store, ledger_entries
+
+pytestmark = pytest.mark.integration
+
+DAY = calendar.parse_day("2026-03-04")  # a Wednesday
+
+
+def sale(request_id: str, card: str, amount: int, day: int = DAY) -> Purchase:
+    return Purchase(
+        request_id, card, day, 13 * 3600, "S003", card_present=True, pin_verified=True,
+        lines=(Line(1, "JACKET", amount, 1, ("OUTERWEAR",)),),
+    )  # fmt: skip
+
+
+def tender(request_id: str, card: str, op: Any, amount: int, day: int = DAY) -> TenderRequest:
+    return TenderRequest(
+        request_id, card, day, 9 * 3600, "S001", pin_verified=True, op=op, amount=amount
+    )
+
+
+async def registry_of(store: Store) -> ProgramRegistry:
+    registry = ProgramRegistry(Catalog(store))
+    await registry.refresh()
+    return registry
+
+
+async def post(store: Store, registry: ProgramRegistry, requests: list[Request]) -> None:
+    """Evaluate ``requests`` with the reference engine and commit them, as the pipeline does."""
+    cards = sorted({request.account for request in requests})
+    loaded = await store.load(cards)
+    program = registry.for_card(cards[0])
+    states = {card: state for card, (_, state) in loaded.items()}
+    outcome = ReferenceEngine().evaluate(program, states, requests)
+    assert all(result.status == "approved" for result in outcome.results), outcome.results
+    batch = CommitBatch(
+        accounts=[
+            AccountWrite(state, loaded.get(card, (0, None))[0])
+            for card, state in outcome.accounts.items()
+        ],
+        postings=[entry for result in outcome.results for entry in ledger_entries(result)],
+        receipts=list(outcome.receipts.values()),
+    )
+    assert (await store.commit(batch)).committed
+
+
+async def state_of(store: Store, card: str) -> AccountState:
+    return (await store.load([card]))[card][1]
+
+
+async def certificates(store: Store, card: str) -> list[str]:
+    """The rules of the certificates the card's rewards wallet holds."""
+    wallet = (await state_of(store, card)).awards.get("rewards")
+    return [] if wallet is None else [award.rule for award in wallet.awards]
+
+
+async def job_rows(store: Store, card: str) -> list[tuple[str, str, str, int]]:
+    """The card's ledger rows posted by jobs: (request id, balance, kind, amount)."""
+    async with store.pool.connection() as connection:
+        cursor = await connection.execute(
+            "SELECT request_id, balance, kind, amount FROM ledger"
+            " WHERE account_id = %s AND request_id LIKE 'job:%%' ORDER BY request_id, seq",
+            (card,),
+        )
+        return [tuple(row) for row in await cursor.fetchall()]  # type: ignore[misc]
+
+
+@pytest.fixture
+def demo_cards_list(demo_summary: DemoSummary) -> list[str]:
+    return demo_cards(demo_summary)
+
+
+def run_job(store: Store, registry: ProgramRegistry, name: str, day: str, **options: Any) -> Any:
+    context = runner.JobContext(store, registry, options.pop("cache", None))
+    return runner.run(context, job_named(name), calendar.parse_day(day), **options)
+
+
+# --------------------------------------------------------------------------- each job
+
+
+async def test_the_award_job_issues_the_demo_coffee_certificate_once(
+    store: Store, demo_cards_list: list[str], redis_url: str
+) -> None:
+    registry = await registry_of(store)
+    rich, poor = demo_cards_list[:2]
+    await post(store, registry, [sale("s1", rich, 35_000), sale("s2", poor, 10_000)])
+    poor_before = await store.load([poor])
+    async with AccountCache.from_url(redis_url, key_prefix=unique_prefix()) as cache:
+        report = await run_job(store, registry, "create-loyalty-award", "2026-03-05", cache=cache)
+        cached = await cache.get_many([rich])
+    assert (report.accounts_done, report.accounts_changed, report.already) == (2, 1, False)
+    awarded = await state_of(store, rich)
+    assert await certificates(store, rich) == ["free-coffee"]
+    assert sum(lot.points for lot in awarded.loyalty["points"].lots) == 55  # 355 - 300
+    run = "job:create-loyalty-award:2026-03-05"
+    assert await job_rows(store, rich) == [(f"{run}:{rich}", "points", "award_cost", -300)]
+    assert cached[rich][0] == (await store.load([rich]))[rich][0]  # the cache has the new state
+    # 105 points: the job left the poor card as it was, and did not write it.
+    assert await store.load([poor]) == poor_before
+    assert await job_rows(store, poor) == []
+    assert await store.reconcile() == []
+
+    again = await run_job(store, registry, "create-loyalty-award", "2026-03-05")
+    assert again.already and again.accounts_changed == 1
+    assert await state_of(store, rich) == awarded
+    next_day = await run_job(store, registry, "create-loyalty-award", "2026-03-06")
+    assert next_day.accounts_changed == 0  # 55 points: no second certificate
+    assert await state_of(store, rich) == awarded
+
+
+async def test_the_movement_job_demotes_gold_to_silver_by_the_average_per_month_rule(
+    store: Store, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    await post(store, registry, [sale("s1", card, 120_000)])
+    assert (await state_of(store, card)).loyalty["points"].level == "gold"
+    half_year = await run_job(store, registry, "movement", "2026-09-05")
+    held = (await state_of(store, card)).loyalty["points"]
+    assert (half_year.accounts_changed, held.level) == (1, "gold")  # its coupons lapsed only
+    assert {coupon.status for coupon in held.awards} == {"expired"}
+    a_year = await run_job(store, registry, "movement", "2027-03-05")
+    assert a_year.accounts_changed == 1
+    moved = (await state_of(store, card)).loyalty["points"]
+    assert (moved.level, moved.level_since_day) == ("silver", calendar.parse_day("2027-03-05"))
+    assert await store.reconcile() == []
+
+
+async def test_points_aging_expires_lots_that_are_due_and_posts_them(
+    store: Store, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    await post(store, registry, [sale("s1", card, 25_000)])
+    early = await run_job(store, registry, "points-aging", "2028-03-03")
+    assert sum(lot.points for lot in (await state_of(store, card)).loyalty["points"].lots) == 255
+    assert early.accounts_changed == 1  # the year rolled; no lot was due yet
+    report = await run_job(store, registry, "points-aging", "2028-03-04")
+    assert report.postings == 1
+    assert (await state_of(store, card)).loyalty["points"].lots == []
+    run = "job:points-aging:2028-03-04"
+    assert await job_rows(store, card) == [(f"{run}:{card}", "points", "expire", -255)]
+    assert await store.reconcile() == []
+
+
+async def test_tender_expiry_releases_lapsed_holds_and_expires_the_account(
+    store: Store, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    await post(
+        store,
+        registry,
+        [tender("a1", card, "activate", 10_000), tender("h1", card, "preauth", 2_500)],
+    )
+    assert list((await state_of(store, card)).tender.holds) == ["h1"]  # type: ignore[union-attr]
+    await run_job(store, registry, "tender-expiry", "2026-03-10")
+    assert list((await state_of(store, card)).tender.holds) == ["h1"]  # type: ignore[union-attr]
+    released = await run_job(store, registry, "tender-expiry", "2026-03-11")
+    assert released.accounts_changed == 1
+    account = (await state_of(store, card)).tender
+    assert account is not None and (account.holds, account.status) == ({}, "active")
+    expired = await run_job(store, registry, "tender-expiry", "2031-03-04")
+    assert expired.accounts_changed == 1
+    account = (await state_of(store, card)).tender
+    assert account is not None and (account.status, account.balance) == ("expired", 10_000)
+    assert await store.reconcile() == []
+
+
+async def test_award_expiry_expires_the_welcome_certificate_after_three_months(
+    store: Store, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    await post(store, registry, [tender("a1", card, "activate", 10_000)])
+    welcome = (await state_of(store, card)).awards["rewards"].awards
+    assert [(award.rule, award.status) for award in welcome] == [("welcome", "active")]
+    await run_job(store, registry, "award-expiry", "2026-06-03")
+    assert (await state_of(store, card)).awards["rewards"].awards[0].status == "active"
+    report = await run_job(store, registry, "award-expiry", "2026-06-04")
+    assert report.accounts_changed == 1
+    assert (await state_of(store, card)).awards["rewards"].awards[0].status == "expired"
+
+
+# --------------------------------------------------------------------------- the run itself
+
+
+async def test_a_run_stopped_after_a_commit_resumes_and_changes_no_account_twice(
+    store: Store, demo_cards_list: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = await registry_of(store)
+    cards = demo_cards_list[:3]
+    await post(store, registry, [sale(f"s{i}", card, 35_000) for i, card in enumerate(cards)])
+    recorded = JobRuns.progress
+    calls = 0
+
+    async def dies_after_the_second_commit(self: JobRuns, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("the process died here")  # committed, not yet recorded
+        await recorded(self, *args)
+
+    monkeypatch.setattr(JobRuns, "progress", dies_after_the_second_commit)
+    with pytest.raises(ConnectionError):
+        await run_job(store, registry, "create-loyalty-award", "2026-03-05", chunk_accounts=1)
+    (stopped,) = await JobRuns(store).recent("create-loyalty-award")
+    assert (stopped.status, stopped.after_account, stopped.accounts_done) == (
+        "failed",
+        cards[0],
+        1,
+    )
+    assert "the process died here" in stopped.error
+    monkeypatch.setattr(JobRuns, "progress", recorded)
+
+    report = await run_job(store, registry, "create-loyalty-award", "2026-03-05", chunk_accounts=1)
+    assert (report.accounts_done, report.accounts_changed, report.attempts) == (3, 2, 2)
+    for card in cards:  # one certificate each, the second card's from the first attempt
+        assert await certificates(store, card) == ["free-coffee"]
+        assert len(await job_rows(store, card)) == 1
+    assert await store.reconcile() == []
+
+
+async def test_two_runners_started_at_once_run_the_job_once(
+    schema_url: str, demo_cards_list: list[str]
+) -> None:
+    async with Store(schema_url, pool_size_max=3) as one, Store(schema_url, pool_size_max=3) as two:
+        registry = await registry_of(one)
+        cards = demo_cards_list[:4]
+        await post(one, registry, [sale(f"s{i}", card, 35_000) for i, card in enumerate(cards)])
+        reports = await asyncio.gather(
+            run_job(one, registry, "create-loyalty-award", "2026-03-05", chunk_accounts=1),
+            run_job(two, await registry_of(two), "create-loyalty-award", "2026-03-05"),
+        )
+        assert sorted(report.already for report in reports) == [False, True]
+        for card in cards:
+            assert await certificates(one, card) == ["free-coffee"]
+        assert await one.reconcile() == []
+
+
+async def test_an_account_a_transaction_changed_meanwhile_is_evaluated_again(
+    store: Store, demo_cards_list: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    await post(store, registry, [sale("s1", card, 35_000)])
+    real_commit = Store.commit
+    raced = False
+
+    async def a_sale_gets_there_first(self: Store, batch: CommitBatch) -> Any:
+        nonlocal raced
+        if not raced and any(write.account_id == card for write in batch.accounts):
+            raced = True
+            await post(store, registry, [sale("s2", card, 10_000, DAY + 1)])
+        return await real_commit(self, batch)
+
+    monkeypatch.setattr(Store, "commit", a_sale_gets_there_first)
+    retries = metrics.CONCURRENCY_RETRIES._value.get()
+    report = await run_job(store, registry, "create-loyalty-award", "2026-03-05")
+    assert raced and report.accounts_changed == 1
+    assert metrics.CONCURRENCY_RETRIES._value.get() == retries + 1
+    assert await certificates(store, card) == ["free-coffee"]
+    points = (await state_of(store, card)).loyalty["points"]
+    assert sum(lot.points for lot in points.lots) == 355 + 105 - 300  # both changes kept
+    assert await store.reconcile() == []
+
+
+async def test_a_finished_run_counts_in_the_job_metrics(
+    store: Store, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    await post(store, registry, [sale("s1", demo_cards_list[0], 35_000)])
+    finished = metrics.JOB_RUNS.labels("create-loyalty-award", "finished")
+    changed = metrics.JOB_STATES.labels("create-loyalty-award", "changed")
+    issued = metrics.AWARDS_ISSUED.labels("rewards", "certificate")
+    before = (finished._value.get(), changed._value.get(), issued._value.get())
+    await run_job(store, registry, "create-loyalty-award", "2026-03-05")
+    after = (finished._value.get(), changed._value.get(), issued._value.get())
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+    assert metrics.JOB_PROGRESS.labels("create-loyalty-award")._value.get() == 1.0
+
+
+# --------------------------------------------------------------------------- the schedule
+
+
+async def test_a_tick_is_deferred_once_across_two_processes_and_run(
+    store: Store, schema_url: str, demo_cards_list: list[str]
+) -> None:
+    from procrastinate.periodic import PeriodicDeferrer
+
+    registry = await registry_of(store)
+    await post(store, registry, [sale("s1", demo_cards_list[0], 35_000)])
+    context = runner.JobContext(store, registry)
+    schedules = [Schedule(schema_url, context, cron="15 2 * * *") for _ in range(2)]
+    tick = int(calendar.to_date(calendar.parse_day("2026-03-05")).strftime("%s")) + 2 * 3600 + 900
+    for schedule in schedules:
+        async with schedule.app.open_async():
+            deferrer = PeriodicDeferrer(schedule.app.periodic_registry)
+            award = next(
+                task
+                for task in schedule.app.periodic_registry.periodic_tasks.values()
+                if task.task.name == task_name(JOBS["create-loyalty-award"])
+            )
+            await deferrer.defer_jobs([(award, tick)])
+    async with store.pool.connection() as connection:
+        cursor = await connection.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = %s",
+            (task_name(JOBS["create-loyalty-award"]),),
+        )
+        assert (await cursor.fetchone()) == (1,)
+    await schedules[0].run(wait=False)
+    (run,) = await JobRuns(store).recent("create-loyalty-award")
+    assert (run.status, calendar.format_day(run.as_of)) == ("finished", "2026-03-05")
+    assert await certificates(store, demo_cards_list[0]) == ["free-coffee"]
+
+
+async def test_a_server_runs_a_deferred_job_and_stops_while_postgres_is_cut(
+    store: Store,
+    schema_url: str,
+    postgres_proxy: Proxy,
+    start_served: StartServed,
+    demo_cards_list: list[str],
+) -> None:
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    await post(store, registry, [sale("s1", card, 35_000)])
+    served = await start_served(database_url=postgres_proxy.url, jobs_schedule=True)
+    elsewhere = Schedule(schema_url, runner.JobContext(store, registry), cron="15 2 * * *")
+    async with elsewhere.app.open_async():  # as `loyalty jobs` or another host would
+        assert await elsewhere.defer(JOBS["create-loyalty-award"], DAY + 1) is not None
+    finished = None
+    for _ in range(600):  # the server's worker fetches it (woken by NOTIFY, or its poll)
+        runs = await JobRuns(store).recent("create-loyalty-award")
+        if runs and runs[0].status == "finished":
+            finished = runs[0]
+            break
+        await asyncio.sleep(0.1)
+    assert finished is not None and calendar.format_day(finished.as_of) == "2026-03-05"
+    assert await certificates(store, card) == ["free-coffee"]
+    await postgres_proxy.cut()
+    # The worker's last statements find no database: the stop still ends (a hang fails
+    # here, at the guard, rather than at the suite's timeout).
+    await asyncio.wait_for(served.stop(), 120)
+
+
+def test_the_schedule_refuses_a_cron_expression_it_cannot_read() -> None:
+    assert check_cron("15 2 * * *") == "15 2 * * *"
+    for bad in ("", "every night", "61 2 * * *", "15 2 * * * *"):
+        with pytest.raises(ValueError, match="cron expression"):
+            check_cron(bad)
+
+
+def test_an_unknown_job_is_refused_naming_the_jobs() -> None:
+    with pytest.raises(InvalidFieldError, match="points-aging, award-expiry"):
+        job_named("points-expiry")
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def loyalty(*args: str, database_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "LOYALTY_DATABASE_URL": database_url,
+        "LOYALTY_REDIS_URL": redis_url,
+        "LOYALTY_CACHE_KEY_PREFIX": unique_prefix(),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "processor.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_loyalty_jobs_run_fires_the_demo_award_rule_and_lists_the_run(
+    store: Store, schema_url: str, redis_url: str, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    await post(store, registry, [sale("s1", card, 35_000)])
+    ran = await asyncio.to_thread(
+        loyalty, "jobs", "run", "create-loyalty-award", "--as-of", "2026-03-05",
+        database_url=schema_url, redis_url=redis_url,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == {
+        "job": "create-loyalty-award",
+        "as_of": "2026-03-05",
+        "status": "finished",
+        "accounts_total": 1,
+        "accounts_done": 1,
+        "accounts_changed": 1,
+        "postings": 1,
+        "attempts": 1,
+    }
+    assert await certificates(store, card) == ["free-coffee"]
+    listed = await asyncio.to_thread(
+        loyalty, "jobs", "list", database_url=schema_url, redis_url=redis_url
+    )
+    assert listed.returncode == 0, listed.stderr
+    lines = dict(line.split("\t", 1) for line in listed.stdout.splitlines())
+    assert list(lines) == list(JOBS)
+    assert lines["create-loyalty-award"].startswith("as of 2026-03-05: finished, 1 of 1")
+    assert lines["movement"].startswith("never run")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("jobs", "run", "points-expiry"), "job: 'points-expiry' is not a job"),
+        (("jobs", "run", "movement", "--as-of", "2026-13-01"), "--as-of: '2026-13-01' is not"),
+        (("jobs", "run", "movement", "--chunk-accounts", "0"), "0 is not in 1..10000"),
+        (("jobs", "history", "movement", "--limit", "0"), "0 is not in 1..1000"),
+    ],
+)
+def test_loyalty_jobs_refuses_bad_input_naming_it_and_writes_nothing(
+    schema_url: str, redis_url: str, args: tuple[str, ...], message: str
+) -> None:
+    refused = loyalty(*args, database_url=schema_url, redis_url=redis_url)
+    assert refused.returncode == 2
+    assert message in refused.stderr
+    with psycopg.connect(schema_url) as connection:
+        assert connection.execute("SELECT count(*) FROM job_runs").fetchone() == (0,)
