@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -33,6 +34,7 @@ from processor.store.ledger import AccountWrite, CommitBatch, Store, ledger_entr
 pytestmark = pytest.mark.integration
 
 DAY = calendar.parse_day("2026-03-04")  # a Wednesday
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sale(request_id: str, card: str, amount: int, day: int = DAY) -> Purchase:
@@ -370,6 +372,24 @@ async def test_a_server_runs_a_deferred_job_and_stops_while_postgres_is_cut(
     # The worker's last statements find no database: the stop still ends (a hang fails
     # here, at the guard, rather than at the suite's timeout).
     await asyncio.wait_for(served.stop(), 120)
+
+
+def test_a_job_in_place_does_what_a_job_on_copies_does_and_copies_leave_the_input() -> None:
+    from processor.engine import JOB_STEPS, compile_program, run_job
+    from processor.program.loader import load_program
+    from processor.store import codec
+
+    program = compile_program(load_program(ROOT / "examples" / "programs" / "demo.yaml"))
+    card = "6001200000000010"
+    sold = ReferenceEngine().evaluate(program, {}, [sale("s1", card, 120_000)])
+    stored = codec.encode_state(sold.accounts[card])
+    for day in ("2026-03-05", "2027-03-05", "2031-03-04"):
+        given = {card: codec.decode_state(stored, card)}
+        copied = run_job(program, given, calendar.parse_day(day), "job:x", JOB_STEPS)
+        assert given[card] == codec.decode_state(stored, card)  # the input untouched
+        changed = run_job(program, given, calendar.parse_day(day), "job:x", in_place=True)
+        assert (changed.results, changed.accounts) == (copied.results, copied.accounts)
+        assert given[card] is changed.accounts[card]
 
 
 def test_the_schedule_refuses_a_cron_expression_it_cannot_read() -> None:

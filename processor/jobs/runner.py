@@ -167,9 +167,7 @@ async def _run_chunk(
     context: JobContext, job: Job, as_of: int, rows: list[tuple[str, int, bytes]]
 ) -> tuple[int, int]:
     """Evaluate and commit one chunk; (accounts changed, postings written)."""
-    read = {
-        account: (version, codec.decode_state(blob, account)) for account, version, blob in rows
-    }
+    read = {account: (version, blob) for account, version, blob in rows}
     name = run_id(job, as_of)
     done_before: set[str] = set()  # accounts an earlier attempt of the run changed
     for _ in range(JOB_CONFLICT_RETRIES_MAX + 1):
@@ -185,8 +183,7 @@ async def _run_chunk(
         done_before.update(_account_of(request_id) for request_id in outcome.replayed)
         if outcome.conflicts:
             metrics.CONCURRENCY_RETRIES.inc()
-            fresh = await context.store.load(list(outcome.conflicts))
-            read.update(fresh)
+            read.update(await context.store.load_encoded(list(outcome.conflicts)))
     raise RuntimeError(
         f"job {job.name}: live transactions kept changing the accounts of a chunk "
         f"({JOB_CONFLICT_RETRIES_MAX} tries); the next start goes on from it"
@@ -207,14 +204,18 @@ def _evaluate(
     job: Job,
     as_of: int,
     name: str,
-    read: Mapping[str, tuple[int, AccountState]],
+    read: Mapping[str, tuple[int, bytes]],
     done_before: set[str],
 ) -> _Evaluated:
-    """The chunk's changed accounts, ready to commit; unchanged ones are left out."""
+    """The chunk's changed accounts, ready to commit; unchanged ones are left out.
+
+    Each state is decoded for the engine to change in place (a copy would cost more than
+    the rest of the job), and decoded again to tell whether it changed.
+    """
     by_program: dict[int, tuple[CompiledProgram, dict[str, AccountState]]] = {}
     skipped = 0
     unchanged = len(done_before)
-    for account, (_, state) in read.items():
+    for account, (_, blob) in read.items():
         if account in done_before:
             continue
         try:
@@ -222,16 +223,18 @@ def _evaluate(
         except NotFoundError:
             skipped += 1  # no active program serves the card: nothing runs on it
             continue
-        by_program.setdefault(id(program), (program, {}))[1][account] = state
+        by_program.setdefault(id(program), (program, {}))[1][account] = codec.decode_state(
+            blob, account
+        )
     batch = CommitBatch()
     results: list[tuple[Result, CompiledProgram]] = []
     states: dict[str, AccountState] = {}
     for program, accounts in by_program.values():
-        outcome = run_job(program, accounts, as_of, name, job.steps)
+        outcome = run_job(program, accounts, as_of, name, job.steps, in_place=True)
         for result in outcome.results:
             account = result.account
             new = outcome.accounts[account]
-            if new == accounts[account]:
+            if new == codec.decode_state(read[account][1], account):
                 unchanged += 1
                 continue
             batch.accounts.append(AccountWrite(new, read[account][0]))
