@@ -344,6 +344,7 @@ async def _run_locally(
     from processor.store.catalog import Catalog
     from processor.store.ledger import Store
 
+    # The run's lock, and its reads and commits (processor.jobs.runner).
     async with Store(database_url, pool_size_max=2) as store:
         registry = ProgramRegistry(Catalog(store))
         await registry.refresh()

@@ -259,6 +259,23 @@ def test_the_guard_bench_reports_the_cpu_of_a_bare_a_guarded_and_an_authenticate
         assert figures[f"{mode}_cpu_us_per_call"] >= 0
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_jobs_bench_runs_every_job_over_the_seeded_accounts(
+    fresh_schema_url: str, redis_url: str
+) -> None:
+    figures = run_script("jobs_bench.py", ["--accounts", "300"], fresh_schema_url, redis_url)
+    assert set(figures["jobs"]) == {
+        "points-aging", "award-expiry", "tender-expiry", "create-loyalty-award", "movement",
+    }  # fmt: skip
+    for job in figures["jobs"].values():
+        assert job["accounts"] == 300 and 0 <= job["changed"] <= 300
+        assert job["accounts_per_second"] > 0 and job["cpu_us_per_account"] > 0
+    # A year on, the seeded coupons and certificates have lapsed and the year has rolled.
+    assert figures["jobs"]["points-aging"]["changed"] > 0
+    assert figures["jobs"]["award-expiry"]["postings"] > 0
+
+
 @pytest.mark.parametrize(
     ("script", "arguments", "named"),
     [
@@ -269,6 +286,8 @@ def test_the_guard_bench_reports_the_cpu_of_a_bare_a_guarded_and_an_authenticate
         ("engine_bench.py", ["--batch-size", "-1"], "--batch-size"),
         ("guard_bench.py", ["--calls", "0"], "--calls"),
         ("admission_bench.py", ["--purchases", "0"], "--purchases"),
+        ("jobs_bench.py", ["--accounts", "0"], "--accounts"),
+        ("jobs_bench.py", ["--chunk-accounts", "many"], "--chunk-accounts"),
     ],
 )
 def test_a_bench_script_refuses_a_count_that_is_not_positive_by_name(

@@ -245,8 +245,10 @@ async def test_a_run_stopped_after_a_commit_resumes_and_changes_no_account_twice
     monkeypatch.setattr(JobRuns, "progress", recorded)
 
     report = await run_job(store, registry, "create-loyalty-award", "2026-03-05", chunk_accounts=1)
-    assert (report.accounts_done, report.accounts_changed, report.attempts) == (3, 2, 2)
-    for card in cards:  # one certificate each, the second card's from the first attempt
+    # Every card changed once by the run: the first and second in the first attempt (the
+    # second's commit found by the resume's look-up), the third in the second.
+    assert (report.accounts_done, report.accounts_changed, report.attempts) == (3, 3, 2)
+    for card in cards:  # one certificate each
         assert await certificates(store, card) == ["free-coffee"]
         assert len(await job_rows(store, card)) == 1
     assert await store.reconcile() == []
@@ -454,6 +456,32 @@ async def test_loyalty_jobs_run_fires_the_demo_award_rule_and_lists_the_run(
     assert list(lines) == list(JOBS)
     assert lines["create-loyalty-award"].startswith("as of 2026-03-05: finished, 1 of 1")
     assert lines["movement"].startswith("never run")
+
+
+async def test_loyalty_jobs_run_makes_the_demo_moves_and_expiries(
+    store: Store, schema_url: str, redis_url: str, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    gold, gift = demo_cards_list[:2]
+    await post(store, registry, [sale("s1", gold, 120_000)])
+    await post(store, registry, [tender("a1", gift, "activate", 10_000)])
+    for job, day in (("movement", "2027-03-05"), ("award-expiry", "2026-06-04")):
+        ran = await asyncio.to_thread(
+            loyalty, "jobs", "run", job, "--as-of", day, "--chunk-accounts", "1",
+            database_url=schema_url, redis_url=redis_url,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout)["accounts_done"] == 2
+    assert (await state_of(store, gold)).loyalty["points"].level == "silver"  # drop-gold
+    welcome = (await state_of(store, gift)).awards["rewards"].awards
+    assert [(award.rule, award.status) for award in welcome] == [("welcome", "expired")]
+    history = await asyncio.to_thread(
+        loyalty, "jobs", "history", database_url=schema_url, redis_url=redis_url
+    )
+    assert [line.split("\t")[0] for line in history.stdout.splitlines()] == [
+        "award-expiry",
+        "movement",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -130,12 +130,16 @@ async def run(
         gauge.set(_ratio(done, total))
         if after:
             log.info("job %s as of %s: resuming after %d accounts", job.name, _day(as_of), done)
+        # A stopped attempt may have committed a chunk it did not record: the first chunk
+        # of a resumed run looks up which of its accounts the run changed already.
+        look_up = begun.attempts > 1
         try:
             while True:
                 rows = await runs.accounts_after(after, chunk_accounts)
                 if not rows:
                     break
-                chunk = await _run_chunk(context, job, as_of, rows)
+                chunk = await _run_chunk(context, job, as_of, rows, look_up=look_up)
+                look_up = False
                 after = rows[-1][0]
                 await runs.progress(job.name, as_of, after, len(rows), *chunk)
                 done, changed, postings = done + len(rows), changed + chunk[0], postings + chunk[1]
@@ -164,12 +168,22 @@ async def run(
 
 
 async def _run_chunk(
-    context: JobContext, job: Job, as_of: int, rows: list[tuple[str, int, bytes]]
+    context: JobContext,
+    job: Job,
+    as_of: int,
+    rows: list[tuple[str, int, bytes]],
+    *,
+    look_up: bool = False,
 ) -> tuple[int, int]:
-    """Evaluate and commit one chunk; (accounts changed, postings written)."""
+    """Evaluate and commit one chunk; (accounts the run changed, postings written now). An
+    account an earlier attempt of the run committed (looked up first with ``look_up``, or
+    found by the commit) counts as changed, and is not evaluated again."""
     read = {account: (version, blob) for account, version, blob in rows}
     name = run_id(job, as_of)
     done_before: set[str] = set()  # accounts an earlier attempt of the run changed
+    if look_up:
+        found = await context.store.seen([(account, f"{name}:{account}") for account in read])
+        done_before.update(account for account, _ in found)
     for _ in range(JOB_CONFLICT_RETRIES_MAX + 1):
         evaluated = _evaluate(context.programs, job, as_of, name, read, done_before)
         outcome = (
@@ -179,7 +193,8 @@ async def _run_chunk(
         )
         if outcome.committed:
             await _committed(context, job, evaluated, outcome)
-            return len(evaluated.batch.accounts), len(evaluated.batch.postings)
+            changed = len(evaluated.batch.accounts) + len(done_before)
+            return changed, len(evaluated.batch.postings)
         done_before.update(_account_of(request_id) for request_id in outcome.replayed)
         if outcome.conflicts:
             metrics.CONCURRENCY_RETRIES.inc()
@@ -195,7 +210,7 @@ class _Evaluated:
     batch: CommitBatch
     results: list[tuple[Result, CompiledProgram]]
     states: dict[str, AccountState]
-    unchanged: int  # evaluated and left as they were, or changed by an earlier attempt
+    unchanged: int  # evaluated and left as they were
     skipped: int  # no active program serves the card
 
 
@@ -214,7 +229,7 @@ def _evaluate(
     """
     by_program: dict[int, tuple[CompiledProgram, dict[str, AccountState]]] = {}
     skipped = 0
-    unchanged = len(done_before)
+    unchanged = 0
     for account, (_, blob) in read.items():
         if account in done_before:
             continue
