@@ -310,11 +310,17 @@ async def test_cards_and_customers(api: Harness) -> None:
         "UNKNOWN_CUSTOMER",
     )
     account = await api.stub.GetAccount(admin.GetAccountRequest(account=CARD))
+    # Registering the card issued the demo's certificate given on registration, once: the
+    # same call again (a retry) issues nothing more.
     assert (account.status, account.customer_id, account.version) == (
         admin.ACCOUNT_STATUS_ACTIVE,
         "C-1",
-        0,
+        1,
     )
+    assert [(held.rule, held.program) for held in account.awards] == [("vip-lounge", "rewards")]
+    await api.stub.RegisterCard(admin.RegisterCardRequest(account=CARD, customer_id="C-1"))
+    again = await api.stub.GetAccount(admin.GetAccountRequest(account=CARD))
+    assert (again.version, len(again.awards)) == (1, 1)
     await fails(
         api.stub.GetAccount(admin.GetAccountRequest(account="6001299999999999")),
         grpc.StatusCode.NOT_FOUND,

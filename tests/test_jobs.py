@@ -389,7 +389,9 @@ def test_a_job_in_place_does_what_a_job_on_copies_does_and_copies_leave_the_inpu
         given = {card: codec.decode_state(stored, card)}
         copied = run_job(program, given, calendar.parse_day(day), "job:x", JOB_STEPS)
         assert given[card] == codec.decode_state(stored, card)  # the input untouched
-        changed = run_job(program, given, calendar.parse_day(day), "job:x", in_place=True)
+        changed = run_job(
+            program, given, calendar.parse_day(day), "job:x", JOB_STEPS, in_place=True
+        )
         assert (changed.results, changed.accounts) == (copied.results, copied.accounts)
         assert given[card] is changed.accounts[card]
 

@@ -675,11 +675,16 @@ def _award_redemption(
 # --------------------------------------------------------------------------- jobs
 
 
-JOB_STEPS: Final = ("age", "award", "move", "expire_awards", "expire_tender")
-"""What a scheduled job may do to each account, in this order (processor.jobs names the
+NIGHTLY_STEPS: Final = ("age", "award", "move", "expire_awards", "expire_tender")
+"""What the scheduled jobs do to each account, in this order (processor.jobs names the
 jobs): age its points (expire lots, inactivity aging, lapsed coupons), issue the awards
 whose rule says ``issue: job``, make the moves whose rule says ``change: job``, expire award
-accounts, value and certificates, and expire tender accounts and lapsed pre-authorizations."""
+accounts, value and certificates, and expire tender accounts and lapsed
+pre-authorizations."""
+
+JOB_STEPS: Final = (*NIGHTLY_STEPS, "registered")
+"""Every step a job may take: the nightly ones, and issuing the certificates given when the
+card is registered to a customer (RegisterCard runs that one on the card it links)."""
 
 
 def run_job(
@@ -687,7 +692,7 @@ def run_job(
     accounts: Mapping[str, AccountState],
     day: int,
     job_id: str,
-    steps: Collection[str] = JOB_STEPS,
+    steps: Collection[str] = NIGHTLY_STEPS,
     *,
     in_place: bool = False,
 ) -> BatchOutcome:
@@ -730,6 +735,12 @@ def run_job(
         if "expire_tender" in steps and program.tender is not None and state.tender is not None:
             tender.expire_tender(program.tender, state, day, result, program.version)
             tender.release_expired_holds(state.tender, day)
+        if "registered" in steps:
+            for award_program in program.award_programs.values():
+                if award_program.issues_on("card_registered"):
+                    awards.on_card_registered(
+                        award_program, state, request, result, program.version
+                    )
         states[account_id] = state
         results.append(result)
     return BatchOutcome(results, states, {})

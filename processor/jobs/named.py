@@ -57,6 +57,13 @@ JOBS: dict[str, Job] = {
 }
 """Every job, in the order a nightly schedule runs them."""
 
+CARD_REGISTERED = Job(
+    "card-registered",
+    ("registered",),
+    "issues the certificates given when a card is registered to a customer",
+)
+"""Not scheduled: RegisterCard runs it on the card it links (processor.jobs.runner.apply)."""
+
 
 def job_named(name: str) -> Job:
     """The job called ``name``; InvalidFieldError naming the known ones otherwise."""

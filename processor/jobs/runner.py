@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -165,6 +165,23 @@ async def run(
             job.name, _day(as_of), done, changed, postings,
         )  # fmt: skip
         return RunReport(job.name, as_of, total, done, changed, postings, begun.attempts)
+
+
+async def apply(
+    context: JobContext, job: Job, as_of: int, accounts: Sequence[str]
+) -> tuple[int, int]:
+    """Run ``job`` as of ``as_of`` on ``accounts`` alone, now, for an event such as a card's
+    registration: committed as a chunk of a run is (once per account and day under the
+    job's request ids), but no run is recorded. An account without a state yet starts from
+    an empty one. (accounts changed, postings written)."""
+    loaded = await context.store.load_encoded(list(accounts))
+    rows = [
+        (account, *loaded[account])
+        if account in loaded
+        else (account, 0, codec.encode_state(AccountState(account), 0))
+        for account in sorted(set(accounts))
+    ]
+    return await _run_chunk(context, job, as_of, rows)
 
 
 async def _run_chunk(

@@ -197,6 +197,10 @@ class AwardProgram(ProgramHeader):
         """Certificates in the order they apply: lowest precedence number first."""
         return sorted(self.certificates, key=lambda item: item.precedence)
 
+    def issues_on(self, setting: IssueSetting) -> bool:
+        """Whether any of its certificates is issued on ``setting`` (an event of the card)."""
+        return any(item.issue == setting for item in self.certificates)
+
     def initial_balance_units(self) -> int:
         """The initial balance in minor units of the program's currency (0 when none)."""
         if self.initial_balance is None:

@@ -20,6 +20,8 @@ from processor.engine import CompiledProgram, compile_program
 from processor.engine.types import AccountState, Award, AwardAccount, LoyaltyAccount, TenderAccount
 from processor.errors import InvalidFieldError, NotFoundError
 from processor.flow.registry import ProgramRegistry
+from processor.jobs import runner
+from processor.jobs.named import CARD_REGISTERED
 from processor.limits import (
     AUDIT_PAGE_SIZE_MAX,
     AUDIT_TEXT_CHARS_MAX,
@@ -100,11 +102,13 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         registry: ProgramRegistry,
         store: Store,
         credentials: Credentials | None = None,
+        cache: runner.Cache | None = None,
     ) -> None:
         self.catalog = catalog
         self.registry = registry
         self.store = store
         self.credentials = credentials if credentials is not None else Credentials(store)
+        self.cache = cache
 
     # ----------------------------------------------------------------------- program files
 
@@ -307,6 +311,10 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         account = _card_number(request.account, "account")
         customer_id = checked_text(request.customer_id, "customer_id", CUSTOMER_ID_CHARS_MAX)
         await self.catalog.register_card(account, customer_id)
+        # The certificates given on registration, once (a retry of the call, which the
+        # catalog answers as done, issues them if the first call failed after the link).
+        context_of_jobs = runner.JobContext(self.store, self.registry, self.cache)
+        await runner.apply(context_of_jobs, CARD_REGISTERED, _today(), [account])
         return admin.RegisterCardResponse(account=account, customer_id=customer_id)
 
     async def SetAudiences(

@@ -303,7 +303,13 @@ async def _start_on(
             AwardServicer(batcher, pipeline), services
         )
         proto.admin_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(catalog=catalog, registry=registry, store=store, credentials=credentials),
+            AdminServicer(
+                catalog=catalog,
+                registry=registry,
+                store=store,
+                credentials=credentials,
+                cache=cache,
+            ),
             services,
         )
         health_servicer = Health()
