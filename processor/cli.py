@@ -264,7 +264,7 @@ def _audit(args: argparse.Namespace) -> int:
 def _jobs_list(args: argparse.Namespace) -> int:
     from processor.jobs.named import JOBS
 
-    runs = {run.job: run for run in reversed(_with_store(args, _recent_runs))}
+    runs = _with_store(args, _latest_runs)
     for job in JOBS.values():
         run = runs.get(job.name)
         last = "never run" if run is None else _run_line(run)
@@ -287,11 +287,10 @@ def _jobs_history(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _recent_runs(store: Any) -> list[Any]:
-    from processor.jobs.named import JOBS
+async def _latest_runs(store: Any) -> dict[str, Any]:
     from processor.store.job_runs import JobRuns
 
-    return await JobRuns(store).recent(limit=len(JOBS) * 50)
+    return await JobRuns(store).latest()
 
 
 def _run_line(run: Any) -> str:

@@ -289,9 +289,13 @@ AUDIT_PAGE_SIZE_MAX: Final = 1_000
 
 # --------------------------------------------------------------------------- scheduled jobs
 
-JOB_CHUNK_ACCOUNTS_MAX: Final = 10_000
-"""Accounts one chunk of a job evaluates and commits together: one commit each, well under
-BATCH_ROWS_MAX, and short enough between yields that the server's own batches go on."""
+JOB_CHUNK_ACCOUNTS_MAX: Final = 5_000
+"""Accounts one chunk of a job evaluates and commits together: one commit, whose postings
+(a few per changed account at most) stay well under BATCH_ROWS_MAX."""
+
+JOB_SLICE_ACCOUNTS: Final = 100
+"""Accounts a job evaluates between two yields of the event loop (a few milliseconds), so
+the server's own batches go on while a job runs beside them."""
 
 JOB_CONFLICT_RETRIES_MAX: Final = 20
 """Times a chunk's accounts are read and evaluated again because live transactions changed

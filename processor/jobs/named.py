@@ -55,7 +55,7 @@ JOBS: dict[str, Job] = {
         ),
     )
 }
-"""Every job, in the order a nightly schedule runs them."""
+"""Every job, in the order a tick of the schedule runs them, one after another."""
 
 CARD_REGISTERED = Job(
     "card-registered",

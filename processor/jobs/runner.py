@@ -33,7 +33,11 @@ from processor.engine import CompiledProgram, run_job
 from processor.engine.types import AccountState, Result
 from processor.errors import NotFoundError
 from processor.jobs.named import Job
-from processor.limits import JOB_CONFLICT_RETRIES_MAX, JOB_REQUEST_ID_PREFIX
+from processor.limits import (
+    JOB_CONFLICT_RETRIES_MAX,
+    JOB_REQUEST_ID_PREFIX,
+    JOB_SLICE_ACCOUNTS,
+)
 from processor.runtime import metrics
 from processor.store import codec
 from processor.store.job_runs import JobRuns
@@ -130,8 +134,9 @@ async def run(
         gauge.set(_ratio(done, total))
         if after:
             log.info("job %s as of %s: resuming after %d accounts", job.name, _day(as_of), done)
-        # A stopped attempt may have committed a chunk it did not record: the first chunk
-        # of a resumed run looks up which of its accounts the run changed already.
+        # A stopped attempt may have committed a chunk it did not record (or, with other
+        # chunk sizes, part of several): each chunk of a resumed run looks up which of its
+        # accounts the run changed already.
         look_up = begun.attempts > 1
         try:
             while True:
@@ -139,7 +144,6 @@ async def run(
                 if not rows:
                     break
                 chunk = await _run_chunk(context, job, as_of, rows, look_up=look_up)
-                look_up = False
                 after = rows[-1][0]
                 await runs.progress(job.name, as_of, after, len(rows), *chunk)
                 done, changed, postings = done + len(rows), changed + chunk[0], postings + chunk[1]
@@ -202,7 +206,7 @@ async def _run_chunk(
         found = await context.store.seen([(account, f"{name}:{account}") for account in read])
         done_before.update(account for account, _ in found)
     for _ in range(JOB_CONFLICT_RETRIES_MAX + 1):
-        evaluated = _evaluate(context.programs, job, as_of, name, read, done_before)
+        evaluated = await _evaluate(context.programs, job, as_of, name, read, done_before)
         outcome = (
             await context.store.commit(evaluated.batch)
             if evaluated.batch.accounts
@@ -231,7 +235,7 @@ class _Evaluated:
     skipped: int  # no active program serves the card
 
 
-def _evaluate(
+async def _evaluate(
     programs: Programs,
     job: Job,
     as_of: int,
@@ -239,44 +243,59 @@ def _evaluate(
     read: Mapping[str, tuple[int, bytes]],
     done_before: set[str],
 ) -> _Evaluated:
-    """The chunk's changed accounts, ready to commit; unchanged ones are left out.
+    """The chunk's changed accounts, ready to commit; unchanged ones are left out. The
+    event loop is let go every JOB_SLICE_ACCOUNTS accounts, so the server's batches go on."""
+    evaluated = _Evaluated(CommitBatch(), [], {}, 0, 0)
+    pending = [(account, blob) for account, (_, blob) in read.items() if account not in done_before]
+    for start in range(0, len(pending), JOB_SLICE_ACCOUNTS):
+        if start:
+            await asyncio.sleep(0)
+        _evaluate_slice(
+            programs, job, as_of, name, read, pending[start : start + JOB_SLICE_ACCOUNTS], evaluated
+        )
+    return evaluated
+
+
+def _evaluate_slice(
+    programs: Programs,
+    job: Job,
+    as_of: int,
+    name: str,
+    read: Mapping[str, tuple[int, bytes]],
+    accounts: list[tuple[str, bytes]],
+    evaluated: _Evaluated,
+) -> None:
+    """Evaluate ``accounts`` and add the changed ones to ``evaluated``.
 
     Each state is decoded for the engine to change in place (a copy would cost more than
     the rest of the job), and decoded again to tell whether it changed.
     """
     by_program: dict[int, tuple[CompiledProgram, dict[str, AccountState]]] = {}
-    skipped = 0
-    unchanged = 0
-    for account, (_, blob) in read.items():
-        if account in done_before:
-            continue
+    for account, blob in accounts:
         try:
             program = programs.for_card(account)
         except NotFoundError:
-            skipped += 1  # no active program serves the card: nothing runs on it
+            evaluated.skipped += 1  # no active program serves the card: nothing runs on it
             continue
         by_program.setdefault(id(program), (program, {}))[1][account] = codec.decode_state(
             blob, account
         )
-    batch = CommitBatch()
-    results: list[tuple[Result, CompiledProgram]] = []
-    states: dict[str, AccountState] = {}
-    for program, accounts in by_program.values():
-        outcome = run_job(program, accounts, as_of, name, job.steps, in_place=True)
+    batch = evaluated.batch
+    for program, states in by_program.values():
+        outcome = run_job(program, states, as_of, name, job.steps, in_place=True)
         for result in outcome.results:
             account = result.account
             new = outcome.accounts[account]
             if new == codec.decode_state(read[account][1], account):
-                unchanged += 1
+                evaluated.unchanged += 1
                 continue
             batch.accounts.append(AccountWrite(new, read[account][0]))
             batch.postings.extend(ledger_entries(result))
             batch.idempotency.append(
                 IdempotencyRecord(account, result.id, _payload_hash(result.id), b"")
             )
-            results.append((result, program))
-            states[account] = new
-    return _Evaluated(batch, results, states, unchanged, skipped)
+            evaluated.results.append((result, program))
+            evaluated.states[account] = new
 
 
 async def _committed(
@@ -319,5 +338,5 @@ def _day(day: int) -> str:
 
 def _described(error: BaseException) -> str:
     if isinstance(error, asyncio.CancelledError):
-        return "stopped before it finished (the server stopped)"
+        return "stopped before it finished (its worker or the server stopped)"
     return f"{type(error).__name__}: {error}"[:500]

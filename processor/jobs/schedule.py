@@ -3,11 +3,12 @@
 Every server process runs a :class:`Schedule`: procrastinate's periodic deferrer puts each
 job in its queue at each tick of ``jobs_cron``, and PostgreSQL keeps a tick's job to one,
 however many processes and hosts defer it (``procrastinate_periodic_defers`` is unique by
-task and tick); a queueing lock keeps one of each job waiting at most. The worker of
-whichever process fetches it first runs it (processor.jobs.runner). Another maintenance
+task and tick); a queueing lock keeps one of each job waiting at most, and one lock for all
+of them runs them one after another. The worker of whichever process fetches a job first
+runs it (processor.jobs.runner). A run that fails, or that its server's stop cuts short,
+is queued again (RETRY) and goes on after its last recorded chunk; another maintenance
 tick sends back to the queue what a killed process was running (procrastinate's stalled
-jobs, found by their worker's missing heartbeat), and the run resumes after its last
-recorded account.
+jobs, found by their worker's missing heartbeat).
 
 The schedule is read in UTC; a tick's run is as of the server's local date at the tick.
 A tick missed by more than ten minutes (every server down) is not made up: the next run
@@ -26,6 +27,7 @@ import asyncio
 import datetime
 import logging
 import os
+import time
 from typing import Any, Final
 
 import procrastinate
@@ -35,6 +37,7 @@ from processor import calendar
 from processor.jobs import runner
 from processor.jobs.named import JOBS, Job
 from processor.runtime import metrics
+from processor.store.cards import today
 from processor.store.job_runs import JobRuns
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,13 @@ DATABASE_WAIT_SECONDS: Final = 5.0
 RESTART_SECONDS_MIN: Final = 1.0
 RESTART_SECONDS_MAX: Final = 60.0
 """The pauses before the schedule starts again after a failure: doubling, up to a minute."""
+
+RETRY: Final = procrastinate.RetryStrategy(max_attempts=24, wait=300)
+"""A run that failed, or was stopped by its server stopping, is queued again five minutes
+later (for two hours): the same run, going on after its last recorded chunk."""
+
+FINISHED_JOBS_KEPT_HOURS: Final = 24 * 30
+"""How long procrastinate's rows of ended jobs are kept (job_runs keeps every run)."""
 
 MAINTENANCE_CRON: Final = "*/5 * * * *"
 """When stalled jobs are looked for."""
@@ -95,8 +105,16 @@ class Schedule:
         )
         self.app = procrastinate.App(connector=connector)
         for job in JOBS.values():
+            # One lock for every job: they run one after another across the deployment, in
+            # the order a tick defers them (JOBS'), instead of walking the same accounts at
+            # once and meeting in each other's commits.
             task = self.app.task(
-                name=task_name(job), queue=QUEUE, queueing_lock=job.name, pass_context=False
+                name=task_name(job),
+                queue=QUEUE,
+                lock=QUEUE,
+                queueing_lock=job.name,
+                retry=RETRY,
+                pass_context=False,
             )(self._performer(job))
             self.app.periodic(cron=check_cron(cron), periodic_id=job.name)(task)
         stalled = self.app.task(name="loyalty.retry-stalled", queue=QUEUE)(self._retry_stalled)
@@ -109,7 +127,7 @@ class Schedule:
             elif timestamp is not None:
                 day = calendar.to_day(datetime.date.fromtimestamp(timestamp))
             else:
-                day = calendar.to_day(datetime.date.today())
+                day = today()
             await runner.run(self._context, job, day, chunk_accounts=self._chunk_accounts)
 
         perform.__name__ = perform.__qualname__ = job.name.replace("-", "_")
@@ -122,7 +140,15 @@ class Schedule:
             metrics.JOB_LAST_SUCCESS.labels(job).set(finished_at.timestamp())
 
     async def _retry_stalled(self, timestamp: int | None = None) -> None:
+        """Send back what dead workers left running, and forget old ended jobs."""
         manager = self.app.job_manager
+        await manager.delete_old_jobs(
+            FINISHED_JOBS_KEPT_HOURS,
+            queue=QUEUE,
+            include_failed=True,
+            include_cancelled=True,
+            include_aborted=True,
+        )
         for stalled in await manager.get_stalled_jobs(
             queue=QUEUE, seconds_since_heartbeat=STALLED_SECONDS
         ):
@@ -143,6 +169,7 @@ class Schedule:
         pause = RESTART_SECONDS_MIN
         this = asyncio.current_task()
         while True:
+            began = time.monotonic()
             try:
                 await self.run()
             except Exception:
@@ -151,6 +178,8 @@ class Schedule:
                 # The worker took in a cancel meant for this task while it stopped itself
                 # (its listener lost PostgreSQL): the server is stopping, so stop.
                 raise asyncio.CancelledError
+            if time.monotonic() - began > RESTART_SECONDS_MAX:
+                pause = RESTART_SECONDS_MIN  # it ran a good while: a new failure, not the same
             await asyncio.sleep(pause)
             pause = min(pause * 2, RESTART_SECONDS_MAX)
 

@@ -8,6 +8,7 @@ schedules, a person at a terminal) take turns: the second finds the run finished
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 from collections.abc import AsyncIterator
@@ -17,8 +18,9 @@ from typing import Any, Final
 import psycopg
 
 from processor import calendar
+from processor.errors import InternalError
 from processor.store.catalog_base import CatalogBase, one_row
-from processor.store.ledger import database_error
+from processor.store.ledger import SCAN_STATEMENT_TIMEOUT_MS, database_error
 
 _JOB_LOCK_NAMESPACE: Final = 0x4A42  # "JB": the first key of the jobs' advisory locks
 
@@ -27,7 +29,6 @@ INSERT INTO job_runs (job, as_of, accounts_total) VALUES (%s, %s, %s)
 ON CONFLICT (job, as_of) DO UPDATE SET
     attempts = job_runs.attempts + CASE WHEN job_runs.status = 'finished' THEN 0 ELSE 1 END,
     status = CASE WHEN job_runs.status = 'finished' THEN 'finished' ELSE 'running' END,
-    error = CASE WHEN job_runs.status = 'finished' THEN job_runs.error ELSE '' END,
     updated_at = now()
 RETURNING status, after_account, accounts_total, accounts_done, accounts_changed, postings,
           attempts
@@ -47,6 +48,14 @@ SELECT job, as_of, status, after_account, accounts_total, accounts_done, account
        postings, attempts, error, started_at, finished_at
 FROM job_runs WHERE (%s = '' OR job = %s) ORDER BY started_at DESC, job LIMIT %s
 """
+LOCK_POLL_SECONDS: Final = 1.0
+"""How often a runner waiting for its job's lock asks for it again."""
+_COLUMNS = """job, as_of, status, after_account, accounts_total, accounts_done, accounts_changed,
+       postings, attempts, error, started_at, finished_at"""
+_LATEST = f"""
+SELECT DISTINCT ON (job) {_COLUMNS} FROM job_runs ORDER BY job, started_at DESC
+"""
+_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
 _LAST_FINISHED = """
 SELECT job, max(finished_at) FROM job_runs WHERE status = 'finished' GROUP BY job
 """
@@ -79,24 +88,32 @@ class JobRuns(CatalogBase):
 
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str) -> AsyncIterator[None]:
-        """Hold ``job``'s lock (waiting for it) until the block ends; a runner that dies
-        lets go with its connection."""
+        """Hold ``job``'s lock until the block ends, waiting for it as long as another
+        runner has it (asked again every LOCK_POLL_SECONDS: a statement waiting for it would
+        meet the pool's statement timeout). A runner that dies lets go with its connection;
+        a connection lost meanwhile is dropped, not given back to the pool."""
+        key = (_JOB_LOCK_NAMESPACE, job)
         try:
             async with self._pool.connection() as connection:
-                key = (_JOB_LOCK_NAMESPACE, job)
-                await connection.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
+                while not await _locked(connection, key):
+                    await asyncio.sleep(LOCK_POLL_SECONDS)
                 try:
                     yield
                 finally:
-                    await connection.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+                    try:
+                        await connection.execute(_UNLOCK, key)
+                    except psycopg.Error:
+                        # The lock went with its session; the run's own outcome stands.
+                        await connection.close()
         except psycopg.Error as error:
-            action = f"hold the lock of job {job}"
+            action = f"take the lock of job {job}"
             raise database_error(error, action, self._pool.timeout) from error
 
     async def begin(self, job: str, as_of: int) -> JobRun:
         """The run of ``job`` as of ``as_of``: made (running), resumed (running again, one
         more attempt) or found finished."""
         async with self._transaction(f"begin job {job}") as cursor:
+            await cursor.execute(f"SET LOCAL statement_timeout = {SCAN_STATEMENT_TIMEOUT_MS}")
             await cursor.execute("SELECT count(*) FROM accounts")
             total = (await one_row(cursor))[0]
             await cursor.execute(_BEGIN, (job, calendar.to_date(as_of), total))
@@ -112,6 +129,8 @@ class JobRuns(CatalogBase):
                 _PROGRESS,
                 (after_account, done, changed, postings, job, calendar.to_date(as_of)),
             )
+            if cursor.rowcount != 1:
+                raise RunLostError(f"job {job}: its run is no longer running here")
 
     async def finish(self, job: str, as_of: int, error: str = "") -> None:
         """The run finished (no ``error``) or failed with ``error``; a failed run is resumed
@@ -119,6 +138,12 @@ class JobRuns(CatalogBase):
         status = "failed" if error else "finished"
         async with self._transaction(f"finish job {job}") as cursor:
             await cursor.execute(_FINISH, (status, error, status, job, calendar.to_date(as_of)))
+
+    async def latest(self) -> dict[str, JobRun]:
+        """The latest run of each job that ever ran."""
+        async with self._reading("list job runs") as cursor:
+            await cursor.execute(_LATEST)
+            return {run.job: run for run in map(_run, await cursor.fetchall())}
 
     async def recent(self, job: str = "", limit: int = 20) -> list[JobRun]:
         """The latest runs, newest first: of ``job``, or of every job."""
@@ -138,6 +163,18 @@ class JobRuns(CatalogBase):
         async with self._reading("read accounts for a job") as cursor:
             await cursor.execute(_ACCOUNTS_AFTER, (after, limit))
             return [(row[0], row[1], bytes(row[2])) for row in await cursor.fetchall()]
+
+
+class RunLostError(InternalError):
+    """The run's row is no longer running: another runner took it over (its lock was lost
+    with its connection). This runner stops; what it committed stands, once."""
+
+    reason = "JOB_RUN_LOST"
+
+
+async def _locked(connection: psycopg.AsyncConnection[Any], key: tuple[int, str]) -> bool:
+    cursor = await connection.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key)
+    return bool((await one_row(cursor))[0])
 
 
 def _run(row: Any) -> JobRun:

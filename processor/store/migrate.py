@@ -145,9 +145,11 @@ def _apply(connection: psycopg.Connection, pending: list[Migration]) -> list[str
 
 def _apply_job_queue(connection: psycopg.Connection, recorded: str | None) -> bool:
     """Create procrastinate's tables and functions (the job queue of processor.jobs) when
-    they are missing; whether it did. Its schema is its own, kept by its release: an upgrade
-    of procrastinate that changes it is refused here until its migrations are applied
-    (procrastinate's ``sql/migrations``, in a migration of ours) and recorded."""
+    they are missing; whether it did. Its schema is its release's own, applied whole after
+    ours (none of ours refers to it). A lock that moves procrastinate to a release with
+    another schema is refused here, before anything serves with it, until this function
+    learns to apply procrastinate's own migrations (its ``sql/migrations``) from the
+    recorded release to the installed one: upgrading it is a deliberate commit."""
     from procrastinate.schema import SchemaManager
 
     sql = SchemaManager.get_schema()
