@@ -33,6 +33,7 @@ from processor import proto
 from processor.cache.accounts import AccountCache
 from processor.errors import DatabaseUnavailableError
 from processor.flow import pipeline
+from processor.runtime import metrics
 from processor.service import errors
 from processor.store import Store, codec, ledger
 
@@ -479,6 +480,24 @@ async def posted_ids(database_url: str, card: str) -> set[str]:
 
 
 # --------------------------------------------------------------------------- outages
+
+
+async def test_the_probes_see_postgres_and_redis_down_without_any_traffic(
+    postgres_proxy: Proxy, redis_url: str
+) -> None:
+    async with (
+        Store(postgres_proxy.url, pool_size_max=2) as store,
+        AccountCache.from_url(redis_url, key_prefix="probe-test:") as cache,
+    ):
+        await metrics.probe_once(store, cache)
+        assert (metrics.DATABASE_UP._value.get(), metrics.CACHE_UP._value.get()) == (1, 1)
+        await postgres_proxy.cut()
+        with socket.socket() as closed:  # a port nothing listens on
+            closed.bind(("127.0.0.1", 0))
+            dead_url = f"redis://127.0.0.1:{closed.getsockname()[1]}/0"
+        async with AccountCache.from_url(dead_url, key_prefix="probe-test:") as dead:
+            await metrics.probe_once(store, dead)
+        assert (metrics.DATABASE_UP._value.get(), metrics.CACHE_UP._value.get()) == (0, 0)
 
 
 async def test_postgres_down_fails_fast_with_1001_and_service_resumes_by_itself(

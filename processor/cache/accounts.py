@@ -43,7 +43,7 @@ from typing import Any, Final, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from processor.cache import connect, layout
 from processor.cache import entries as entry_format
@@ -86,6 +86,9 @@ log = logging.getLogger(__name__)
 
 # A whole operation (including a cluster's one re-discovery) has a hard deadline.
 OPERATION_TIMEOUT_SECONDS: Final = 0.5
+
+PROBE_TIMEOUT_SECONDS: Final = 2.0
+"""Longest a probe of Redis waits for its PING to be answered."""
 # How often a writing cache offers its dictionary again (re-creating its key after a FLUSHALL
 # or an eviction) and looks at which one is current; and how long a dictionary id found
 # missing is not asked for again, so that values written with it cost no GET per read.
@@ -409,6 +412,13 @@ class AccountCache:
             return int(seconds) if cached and int(seconds) >= 0 else None
 
         return await self._guarded("ttl", ttl, None)
+
+    async def probe(self, timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> bool:
+        """Whether Redis answers a PING now (the probe behind loyalty_cache_up)."""
+        try:
+            return bool(await asyncio.wait_for(self._client.ping(), timeout_seconds))
+        except (RedisError, OSError, TimeoutError):
+            return False
 
     async def aclose(self) -> None:
         """Close the connections."""

@@ -286,6 +286,20 @@ CARD_CACHE_LISTENING = Gauge(
     registry=REGISTRY,
     multiprocess_mode="min",
 )
+DATABASE_UP = Gauge(
+    "loyalty_database_up",
+    "1 while PostgreSQL answered the last probe (SELECT 1 every 5 s through the pool), 0 "
+    "when it did not: seen without any traffic (worst worker).",
+    registry=REGISTRY,
+    multiprocess_mode="min",
+)
+CACHE_UP = Gauge(
+    "loyalty_cache_up",
+    "1 while Redis answered the last probe (PING every 5 s), 0 when it did not (worst "
+    "worker); absent without a cache.",
+    registry=REGISTRY,
+    multiprocess_mode="min",
+)
 DB_POOL_IN_USE = Gauge(
     "loyalty_db_pool_in_use",
     "PostgreSQL connections lent out of the pools (sum over live workers).",
@@ -735,6 +749,26 @@ def _award_labels(state: Any, code: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- sampling
 
 SAMPLE_INTERVAL_SECONDS: Final = 1.0
+
+
+PROBE_INTERVAL_SECONDS: Final = 5.0
+"""How often the server probes PostgreSQL and Redis for loyalty_database_up and _cache_up."""
+
+
+async def probe_once(store: Any, cache: Any | None) -> None:
+    """Probe PostgreSQL (and Redis, when there is a cache) and set their gauges."""
+    DATABASE_UP.set(1 if await store.probe() else 0)
+    if cache is not None:
+        CACHE_UP.set(1 if await cache.probe() else 0)
+
+
+async def run_probes(
+    store: Any, cache: Any | None, interval_seconds: float = PROBE_INTERVAL_SECONDS
+) -> None:
+    """probe_once every ``interval_seconds`` until cancelled."""
+    while True:
+        await probe_once(store, cache)
+        await asyncio.sleep(interval_seconds)
 
 
 class Sampler:

@@ -344,6 +344,7 @@ async def _start_on(
                 registry.run_refresher(settings.registry_refresh_seconds), name="registry"
             ),
             asyncio.get_running_loop().create_task(sampler.run(), name="metrics"),
+            asyncio.get_running_loop().create_task(metrics.run_probes(store, cache), name="probes"),
             asyncio.get_running_loop().create_task(
                 keys.run_refresher(settings.auth_keys_refresh_seconds), name="api-keys"
             ),

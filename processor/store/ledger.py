@@ -116,6 +116,9 @@ RECONCILE_CHUNK_ACCOUNTS: Final = 5_000
 RECONCILE_MISMATCHES_MAX: Final = 10_000
 """Mismatches ``reconcile`` reports before it stops looking."""
 
+PROBE_TIMEOUT_SECONDS: Final = 2.0
+"""Longest a probe of PostgreSQL waits for a connection and its answer."""
+
 SCAN_STATEMENT_TIMEOUT_MS: Final = 600_000
 """Longest one statement of a whole-ledger scan (reconcile, ledger sums) may run."""
 
@@ -444,6 +447,16 @@ class Store:
         a call that finds no idle connection fails at once with 1001 instead of waiting for
         one that cannot come (the client's deadline would pass first, with no reason)."""
         return self._pool.reachable
+
+    async def probe(self, timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> bool:
+        """Whether PostgreSQL answers a trivial statement now, through the pool (the probe
+        behind loyalty_database_up: a dead database is seen without any traffic)."""
+        try:
+            async with self._pool.connection(timeout=timeout_seconds) as connection:
+                await connection.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
 
     async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
         self._pool.connected()
