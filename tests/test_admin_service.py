@@ -321,11 +321,18 @@ async def test_cards_and_customers(api: Harness) -> None:
     await api.stub.RegisterCard(admin.RegisterCardRequest(account=CARD, customer_id="C-1"))
     again = await api.stub.GetAccount(admin.GetAccountRequest(account=CARD))
     assert (again.version, len(again.awards)) == (1, 1)
-    await fails(
+    unknown = await fails(
         api.stub.GetAccount(admin.GetAccountRequest(account="6001299999999999")),
         grpc.StatusCode.NOT_FOUND,
         "UNKNOWN_CARD",
     )
+    assert "6001299999999999" not in (unknown.details() or "")  # masked, as transactions do
+    taken = await fails(
+        api.stub.RegisterCard(admin.RegisterCardRequest(account=CARD, customer_id="C-2")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CARD_REGISTERED",
+    )
+    assert CARD not in (taken.details() or "")
 
 
 async def test_an_import_with_a_bad_line_is_refused_whole(api: Harness) -> None:

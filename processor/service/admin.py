@@ -18,7 +18,7 @@ from typing import Any, Final
 from processor import calendar, proto
 from processor.engine import CompiledProgram, compile_program
 from processor.engine.types import AccountState, Award, AwardAccount, LoyaltyAccount, TenderAccount
-from processor.errors import InvalidFieldError, NotFoundError
+from processor.errors import InvalidFieldError, NotFoundError, mask_card
 from processor.flow.registry import ProgramRegistry
 from processor.jobs import runner
 from processor.jobs.named import CARD_REGISTERED
@@ -334,7 +334,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         loaded = await self.store.load([account])
         record = records.get(account)
         if record is None and account not in loaded:
-            raise NotFoundError(f"no card {account}", reason="UNKNOWN_CARD")
+            raise NotFoundError(f"no card {mask_card(account)}", reason="UNKNOWN_CARD")
         version, state = loaded.get(account, (0, AccountState(account)))
         status = record.status if record is not None else state.status
         customer_id = record.customer_id if record is not None else None

@@ -14,7 +14,7 @@ import psycopg
 
 from processor import calendar
 from processor.engine.types import Customer
-from processor.errors import InternalError, InvalidFieldError, NotFoundError
+from processor.errors import InternalError, InvalidFieldError, NotFoundError, mask_card
 from processor.limits import (
     AUDIENCE_CHARS_MAX,
     AUDIENCES_MAX,
@@ -78,12 +78,12 @@ class Customers(CatalogBase):
             )
             row = await cursor.fetchone()
             if row is None:
-                raise NotFoundError(f"no card {card_number}", reason="UNKNOWN_CARD")
+                raise NotFoundError(f"no card {mask_card(card_number)}", reason="UNKNOWN_CARD")
             if row[0] == customer_id:
                 return
             if row[0] is not None:
                 raise ConflictError(
-                    f"card {card_number} is registered to another customer",
+                    f"card {mask_card(card_number)} is registered to another customer",
                     reason="CARD_REGISTERED",
                 )
             await cursor.execute(
