@@ -93,6 +93,11 @@ class Schedule:
     ) -> None:
         self._context = context
         self._chunk_accounts = chunk_accounts
+        # procrastinate logs every defer, start and end at INFO (the five-minute maintenance
+        # tick alone, three lines each time); the runner logs each run's start and end. At
+        # LOYALTY_LOG_LEVEL=DEBUG, all of procrastinate's lines are kept.
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            logging.getLogger("procrastinate").setLevel(logging.WARNING)
         # Bounded waits: a worker stopping while PostgreSQL is away (its last statements
         # unregister it) must not hold up the server's stop.
         connector = procrastinate.PsycopgConnector(
