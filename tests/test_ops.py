@@ -101,8 +101,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 @needs_promtool
-def test_prometheus_config_is_valid() -> None:
-    checked = promtool("check", "config", "prometheus.yml")
+def test_prometheus_configs_are_valid() -> None:
+    checked = promtool("check", "config", "prometheus.yml", "prometheus-compose.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
@@ -260,13 +260,25 @@ def test_burn_rate_alerts_use_two_windows_each() -> None:
             assert len(windows) == 4 and len(set(windows)) == 4, rule["expr"]
 
 
-def test_the_scrape_config_names_the_local_server_and_the_compose_service() -> None:
-    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+@pytest.mark.parametrize(
+    ("file", "target"),
+    [("prometheus.yml", "127.0.0.1:8000"), ("prometheus-compose.yml", "processor:8000")],
+)
+def test_each_scrape_config_names_only_the_server_that_runs_where_it_is_used(
+    file: str, target: str
+) -> None:
+    config = yaml.safe_load((PROMETHEUS / file).read_text())
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "loyalty"]
     targets = {target for static in job["static_configs"] for target in static["targets"]}
-    assert targets == {"127.0.0.1:8000", "processor:8000"}
+    assert targets == {target}  # no target down by design
     assert Settings().metrics_listen == "127.0.0.1:8000"
     assert config["rule_files"] == ["alerts.yml"]
+
+
+def test_compose_runs_prometheus_with_its_own_scrape_config() -> None:
+    compose = yaml.safe_load((OPS / "compose.yaml").read_text())
+    command = compose["services"]["prometheus"]["command"]
+    assert "--config.file=/etc/prometheus/prometheus-compose.yml" in command
 
 
 # --------------------------------------------------------------------------- compose and systemd
