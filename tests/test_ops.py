@@ -253,6 +253,15 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     assert quiet >= alert_names(), alert_names() - quiet
 
 
+def test_every_alert_rule_and_panel_selects_the_processors_scrape_job() -> None:
+    # In a Prometheus shared with other programs, a rule or panel reads only the series of
+    # the scrape job "loyalty" (prometheus.yml's): grpc_server_* names are everyone's.
+    queries = [rule["expr"] for rule in rules()] + [expr for _, expr in dashboard_queries()]
+    for expr in queries:
+        for name, selector in re.findall(r"\b((?:grpc_server|loyalty)_\w+)(\{[^}]*\})?", expr):
+            assert selector.startswith('{job="loyalty"'), (name, expr)
+
+
 def test_burn_rate_alerts_use_two_windows_each() -> None:
     for rule in rules():
         if rule.get("alert") in ("AvailabilityBudgetBurn", "LatencyBudgetBurn"):
