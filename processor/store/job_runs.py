@@ -20,7 +20,12 @@ import psycopg
 from processor import calendar
 from processor.errors import InternalError
 from processor.store.catalog_base import CatalogBase, one_row
-from processor.store.ledger import SCAN_STATEMENT_TIMEOUT_MS, database_error
+from processor.store.ledger import (
+    CONNECT_TIMEOUT_SECONDS,
+    SCAN_STATEMENT_TIMEOUT_MS,
+    Store,
+    database_error,
+)
 
 _JOB_LOCK_NAMESPACE: Final = 0x4A42  # "JB": the first key of the jobs' advisory locks
 
@@ -86,25 +91,30 @@ class JobRun:
 class JobRuns(CatalogBase):
     """The job_runs table and the walk over accounts, through the Store's pool."""
 
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._conninfo = store.conninfo
+
     @contextlib.asynccontextmanager
     async def exclusive(self, job: str) -> AsyncIterator[None]:
         """Hold ``job``'s lock until the block ends, waiting for it as long as another
-        runner has it (asked again every LOCK_POLL_SECONDS: a statement waiting for it would
-        meet the pool's statement timeout). A runner that dies lets go with its connection;
-        a connection lost meanwhile is dropped, not given back to the pool."""
+        runner has it (asked again every LOCK_POLL_SECONDS, so no statement waits for it).
+        A runner that dies lets go with its connection."""
         key = (_JOB_LOCK_NAMESPACE, job)
         try:
-            async with self._pool.connection() as connection:
+            # A connection of its own, not one of the pool's: a run holds it from start to
+            # end, and the pool is the transactions'.
+            async with await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+            ) as connection:
                 while not await _locked(connection, key):
                     await asyncio.sleep(LOCK_POLL_SECONDS)
                 try:
                     yield
                 finally:
-                    try:
+                    # A lock lost with its session needs no unlock; the run's outcome stands.
+                    with contextlib.suppress(psycopg.Error):
                         await connection.execute(_UNLOCK, key)
-                    except psycopg.Error:
-                        # The lock went with its session; the run's own outcome stands.
-                        await connection.close()
         except psycopg.Error as error:
             action = f"take the lock of job {job}"
             raise database_error(error, action, self._pool.timeout) from error
