@@ -647,3 +647,21 @@ def test_every_metric_is_grpc_s_conventional_or_carries_the_loyalty_prefix() -> 
     for metric in metrics.DECLARED:
         (family,) = metric.describe()
         assert family.name.startswith(("grpc_server_", "loyalty_")), family.name
+
+
+async def test_the_probes_stop_when_a_probe_swallows_their_cancel() -> None:
+    # asyncio.wait_for (Python 3.11) and drivers can take a cancel in and return: the loop
+    # must stop all the same, or a stopping server waits for it for ever.
+    class Swallowing:
+        async def probe(self) -> bool:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                return False
+            return True
+
+    probes = asyncio.ensure_future(metrics.run_probes(Swallowing(), None, interval_seconds=0.01))
+    await asyncio.sleep(0.05)
+    probes.cancel()
+    await asyncio.wait_for(asyncio.gather(probes, return_exceptions=True), 10)
+    assert probes.cancelled()

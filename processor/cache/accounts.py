@@ -416,7 +416,8 @@ class AccountCache:
     async def probe(self, timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> bool:
         """Whether Redis answers a PING now (the probe behind loyalty_cache_up)."""
         try:
-            return bool(await asyncio.wait_for(self._client.ping(), timeout_seconds))
+            async with asyncio.timeout(timeout_seconds):  # not wait_for: it can drop a cancel
+                return bool(await self._client.ping())
         except (RedisError, OSError, TimeoutError):
             return False
 

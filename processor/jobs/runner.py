@@ -10,9 +10,10 @@
 - **Beside live traffic.** The commit is ``commit_batch``'s: an account a transaction
   changed after the chunk read it conflicts, and the chunk reads those accounts again and
   evaluates them again (up to JOB_CONFLICT_RETRIES_MAX times). The event loop is let go
-  between chunks, so the server's own batches go on.
+  every JOB_SLICE_ACCOUNTS accounts, so the server's own batches go on.
 - **Resumable.** After each chunk the run records its last account; a run started again
-  after a crash or a stop goes on after it, and a finished run is not run again.
+  after a crash or a stop goes on after it (each chunk first looking up which of its
+  accounts the run changed already), and a finished run is not run again.
 - **One at a time.** A run holds its job's lock (processor.store.job_runs), so two runners
   of one job take turns, and the second finds the run finished.
 """
@@ -66,6 +67,8 @@ class Programs(Protocol):
 
 
 class Cache(Protocol):
+    """Where committed states go (processor.cache.accounts.AccountCache)."""
+
     async def put_many(self, entries: dict[str, tuple[int, bytes]]) -> int: ...
 
 

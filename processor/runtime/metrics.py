@@ -766,8 +766,13 @@ async def run_probes(
     store: Any, cache: Any | None, interval_seconds: float = PROBE_INTERVAL_SECONDS
 ) -> None:
     """probe_once every ``interval_seconds`` until cancelled."""
+    this = asyncio.current_task()
     while True:
         await probe_once(store, cache)
+        if this is not None and this.cancelling():
+            # A cancel that arrived inside a probe may come out of the driver as its own
+            # error (a query cancelled), which the probe counts as "down": stop anyway.
+            raise asyncio.CancelledError
         await asyncio.sleep(interval_seconds)
 
 
