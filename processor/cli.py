@@ -107,21 +107,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from processor.runtime import serve
-    from processor.store.ledger import Store
-
-    resolved = serve.resolve_servers(_settings(args))
-
-    async def check() -> list[Any]:
-        async with Store(resolved.database_url) as store:
-            return await store.reconcile()
-
-    try:
-        mismatches = asyncio.run(check())
-    finally:
-        resolved.stop()
+    mismatches = _with_store(args, lambda store: store.reconcile())
     for mismatch in mismatches:
         print(
             f"{mismatch.account_id} {mismatch.program or '-'} {mismatch.balance}: state "

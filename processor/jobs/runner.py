@@ -27,12 +27,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from processor import calendar
 from processor.engine import CompiledProgram, run_job
 from processor.engine.types import AccountState, Result
 from processor.errors import NotFoundError
+from processor.flow.pipeline import Cache, Programs
 from processor.jobs.named import Job
 from processor.limits import (
     JOB_CONFLICT_RETRIES_MAX,
@@ -58,18 +59,6 @@ CHUNK_ACCOUNTS_DEFAULT = 1_000
 
 Progress = Callable[[int, int], None]
 """Told after each chunk: accounts done so far in the run, and the run's total."""
-
-
-class Programs(Protocol):
-    """The active program of a card (processor.flow.registry.ProgramRegistry)."""
-
-    def for_card(self, card_number: str) -> CompiledProgram: ...
-
-
-class Cache(Protocol):
-    """Where committed states go (processor.cache.accounts.AccountCache)."""
-
-    async def put_many(self, entries: dict[str, tuple[int, bytes]]) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

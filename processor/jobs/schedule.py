@@ -109,6 +109,7 @@ class Schedule:
             kwargs={"connect_timeout": int(DATABASE_WAIT_SECONDS)},
         )
         self.app = procrastinate.App(connector=connector)
+        cron = check_cron(cron)
         for job in JOBS.values():
             # One lock for every job: they run one after another across the deployment, in
             # the order a tick defers them (JOBS'), instead of walking the same accounts at
@@ -121,7 +122,7 @@ class Schedule:
                 retry=RETRY,
                 pass_context=False,
             )(self._performer(job))
-            self.app.periodic(cron=check_cron(cron), periodic_id=job.name)(task)
+            self.app.periodic(cron=cron, periodic_id=job.name)(task)
         stalled = self.app.task(name="loyalty.retry-stalled", queue=QUEUE)(self._retry_stalled)
         self.app.periodic(cron=MAINTENANCE_CRON, periodic_id="retry-stalled")(stalled)
 

@@ -19,6 +19,7 @@ from processor import calendar, proto
 from processor.engine import CompiledProgram, compile_program
 from processor.engine.types import AccountState, Award, AwardAccount, LoyaltyAccount, TenderAccount
 from processor.errors import InvalidFieldError, NotFoundError, mask_card
+from processor.flow.pipeline import Cache
 from processor.flow.registry import ProgramRegistry
 from processor.jobs import runner
 from processor.jobs.named import CARD_REGISTERED
@@ -102,7 +103,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         registry: ProgramRegistry,
         store: Store,
         credentials: Credentials | None = None,
-        cache: runner.Cache | None = None,
+        cache: Cache | None = None,
     ) -> None:
         self.catalog = catalog
         self.registry = registry

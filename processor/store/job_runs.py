@@ -29,12 +29,17 @@ from processor.store.ledger import (
 
 _JOB_LOCK_NAMESPACE: Final = 0x4A42  # "JB": the first key of the jobs' advisory locks
 
-_BEGIN = """
-INSERT INTO job_runs (job, as_of, accounts_total) VALUES (%s, %s, %s)
-ON CONFLICT (job, as_of) DO UPDATE SET
-    attempts = job_runs.attempts + CASE WHEN job_runs.status = 'finished' THEN 0 ELSE 1 END,
-    status = CASE WHEN job_runs.status = 'finished' THEN 'finished' ELSE 'running' END,
+_RESUME = """
+UPDATE job_runs SET
+    attempts = attempts + CASE WHEN status = 'finished' THEN 0 ELSE 1 END,
+    status = CASE WHEN status = 'finished' THEN 'finished' ELSE 'running' END,
     updated_at = now()
+WHERE job = %s AND as_of = %s
+RETURNING status, after_account, accounts_total, accounts_done, accounts_changed, postings,
+          attempts
+"""
+_BEGIN = """
+INSERT INTO job_runs (job, as_of, accounts_total) SELECT %s, %s, count(*) FROM accounts
 RETURNING status, after_account, accounts_total, accounts_done, accounts_changed, postings,
           attempts
 """
@@ -48,15 +53,14 @@ UPDATE job_runs SET status = %s, error = %s, updated_at = now(),
     finished_at = CASE WHEN %s = 'finished' THEN now() ELSE NULL END
 WHERE job = %s AND as_of = %s AND status = 'running'
 """
-_RECENT = """
-SELECT job, as_of, status, after_account, accounts_total, accounts_done, accounts_changed,
-       postings, attempts, error, started_at, finished_at
+_COLUMNS = """job, as_of, status, after_account, accounts_total, accounts_done, accounts_changed,
+       postings, attempts, error, started_at, finished_at"""
+_RECENT = f"""
+SELECT {_COLUMNS}
 FROM job_runs WHERE (%s = '' OR job = %s) ORDER BY started_at DESC, job LIMIT %s
 """
 LOCK_POLL_SECONDS: Final = 1.0
 """How often a runner waiting for its job's lock asks for it again."""
-_COLUMNS = """job, as_of, status, after_account, accounts_total, accounts_done, accounts_changed,
-       postings, attempts, error, started_at, finished_at"""
 _LATEST = f"""
 SELECT DISTINCT ON (job) {_COLUMNS} FROM job_runs ORDER BY job, started_at DESC
 """
@@ -122,12 +126,14 @@ class JobRuns(CatalogBase):
     async def begin(self, job: str, as_of: int) -> JobRun:
         """The run of ``job`` as of ``as_of``: made (running), resumed (running again, one
         more attempt) or found finished."""
+        day = calendar.to_date(as_of)
         async with self._transaction(f"begin job {job}") as cursor:
-            await cursor.execute(f"SET LOCAL statement_timeout = {SCAN_STATEMENT_TIMEOUT_MS}")
-            await cursor.execute("SELECT count(*) FROM accounts")
-            total = (await one_row(cursor))[0]
-            await cursor.execute(_BEGIN, (job, calendar.to_date(as_of), total))
-            row = await one_row(cursor)
+            await cursor.execute(_RESUME, (job, day))
+            row = await cursor.fetchone()
+            if row is None:  # a new run: its accounts counted once, for its progress
+                await cursor.execute(f"SET LOCAL statement_timeout = {SCAN_STATEMENT_TIMEOUT_MS}")
+                await cursor.execute(_BEGIN, (job, day))
+                row = await one_row(cursor)
         return JobRun(job, as_of, *row)
 
     async def progress(
