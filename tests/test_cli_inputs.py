@@ -76,6 +76,11 @@ def test_config_show_redacts_secrets(
         ("LOYALTY_PLAINTEXT_ALLOWED", "perhaps", "plaintext_allowed", "valid boolean"),
         ("LOYALTY_PIN_ATTEMPTS_MAX", "0", "pin_attempts_max", "greater than or equal to 1"),
         ("LOYALTY_PIN_ATTEMPTS_MAX", "101", "pin_attempts_max", "less than or equal to 100"),
+        ("LOYALTY_JOBS_SCHEDULE", "nightly", "jobs_schedule", "valid boolean"),
+        ("LOYALTY_JOBS_CRON", "every night", "jobs_cron", "five fields"),
+        ("LOYALTY_JOBS_CRON", "61 2 * * *", "jobs_cron", "five fields"),
+        ("LOYALTY_JOBS_CHUNK_ACCOUNTS", "0", "jobs_chunk_accounts", "greater than or equal to 1"),
+        ("LOYALTY_JOBS_CHUNK_ACCOUNTS", "5001", "jobs_chunk_accounts", "less than or equal to"),
     ],
 )
 def test_the_overlap_cache_and_card_settings_refuse_bad_values(
