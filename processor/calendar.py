@@ -90,6 +90,27 @@ def month_index(days: int) -> int:
     return (year - 1970) * 12 + (month - 1)
 
 
+def month_start(days: int) -> int:
+    """The day number of the first of the month of a day number."""
+    year, month, _ = civil_from_days(days)
+    return days_from_civil(year, month, 1)
+
+
+def parse_month(text: str) -> int:
+    """The first day of a month written ``YYYY-MM``; raises ValueError otherwise."""
+    if len(text) != 7 or text[4] != "-" or not (text[:4] + text[5:]).isdigit():
+        raise ValueError(f"{text!r} is not a month YYYY-MM")
+    year, month = int(text[:4]), int(text[5:])
+    if not 1 <= year <= 9999 or not 1 <= month <= 12:
+        raise ValueError(f"{text!r} is not a month YYYY-MM")
+    return days_from_civil(year, month, 1)
+
+
+def format_month(days: int) -> str:
+    """``YYYY-MM`` of a day number."""
+    return format_day(days)[:7]
+
+
 def year_of(days: int) -> int:
     return civil_from_days(days)[0]
 

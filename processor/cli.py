@@ -353,6 +353,53 @@ async def _run_locally(
                 await cache.aclose()
 
 
+def _report_scorecard(args: argparse.Namespace) -> int:
+    from processor import calendar
+    from processor.errors import InvalidFieldError
+    from processor.reports import scorecard
+    from processor.store.cards import today
+
+    try:
+        month = calendar.parse_month(args.month) if args.month else calendar.month_start(today())
+    except ValueError as error:
+        raise InvalidFieldError("--month", str(error)) from None
+
+    async def read(store: Any) -> list[Any]:
+        from processor.flow.registry import ProgramRegistry
+        from processor.store.catalog import Catalog
+        from processor.store.scorecards import Scorecards
+
+        catalog = Catalog(store)
+        record = await catalog.get(args.program, counts=False)
+        compiled = await ProgramRegistry(catalog).load(record.id, record.version)
+        rows = await Scorecards(store).months(record.id, month, args.months)
+        return scorecard.assemble(rows, [compiled])
+
+    cards = _with_store(args, read)
+    if args.html:
+        from processor.reports import page
+
+        html = page.render(args.program, cards, calendar.format_month(month), args.months)
+        try:
+            with open(args.html, "w", encoding="utf-8") as file:
+                file.write(html)
+        except OSError as error:
+            raise InvalidFieldError("--html", f"{args.html}: {error.strerror}") from None
+        print(f"wrote {args.html}: open it in a browser", file=sys.stderr)
+    elif args.json:
+        print(json.dumps([scorecard.as_dict(card) for card in cards], indent=2))
+    else:
+        print(scorecard.text(cards, calendar.format_month(month)), end="")
+    if not any(card.month == calendar.format_month(month) for card in cards):
+        print(
+            f"no scorecards of {args.program} for {calendar.format_month(month)}: the "
+            "scorecards job has not finished a run in that month (`loyalty jobs history "
+            "scorecards`; `loyalty jobs run scorecards` counts them now)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _as_of(text: str | None) -> int:
     from processor import calendar
     from processor.errors import InvalidFieldError
@@ -423,7 +470,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from processor.limits import AUDIT_PAGE_SIZE_MAX, JOB_CHUNK_ACCOUNTS_MAX
+    from processor.limits import AUDIT_PAGE_SIZE_MAX, JOB_CHUNK_ACCOUNTS_MAX, SCORECARD_MONTHS_MAX
     from processor.service.roles import ROLES
     from processor.tools import seed as seed_limits
 
@@ -543,6 +590,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _server_flags(history)
     history.set_defaults(handler=_jobs_history)
+
+    report = commands.add_parser("report", help="what program managers read: scorecards")
+    report_commands = report.add_subparsers(dest="report_command", required=True)
+    card = report_commands.add_parser(
+        "scorecard",
+        help="a program file's scorecards: each program's figures in a month, and by month",
+    )
+    card.add_argument("program", help="the program file's id")
+    card.add_argument("--month", help="the month, YYYY-MM (default: this month)")
+    card.add_argument(
+        "--months",
+        type=_count(1, SCORECARD_MONTHS_MAX),
+        default=12,
+        help="months back, the month included (default 12)",
+    )
+    shown = card.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="JSON instead of tables")
+    shown.add_argument(
+        "--html", metavar="FILE", help="write a self-contained HTML page with charts to FILE"
+    )
+    _server_flags(card)
+    card.set_defaults(handler=_report_scorecard)
 
     seed = commands.add_parser(
         "seed", help="bulk-load cards, customers and accounts for load tests (resumable)"

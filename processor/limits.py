@@ -162,6 +162,10 @@ LEDGER_PAGE_SIZE_MAX: Final = 1_000
 AWARDS_PAGE_MAX: Final = 100
 """Awards of one ListAwards page, as awards.proto documents."""
 
+SCORECARD_MONTHS_MAX: Final = 36
+"""Months of one GetScorecard answer (and `loyalty report scorecard`), as admin.proto
+documents: three years of monthly columns."""
+
 # --------------------------------------------------------------------------- messages and errors
 
 MESSAGE_BYTES_MAX: Final = 8 * 1024 * 1024

@@ -26,7 +26,8 @@ os.environ.setdefault("LOYALTY_JOBS_SCHEDULE", "false")
 # Servers for integration tests: the ones the environment names, else embedded ones.
 # pytester runs a small suite of its own where a test proves how the suite itself behaves.
 pytest_plugins = [
-    "plugins.postgres", "plugins.redis", "plugins.server", "plugins.proxy", "pytester",
+    "plugins.postgres", "plugins.redis", "plugins.server", "plugins.proxy", "plugins.admin_api",
+    "pytester",
 ]  # fmt: skip
 
 # "ci" replays the same examples on every run, so a red build is reproducible from its log;

@@ -10,14 +10,11 @@ The demo loader is idempotent and its cards are served at once.
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
-import pytest_asyncio
+from plugins.admin_api import Harness, fails
 
 from processor import calendar, proto
 from processor.engine.types import (
@@ -30,13 +27,8 @@ from processor.engine.types import (
     TenderAccount,
     ValueLot,
 )
-from processor.flow.registry import ProgramRegistry
-from processor.limits import MESSAGE_BYTES_MAX
 from processor.service import errors
-from processor.service.admin import AdminServicer
-from processor.service.guard import Guarded
 from processor.store import AccountWrite, CommitBatch, LedgerEntry, Store
-from processor.store.catalog import Catalog
 from processor.tools.demo import DEMO_PIN, load_demo
 
 pytestmark = pytest.mark.integration
@@ -48,39 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = (ROOT / "examples" / "programs" / "demo.yaml").read_text(encoding="utf-8")
 CARD = "6001200000000010"
 TODAY = calendar.to_day(datetime.date.today())
-
-
-@dataclass
-class Harness:
-    stub: Any
-    catalog: Catalog
-    registry: ProgramRegistry
-    store: Store
-
-
-@pytest_asyncio.fixture
-async def api(store: Store) -> AsyncIterator[Harness]:
-    catalog = Catalog(store, pin_key=b"test")
-    registry = ProgramRegistry(catalog)
-    # As the server configures it: room for a 4 MiB file and the rest of its message.
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MESSAGE_BYTES_MAX)])
-    servicer = AdminServicer(catalog=catalog, registry=registry, store=store)
-    proto.admin_grpc.add_AdminServiceServicer_to_server(servicer, Guarded(server))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        options = [("grpc.max_send_message_length", MESSAGE_BYTES_MAX)]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            yield Harness(proto.admin_grpc.AdminServiceStub(channel), catalog, registry, store)
-    finally:
-        await server.stop(None)
-
-
-async def fails(call: Any, code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await call
-    assert (failure.value.code(), errors.reason_of(failure.value)) == (code, reason)
-    return failure.value
 
 
 async def northwind(api: Harness, *, activate: bool = True) -> None:

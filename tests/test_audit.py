@@ -64,6 +64,7 @@ ADMIN_REQUESTS: dict[str, Any] = {
     "GetAccount": admin.GetAccountRequest(account="0"),
     "ListLedger": admin.ListLedgerRequest(account="0"),
     "ListAudit": admin.ListAuditRequest(page_size=1),
+    "GetScorecard": admin.GetScorecardRequest(program_id="northwind", months=1),
 }
 
 

@@ -6,30 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from plugins.posting import post, registry_of, state_of
 from plugins.proxy import Proxy
-from plugins.server import DemoSummary, StartServed, demo_cards, unique_prefix
+from plugins.server import DemoSummary, StartServed, demo_cards, loyalty, unique_prefix
 
 from processor import calendar
 from processor.cache.accounts import AccountCache
 from processor.engine import ReferenceEngine
-from processor.engine.types import AccountState, Line, Purchase, Request, TenderRequest
+from processor.engine.types import Line, Purchase, TenderRequest
 from processor.errors import InvalidFieldError
 from processor.flow.registry import ProgramRegistry
 from processor.jobs import runner
 from processor.jobs.named import JOBS, job_named
 from processor.jobs.schedule import Schedule, check_cron, task_name
 from processor.runtime import metrics
-from processor.store.catalog import Catalog
-from processor.store.job_runs import JobRuns, RunLostError
-from processor.store.ledger import AccountWrite, CommitBatch, Store, ledger_entries
+from processor.store.job_runs import Chunk, JobRuns, RunLostError
+from processor.store.ledger import CommitBatch, Store
 
 pytestmark = pytest.mark.integration
 
@@ -48,35 +45,6 @@ def tender(request_id: str, card: str, op: Any, amount: int, day: int = DAY) -> 
     return TenderRequest(
         request_id, card, day, 9 * 3600, "S001", pin_verified=True, op=op, amount=amount
     )
-
-
-async def registry_of(store: Store) -> ProgramRegistry:
-    registry = ProgramRegistry(Catalog(store))
-    await registry.refresh()
-    return registry
-
-
-async def post(store: Store, registry: ProgramRegistry, requests: list[Request]) -> None:
-    """Evaluate ``requests`` with the reference engine and commit them, as the pipeline does."""
-    cards = sorted({request.account for request in requests})
-    loaded = await store.load(cards)
-    program = registry.for_card(cards[0])
-    states = {card: state for card, (_, state) in loaded.items()}
-    outcome = ReferenceEngine().evaluate(program, states, requests)
-    assert all(result.status == "approved" for result in outcome.results), outcome.results
-    batch = CommitBatch(
-        accounts=[
-            AccountWrite(state, loaded.get(card, (0, None))[0])
-            for card, state in outcome.accounts.items()
-        ],
-        postings=[entry for result in outcome.results for entry in ledger_entries(result)],
-        receipts=list(outcome.receipts.values()),
-    )
-    assert (await store.commit(batch)).committed
-
-
-async def state_of(store: Store, card: str) -> AccountState:
-    return (await store.load([card]))[card][1]
 
 
 async def certificates(store: Store, card: str) -> list[str]:
@@ -299,7 +267,7 @@ async def test_a_runner_whose_run_another_took_over_stops_at_its_next_chunk(
     async with store.pool.connection() as connection:  # another runner finished it
         await connection.execute("UPDATE job_runs SET status = 'finished'")
     with pytest.raises(RunLostError, match="no longer running"):
-        await runs.progress("movement", DAY, "6001200000000010", 1, 0, 0)
+        await runs.progress("movement", DAY, Chunk("", "6001200000000010", 1))
 
 
 async def test_an_account_a_transaction_changed_meanwhile_is_evaluated_again(
@@ -440,23 +408,6 @@ def test_an_unknown_job_is_refused_naming_the_jobs() -> None:
 
 
 # --------------------------------------------------------------------------- the command line
-
-
-def loyalty(*args: str, database_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    environment = {
-        **os.environ,
-        "LOYALTY_DATABASE_URL": database_url,
-        "LOYALTY_REDIS_URL": redis_url,
-        "LOYALTY_CACHE_KEY_PREFIX": unique_prefix(),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "processor.cli", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_loyalty_jobs_run_fires_the_demo_award_rule_and_lists_the_run(

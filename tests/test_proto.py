@@ -59,6 +59,7 @@ EXPECTED_METHODS = {
         "ListLedger",
         "UnlockPin",
         "ListAudit",
+        "GetScorecard",
     ],
 }
 STREAMING_METHODS = {"loyalty.v1.TransactionService.StreamTransactions"}

@@ -20,6 +20,10 @@ SELECT create_reference_table('api_keys');
 -- tables (the jobs' queue) stay local to the coordinator: its functions lock and notify
 -- on them in ways Citus does not distribute, and they hold a few rows a day.
 SELECT create_reference_table('job_runs');
+-- Scorecards: a few rows per program and day; the members of a running scorecards run are
+-- as many as its customers but live only until it finishes. Both read whole by program.
+SELECT create_reference_table('scorecards');
+SELECT create_reference_table('scorecard_members');
 
 -- The transaction path, by card number (the account id), in one co-location group.
 SELECT create_distributed_table('accounts', 'account_id', shard_count => 64);

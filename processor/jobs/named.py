@@ -1,9 +1,11 @@
 """The jobs a deployment runs, by name: what each does to every account it goes through.
 
-Each is a selection of the reference engine's job steps (processor.engine.reference
-``JOB_STEPS``). A loyalty account is aged before its job rules run, as before any
-transaction, so ``create-loyalty-award`` and ``movement`` age the accounts they go through
-as ``points-aging`` does.
+Each but ``scorecards`` is a selection of the reference engine's job steps
+(processor.engine.reference ``JOB_STEPS``). A loyalty account is aged before its job rules
+run, as before any transaction, so ``create-loyalty-award`` and ``movement`` age the
+accounts they go through as ``points-aging`` does. ``scorecards`` changes no account: it
+counts them, last, so its figures follow the day's expiries and moves
+(processor.jobs.scorecards).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Job:
     name: str
     steps: tuple[str, ...]
     summary: str
+    counts: bool = False  # counts the accounts (processor.jobs.scorecards), changes none
 
 
 JOBS: dict[str, Job] = {
@@ -52,6 +55,13 @@ JOBS: dict[str, Job] = {
             ("move",),
             "makes the level moves whose rule says `change: job`: sustains, and demotions "
             "with their extensions",
+        ),
+        Job(
+            "scorecards",
+            (),
+            "counts each program's scorecard as of the day: accounts, customers, issued, "
+            "redeemed, expired and outstanding, by level (`loyalty report scorecard`)",
+            counts=True,
         ),
     )
 }

@@ -34,6 +34,7 @@ from processor.engine import CompiledProgram, run_job
 from processor.engine.types import AccountState, Result
 from processor.errors import NotFoundError
 from processor.flow.pipeline import Cache, Programs
+from processor.jobs import scorecards
 from processor.jobs.named import Job
 from processor.limits import (
     JOB_CONFLICT_RETRIES_MAX,
@@ -42,7 +43,7 @@ from processor.limits import (
 )
 from processor.runtime import metrics
 from processor.store import codec
-from processor.store.job_runs import JobRuns
+from processor.store.job_runs import Chunk, JobRuns
 from processor.store.ledger import (
     AccountWrite,
     CommitBatch,
@@ -135,16 +136,22 @@ async def run(
                 rows = await runs.accounts_after(after, chunk_accounts)
                 if not rows:
                     break
-                chunk = await _run_chunk(context, job, as_of, rows, look_up=look_up)
-                after = rows[-1][0]
-                await runs.progress(job.name, as_of, after, len(rows), *chunk)
-                done, changed, postings = done + len(rows), changed + chunk[0], postings + chunk[1]
+                if job.counts:
+                    chunk = await scorecards.count_chunk(context, runs, job, as_of, after, rows)
+                else:
+                    evaluated = await _run_chunk(context, job, as_of, rows, look_up=look_up)
+                    chunk = Chunk(after, rows[-1][0], len(rows), *evaluated)
+                    await runs.progress(job.name, as_of, chunk)
+                after = chunk.last
+                done, changed = done + chunk.done, changed + chunk.changed
+                postings += chunk.postings
                 total = max(total, done)
                 gauge.set(_ratio(done, total))
                 if progress is not None:
                     progress(done, total)
                 await asyncio.sleep(0)  # the server's batches go on between chunks
-            await runs.finish(job.name, as_of)
+            closing = scorecards.closing(as_of) if job.counts else None
+            await runs.finish(job.name, as_of, also=closing)
         except BaseException as error:
             stopped = isinstance(error, asyncio.CancelledError)
             metrics.JOB_RUNS.labels(job.name, "stopped" if stopped else "failed").inc()

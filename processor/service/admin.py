@@ -11,6 +11,7 @@ other process picks it up through its registry's refresher within a second or tw
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections import defaultdict
 from typing import Any, Final
@@ -33,15 +34,18 @@ from processor.limits import (
     IDENTIFIER_CHARS_MAX,
     LEDGER_PAGE_SIZE_MAX,
     PROGRAM_FILE_BYTES_MAX,
+    SCORECARD_MONTHS_MAX,
     SEARCH_PAGE_SIZE_MAX,
     TEXT_CHARS_MAX,
 )
+from processor.reports import scorecard
 from processor.service.handlers import Context
 from processor.store.catalog import Catalog
 from processor.store.catalog_base import decode_page_token, encode_page_token
 from processor.store.credentials import Credentials
 from processor.store.ledger import Store
 from processor.store.programs import ProgramPart, ProgramSummary, parse_stored_program
+from processor.store.scorecards import SCORECARDS_JOB, Figures, Scorecards
 from processor.wire import answers
 from processor.wire.admission import checked_text
 
@@ -418,6 +422,43 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
             response.next_page_token = encode_page_token([rows[-1].sequence])
         return response
 
+    # ----------------------------------------------------------------------- scorecards
+
+    async def GetScorecard(
+        self, request: admin.GetScorecardRequest, context: Context
+    ) -> admin.GetScorecardResponse:
+        program_id = checked_text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
+        last_month = calendar.month_start(_today())
+        if request.month:
+            try:
+                last_month = calendar.parse_month(request.month)
+            except ValueError as error:
+                raise InvalidFieldError("month", str(error)) from None
+        if request.months > SCORECARD_MONTHS_MAX:
+            raise InvalidFieldError("months", f"is more than {SCORECARD_MONTHS_MAX}")
+        months = request.months or scorecard.MONTHS_DEFAULT
+        record = await self.catalog.get(program_id, counts=False)  # NotFoundError if none
+        compiled = await self.registry.load(record.id, record.version)
+        rows = await Scorecards(self.store).months(record.id, last_month, months)
+        cards = scorecard.assemble(rows, [compiled])
+        response = admin.GetScorecardResponse(
+            program_id=record.id,
+            job=SCORECARDS_JOB,
+            month_counted=any(card.as_of >= last_month for card in cards),
+        )
+        for card in cards:
+            message = response.scorecards.add(
+                month=card.month,
+                as_of=calendar.format_day(card.as_of),
+                program=card.program,
+                type=_TYPES[card.type],
+                exponent=card.exponent,
+            )
+            message.total.CopyFrom(_figures(card, card.total))
+            for level, figures in card.levels:
+                message.levels.add(level=level).figures.CopyFrom(_figures(card, figures))
+        return response
+
     def _program_of(self, account: str) -> CompiledProgram | None:
         try:
             return self.registry.for_card(account)
@@ -431,6 +472,13 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
 def balance_exponents(program: CompiledProgram | None) -> dict[str, int]:
     """The decimal digits of every balance a program's accounts have, by balance name."""
     return {} if program is None else program.balance_digits
+
+
+def _figures(card: scorecard.ProgramMonth, figures: Figures) -> admin.ScorecardFigures:
+    return admin.ScorecardFigures(
+        **{name: getattr(figures, name) for name in scorecard.FIGURES},
+        **dataclasses.asdict(card.ratios(figures)),
+    )
 
 
 def account_message(

@@ -70,6 +70,7 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "/loyalty.v1.AdminService/GetAccount": _READERS,
     "/loyalty.v1.AdminService/ListLedger": _READERS,
     "/loyalty.v1.AdminService/ListAudit": frozenset({ADMIN}),
+    "/loyalty.v1.AdminService/GetScorecard": _READERS,
 }
 """The roles that may call each RPC (by its full method name). An RPC not here is refused to
 every caller but on the open services below."""
@@ -138,8 +139,7 @@ def acts_on_cards(full_method: str) -> bool:
 CARD_METHODS: Final = frozenset(
     method
     for method in ALLOWED
-    if not method.startswith(AUDITED_SERVICE)
-    or rpc_name(method) in {"GetAccount", "ListLedger"}
+    if not method.startswith(AUDITED_SERVICE) or rpc_name(method) in {"GetAccount", "ListLedger"}
 )
 """The RPCs a card-scoped caller may make (on its own cards): posting, tender, awards and
 the two account inquiries."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -46,7 +46,7 @@ RETURNING status, after_account, accounts_total, accounts_done, accounts_changed
 _PROGRESS = """
 UPDATE job_runs SET after_account = %s, accounts_done = accounts_done + %s,
     accounts_changed = accounts_changed + %s, postings = postings + %s, updated_at = now()
-WHERE job = %s AND as_of = %s AND status = 'running'
+WHERE job = %s AND as_of = %s AND status = 'running' AND after_account = %s
 """
 _FINISH = """
 UPDATE job_runs SET status = %s, error = %s, updated_at = now(),
@@ -90,6 +90,21 @@ class JobRun:
     error: str = ""
     started_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
+
+
+Writes = Callable[[psycopg.AsyncCursor[Any]], Awaitable[None]]
+"""More writes for a run's progress or finish transaction (a scorecards chunk's counts)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A chunk a run finished: where it began and ended, and what it did."""
+
+    previous: str  # the run's last account before the chunk ("" for the first)
+    last: str  # the chunk's last account
+    done: int  # accounts it went through
+    changed: int = 0
+    postings: int = 0
 
 
 class JobRuns(CatalogBase):
@@ -137,23 +152,39 @@ class JobRuns(CatalogBase):
         return JobRun(job, as_of, *row)
 
     async def progress(
-        self, job: str, as_of: int, after_account: str, done: int, changed: int, postings: int
+        self,
+        job: str,
+        as_of: int,
+        chunk: Chunk,
+        *,
+        also: Writes | None = None,
     ) -> None:
-        """Record a chunk finished: its last account and what it did."""
+        """Record a chunk finished: its last account and what it did, with ``also``'s writes
+        in the same transaction. The run must still stand where the chunk began (its
+        ``previous`` account), so a chunk is recorded, and ``also`` written, once."""
         async with self._transaction(f"record the progress of job {job}") as cursor:
             await cursor.execute(
                 _PROGRESS,
-                (after_account, done, changed, postings, job, calendar.to_date(as_of)),
-            )
+                (
+                    chunk.last, chunk.done, chunk.changed, chunk.postings,
+                    job, calendar.to_date(as_of), chunk.previous,
+                ),
+            )  # fmt: skip
             if cursor.rowcount != 1:
                 raise RunLostError(f"job {job}: its run is no longer running here")
+            if also is not None:
+                await also(cursor)
 
-    async def finish(self, job: str, as_of: int, error: str = "") -> None:
+    async def finish(
+        self, job: str, as_of: int, error: str = "", *, also: Writes | None = None
+    ) -> None:
         """The run finished (no ``error``) or failed with ``error``; a failed run is resumed
-        by the next start."""
+        by the next start. ``also``'s writes go in the same transaction, when it finished."""
         status = "failed" if error else "finished"
         async with self._transaction(f"finish job {job}") as cursor:
             await cursor.execute(_FINISH, (status, error, status, job, calendar.to_date(as_of)))
+            if also is not None and not error and cursor.rowcount == 1:
+                await also(cursor)
 
     async def latest(self) -> dict[str, JobRun]:
         """The latest run of each job that ever ran."""

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -275,6 +278,24 @@ async def flush_prefix(redis_url: str, prefix: str) -> int:
     """Remove every cache key under ``prefix``; how many there were."""
     async with AccountCache.from_url(redis_url, key_prefix=prefix) as cache:
         return await cache.flush()
+
+
+def loyalty(*args: str, database_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``loyalty`` command line against ``database_url`` and ``redis_url``."""
+    environment = {
+        **os.environ,
+        "LOYALTY_DATABASE_URL": database_url,
+        "LOYALTY_REDIS_URL": redis_url,
+        "LOYALTY_CACHE_KEY_PREFIX": unique_prefix(),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "processor.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+        check=False,
+    )
 
 
 class ThreadedServer:

@@ -1,0 +1,264 @@
+"""The scorecards job: each program's scorecard as of a day, counted account by account.
+
+The manual's Program Scorecard, kept as monthly aggregates. A run walks every account as
+the other jobs do, and changes none: for each chunk it reads the accounts' ledger (summed
+in PostgreSQL) and the customers their cards are registered to, counts them here, and adds
+the counts to the run's rows in the transaction that records the chunk, so a run resumed
+after a crash counts each account once (processor.store.scorecards).
+
+What counts, per program of the card's active program file:
+
+- **Only active accounts**, as the manual says ("to all active account holders"): a card
+  whose state is active and, for a tender or award program, whose account there is active.
+  A loyalty account counts at the level it holds on the run's day; its ledger rows count
+  there too, whatever level it held when they were posted.
+- **Issued, redeemed, expired** are the ledger's postings to the as-of day (LTD), and from
+  the first of its month (MTD):
+  points issued are earned and bonus points net of returns, without those still in escrow
+  on the as-of day (they count once released, in the month they were earned); points
+  redeemed are those spent on awards and level moves. Tender value issued is activation,
+  initial and reload amounts and value returned to the account, less voided loads;
+  redeemed is redemptions, captures of pre-authorizations and cash-outs. E-award value
+  issued is initial value and e-awards; redeemed is redemptions. Merges move value
+  between cards and count in neither.
+- **Outstanding** is the accounts' balances on the as-of day: available points (escrow
+  apart), stored value (pre-authorized holds included: not yet redeemed), e-award value.
+- **Certificates** issued, redeemed and outstanding are counted from the award accounts;
+  e-awards issued are the ledger's e-award credits, outstanding the unexpired value lots.
+- **Customers** are counted once however many cards they hold, when the run finishes;
+  ``members_with_points`` are those whose accounts at the level were ever issued points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+from processor import calendar
+from processor.engine.types import AccountState, AwardAccount, LoyaltyAccount
+from processor.errors import NotFoundError
+from processor.flow.pipeline import Programs
+from processor.limits import JOB_SLICE_ACCOUNTS
+from processor.store import codec
+from processor.store import scorecards as stored
+from processor.store.job_runs import Chunk, JobRuns, Writes
+from processor.store.scorecards import Figures, LedgerSum, Part
+
+if TYPE_CHECKING:
+    from processor.jobs.named import Job
+    from processor.jobs.runner import JobContext
+
+POINTS_ISSUED: Final = frozenset({"regular", "bonus", "escrow", "return", "return_reversal"})
+POINTS_REDEEMED: Final = frozenset({"award_cost", "move_cost"})
+TENDER_ISSUED: Final = frozenset(
+    {"activate", "initial", "reload", "credit_reversal", "debit_reversal"}
+)
+TENDER_REDEEMED: Final = frozenset({"redeem", "capture", "cash_out"})
+AWARD_VALUE_ISSUED: Final = frozenset({"initial", "e_award"})
+AWARD_VALUE_REDEEMED: Final = frozenset({"redeem"})
+EXPIRED: Final = frozenset({"expire"})
+
+ALL_LEVELS: Final = ""
+"""The level of a program's whole row."""
+
+Counted = dict[tuple[Part, str], Figures]
+Members = dict[tuple[Part, str, str], bool]  # (program, level, customer) -> ever issued points
+
+
+class Tally:
+    """A chunk's counts: figures per (program, level), and the customers met."""
+
+    def __init__(self) -> None:
+        self.counted: Counted = {}
+        self.members: Members = {}
+
+    def figures(self, part: Part, level: str) -> Figures:
+        key = (part, level)
+        found = self.counted.get(key)
+        if found is None:
+            found = self.counted[key] = Figures()
+        return found
+
+    def member(self, part: Part, level: str, customer: str, has_points: bool) -> None:
+        key = (part, level, customer)
+        self.members[key] = self.members.get(key, False) or has_points
+
+
+async def count_chunk(
+    context: JobContext,
+    runs: JobRuns,
+    job: Job,
+    as_of: int,
+    previous: str,
+    rows: Sequence[tuple[str, int, bytes]],
+) -> Chunk:
+    """Count one chunk of accounts and add it to the run's rows, recorded as the chunk."""
+    store = stored.Scorecards(context.store)
+    accounts = [account for account, _, _ in rows]
+    sums = await store.ledger_sums(accounts, as_of)
+    customers = await store.customers_of(accounts)
+    tally = Tally()
+    for start in range(0, len(rows), JOB_SLICE_ACCOUNTS):
+        if start:
+            await asyncio.sleep(0)  # the server's batches go on
+        for account, _, blob in rows[start : start + JOB_SLICE_ACCOUNTS]:
+            count_account(
+                tally,
+                context.programs,
+                codec.decode_state(blob, account),
+                sums.get(account, ()),
+                customers.get(account),
+                as_of,
+            )
+    chunk = Chunk(previous, accounts[-1], len(rows))
+
+    async def write(cursor: stored.Cursor) -> None:
+        await stored.add(cursor, as_of, tally.counted, tally.members)
+
+    await runs.progress(job.name, as_of, chunk, also=write)
+    return chunk
+
+
+def closing(as_of: int) -> Writes:
+    """What a finished run writes with its finish (processor.store.scorecards ``close``)."""
+
+    async def close(cursor: stored.Cursor) -> None:
+        await stored.close(cursor, as_of)
+
+    return close
+
+
+def count_account(
+    tally: Tally,
+    programs: Programs,
+    state: AccountState,
+    sums: Sequence[LedgerSum],
+    customer: str | None,
+    as_of: int,
+) -> None:
+    """Add one account to ``tally``: to each program of its program file it is active in."""
+    if state.status != "active":
+        return
+    try:
+        program = programs.for_card(state.account)
+    except NotFoundError:
+        return  # no active program file serves the card
+    if customer is None and state.customer is not None:
+        customer = state.customer.id
+    month_start = calendar.month_start(as_of)
+    for plan in program.loyalty:
+        loyalty = state.loyalty.get(plan.program.id)
+        if loyalty is not None:
+            part = Part(program.id, plan.program.id, "loyalty")
+            _count_loyalty(tally, part, loyalty, sums, customer, as_of, month_start)
+    tender = state.tender
+    if program.tender is not None and tender is not None and tender.status == "active":
+        part = Part(program.id, program.tender.id, "tender")
+        figures = _account(tally, part, ALL_LEVELS, customer)
+        _ledger(figures, sums, part.part, "tender", TENDER_ISSUED, TENDER_REDEEMED)
+        figures.outstanding += tender.balance
+        _customer(tally, part, ALL_LEVELS, customer, has_points=False)
+    for award_id in program.award_programs:
+        award = state.awards.get(award_id)
+        if award is not None and award.status == "active":
+            part = Part(program.id, award_id, "award")
+            _count_award(tally, part, award, sums, customer, as_of, month_start)
+
+
+def _count_loyalty(
+    tally: Tally,
+    part: Part,
+    loyalty: LoyaltyAccount,
+    sums: Sequence[LedgerSum],
+    customer: str | None,
+    as_of: int,
+    month_start: int,
+) -> None:
+    escrowed = escrowed_mtd = 0
+    for lot in loyalty.lots:
+        # Earned by the as-of day (a run as of an earlier day reads today's lots) and not
+        # released by it.
+        if lot.earned_day <= as_of < lot.available_day:
+            escrowed += lot.points
+            if lot.earned_day >= month_start:
+                escrowed_mtd += lot.points
+    one = Figures()
+    _ledger(one, sums, part.part, "points", POINTS_ISSUED, POINTS_REDEEMED)
+    one.issued_ltd -= escrowed
+    one.issued_mtd -= escrowed_mtd
+    one.outstanding = loyalty.available(as_of)
+    one.escrowed = escrowed
+    has_points = one.issued_ltd > 0
+    for level in (loyalty.level, ALL_LEVELS):
+        figures = _account(tally, part, level, customer)
+        figures.add(one)
+        _customer(tally, part, level, customer, has_points=has_points)
+
+
+def _count_award(
+    tally: Tally,
+    part: Part,
+    award: AwardAccount,
+    sums: Sequence[LedgerSum],
+    customer: str | None,
+    as_of: int,
+    month_start: int,
+) -> None:
+    figures = _account(tally, part, ALL_LEVELS, customer)
+    _ledger(figures, sums, part.part, "award_value", AWARD_VALUE_ISSUED, AWARD_VALUE_REDEEMED)
+    for row in sums:
+        if row.program == part.part and row.balance == "award_value" and row.kind == "e_award":
+            figures.e_awards_issued_ltd += row.credits_ltd
+            figures.e_awards_issued_mtd += row.credits_mtd
+    figures.outstanding += award.balance
+    figures.e_awards_outstanding += sum(
+        1
+        for lot in award.value
+        if lot.amount > 0 and (lot.expires_day is None or lot.expires_day > as_of)
+    )
+    for certificate in award.awards:
+        if certificate.kind != "certificate" or certificate.issued_day > as_of:
+            continue
+        figures.certificates_issued_ltd += 1
+        figures.certificates_issued_mtd += certificate.issued_day >= month_start
+        figures.certificates_redeemed_ltd += certificate.status == "redeemed"
+        figures.certificates_outstanding += certificate.status == "active" and (
+            certificate.expires_day is None or certificate.expires_day > as_of
+        )
+    _customer(tally, part, ALL_LEVELS, customer, has_points=False)
+
+
+def _account(tally: Tally, part: Part, level: str, customer: str | None) -> Figures:
+    figures = tally.figures(part, level)
+    figures.accounts_active += 1
+    figures.accounts_registered += customer is not None
+    return figures
+
+
+def _customer(tally: Tally, part: Part, level: str, customer: str | None, has_points: bool) -> None:
+    if customer is not None:
+        tally.member(part, level, customer, has_points)
+
+
+def _ledger(
+    figures: Figures,
+    sums: Sequence[LedgerSum],
+    program: str,
+    balance: str,
+    issued: frozenset[str],
+    redeemed: frozenset[str],
+) -> None:
+    """Add one account's issued, redeemed and expired sums of ``program``'s ``balance``."""
+    for row in sums:
+        if row.program != program or row.balance != balance:
+            continue
+        if row.kind in issued:
+            figures.issued_ltd += row.amount_ltd
+            figures.issued_mtd += row.amount_mtd
+        elif row.kind in redeemed:
+            figures.redeemed_ltd -= row.amount_ltd
+            figures.redeemed_mtd -= row.amount_mtd
+        elif row.kind in EXPIRED:
+            figures.expired_ltd -= row.amount_ltd
+            figures.expired_mtd -= row.amount_mtd

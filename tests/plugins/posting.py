@@ -1,0 +1,39 @@
+"""Requests evaluated by the reference engine and committed as the pipeline commits them,
+straight to a Store: how job and scorecard tests make the accounts they then run over."""
+
+from __future__ import annotations
+
+from processor.engine import ReferenceEngine
+from processor.engine.types import AccountState, Request
+from processor.flow.registry import ProgramRegistry
+from processor.store.catalog import Catalog
+from processor.store.ledger import AccountWrite, CommitBatch, Store, ledger_entries
+
+
+async def registry_of(store: Store) -> ProgramRegistry:
+    registry = ProgramRegistry(Catalog(store))
+    await registry.refresh()
+    return registry
+
+
+async def post(store: Store, registry: ProgramRegistry, requests: list[Request]) -> None:
+    """Evaluate ``requests`` with the reference engine and commit them, as the pipeline does."""
+    cards = sorted({request.account for request in requests})
+    loaded = await store.load(cards)
+    program = registry.for_card(cards[0])
+    states = {card: state for card, (_, state) in loaded.items()}
+    outcome = ReferenceEngine().evaluate(program, states, requests)
+    assert all(result.status == "approved" for result in outcome.results), outcome.results
+    batch = CommitBatch(
+        accounts=[
+            AccountWrite(state, loaded.get(card, (0, None))[0])
+            for card, state in outcome.accounts.items()
+        ],
+        postings=[entry for result in outcome.results for entry in ledger_entries(result)],
+        receipts=list(outcome.receipts.values()),
+    )
+    assert (await store.commit(batch)).committed
+
+
+async def state_of(store: Store, card: str) -> AccountState:
+    return (await store.load([card]))[card][1]
