@@ -156,7 +156,7 @@ def count_account(
     if program.tender is not None and tender is not None and tender.status == "active":
         part = Part(program.id, program.tender.id, "tender")
         figures = _account(tally, part, ALL_LEVELS, customer)
-        _ledger(figures, sums, part.part, "tender", TENDER_ISSUED, TENDER_REDEEMED)
+        _add_flows(figures, _flows(sums, part.part, "tender", TENDER_ISSUED, TENDER_REDEEMED))
         figures.outstanding += tender.balance
         _customer(tally, part, ALL_LEVELS, customer, has_points=False)
     for award_id in program.award_programs:
@@ -183,17 +183,16 @@ def _count_loyalty(
             escrowed += lot.points
             if lot.earned_day >= month_start:
                 escrowed_mtd += lot.points
-    one = Figures()
-    _ledger(one, sums, part.part, "points", POINTS_ISSUED, POINTS_REDEEMED)
-    one.issued_ltd -= escrowed
-    one.issued_mtd -= escrowed_mtd
-    one.outstanding = loyalty.available(as_of)
-    one.escrowed = escrowed
-    has_points = one.issued_ltd > 0
+    flows = _flows(sums, part.part, "points", POINTS_ISSUED, POINTS_REDEEMED)
+    flows[0] -= escrowed  # issued LTD and MTD: points still in escrow are not issued yet
+    flows[1] -= escrowed_mtd
+    outstanding = loyalty.available(as_of)
     for level in (loyalty.level, ALL_LEVELS):
         figures = _account(tally, part, level, customer)
-        figures.add(one)
-        _customer(tally, part, level, customer, has_points=has_points)
+        _add_flows(figures, flows)
+        figures.outstanding += outstanding
+        figures.escrowed += escrowed
+        _customer(tally, part, level, customer, has_points=flows[0] > 0)
 
 
 def _count_award(
@@ -206,7 +205,8 @@ def _count_award(
     month_start: int,
 ) -> None:
     figures = _account(tally, part, ALL_LEVELS, customer)
-    _ledger(figures, sums, part.part, "award_value", AWARD_VALUE_ISSUED, AWARD_VALUE_REDEEMED)
+    flows = _flows(sums, part.part, "award_value", AWARD_VALUE_ISSUED, AWARD_VALUE_REDEEMED)
+    _add_flows(figures, flows)
     for row in sums:
         if row.program == part.part and row.balance == "award_value" and row.kind == "e_award":
             figures.e_awards_issued_ltd += row.credits_ltd
@@ -241,24 +241,35 @@ def _customer(tally: Tally, part: Part, level: str, customer: str | None, has_po
         tally.member(part, level, customer, has_points)
 
 
-def _ledger(
-    figures: Figures,
+def _flows(
     sums: Sequence[LedgerSum],
     program: str,
     balance: str,
     issued: frozenset[str],
     redeemed: frozenset[str],
-) -> None:
-    """Add one account's issued, redeemed and expired sums of ``program``'s ``balance``."""
+) -> list[int]:
+    """One account's ledger of ``program``'s ``balance``: [issued LTD, issued MTD, redeemed
+    LTD, redeemed MTD, expired LTD, expired MTD], redeemed and expired as positive amounts."""
+    flows = [0, 0, 0, 0, 0, 0]
     for row in sums:
         if row.program != program or row.balance != balance:
             continue
         if row.kind in issued:
-            figures.issued_ltd += row.amount_ltd
-            figures.issued_mtd += row.amount_mtd
+            flows[0] += row.amount_ltd
+            flows[1] += row.amount_mtd
         elif row.kind in redeemed:
-            figures.redeemed_ltd -= row.amount_ltd
-            figures.redeemed_mtd -= row.amount_mtd
+            flows[2] -= row.amount_ltd
+            flows[3] -= row.amount_mtd
         elif row.kind in EXPIRED:
-            figures.expired_ltd -= row.amount_ltd
-            figures.expired_mtd -= row.amount_mtd
+            flows[4] -= row.amount_ltd
+            flows[5] -= row.amount_mtd
+    return flows
+
+
+def _add_flows(figures: Figures, flows: list[int]) -> None:
+    figures.issued_ltd += flows[0]
+    figures.issued_mtd += flows[1]
+    figures.redeemed_ltd += flows[2]
+    figures.redeemed_mtd += flows[3]
+    figures.expired_ltd += flows[4]
+    figures.expired_mtd += flows[5]

@@ -58,10 +58,6 @@ class Figures:
     cards_total: int = 0
     card_series: int = 0
 
-    def add(self, other: Figures) -> None:
-        for name in ADDED:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
 
 COLUMNS: Final = tuple(field.name for field in fields(Figures))
 ADDED: Final = COLUMNS[: COLUMNS.index("customers")]
@@ -121,9 +117,13 @@ VALUES (%s, %s, %s, %s, %s, {", ".join(["%s"] * len(ADDED))})
 ON CONFLICT (program_id, part, as_of, level) DO UPDATE SET
 {", ".join(f"{name} = scorecards.{name} + excluded.{name}" for name in ADDED)}
 """
-_MEMBER = """
+# One statement for a chunk's customers (rows as arrays): a chunk meets thousands. A key is
+# in a chunk once, as ON CONFLICT DO UPDATE needs.
+_MEMBERS = """
 INSERT INTO scorecard_members (program_id, part, as_of, level, customer_id, has_points)
-VALUES (%s, %s, %s, %s, %s, %s)
+SELECT program_id, part, %s, level, customer_id, has_points
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[])
+    AS chunk (program_id, part, level, customer_id, has_points)
 ON CONFLICT (program_id, part, as_of, level, customer_id) DO UPDATE SET
     has_points = scorecard_members.has_points OR excluded.has_points
 """
@@ -233,13 +233,13 @@ async def add(
         ],
     )  # fmt: skip
     if members:
-        await cursor.executemany(
-            _MEMBER,
-            [
-                (part.program_id, part.part, day, level, customer, has_points)
-                for (part, level, customer), has_points in members.items()
-            ],
-        )
+        columns: tuple[list[Any], ...] = ([], [], [], [], [])
+        for (part, level, customer), has_points in members.items():
+            for column, value in zip(
+                columns, (part.program_id, part.part, level, customer, has_points), strict=True
+            ):
+                column.append(value)
+        await cursor.execute(_MEMBERS, (day, *columns))
 
 
 async def close(cursor: Cursor, as_of: int) -> None:
