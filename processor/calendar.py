@@ -90,6 +90,12 @@ def month_index(days: int) -> int:
     return (year - 1970) * 12 + (month - 1)
 
 
+MONTH_YEAR_MIN = 1970
+MONTH_YEAR_MAX = 9990
+"""The years a month given as text may fall in: the day numbers' epoch, and far enough from
+the calendar's end that a range of months after it stays a date."""
+
+
 def month_start(days: int) -> int:
     """The day number of the first of the month of a day number."""
     year, month, _ = civil_from_days(days)
@@ -98,11 +104,14 @@ def month_start(days: int) -> int:
 
 def parse_month(text: str) -> int:
     """The first day of a month written ``YYYY-MM``; raises ValueError otherwise."""
-    if len(text) != 7 or text[4] != "-" or not (text[:4] + text[5:]).isdigit():
+    digits = "0123456789"
+    if len(text) != 7 or text[4] != "-" or any(c not in digits for c in text[:4] + text[5:]):
         raise ValueError(f"{text!r} is not a month YYYY-MM")
     year, month = int(text[:4]), int(text[5:])
-    if not 1 <= year <= 9999 or not 1 <= month <= 12:
+    if not 1 <= month <= 12:
         raise ValueError(f"{text!r} is not a month YYYY-MM")
+    if not MONTH_YEAR_MIN <= year <= MONTH_YEAR_MAX:
+        raise ValueError(f"{text!r} is not between {MONTH_YEAR_MIN} and {MONTH_YEAR_MAX}")
     return days_from_civil(year, month, 1)
 
 

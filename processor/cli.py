@@ -298,7 +298,7 @@ def _jobs_run(args: argparse.Namespace) -> int:
     from processor.runtime import serve
 
     job = job_named(args.job)
-    as_of = _as_of(args.as_of)
+    as_of = _as_of(args.as_of, days_behind=job.days_behind)
     settings = _settings(args)
     chunk = args.chunk_accounts or settings.jobs_chunk_accounts
     resolved = serve.resolve_servers(settings)
@@ -400,13 +400,13 @@ def _report_scorecard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_of(text: str | None) -> int:
+def _as_of(text: str | None, *, days_behind: int = 0) -> int:
     from processor import calendar
     from processor.errors import InvalidFieldError
     from processor.store.cards import today
 
     if text is None:
-        return today()
+        return today() - days_behind
     try:
         return calendar.parse_day(text)
     except ValueError:
@@ -573,7 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_job.add_argument("job", help="the job's name (`loyalty jobs list`)")
     run_job.add_argument(
-        "--as-of", dest="as_of", help="the business day it runs as of (default: today)"
+        "--as-of",
+        dest="as_of",
+        help="the business day it runs as of (default: today; scorecards: yesterday)",
     )
     run_job.add_argument(
         "--chunk-accounts",

@@ -193,12 +193,12 @@ async def test_a_run_stopped_after_a_commit_resumes_and_changes_no_account_twice
     recorded = JobRuns.progress
     calls = 0
 
-    async def dies_after_the_second_commit(self: JobRuns, *args: Any) -> None:
+    async def dies_after_the_second_commit(self: JobRuns, *args: Any, **options: Any) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise ConnectionError("the process died here")  # committed, not yet recorded
-        await recorded(self, *args)
+        await recorded(self, *args, **options)
 
     monkeypatch.setattr(JobRuns, "progress", dies_after_the_second_commit)
     with pytest.raises(ConnectionError):

@@ -7,6 +7,7 @@ HTML page drawn by headless Chromium), and bad input."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import shutil
 import subprocess
@@ -21,14 +22,25 @@ from plugins.posting import post, registry_of
 from plugins.server import DemoSummary, demo_cards, loyalty
 
 from processor import calendar, proto
-from processor.engine.types import Line, Purchase, TenderRequest
+from processor.engine import CompiledProgram, compile_program
+from processor.engine.types import (
+    AccountState,
+    Award,
+    AwardAccount,
+    Line,
+    Purchase,
+    TenderRequest,
+    ValueLot,
+)
 from processor.flow.registry import ProgramRegistry
 from processor.jobs import runner
 from processor.jobs.named import job_named
+from processor.jobs.scorecards import Tally, count_account
+from processor.program.loader import load_program
 from processor.reports import scorecard
 from processor.store.catalog import Catalog
 from processor.store.ledger import Store
-from processor.store.scorecards import Figures, Scorecards
+from processor.store.scorecards import Figures, LedgerSum, Scorecards
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +148,7 @@ async def test_the_scorecards_job_counts_the_demo_programs_figures_by_level(
         ("points", "all"): LOYALTY,
         ("points", "silver"): SILVER,
         ("points", "gold"): GOLD,
+        ("points", "platinum"): Figures(),  # no account holds it: zeros
         ("giftcard", "all"): GIFT_CARD,
         ("rewards", "all"): WALLET,
     }
@@ -218,7 +231,8 @@ async def test_get_scorecard_answers_the_months_counted_with_the_manuals_ratios(
     ]  # fmt: skip
     points = answer.scorecards[1]
     assert (points.type, points.exponent) == (admin.PROGRAM_TYPE_LOYALTY, 0)
-    assert [level.level for level in points.levels] == ["silver", "gold"]  # the program's order
+    levels = [level.level for level in points.levels]
+    assert levels == ["silver", "gold", "platinum"]  # the program's order, empty ones too
     total = points.total
     assert (total.issued_ltd, total.redeemed_ltd, total.outstanding) == (1_180, 1_000, 180)
     assert total.average_balance == 60  # 180 stars over 3 accounts
@@ -243,14 +257,20 @@ async def test_get_scorecard_answers_the_months_counted_with_the_manuals_ratios(
     assert (empty.month_counted, len(empty.scorecards)) == (False, 0)
 
 
+INVALID = ("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+
+
 @pytest.mark.parametrize(
     ("request_fields", "code", "reason"),
     [
-        ({"program_id": "northwind", "month": "2026-13"}, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
-        ({"program_id": "northwind", "month": "April"}, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
-        ({"program_id": "northwind", "months": 37}, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
-        ({"program_id": ""}, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
-        ({"program_id": "bad\x00id"}, "INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+        ({"program_id": "northwind", "month": "2026-13"}, *INVALID),
+        ({"program_id": "northwind", "month": "April"}, *INVALID),
+        ({"program_id": "northwind", "months": 37}, *INVALID),
+        ({"program_id": "northwind", "month": "9999-12"}, *INVALID),
+        ({"program_id": "northwind", "month": "0001-01"}, *INVALID),
+        ({"program_id": "northwind", "month": "\uff12\uff10\uff12\uff16-04"}, *INVALID),
+        ({"program_id": ""}, *INVALID),
+        ({"program_id": "bad\x00id"}, *INVALID),
         ({"program_id": "southwind"}, "NOT_FOUND", "UNKNOWN_PROGRAM"),
     ],
 )
@@ -297,7 +317,10 @@ async def test_loyalty_report_scorecard_prints_the_months_tables_and_json(
     assert "no figures for 2026-05" in not_yet.stdout
     assert "scorecards job has not finished a run" in not_yet.stderr
 
-    for bad, named in (("--month", "2026-13"), ("--months", "0"), ("--months", "37")):
+    refusals = (
+        ("--month", "2026-13"), ("--month", "9999-12"), ("--months", "0"), ("--months", "37"),
+    )  # fmt: skip
+    for bad, named in refusals:
         refused = await asyncio.to_thread(report, bad, named)
         assert refused.returncode == 2
         assert bad in refused.stderr
@@ -306,6 +329,17 @@ async def test_loyalty_report_scorecard_prints_the_months_tables_and_json(
         redis_url=redis_url,
     )  # fmt: skip
     assert unknown.returncode == 2 and "southwind" in unknown.stderr
+
+
+async def test_loyalty_jobs_run_scorecards_counts_as_of_yesterday_by_default(
+    store: Store, schema_url: str, redis_url: str, cards: list[str]
+) -> None:
+    ran = await asyncio.to_thread(
+        loyalty, "jobs", "run", "scorecards", database_url=schema_url, redis_url=redis_url
+    )
+    assert ran.returncode == 0, ran.stderr
+    yesterday = calendar.to_day(datetime.date.today()) - 1  # the last whole day
+    assert json.loads(ran.stdout)["as_of"] == calendar.format_day(yesterday)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -399,3 +433,52 @@ async def test_the_html_report_draws_its_charts_with_the_figures_in_headless_chr
     # The gift cards: $40.00 loaded in February, $25.00 in April; $60.00 outstanding.
     assert {"40.00", "25.00"} <= set(drawn.charts["chart-giftcard-issued"])
     assert "60.00" in drawn.charts["chart-giftcard-outstanding"]
+
+
+class _Demo:
+    """The demo program for every card, compiled from examples/ (no database)."""
+
+    def __init__(self) -> None:
+        path = Path(__file__).resolve().parents[1] / "examples" / "programs" / "demo.yaml"
+        self.program = compile_program(load_program(path))
+
+    def for_card(self, card_number: str) -> CompiledProgram:
+        return self.program
+
+
+def test_an_award_account_counts_its_live_value_and_its_awards_by_count() -> None:
+    day = calendar.parse_day(AS_OF)
+    card = "6001200000000010"
+    state = AccountState(card)
+    state.awards["rewards"] = AwardAccount(
+        "rewards",
+        value=[
+            ValueLot(day - 40, 1_000, day + 100, "ewallet-10"),
+            ValueLot(day - 200, 500, day - 1, "ewallet-10"),  # lapsed yesterday, not swept
+        ],
+        awards=[
+            Award("C1", "certificate", "welcome", "rewards", day - 3, None, 0, "redeemed"),
+            Award("C2", "certificate", "welcome", "rewards", day - 60, day + 5, 1),
+            Award("C3", "certificate", "welcome", "rewards", day - 90, day - 10, 1),  # lapsed
+            Award("C4", "coupon", "coupon-5", "rewards", day - 1, None, 1),  # not a certificate
+        ],
+    )
+    sums = [
+        LedgerSum("rewards", "award_value", "e_award", 2_500, 1_000, 2, 1, 0),
+        LedgerSum("rewards", "award_value", "redeem", -1_000, 0, 0, 0, 1),
+        LedgerSum("rewards", "award_value", "expire", -500, -500, 0, 0, 1),
+    ]
+    tally = Tally()
+    count_account(tally, _Demo(), state, sums, "DEMO-1", day)
+    ((part, level), figures), = tally.counted.items()  # fmt: skip
+    assert (part.part, part.type, level) == ("rewards", "award", "")
+    assert figures == Figures(
+        accounts_active=1, accounts_registered=1, issued_ltd=2_500, issued_mtd=1_000,
+        redeemed_ltd=1_000, expired_ltd=500, expired_mtd=500, outstanding=1_000,
+        certificates_issued_ltd=3, certificates_issued_mtd=1, certificates_redeemed_ltd=1,
+        certificates_outstanding=1, e_awards_issued_ltd=2, e_awards_issued_mtd=1,
+        e_awards_outstanding=1, e_awards_redeemed_ltd=1,
+    )  # fmt: skip
+    assert tally.members == {(part, "", "DEMO-1"): False}
+    month = scorecard.ProgramMonth("2026-04", day, "rewards", "award", 2, figures)
+    assert month.ratios(figures).redemption_rate == pytest.approx(2 / 5)  # C1 and one e-award

@@ -23,6 +23,7 @@ class Job:
     steps: tuple[str, ...]
     summary: str
     counts: bool = False  # counts the accounts (processor.jobs.scorecards), changes none
+    days_behind: int = 0  # runs as of this many days before its tick's day (or today)
 
 
 JOBS: dict[str, Job] = {
@@ -60,8 +61,13 @@ JOBS: dict[str, Job] = {
             "scorecards",
             (),
             "counts each program's scorecard as of the day: accounts, customers, issued, "
-            "redeemed, expired and outstanding, by level (`loyalty report scorecard`)",
+            "redeemed, expired and outstanding, by level (`loyalty report scorecard`); as of "
+            "yesterday, the last whole day",
             counts=True,
+            # The night's tick counts the day that just ended: a run as of its own day
+            # would leave the rest of that day out of every month (the month's figures
+            # are its last run's, and the next month's MTD begins on the 1st).
+            days_behind=1,
         ),
     )
 }

@@ -136,12 +136,13 @@ async def run(
                 rows = await runs.accounts_after(after, chunk_accounts)
                 if not rows:
                     break
+                writes = None
                 if job.counts:
-                    chunk = await scorecards.count_chunk(context, runs, job, as_of, after, rows)
+                    chunk, writes = await scorecards.count_chunk(context, as_of, after, rows)
                 else:
                     evaluated = await _run_chunk(context, job, as_of, rows, look_up=look_up)
                     chunk = Chunk(after, rows[-1][0], len(rows), *evaluated)
-                    await runs.progress(job.name, as_of, chunk)
+                await runs.progress(job.name, as_of, chunk, also=writes)
                 after = chunk.last
                 done, changed = done + chunk.done, changed + chunk.changed
                 postings += chunk.postings

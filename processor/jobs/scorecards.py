@@ -15,18 +15,25 @@ What counts, per program of the card's active program file:
 - **Issued, redeemed, expired** are the ledger's postings to the as-of day (LTD), and from
   the first of its month (MTD):
   points issued are earned and bonus points net of returns, without those still in escrow
-  on the as-of day (they count once released, in the month they were earned); points
+  on the as-of day (released later, they count in LTD from then, and in the MTD of the
+  month they were earned only if that month is counted again); points
   redeemed are those spent on awards and level moves. Tender value issued is activation,
   initial and reload amounts and value returned to the account, less voided loads;
   redeemed is redemptions, captures of pre-authorizations and cash-outs. E-award value
   issued is initial value and e-awards; redeemed is redemptions. Merges move value
   between cards and count in neither.
 - **Outstanding** is the accounts' balances on the as-of day: available points (escrow
-  apart), stored value (pre-authorized holds included: not yet redeemed), e-award value.
+  apart), stored value (pre-authorized holds included: not yet redeemed), e-award value not
+  lapsed by that day (whether award-expiry has swept it yet or not).
 - **Certificates** issued, redeemed and outstanding are counted from the award accounts;
-  e-awards issued are the ledger's e-award credits, outstanding the unexpired value lots.
+  e-awards issued are the ledger's e-award credits, e-awards redeemed its redemptions of
+  e-award value, outstanding the value lots not lapsed and not spent.
 - **Customers** are counted once however many cards they hold, when the run finishes;
-  ``members_with_points`` are those whose accounts at the level were ever issued points.
+  ``members_with_points`` are those whose accounts at the level were ever issued points
+  (earned, bonus or escrowed: returned or still in escrow, they were issued).
+- **The day**: the schedule counts as of yesterday, the last whole day (``days_behind``), so
+  a month's last run sees all of it. Accounts are read as they are when the run runs, so a
+  run as of an earlier day mixes that day's ledger with today's balances and levels.
 """
 
 from __future__ import annotations
@@ -42,14 +49,15 @@ from processor.flow.pipeline import Programs
 from processor.limits import JOB_SLICE_ACCOUNTS
 from processor.store import codec
 from processor.store import scorecards as stored
-from processor.store.job_runs import Chunk, JobRuns, Writes
+from processor.store.job_runs import Chunk, Writes
 from processor.store.scorecards import Figures, LedgerSum, Part
 
 if TYPE_CHECKING:
-    from processor.jobs.named import Job
     from processor.jobs.runner import JobContext
 
 POINTS_ISSUED: Final = frozenset({"regular", "bonus", "escrow", "return", "return_reversal"})
+POINTS_EARNED: Final = frozenset({"regular", "bonus", "escrow"})
+"""The postings that issue points to an account ("members who received points")."""
 POINTS_REDEEMED: Final = frozenset({"award_cost", "move_cost"})
 TENDER_ISSUED: Final = frozenset(
     {"activate", "initial", "reload", "credit_reversal", "debit_reversal"}
@@ -86,18 +94,14 @@ class Tally:
 
 
 async def count_chunk(
-    context: JobContext,
-    runs: JobRuns,
-    job: Job,
-    as_of: int,
-    previous: str,
-    rows: Sequence[tuple[str, int, bytes]],
-) -> Chunk:
-    """Count one chunk of accounts and add it to the run's rows, recorded as the chunk."""
-    store = stored.Scorecards(context.store)
+    context: JobContext, as_of: int, previous: str, rows: Sequence[tuple[str, int, bytes]]
+) -> tuple[Chunk, Writes]:
+    """Count one chunk of accounts: the chunk, and the writes that add its counts to the
+    run's rows, for the transaction that records the chunk (JobRuns.progress)."""
+    reads = stored.Scorecards(context.store)
     accounts = [account for account, _, _ in rows]
-    sums = await store.ledger_sums(accounts, as_of)
-    customers = await store.customers_of(accounts)
+    sums = await reads.ledger_sums(accounts, as_of)
+    customers = await reads.customers_of(accounts)
     tally = Tally()
     for start in range(0, len(rows), JOB_SLICE_ACCOUNTS):
         if start:
@@ -111,13 +115,11 @@ async def count_chunk(
                 customers.get(account),
                 as_of,
             )
-    chunk = Chunk(previous, accounts[-1], len(rows))
 
     async def write(cursor: stored.Cursor) -> None:
         await stored.add(cursor, as_of, tally.counted, tally.members)
 
-    await runs.progress(job.name, as_of, chunk, also=write)
-    return chunk
+    return Chunk(previous, accounts[-1], len(rows)), write
 
 
 def closing(as_of: int) -> Writes:
@@ -187,12 +189,19 @@ def _count_loyalty(
     flows[0] -= escrowed  # issued LTD and MTD: points still in escrow are not issued yet
     flows[1] -= escrowed_mtd
     outstanding = loyalty.available(as_of)
+    # Issued points, even if returned since or still in escrow: what the manual's "members
+    # who received points" asks.
+    has_points = any(
+        row.credits_ltd
+        for row in sums
+        if row.program == part.part and row.balance == "points" and row.kind in POINTS_EARNED
+    )
     for level in (loyalty.level, ALL_LEVELS):
         figures = _account(tally, part, level, customer)
         _add_flows(figures, flows)
         figures.outstanding += outstanding
         figures.escrowed += escrowed
-        _customer(tally, part, level, customer, has_points=flows[0] > 0)
+        _customer(tally, part, level, customer, has_points=has_points)
 
 
 def _count_award(
@@ -208,15 +217,21 @@ def _count_award(
     flows = _flows(sums, part.part, "award_value", AWARD_VALUE_ISSUED, AWARD_VALUE_REDEEMED)
     _add_flows(figures, flows)
     for row in sums:
-        if row.program == part.part and row.balance == "award_value" and row.kind == "e_award":
+        if row.program != part.part or row.balance != "award_value":
+            continue
+        if row.kind == "e_award":
             figures.e_awards_issued_ltd += row.credits_ltd
             figures.e_awards_issued_mtd += row.credits_mtd
-    figures.outstanding += award.balance
-    figures.e_awards_outstanding += sum(
-        1
+        elif row.kind in AWARD_VALUE_REDEEMED:
+            figures.e_awards_redeemed_ltd += row.debits_ltd
+    # Value lapsed by the as-of day is not outstanding, swept by award-expiry yet or not.
+    alive = [
+        lot.amount
         for lot in award.value
         if lot.amount > 0 and (lot.expires_day is None or lot.expires_day > as_of)
-    )
+    ]
+    figures.outstanding += sum(alive)
+    figures.e_awards_outstanding += len(alive)
     for certificate in award.awards:
         if certificate.kind != "certificate" or certificate.issued_day > as_of:
             continue

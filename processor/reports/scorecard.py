@@ -14,9 +14,6 @@ from processor import calendar
 from processor.engine import CompiledProgram
 from processor.store.scorecards import COLUMNS, Figures, Row
 
-FIGURES: Final = COLUMNS
-"""The counted figures, by name (fields of Figures and of admin.proto's ScorecardFigures)."""
-
 MONTHS_DEFAULT: Final = 12
 """Months of a scorecard when the request leaves the number at zero."""
 
@@ -54,7 +51,7 @@ class ProgramMonth:
             customers_rate=_rate(total.customers, total.customers_total) if whole else 0.0,
             active_account_rate=_rate(total.accounts_active, total.cards_total) if whole else 0.0,
             share_of_program=_rate(figures.accounts_active, total.accounts_active),
-            redemption_rate=_rate(figures.redeemed_ltd, figures.issued_ltd),
+            redemption_rate=_redemption_rate(self.type, figures),
         )
 
 
@@ -82,8 +79,21 @@ def assemble(rows: Iterable[Row], programs: Sequence[CompiledProgram]) -> list[P
             card.levels.append((row.level, row.figures))
     for card in months.values():
         order = _level_order(compiled, card.program)
+        # A level with no active account on the day has no row: it is shown with zeros.
+        held = {level for level, _ in card.levels}
+        card.levels.extend((level, Figures()) for level in order if level not in held)
         card.levels.sort(key=lambda level: (order.get(level[0], len(order)), level[0]))
     return sorted(months.values(), key=lambda card: (-card.as_of, card.program))
+
+
+def _redemption_rate(type_: str, figures: Figures) -> float:
+    """Of an award program, awards by count: certificates and e-awards (the manual's
+    "awards redeemed from those issued"); of the others, value or points."""
+    if type_ == "award":
+        issued = figures.certificates_issued_ltd + figures.e_awards_issued_ltd
+        redeemed = figures.certificates_redeemed_ltd + figures.e_awards_redeemed_ltd
+        return _rate(redeemed, issued)
+    return _rate(figures.redeemed_ltd, figures.issued_ltd)
 
 
 def _exponent(program: CompiledProgram | None, type_: str, part: str) -> int:
@@ -151,6 +161,7 @@ _COLUMNS: Final = {
         ("certs open", "certificates_outstanding", "count"),
         ("e-awards", "e_awards_issued_ltd", "count"),
         ("e-awards open", "e_awards_outstanding", "count"),
+        ("e-award redemptions", "e_awards_redeemed_ltd", "count"),
         ("value redeemed", "redeemed_ltd", "amount"),
         ("value open", "outstanding", "amount"),
         ("redemption", "redemption_rate", "rate"),
@@ -231,6 +242,15 @@ def _table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+AMOUNTS: Final = frozenset(
+    {
+        "issued_ltd", "issued_mtd", "redeemed_ltd", "redeemed_mtd", "expired_ltd",
+        "expired_mtd", "outstanding", "escrowed",
+    }
+)  # fmt: skip
+"""The figures that are amounts in the program's units (the rest are counts)."""
+
+
 def as_dict(card: ProgramMonth) -> dict[str, object]:
     """A scorecard as JSON (``loyalty report scorecard --json``): as GetScorecard's
     ProgramScorecard, amounts as decimal strings in the program's units."""
@@ -238,7 +258,7 @@ def as_dict(card: ProgramMonth) -> dict[str, object]:
     def figures(values: Figures) -> dict[str, object]:
         ratios = card.ratios(values)
         out: dict[str, object] = {}
-        for name in FIGURES:
+        for name in COLUMNS:
             value = getattr(values, name)
             out[name] = decimal_text(value, card.exponent) if name in AMOUNTS else value
         for name, value in asdict(ratios).items():
@@ -255,12 +275,3 @@ def as_dict(card: ProgramMonth) -> dict[str, object]:
         "total": figures(card.total),
         "levels": [{"level": level, **figures(values)} for level, values in card.levels],
     }
-
-
-AMOUNTS: Final = frozenset(
-    {
-        "issued_ltd", "issued_mtd", "redeemed_ltd", "redeemed_mtd", "expired_ltd",
-        "expired_mtd", "outstanding", "escrowed",
-    }
-)  # fmt: skip
-"""The figures that are amounts in the program's units (the rest are counts)."""

@@ -45,7 +45,7 @@ from processor.store.catalog_base import decode_page_token, encode_page_token
 from processor.store.credentials import Credentials
 from processor.store.ledger import Store
 from processor.store.programs import ProgramPart, ProgramSummary, parse_stored_program
-from processor.store.scorecards import SCORECARDS_JOB, Figures, Scorecards
+from processor.store.scorecards import COLUMNS, SCORECARDS_JOB, Figures, Scorecards
 from processor.wire import answers
 from processor.wire.admission import checked_text
 
@@ -476,7 +476,7 @@ def balance_exponents(program: CompiledProgram | None) -> dict[str, int]:
 
 def _figures(card: scorecard.ProgramMonth, figures: Figures) -> admin.ScorecardFigures:
     return admin.ScorecardFigures(
-        **{name: getattr(figures, name) for name in scorecard.FIGURES},
+        **{name: getattr(figures, name) for name in COLUMNS},
         **dataclasses.asdict(card.ratios(figures)),
     )
 

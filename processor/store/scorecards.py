@@ -9,20 +9,23 @@ cards, series and customers. A month's figures are those of its latest finished 
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 import psycopg
 
 from processor import calendar
 from processor.store.catalog_base import CatalogBase
+from processor.store.ledger import SCAN_STATEMENT_TIMEOUT_MS
 
 Cursor = psycopg.AsyncCursor[Any]
 
 SCORECARDS_JOB: Final = "scorecards"
 """The job whose runs fill the table (processor.jobs.named)."""
+
+
+_AT_FINISH: Final = {"counted": "when the run finishes"}
 
 
 @dataclass(slots=True)
@@ -51,16 +54,19 @@ class Figures:
     e_awards_issued_ltd: int = 0
     e_awards_issued_mtd: int = 0
     e_awards_outstanding: int = 0
-    # Counted when the run finishes, not per chunk.
-    customers: int = 0
-    members_with_points: int = 0
-    customers_total: int = 0
-    cards_total: int = 0
-    card_series: int = 0
+    e_awards_redeemed_ltd: int = 0
+    # Counted when the run finishes, not added chunk by chunk.
+    customers: int = field(default=0, metadata=_AT_FINISH)
+    members_with_points: int = field(default=0, metadata=_AT_FINISH)
+    customers_total: int = field(default=0, metadata=_AT_FINISH)
+    cards_total: int = field(default=0, metadata=_AT_FINISH)
+    card_series: int = field(default=0, metadata=_AT_FINISH)
 
 
-COLUMNS: Final = tuple(field.name for field in fields(Figures))
-ADDED: Final = COLUMNS[: COLUMNS.index("customers")]
+COLUMNS: Final = tuple(figure.name for figure in fields(Figures))
+"""Every figure, by name: Figures' fields, the table's columns and ScorecardFigures' fields."""
+
+ADDED: Final = tuple(figure.name for figure in fields(Figures) if not figure.metadata)
 """The figures a chunk adds to; the rest are counted at the finish."""
 
 
@@ -76,7 +82,8 @@ class Part:
 @dataclass(frozen=True, slots=True)
 class LedgerSum:
     """One account's ledger rows of one program, balance and kind, summed to the as-of day:
-    amounts, and how many rows added (a positive amount), LTD and MTD."""
+    amounts and how many rows added (a positive amount), LTD and MTD, and how many took
+    away (LTD)."""
 
     program: str
     balance: str
@@ -85,6 +92,7 @@ class LedgerSum:
     amount_mtd: int
     credits_ltd: int
     credits_mtd: int
+    debits_ltd: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +107,11 @@ class Row:
 
 _SUMS = """
 SELECT account_id, program, balance, kind,
-       sum(amount),
-       coalesce(sum(amount) FILTER (WHERE day >= %(month_start)s), 0),
+       sum(amount)::bigint,
+       coalesce(sum(amount) FILTER (WHERE day >= %(month_start)s), 0)::bigint,
        count(*) FILTER (WHERE amount > 0),
-       count(*) FILTER (WHERE amount > 0 AND day >= %(month_start)s)
+       count(*) FILTER (WHERE amount > 0 AND day >= %(month_start)s),
+       count(*) FILTER (WHERE amount < 0)
 FROM ledger
 WHERE account_id = ANY(%(accounts)s) AND month <= %(month)s AND day <= %(as_of)s
 GROUP BY account_id, program, balance, kind
@@ -120,11 +129,11 @@ ON CONFLICT (program_id, part, as_of, level) DO UPDATE SET
 # One statement for a chunk's customers (rows as arrays): a chunk meets thousands. A key is
 # in a chunk once, as ON CONFLICT DO UPDATE needs.
 _MEMBERS = """
-INSERT INTO scorecard_members (program_id, part, as_of, level, customer_id, has_points)
-SELECT program_id, part, %s, level, customer_id, has_points
+INSERT INTO scorecard_members (as_of, program_id, part, level, customer_id, has_points)
+SELECT %s, program_id, part, level, customer_id, has_points
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[])
     AS chunk (program_id, part, level, customer_id, has_points)
-ON CONFLICT (program_id, part, as_of, level, customer_id) DO UPDATE SET
+ON CONFLICT (as_of, program_id, part, level, customer_id) DO UPDATE SET
     has_points = scorecard_members.has_points OR excluded.has_points
 """
 # Every program of every active program file has its row, accounts or none.
@@ -150,18 +159,17 @@ WHERE scorecards.as_of = %(as_of)s AND scorecards.program_id = members.program_i
 _CATALOG_COUNTED = """
 UPDATE scorecards SET
     customers_total = (SELECT count(*) FROM customers),
-    cards_total = coalesce(cards.total, 0),
-    card_series = coalesce(cards.series, 0)
-FROM scorecards AS mine
-LEFT JOIN (
-    SELECT program, count(*) AS total, count(DISTINCT series) AS series FROM cards
-    GROUP BY program
-) AS cards ON cards.program = mine.program_id
-WHERE mine.as_of = %(as_of)s AND mine.level = ''
-  AND scorecards.program_id = mine.program_id AND scorecards.part = mine.part
-  AND scorecards.as_of = mine.as_of AND scorecards.level = mine.level
+    cards_total = (SELECT count(*) FROM cards WHERE cards.program = scorecards.program_id),
+    card_series = (
+        SELECT count(DISTINCT series) FROM cards
+        WHERE cards.program = scorecards.program_id AND series <> ''
+    )
+WHERE as_of = %(as_of)s AND level = ''
 """
-_FORGET_MEMBERS = "DELETE FROM scorecard_members WHERE as_of = %(as_of)s"
+# An older run's customers too: a run stopped and never resumed (the next night's supersedes
+# it) would keep them for ever. (An older run resumed by hand after a newer one finished
+# then counts the customers of the chunks it goes on with, not of those before.)
+_FORGET_MEMBERS = "DELETE FROM scorecard_members WHERE as_of <= %(as_of)s"
 _MONTHS = f"""
 SELECT DISTINCT ON (date_trunc('month', as_of)) as_of FROM job_runs
 WHERE job = '{SCORECARDS_JOB}' AND status = 'finished' AND as_of >= %s AND as_of < %s
@@ -243,8 +251,11 @@ async def add(
 
 
 async def close(cursor: Cursor, as_of: int) -> None:
-    """Finish a run's rows: every active program's, distinct customers, the catalog's counts."""
+    """Finish a run's rows: every active program's, distinct customers, the catalog's counts.
+    These scan every card and every customer the run met: not under the pool's statement
+    timeout, which is for transactions."""
     parameters = {"as_of": calendar.to_date(as_of)}
+    await cursor.execute(f"SET LOCAL statement_timeout = {SCAN_STATEMENT_TIMEOUT_MS}")
     for statement in (_EVERY_PART, _CUSTOMERS_COUNTED, _CATALOG_COUNTED, _FORGET_MEMBERS):
         await cursor.execute(statement, parameters)
 
@@ -256,5 +267,4 @@ def _yyyymm(day: int) -> int:
 
 def _row(row: Iterable[Any]) -> Row:
     program_id, part, part_type, as_of, level, *values = row
-    as_of_day = calendar.to_day(as_of) if isinstance(as_of, datetime.date) else as_of
-    return Row(Part(program_id, part, part_type), as_of_day, level, Figures(*values))
+    return Row(Part(program_id, part, part_type), calendar.to_day(as_of), level, Figures(*values))

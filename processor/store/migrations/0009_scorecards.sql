@@ -29,6 +29,7 @@ CREATE TABLE scorecards (
     e_awards_issued_ltd   bigint  NOT NULL DEFAULT 0,
     e_awards_issued_mtd   bigint  NOT NULL DEFAULT 0,
     e_awards_outstanding  bigint  NOT NULL DEFAULT 0,
+    e_awards_redeemed_ltd bigint  NOT NULL DEFAULT 0,
     -- Set when the run finishes, from scorecard_members and the catalog.
     customers             bigint  NOT NULL DEFAULT 0,
     members_with_points   bigint  NOT NULL DEFAULT 0,
@@ -39,14 +40,14 @@ CREATE TABLE scorecards (
 );
 
 -- The customers a running scorecards run has met, so that a customer with several cards
--- counts once ("customers in program", "members who received points"); emptied when the
--- run finishes.
+-- counts once ("customers in program", "members who received points"). A run's finish
+-- removes its own and any older run's (keyed by the run's day first for that).
 CREATE TABLE scorecard_members (
+    as_of       date    NOT NULL,
     program_id  text    NOT NULL,
     part        text    NOT NULL,
-    as_of       date    NOT NULL,
     level       text    NOT NULL,
     customer_id text    NOT NULL,
     has_points  boolean NOT NULL,
-    PRIMARY KEY (program_id, part, as_of, level, customer_id)
+    PRIMARY KEY (as_of, program_id, part, level, customer_id)
 );
