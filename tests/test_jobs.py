@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from plugins.posting import post, registry_of, state_of
+from plugins.posting import post, progress_dying_at, registry_of, state_of
 from plugins.proxy import Proxy
 from plugins.server import DemoSummary, StartServed, demo_cards, loyalty, unique_prefix
 
@@ -190,17 +190,7 @@ async def test_a_run_stopped_after_a_commit_resumes_and_changes_no_account_twice
     registry = await registry_of(store)
     cards = demo_cards_list[:3]
     await post(store, registry, [sale(f"s{i}", card, 35_000) for i, card in enumerate(cards)])
-    recorded = JobRuns.progress
-    calls = 0
-
-    async def dies_after_the_second_commit(self: JobRuns, *args: Any, **options: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise ConnectionError("the process died here")  # committed, not yet recorded
-        await recorded(self, *args, **options)
-
-    monkeypatch.setattr(JobRuns, "progress", dies_after_the_second_commit)
+    monkeypatch.setattr(JobRuns, "progress", progress_dying_at(2))
     with pytest.raises(ConnectionError):
         await run_job(store, registry, "create-loyalty-award", "2026-03-05", chunk_accounts=1)
     (stopped,) = await JobRuns(store).recent("create-loyalty-award")
@@ -210,7 +200,7 @@ async def test_a_run_stopped_after_a_commit_resumes_and_changes_no_account_twice
         1,
     )
     assert "the process died here" in stopped.error
-    monkeypatch.setattr(JobRuns, "progress", recorded)
+    monkeypatch.undo()  # the process started again
 
     report = await run_job(store, registry, "create-loyalty-award", "2026-03-05", chunk_accounts=1)
     # Every card changed once by the run: the first and second in the first attempt (the

@@ -25,8 +25,10 @@ from processor.engine.plan import CompiledProgram, compile_program
 from processor.engine.reference import (
     JOB_STEPS,
     BatchOutcome,
+    OpeningBalances,
     ReferenceEngine,
     issue_card,
+    open_balances,
     run_job,
 )
 from processor.engine.types import AccountState, Receipt, Request
@@ -37,6 +39,7 @@ __all__ = [
     "BatchOutcome",
     "CompiledProgram",
     "Engine",
+    "OpeningBalances",
     "Receipts",
     "ReferenceEngine",
     "compile_program",
@@ -45,6 +48,7 @@ __all__ = [
     "get_engine",
     "issue_card",
     "keyed",
+    "open_balances",
     "receipts_of",
     "run_job",
 ]

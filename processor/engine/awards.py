@@ -221,11 +221,13 @@ def add_value(
     *,
     source: str,
     expires_day: int | None = None,
+    kind: str = "e_award",
 ) -> str:
     """Credit ``amount`` of e-award value; "" on success, else a reason and nothing changed.
 
     Without ``expires_day`` the value expires after the program's award expiry,
-    or never. The caller records the ``AwardIssue`` (it knows the points cost).
+    or never. The caller records the ``AwardIssue`` (it knows the points cost). ``kind``
+    names the posting: an e-award, or a card's ``opening`` balance.
     """
     reason = _add_refusal(program, state, amount, request.day)
     if reason:
@@ -233,7 +235,7 @@ def add_value(
     account = ensure_account(program, state, request.day)
     if expires_day is None and program.award_expiry is not None:
         expires_day = program.award_expiry.after(request.day)
-    _credit(program, account, amount, "e_award", expires_day, request.day, result, version, source)
+    _credit(program, account, amount, kind, expires_day, request.day, result, version, source)
     return ""
 
 

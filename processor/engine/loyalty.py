@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Literal
+from typing import Final, Literal
 
 from processor import calendar
 from processor.engine import awards
@@ -164,6 +164,34 @@ def issue_lot(
             Lot(day, rule.id, kind, points - repaid, available_day, expires_day, version)
         )
     _count_earned(account, points, day)
+
+
+def credit_opening(
+    plan: LoyaltyPlan,
+    account: LoyaltyAccount,
+    points: int,
+    day: int,
+    result: Result,
+    version: int,
+) -> None:
+    """Points a card brings from before this system (a card import's opening balance): a
+    lot available at once (no escrow: they were earned elsewhere, long since), aged as its
+    level ages points from ``day``, posted as ``opening``. Not counted as earned, so they
+    move no level; a debt is repaid from them first, as from any points."""
+    level = plan.program.level(account.level)
+    aging = level.age_points
+    expires_day = aging.after.after(day) if aging is not None and aging.type == "relative" else None
+    _post(result, plan, version, "opening", points, "", day)
+    repaid = min(account.debt, points)
+    account.debt -= repaid
+    if points > repaid:
+        account.lots.append(
+            Lot(day, OPENING_RULE, "regular", points - repaid, day, expires_day, version)
+        )
+
+
+OPENING_RULE: Final = "opening"
+"""The rule a lot of opening points names: none issued it here."""
 
 
 def _count_earned(account: LoyaltyAccount, points: int, day: int) -> None:

@@ -746,6 +746,73 @@ def run_job(
     return BatchOutcome(results, states, {})
 
 
+@dataclass(frozen=True, slots=True)
+class OpeningBalances:
+    """A card's opening balances from its card import line (None where the line gave none):
+    stored value in minor units of the tender program's currency, points of the first
+    loyalty program, e-award value of the first award program."""
+
+    tender: int | None = None
+    loyalty: int | None = None
+    award: int | None = None
+
+
+def open_balances(
+    program: CompiledProgram,
+    state: AccountState,
+    opening: OpeningBalances,
+    request_id: str,
+    day: int,
+) -> tuple[Result, AccountState]:
+    """Post a card's opening balances on ``day``: the result, and the new state (``state``
+    itself, untouched, when declined: all of a card's balances post, or none).
+
+    The stored value activates the tender account, as an activation at a till would (its
+    minimum and maximum, the initial balance, the welcome certificates); the points are a
+    lot of the first loyalty program (loyalty.credit_opening), the e-award value a lot of
+    the first award program, both posted as ``opening``. A card whose program lacks the
+    program a balance needs is declined (``NO_TENDER_PROGRAM``, ``NO_LOYALTY_PROGRAM``,
+    ``NO_AWARD_PROGRAM``), as is a tender account already active (``ALREADY_ACTIVE``).
+    """
+    working = copy.deepcopy(state)
+    result = Result(request_id, state.account)
+    try:
+        if opening.tender is not None:
+            if program.tender is None:
+                raise Declined("NO_TENDER_PROGRAM", "the card carries no tender program")
+            request = TenderRequest(
+                request_id, state.account, day, pin_verified=True, op="activate",
+                amount=opening.tender, currency=program.tender.currency,
+            )  # fmt: skip
+            _tender(program, {state.account: working}, request, result)
+        if opening.loyalty:
+            if not program.loyalty:
+                raise Declined("NO_LOYALTY_PROGRAM", "the card carries no loyalty program")
+            plan = program.loyalty[0]
+            account = working.loyalty.get(plan.program.id)
+            if account is None:
+                account = working.loyalty[plan.program.id] = loyalty.open_account(plan, day)
+            loyalty.credit_opening(plan, account, opening.loyalty, day, result, program.version)
+            loyalty.balances(plan, account, day, result)
+        if opening.award:
+            if not program.award_programs:
+                raise Declined("NO_AWARD_PROGRAM", "the card carries no award program")
+            award_program = next(iter(program.award_programs.values()))
+            base = RequestBase(request_id, state.account, day)
+            reason = awards.add_value(
+                award_program, working, opening.award, base, result, program.version,
+                source="opening", kind="opening",
+            )  # fmt: skip
+            if reason:
+                raise Declined(reason, f"the opening e-award value of {award_program.id}")
+    except Declined as declined:
+        return Result(
+            request_id, state.account, status="declined", reason=declined.reason,
+            trace=[TraceEntry("", "opening", False, reason=str(declined))],
+        ), state  # fmt: skip
+    return result, working
+
+
 def issue_card(program: CompiledProgram, account_id: str, day: int) -> AccountState:
     """A newly generated card: active, with an account in every loyalty program that
     opens accounts when cards are generated (rather than on first transaction)."""

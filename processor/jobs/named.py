@@ -1,16 +1,19 @@
 """The jobs a deployment runs, by name: what each does to every account it goes through.
 
-Each but ``scorecards`` is a selection of the reference engine's job steps
-(processor.engine.reference ``JOB_STEPS``). A loyalty account is aged before its job rules
-run, as before any transaction, so ``create-loyalty-award`` and ``movement`` age the
-accounts they go through as ``points-aging`` does. ``scorecards`` changes no account: it
-counts them, last, so its figures follow the day's expiries and moves
+Most are a selection of the reference engine's job steps (processor.engine.reference
+``JOB_STEPS``). A loyalty account is aged before its job rules run, as before any
+transaction, so ``create-loyalty-award`` and ``movement`` age the accounts they go through
+as ``points-aging`` does. Two are not: ``opening-balances`` goes through the queue of
+card-import balances, not every account, and posts them (processor.engine.reference
+``open_balances``), first, so the night's other jobs see them; ``scorecards`` changes no
+account: it counts them, last, so its figures follow the day's expiries and moves
 (processor.jobs.scorecards).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from processor.errors import InvalidFieldError
 
@@ -24,11 +27,21 @@ class Job:
     summary: str
     counts: bool = False  # counts the accounts (processor.jobs.scorecards), changes none
     days_behind: int = 0  # runs as of this many days before its tick's day (or today)
+    # What a run goes through: every account, or the queue of card-import opening balances
+    # (each card once ever, and a run taken up again the same day takes what was queued).
+    walks: Literal["accounts", "opening_balances"] = "accounts"
 
 
 JOBS: dict[str, Job] = {
     job.name: job
     for job in (
+        Job(
+            "opening-balances",
+            (),
+            "posts the opening balances of imported cards (stored value, points, e-award "
+            "value), each card once; a card whose balances cannot post is declined whole",
+            walks="opening_balances",
+        ),
         Job(
             "points-aging",
             ("age",),

@@ -26,11 +26,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from processor import calendar
-from processor.engine import CompiledProgram, run_job
+from processor.engine import CompiledProgram, OpeningBalances, open_balances, run_job
 from processor.engine.types import AccountState, Result
 from processor.errors import NotFoundError
 from processor.flow.pipeline import Cache, Programs
@@ -42,8 +42,8 @@ from processor.limits import (
     JOB_SLICE_ACCOUNTS,
 )
 from processor.runtime import metrics
-from processor.store import codec
-from processor.store.job_runs import Chunk, JobRuns
+from processor.store import codec, opening_balances
+from processor.store.job_runs import EVERY_ACCOUNT, Chunk, JobRuns, Writes
 from processor.store.ledger import (
     AccountWrite,
     CommitBatch,
@@ -52,6 +52,7 @@ from processor.store.ledger import (
     Store,
     ledger_entries,
 )
+from processor.store.opening_balances import QUEUED, OpeningQueue
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,11 @@ class RunReport:
 
 
 def run_id(job: Job, as_of: int) -> str:
-    """The name of the run of ``job`` as of ``as_of``: its request ids begin with it."""
+    """The name of the run of ``job`` as of ``as_of``: its request ids begin with it. A
+    queue's job changes each card once ever, whichever day's run takes it: its name has no
+    day (``job:opening-balances:<card>``)."""
+    if job.walks != "accounts":
+        return f"{JOB_REQUEST_ID_PREFIX}{job.name}"
     return f"{JOB_REQUEST_ID_PREFIX}{job.name}:{calendar.format_day(as_of)}"
 
 
@@ -113,7 +118,10 @@ async def run(
     """Run ``job`` as of ``as_of`` over every account, or go on with its stopped run."""
     runs = JobRuns(context.store)
     async with runs.exclusive(job.name):
-        begun = await runs.begin(job.name, as_of)
+        queue = job.walks == "opening_balances"
+        begun = await runs.begin(
+            job.name, as_of, source=QUEUED if queue else EVERY_ACCOUNT, reopen=queue
+        )
         if begun.status == "finished":
             return RunReport(
                 job.name, as_of, begun.accounts_total, begun.accounts_done,
@@ -133,15 +141,10 @@ async def run(
         look_up = begun.attempts > 1
         try:
             while True:
-                rows = await runs.accounts_after(after, chunk_accounts)
-                if not rows:
+                taken = await _next_chunk(context, runs, job, as_of, after, chunk_accounts, look_up)
+                if taken is None:
                     break
-                writes = None
-                if job.counts:
-                    chunk, writes = await scorecards.count_chunk(context, as_of, after, rows)
-                else:
-                    evaluated = await _run_chunk(context, job, as_of, rows, look_up=look_up)
-                    chunk = Chunk(after, rows[-1][0], len(rows), *evaluated)
+                chunk, writes = taken
                 await runs.progress(job.name, as_of, chunk, also=writes)
                 after = chunk.last
                 done, changed = done + chunk.done, changed + chunk.changed
@@ -171,6 +174,52 @@ async def run(
         return RunReport(job.name, as_of, total, done, changed, postings, begun.attempts)
 
 
+async def _next_chunk(
+    context: JobContext,
+    runs: JobRuns,
+    job: Job,
+    as_of: int,
+    after: str,
+    size: int,
+    look_up: bool,
+) -> tuple[Chunk, Writes | None] | None:
+    """The run's next chunk after ``after``, done (evaluated and committed, or counted), with
+    what the transaction recording it also writes; None when the run has gone through all."""
+    if job.walks == "opening_balances":
+        queued = dict(await OpeningQueue(context.store).after(after, size))
+        if not queued:
+            return None
+        cards = list(queued)  # in the queue's order, which the next chunk goes on after
+        rows = await _rows_of(context, cards)
+        outcome = await _run_chunk(context, job, as_of, rows, look_up=look_up, opening=queued)
+        chunk = Chunk(after, cards[-1], len(cards), outcome.changed, outcome.postings)
+        outcomes = outcome.outcomes
+
+        async def close_rows(cursor: Any) -> None:
+            await opening_balances.mark(cursor, outcomes)
+
+        return chunk, close_rows
+    rows = await runs.accounts_after(after, size)
+    if not rows:
+        return None
+    if job.counts:
+        return await scorecards.count_chunk(context, as_of, after, rows)
+    outcome = await _run_chunk(context, job, as_of, rows, look_up=look_up)
+    return Chunk(after, rows[-1][0], len(rows), outcome.changed, outcome.postings), None
+
+
+async def _rows_of(context: JobContext, accounts: Sequence[str]) -> list[tuple[str, int, bytes]]:
+    """The stored states of ``accounts`` (id, version, state), in the order given; an account
+    without a state yet starts from an empty one (version 0)."""
+    loaded = await context.store.load_encoded(list(accounts))
+    return [
+        (account, *loaded[account])
+        if account in loaded
+        else (account, 0, codec.encode_state(AccountState(account), 0))
+        for account in accounts
+    ]
+
+
 async def apply(
     context: JobContext, job: Job, as_of: int, accounts: Sequence[str]
 ) -> tuple[int, int]:
@@ -178,14 +227,8 @@ async def apply(
     registration: committed as a chunk of a run is (once per account and day under the
     job's request ids), but no run is recorded. An account without a state yet starts from
     an empty one. (accounts changed, postings written)."""
-    loaded = await context.store.load_encoded(list(accounts))
-    rows = [
-        (account, *loaded[account])
-        if account in loaded
-        else (account, 0, codec.encode_state(AccountState(account), 0))
-        for account in sorted(set(accounts))
-    ]
-    return await _run_chunk(context, job, as_of, rows)
+    outcome = await _run_chunk(context, job, as_of, await _rows_of(context, sorted(set(accounts))))
+    return outcome.changed, outcome.postings
 
 
 async def _run_chunk(
@@ -195,8 +238,9 @@ async def _run_chunk(
     rows: list[tuple[str, int, bytes]],
     *,
     look_up: bool = False,
-) -> tuple[int, int]:
-    """Evaluate and commit one chunk; (accounts the run changed, postings written now). An
+    opening: Mapping[str, OpeningBalances] | None = None,
+) -> _ChunkOutcome:
+    """Evaluate and commit one chunk (``opening``: post these cards' opening balances). An
     account an earlier attempt of the run committed (looked up first with ``look_up``, or
     found by the commit) counts as changed, and is not evaluated again."""
     read = {account: (version, blob) for account, version, blob in rows}
@@ -206,7 +250,9 @@ async def _run_chunk(
         found = await context.store.seen([(account, f"{name}:{account}") for account in read])
         done_before.update(account for account, _ in found)
     for _ in range(JOB_CONFLICT_RETRIES_MAX + 1):
-        evaluated = await _evaluate(context.programs, job, as_of, name, read, done_before)
+        evaluated = await _evaluate(
+            context.programs, job, as_of, name, read, done_before, opening or {}
+        )
         outcome = (
             await context.store.commit(evaluated.batch)
             if evaluated.batch.accounts
@@ -215,7 +261,8 @@ async def _run_chunk(
         if outcome.committed:
             await _committed(context, job, evaluated, outcome)
             changed = len(evaluated.batch.accounts) + len(done_before)
-            return changed, len(evaluated.batch.postings)
+            outcomes = {**evaluated.outcomes, **dict.fromkeys(done_before, POSTED)}
+            return _ChunkOutcome(changed, len(evaluated.batch.postings), outcomes)
         done_before.update(_account_of(request_id) for request_id in outcome.replayed)
         if outcome.conflicts:
             metrics.CONCURRENCY_RETRIES.inc()
@@ -226,6 +273,17 @@ async def _run_chunk(
     )
 
 
+POSTED: Final = "posted"
+"""A queued opening balance's outcome when its card's balances were posted."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkOutcome:
+    changed: int  # accounts the run changed, by this attempt or an earlier one
+    postings: int  # ledger rows written now
+    outcomes: dict[str, str]  # opening balances: card -> POSTED or "declined REASON: why"
+
+
 @dataclass(slots=True)
 class _Evaluated:
     batch: CommitBatch
@@ -233,6 +291,7 @@ class _Evaluated:
     states: dict[str, AccountState]
     unchanged: int  # evaluated and left as they were
     skipped: int  # no active program serves the card
+    outcomes: dict[str, str] = field(default_factory=dict)
 
 
 async def _evaluate(
@@ -242,6 +301,7 @@ async def _evaluate(
     name: str,
     read: Mapping[str, tuple[int, bytes]],
     done_before: set[str],
+    opening: Mapping[str, OpeningBalances],
 ) -> _Evaluated:
     """The chunk's changed accounts, ready to commit; unchanged ones are left out. The
     event loop is let go every JOB_SLICE_ACCOUNTS accounts, so the server's batches go on."""
@@ -250,9 +310,11 @@ async def _evaluate(
     for start in range(0, len(pending), JOB_SLICE_ACCOUNTS):
         if start:
             await asyncio.sleep(0)
-        _evaluate_slice(
-            programs, job, as_of, name, read, pending[start : start + JOB_SLICE_ACCOUNTS], evaluated
-        )
+        accounts = pending[start : start + JOB_SLICE_ACCOUNTS]
+        if opening:
+            _open_slice(programs, as_of, name, read, accounts, opening, evaluated)
+        else:
+            _evaluate_slice(programs, job, as_of, name, read, accounts, evaluated)
     return evaluated
 
 
@@ -280,7 +342,6 @@ def _evaluate_slice(
         by_program.setdefault(id(program), (program, {}))[1][account] = codec.decode_state(
             blob, account
         )
-    batch = evaluated.batch
     for program, states in by_program.values():
         outcome = run_job(program, states, as_of, name, job.steps, in_place=True)
         for result in outcome.results:
@@ -289,13 +350,55 @@ def _evaluate_slice(
             if new == codec.decode_state(read[account][1], account):
                 evaluated.unchanged += 1
                 continue
-            batch.accounts.append(AccountWrite(new, read[account][0]))
-            batch.postings.extend(ledger_entries(result))
-            batch.idempotency.append(
-                IdempotencyRecord(account, result.id, _payload_hash(result.id), b"")
-            )
-            evaluated.results.append((result, program))
-            evaluated.states[account] = new
+            _changed(evaluated, result, program, new, read[account][0])
+
+
+def _open_slice(
+    programs: Programs,
+    as_of: int,
+    name: str,
+    read: Mapping[str, tuple[int, bytes]],
+    accounts: list[tuple[str, bytes]],
+    opening: Mapping[str, OpeningBalances],
+    evaluated: _Evaluated,
+) -> None:
+    """Post the opening balances of ``accounts``; a card declined is left as it was, and
+    its outcome says why. A card no active program serves is passed over (its row stays
+    queued for a later run)."""
+    for account, blob in accounts:
+        try:
+            program = programs.for_card(account)
+        except NotFoundError:
+            evaluated.skipped += 1
+            continue
+        state = codec.decode_state(blob, account)
+        result, new = open_balances(program, state, opening[account], f"{name}:{account}", as_of)
+        if result.status == "declined":
+            why = result.trace[0].reason if result.trace else ""
+            evaluated.outcomes[account] = f"declined {result.reason}: {why}"[:500]
+            evaluated.unchanged += 1
+            continue
+        evaluated.outcomes[account] = POSTED
+        _changed(evaluated, result, program, new, read[account][0])
+
+
+def _changed(
+    evaluated: _Evaluated,
+    result: Result,
+    program: CompiledProgram,
+    new: AccountState,
+    read_version: int,
+) -> None:
+    """Add an account a job changed to the chunk's commit: its state, its postings and the
+    idempotency row that makes the run change it once."""
+    account = result.account
+    evaluated.batch.accounts.append(AccountWrite(new, read_version))
+    evaluated.batch.postings.extend(ledger_entries(result))
+    evaluated.batch.idempotency.append(
+        IdempotencyRecord(account, result.id, _payload_hash(result.id), b"")
+    )
+    evaluated.results.append((result, program))
+    evaluated.states[account] = new
 
 
 async def _committed(

@@ -14,13 +14,13 @@ What counts, per program of the card's active program file:
   there too, whatever level it held when they were posted.
 - **Issued, redeemed, expired** are the ledger's postings to the as-of day (LTD), and from
   the first of its month (MTD):
-  points issued are earned and bonus points net of returns, without those still in escrow
+  points issued are earned, bonus and opening points net of returns, without those still in escrow
   on the as-of day (released later, they count in LTD from then, and in the MTD of the
   month they were earned only if that month is counted again); points
   redeemed are those spent on awards and level moves. Tender value issued is activation,
   initial and reload amounts and value returned to the account, less voided loads;
   redeemed is redemptions, captures of pre-authorizations and cash-outs. E-award value
-  issued is initial value and e-awards; redeemed is redemptions. Merges move value
+  issued is initial value, e-awards and opening balances; redeemed is redemptions. Merges move value
   between cards and count in neither.
 - **Outstanding** is the accounts' balances on the as-of day: available points (escrow
   apart), stored value (pre-authorized holds included: not yet redeemed), e-award value not
@@ -55,15 +55,17 @@ from processor.store.scorecards import Figures, LedgerSum, Part
 if TYPE_CHECKING:
     from processor.jobs.runner import JobContext
 
-POINTS_ISSUED: Final = frozenset({"regular", "bonus", "escrow", "return", "return_reversal"})
-POINTS_EARNED: Final = frozenset({"regular", "bonus", "escrow"})
+POINTS_ISSUED: Final = frozenset(
+    {"regular", "bonus", "escrow", "opening", "return", "return_reversal"}
+)
+POINTS_EARNED: Final = frozenset({"regular", "bonus", "escrow", "opening"})
 """The postings that issue points to an account ("members who received points")."""
 POINTS_REDEEMED: Final = frozenset({"award_cost", "move_cost"})
 TENDER_ISSUED: Final = frozenset(
     {"activate", "initial", "reload", "credit_reversal", "debit_reversal"}
 )
 TENDER_REDEEMED: Final = frozenset({"redeem", "capture", "cash_out"})
-AWARD_VALUE_ISSUED: Final = frozenset({"initial", "e_award"})
+AWARD_VALUE_ISSUED: Final = frozenset({"initial", "e_award", "opening"})
 AWARD_VALUE_REDEEMED: Final = frozenset({"redeem"})
 EXPIRED: Final = frozenset({"expire"})
 

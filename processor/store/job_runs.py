@@ -39,10 +39,21 @@ RETURNING status, after_account, accounts_total, accounts_done, accounts_changed
           attempts
 """
 _BEGIN = """
-INSERT INTO job_runs (job, as_of, accounts_total) SELECT %s, %s, count(*) FROM accounts
+INSERT INTO job_runs (job, as_of, accounts_total) SELECT %s, %s, count(*) FROM {source}
 RETURNING status, after_account, accounts_total, accounts_done, accounts_changed, postings,
           attempts
 """
+# A queue's run taken up again the same day: it goes through what was queued since.
+_REOPEN = """
+UPDATE job_runs SET status = 'running', attempts = attempts + 1, after_account = '',
+    accounts_total = accounts_done + (SELECT count(*) FROM {source}), error = '',
+    finished_at = NULL, updated_at = now()
+WHERE job = %s AND as_of = %s AND status = 'finished'
+RETURNING status, after_account, accounts_total, accounts_done, accounts_changed, postings,
+          attempts
+"""
+EVERY_ACCOUNT: Final = "accounts"
+"""What a run walks and counts unless told otherwise: every account."""
 _PROGRESS = """
 UPDATE job_runs SET after_account = %s, accounts_done = accounts_done + %s,
     accounts_changed = accounts_changed + %s, postings = postings + %s, updated_at = now()
@@ -138,16 +149,22 @@ class JobRuns(CatalogBase):
             action = f"take the lock of job {job}"
             raise database_error(error, action, self._pool.timeout) from error
 
-    async def begin(self, job: str, as_of: int) -> JobRun:
+    async def begin(
+        self, job: str, as_of: int, *, source: str = EVERY_ACCOUNT, reopen: bool = False
+    ) -> JobRun:
         """The run of ``job`` as of ``as_of``: made (running), resumed (running again, one
-        more attempt) or found finished."""
+        more attempt) or found finished. ``source`` is the table (and condition) whose rows
+        the run goes through, counted for its progress; ``reopen`` takes a finished run up
+        again (a queue's: what was queued since its end)."""
         day = calendar.to_date(as_of)
         async with self._transaction(f"begin job {job}") as cursor:
             await cursor.execute(_RESUME, (job, day))
             row = await cursor.fetchone()
-            if row is None:  # a new run: its accounts counted once, for its progress
+            if row is None or (reopen and row[0] == "finished"):
+                # A new run, or one taken up again: its rows counted once, for its progress.
                 await cursor.execute(f"SET LOCAL statement_timeout = {SCAN_STATEMENT_TIMEOUT_MS}")
-                await cursor.execute(_BEGIN, (job, day))
+                statement = _BEGIN if row is None else _REOPEN
+                await cursor.execute(statement.format(source=source), (job, day))
                 row = await one_row(cursor)
         return JobRun(job, as_of, *row)
 

@@ -1,12 +1,17 @@
 """Requests evaluated by the reference engine and committed as the pipeline commits them,
-straight to a Store: how job and scorecard tests make the accounts they then run over."""
+straight to a Store: how job and scorecard tests make the accounts they then run over; and
+a job run's progress that dies after a commit."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from processor.engine import ReferenceEngine
 from processor.engine.types import AccountState, Request
 from processor.flow.registry import ProgramRegistry
 from processor.store.catalog import Catalog
+from processor.store.job_runs import JobRuns
 from processor.store.ledger import AccountWrite, CommitBatch, Store, ledger_entries
 
 
@@ -37,3 +42,19 @@ async def post(store: Store, registry: ProgramRegistry, requests: list[Request])
 
 async def state_of(store: Store, card: str) -> AccountState:
     return (await store.load([card]))[card][1]
+
+
+def progress_dying_at(call: int) -> Callable[..., Awaitable[None]]:
+    """A JobRuns.progress that raises ConnectionError at its ``call``-th call, as a process
+    dying after a chunk's commit and before the chunk is recorded; it records the others."""
+    recorded = JobRuns.progress
+    calls = 0
+
+    async def progress(self: JobRuns, *args: Any, **options: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise ConnectionError("the process died here")  # committed, not yet recorded
+        await recorded(self, *args, **options)
+
+    return progress
