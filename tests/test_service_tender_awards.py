@@ -267,17 +267,21 @@ async def test_a_coupon_is_earned_listed_and_redeemed_once(
             timeout=10,
         )
 
-    redeemed = (await redeem("w-1")).result
-    assert (redeemed.status, list(redeemed.redeemed_codes)) == (APPROVED, [issued.code])
-    again = (await redeem("w-2")).result
-    assert (again.status, again.reason, list(again.redeemed_codes)) == (
-        DECLINED,
-        "AWARD_REDEEMED",
-        [],
-    )
+    first = await redeem("w-1")
+    redeemed = first.result
+    assert (redeemed.status, list(redeemed.redeemed_codes), first.code) == (
+        APPROVED, [issued.code], 0,
+    )  # fmt: skip
+    refused = await redeem("w-2")
+    again = refused.result
+    assert (again.status, again.reason, list(again.redeemed_codes), refused.code) == (
+        DECLINED, "AWARD_REDEEMED", [], 2003,  # the manual's Reward Redemption Failure
+    )  # fmt: skip
     # A replay of the first redemption is its first answer, not a second redemption.
-    replay = (await redeem("w-1")).result
-    assert (replay.replayed, replay.status) == (True, APPROVED)
+    replayed = await redeem("w-1")
+    assert (replayed.result.replayed, replayed.result.status, replayed.code) == (
+        True, APPROVED, 0,
+    )  # fmt: skip
 
     active = await served.awards.ListAwards(awards.ListAwardsRequest(account=card), timeout=10)
     assert list(active.awards) == []
@@ -287,6 +291,26 @@ async def test_a_coupon_is_earned_listed_and_redeemed_once(
     assert [(a.code, a.status) for a in every.awards] == [
         (issued.code, awards.AWARD_STATUS_REDEEMED)
     ]
+    assert await served.store.reconcile() == []
+
+
+async def test_e_award_value_a_card_lacks_is_a_reward_redemption_failure_2003(
+    served: Served, cards: list[str]
+) -> None:
+    card = cards[33]
+    # Activating the gift card opens the rewards wallet (its welcome certificate), empty.
+    await served.tender.Activate(
+        tender.ActivateRequest(context=context(card, "e-act"), amount=usd(2_000)), timeout=10
+    )
+    answer = await served.awards.RedeemAwardValue(
+        awards.RedeemAwardValueRequest(
+            context=context(card, "e-1"), program="rewards", amount=usd(500)
+        ),
+        timeout=10,
+    )
+    assert (answer.result.status, answer.code) == (DECLINED, 2003)
+    assert answer.result.reason  # why: the wallet holds no value
+    assert answer.result.balances["award:rewards"] == 0
     assert await served.store.reconcile() == []
 
 

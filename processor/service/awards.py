@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime
 
 from processor import calendar, proto
-from processor.errors import InvalidFieldError, NotFoundError, mask_card
+from processor.errors import InvalidFieldError, NotFoundError, RedemptionError, mask_card
 from processor.flow.pipeline import Pipeline, SubmissionBatcher
 from processor.limits import CARD_DIGITS_MAX
-from processor.proto import awards
+from processor.proto import awards, common
 from processor.service.handlers import Context
 from processor.service.posting import hash_of, result_message, submit
 from processor.wire import admission, answers
@@ -39,7 +39,8 @@ class AwardServicer(proto.awards_grpc.AwardServiceServicer):
     ) -> awards.RedeemAwardResponse:
         wire_context, engine_request = admission.award_redemption_from_proto(request)
         future = submit(self.batcher, context, engine_request, hash_of(request), wire_context)
-        return awards.RedeemAwardResponse(result=result_message(await future))
+        result = result_message(await future)
+        return awards.RedeemAwardResponse(result=result, code=_redemption_code(result))
 
     async def RedeemAwardValue(
         self, request: awards.RedeemAwardValueRequest, context: Context
@@ -49,4 +50,11 @@ class AwardServicer(proto.awards_grpc.AwardServiceServicer):
             request, self.pipeline.programs.for_card(engine_request.account)
         )
         future = submit(self.batcher, context, engine_request, hash_of(request), wire_context)
-        return awards.RedeemAwardValueResponse(result=result_message(await future))
+        result = result_message(await future)
+        return awards.RedeemAwardValueResponse(result=result, code=_redemption_code(result))
+
+
+def _redemption_code(result: common.Result) -> int:
+    """The manual's code of a redemption's answer: 2003 (Reward Redemption Failure) when it
+    was declined, whatever the reason; 0 when approved."""
+    return RedemptionError.code if result.status == common.RESULT_STATUS_DECLINED else 0
