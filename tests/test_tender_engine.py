@@ -374,7 +374,7 @@ def test_partial_redemption_approves_the_available_balance() -> None:
             "allow_partial_redemption",
             True,
             0,
-            "approved 500 of 800: the available balance",
+            "approved 5.00 of 8.00: the available balance",  # in the currency's decimals
         )
     ]
 
@@ -1232,3 +1232,18 @@ def test_balance_is_the_sum_of_postings_and_stays_within_its_bounds(
         posted += sum(item.amount for item in result.postings)
         assert all(item.balance == "tender" and item.day == day for item in result.postings)
         check_invariants(state, posted)
+
+
+def test_a_declines_text_shows_amounts_in_the_currencys_decimals() -> None:
+    # The answer shows amounts as 50.00 (with balance_exponents); its trace text says the same.
+    work = copy.deepcopy(active(3_000))
+    with pytest.raises(Declined) as caught:
+        apply_tender(program(), work, request("redeem", 5_000), Result("r", "card-1"), VERSION)
+    assert (caught.value.reason, caught.value.detail) == (
+        "INSUFFICIENT_BALANCE", "50.00 asked, 30.00 available",
+    )  # fmt: skip
+    yen = program(currency="JPY")  # no decimals
+    with pytest.raises(Declined) as caught:
+        sent = request("redeem", 500, currency="JPY")
+        apply_tender(yen, copy.deepcopy(active(300)), sent, Result("r", "c"), VERSION)
+    assert caught.value.detail == "500 asked, 300 available"

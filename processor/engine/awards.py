@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from processor import money
 from processor.engine.codes import award_code
 from processor.engine.types import (
     AccountState,
@@ -280,14 +281,16 @@ def redeem_value(
 ) -> None:
     """Spend ``amount`` of e-award value, soonest-expiring value first, then the oldest."""
     if amount <= 0:
-        raise Declined("INVALID_AMOUNT", f"an e-award redemption of {amount} is not positive")
+        shown = _shown(program, amount)
+        raise Declined("INVALID_AMOUNT", f"an e-award redemption of {shown} is not positive")
     _check_redeemable(program, state, request)
     account = state.awards.get(program.id)
     if account is None:
         raise Declined("INSUFFICIENT_BALANCE", f"the card holds no value in {program.id}")
     expire_awards(program, state, request.day, result, version)
     if account.balance < amount:
-        raise Declined("INSUFFICIENT_BALANCE", f"{account.balance} available, {amount} asked")
+        detail = f"{_shown(program, account.balance)} available, {_shown(program, amount)} asked"
+        raise Declined("INSUFFICIENT_BALANCE", detail)
     _spend(account, amount)
     result.postings.append(
         Posting(program.id, version, "award_value", "redeem", -amount, day=request.day)
@@ -466,3 +469,9 @@ def touch_activity(program: AwardProgram, state: AccountState, day: int) -> None
     for award in account.awards:
         if award.status == "active" and award.expires_day is not None and award.expires_day > day:
             award.expires_day = max(award.expires_day, extended)
+
+
+def _shown(program: AwardProgram, amount: int) -> str:
+    """E-award value in minor units as a decline's text shows it, with the currency's
+    decimals (550 in USD -> "5.50")."""
+    return money.format_units(amount, money.currency_exponent(program.currency))

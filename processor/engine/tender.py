@@ -173,7 +173,7 @@ def debit_back(
         _decline(result, op, amount, account, "REVERSAL_NOT_ALLOWED", detail)
     available = _available(program, account)
     if amount > available:
-        detail = f"{amount} asked, {available} available"
+        detail = f"{_shown(program, amount)} asked, {_shown(program, available)} available"
         _decline(result, op, amount, account, "INSUFFICIENT_BALANCE", detail)
     account.balance -= amount
     account.book_value = max(0, account.book_value - amount)
@@ -307,11 +307,17 @@ def _check_activation_floor(
 ) -> None:
     activation_min = program.minor(program.min_activation_amount)
     if opening < activation_min:
-        detail = f"opening balance {opening} is below the activation minimum {activation_min}"
+        detail = (
+            f"opening balance {_shown(program, opening)} is below the activation minimum "
+            f"{_shown(program, activation_min)}"
+        )
         _decline(result, sent.op, sent.amount, account, "BELOW_MINIMUM_ACTIVATION", detail)
     balance_min = program.minor(program.min_balance)
     if opening < balance_min:
-        detail = f"opening balance {opening} is below the minimum balance {balance_min}"
+        detail = (
+            f"opening balance {_shown(program, opening)} is below the minimum balance "
+            f"{_shown(program, balance_min)}"
+        )
         _decline(result, sent.op, sent.amount, account, "BELOW_MINIMUM_BALANCE", detail)
 
 
@@ -402,10 +408,13 @@ def _approvable(
     if amount <= available:
         return amount
     if program.allow_partial_redemption and available > 0:
-        reason = f"approved {available} of {amount}: the available balance"
+        reason = (
+            f"approved {_shown(program, available)} of {_shown(program, amount)}: "
+            "the available balance"
+        )
         result.trace.append(TraceEntry(program.id, "allow_partial_redemption", True, 0, reason))
         return available
-    detail = f"{amount} asked, {max(available, 0)} available"
+    detail = f"{_shown(program, amount)} asked, {_shown(program, max(available, 0))} available"
     _decline(result, sent.op, sent.amount, account, "INSUFFICIENT_BALANCE", detail)
 
 
@@ -451,7 +460,7 @@ def _capture(
     hold = _hold(account, request, result, expired_holds)
     amount = _non_negative_amount(program, account, sent, result) or hold.amount
     if amount > hold.amount:
-        detail = f"{amount} asked, {hold.amount} held"
+        detail = f"{_shown(program, amount)} asked, {_shown(program, hold.amount)} held"
         _decline(result, sent.op, sent.amount, account, "AMOUNT_EXCEEDS_PREAUTHORIZATION", detail)
     _check_usage(program, account, sent, amount, result)
     del account.holds[request.reference_id]
@@ -514,11 +523,11 @@ def _cash_out(
     available = _available(program, account)
     amount = _non_negative_amount(program, account, sent, result) or available
     if amount <= 0 or amount > available:
-        detail = f"{amount} asked, {max(available, 0)} available"
+        detail = f"{_shown(program, amount)} asked, {_shown(program, max(available, 0))} available"
         _decline(result, sent.op, sent.amount, account, "INSUFFICIENT_BALANCE", detail)
     limit = program.minor_or_none(program.cash_out_limit)
     if limit is not None and amount > limit:
-        detail = f"{amount} asked, at most {limit} per cash out"
+        detail = f"{_shown(program, amount)} asked, at most {_shown(program, limit)} per cash out"
         _decline(result, sent.op, sent.amount, account, "LIMIT_EXCEEDED", detail)
     _check_usage(program, account, sent, amount, result)
     _count_use(account, amount)
@@ -663,7 +672,8 @@ def _positive_amount(
         _decline(result, sent.op, sent.amount, account, "INVALID_AMOUNT", "must be greater than 0")
     amount = _amount(program, account, sent, result)
     if amount <= 0:
-        detail = f"{sent.amount} {sent.currency} converts to nothing in {program.currency}"
+        shown = money.format_units(sent.amount, money.currency_exponent(sent.currency))
+        detail = f"{shown} {sent.currency} converts to nothing in {program.currency}"
         _decline(result, sent.op, sent.amount, account, "INVALID_AMOUNT", detail)
     return amount
 
@@ -678,7 +688,10 @@ def _check_ceiling(
 ) -> None:
     ceiling = program.minor_or_none(program.max_balance)
     if ceiling is not None and account.balance + amount > ceiling:
-        detail = f"balance {account.balance} plus {amount} is above the maximum {ceiling}"
+        detail = (
+            f"balance {_shown(program, account.balance)} plus {_shown(program, amount)} is "
+            f"above the maximum {_shown(program, ceiling)}"
+        )
         _decline(result, op, requested, account, "MAX_BALANCE_EXCEEDED", detail)
 
 
@@ -758,3 +771,9 @@ def _decline(
     result.tender = TenderDecision(op, False, requested, 0, balance, reason)
     result.balances[BALANCE] = balance
     raise Declined(reason, detail)
+
+
+def _shown(program: TenderProgram, amount: int) -> str:
+    """An amount in minor units as a decline's text shows it: in the program's currency,
+    with its decimals (5000 in USD -> "50.00"), as the rest of the answer is read."""
+    return money.format_units(amount, money.currency_exponent(program.currency))
