@@ -168,6 +168,11 @@ documents: three years of monthly columns."""
 
 # --------------------------------------------------------------------------- messages and errors
 
+CLIENT_DEADLINE_FLOOR_SECONDS: Final = 0.2
+"""The latency objective (99 % of calls within 200 ms, ops/prometheus/alerts.yml): a call
+that arrives with less time than this left and then runs out of it failed on the client's
+own deadline, not the service's availability (loyalty_client_deadline_exceeded_total)."""
+
 MESSAGE_BYTES_MAX: Final = 8 * 1024 * 1024
 """A gRPC message either way: twice a 4 MiB program or card import file, so either fits with
 the rest of its message (grpc's default is 4 MiB)."""

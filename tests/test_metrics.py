@@ -665,3 +665,46 @@ async def test_the_probes_stop_when_a_probe_swallows_their_cancel() -> None:
     probes.cancel()
     await asyncio.wait_for(asyncio.gather(probes, return_exceptions=True), 10)
     assert probes.cancelled()
+
+
+class _Handler:
+    request_streaming = False
+    response_streaming = False
+
+
+class _Deadline:
+    """A call's context whose deadline left it ``budget`` seconds when it arrived and has
+    passed by the time it ends."""
+
+    def __init__(self, budget: float) -> None:
+        self.remaining = [budget]
+
+    def time_remaining(self) -> float:
+        return self.remaining.pop(0) if self.remaining else -0.001
+
+    def code(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("budget", "method", "counted"),
+    [(0.05, "Short", 1.0), (0.199, "JustUnder", 1.0), (0.2, "AtTheObjective", 0.0),
+     (2.0, "Long", 0.0)],
+)  # fmt: skip
+def test_a_deadline_shorter_than_the_latency_objective_is_counted_as_the_clients(
+    budget: float, method: str, counted: float
+) -> None:
+    async def runs_out_of_time(request: Any, context: Any) -> Any:
+        raise asyncio.CancelledError  # what grpc does to a call whose deadline passed
+
+    wrapped = metrics.measuring(f"/deadline.Test/{method}", _Handler())(runs_out_of_time)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(wrapped(object(), _Deadline(budget)))
+    labels = {"grpc_service": "deadline.Test", "grpc_method": method}
+    handled = {**labels, "grpc_type": "unary", "grpc_code": "DeadlineExceeded"}
+    assert registry_value("grpc_server_handled_total", **handled) == 1.0  # still recorded
+    assert registry_value("loyalty_client_deadline_exceeded_total", **labels) == counted
+    # Its series exists at zero before the first call, as every method's.
+    metrics.initialize_methods([("/deadline.Test/Unused", False, False)])
+    unused = {"grpc_service": "deadline.Test", "grpc_method": "Unused"}
+    assert metrics.REGISTRY.get_sample_value("loyalty_client_deadline_exceeded_total", unused) == 0

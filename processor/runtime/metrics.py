@@ -59,6 +59,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from processor.limits import CLIENT_DEADLINE_FLOOR_SECONDS
+
 log = logging.getLogger(__name__)
 
 # The *_created series double every counter and histogram and do not exist in multiprocess
@@ -118,6 +120,14 @@ GRPC_SENT = Counter(
     "grpc_server_msg_sent_total",
     "Response messages sent by the server.",
     GRPC_LABELS,
+    registry=REGISTRY,
+)
+CLIENT_DEADLINE_EXCEEDED = Counter(
+    "loyalty_client_deadline_exceeded_total",
+    "RPCs that ended DEADLINE_EXCEEDED having arrived with less time left than the latency "
+    "objective (200 ms): the client's own deadline, left out of the availability objective. "
+    "Also counted in grpc_server_handled_total.",
+    ("grpc_service", "grpc_method"),
     registry=REGISTRY,
 )
 GRPC_ERRORS = Counter(
@@ -490,7 +500,9 @@ Python's upper-case enum names."""
 class _MethodSeries:
     """The label children of one method, made once (labels() on every call costs)."""
 
-    __slots__ = ("handling", "labels", "ok", "received", "sent", "started")
+    __slots__ = (
+        "client_deadline", "handling", "labels", "ok", "received", "sent", "started",
+    )  # fmt: skip
 
     def __init__(self, labels: tuple[str, str, str]) -> None:
         self.labels = labels
@@ -499,6 +511,7 @@ class _MethodSeries:
         self.sent = GRPC_SENT.labels(*labels)
         self.handling = GRPC_HANDLING.labels(*labels)
         self.ok = GRPC_HANDLED.labels(*labels, CODE_NAMES[grpc.StatusCode.OK])
+        self.client_deadline = CLIENT_DEADLINE_EXCEEDED.labels(*labels[:2])
 
     def handled(self, code: grpc.StatusCode) -> None:
         if code is grpc.StatusCode.OK:
@@ -556,6 +569,7 @@ def _measured(behaviour: Any, series: _MethodSeries, *, streaming_in: bool) -> A
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            budget = _time_remaining(context)
             error: BaseException | None = None
             try:
                 async for response in behaviour(begin(request), context):
@@ -565,13 +579,14 @@ def _measured(behaviour: Any, series: _MethodSeries, *, streaming_in: bool) -> A
                 error = raised
                 raise
             finally:
-                _finish(series, context, error, started)
+                _finish(series, context, error, started, budget)
 
         return stream
     if inspect.iscoroutinefunction(behaviour):
 
         async def unary(request: Any, context: Any) -> Any:
             started = time.perf_counter()
+            budget = _time_remaining(context)
             error: BaseException | None = None
             try:
                 response = await behaviour(begin(request), context)
@@ -579,7 +594,7 @@ def _measured(behaviour: Any, series: _MethodSeries, *, streaming_in: bool) -> A
                 error = raised
                 raise
             finally:
-                _finish(series, context, error, started)
+                _finish(series, context, error, started, budget)
             if response is not None:
                 series.sent.inc()
             return response
@@ -595,11 +610,22 @@ async def _counted(requests: Any, series: _MethodSeries) -> AsyncIterator[Any]:
 
 
 def _finish(
-    series: _MethodSeries, context: Any, error: BaseException | None, started: float
+    series: _MethodSeries,
+    context: Any,
+    error: BaseException | None,
+    started: float,
+    budget: float | None,
 ) -> None:
+    """Record a call's end; ``budget`` is the time its deadline left it when it arrived."""
     series.handling.observe(time.perf_counter() - started)
     code = _status_code(context, error)
     series.handled(code)
+    if (
+        code == grpc.StatusCode.DEADLINE_EXCEEDED
+        and budget is not None
+        and budget < CLIENT_DEADLINE_FLOOR_SECONDS
+    ):
+        series.client_deadline.inc()
     if code != grpc.StatusCode.OK:
         reason, numeric = _reason(context)
         service, method, _ = series.labels
