@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format
 
 from processor import proto
@@ -303,3 +304,52 @@ def test_buf_lint() -> None:
     output = f"{result.stdout}\n{result.stderr}".strip()
     assert result.returncode == 0, f"`buf lint` found problems:\n{output}"
     assert "WARN" not in output, output
+
+
+_OPTIONS_PLUGIN = """
+import sys
+from google.protobuf.compiler import plugin_pb2
+
+request = plugin_pb2.CodeGeneratorRequest.FromString(sys.stdin.buffer.read())
+response = plugin_pb2.CodeGeneratorResponse(
+    supported_features=plugin_pb2.CodeGeneratorResponse.FEATURE_PROTO3_OPTIONAL
+)
+lines = [
+    f"{proto.name}\\t{proto.options.go_package}\\t{proto.options.java_package}\\t"
+    f"{proto.options.java_multiple_files}"
+    for proto in request.proto_file
+    if proto.name in request.file_to_generate
+]
+response.file.add(name="options.tsv", content="\\n".join(lines) + "\\n")
+sys.stdout.buffer.write(response.SerializeToString())
+"""
+
+
+def test_the_go_and_java_template_of_the_docs_gives_the_packages_they_name(
+    tmp_path: Path,
+) -> None:
+    buf = _buf()
+    if buf is None:
+        pytest.skip("no buf binary: set LOYALTY_BUF, put buf on PATH or npm install @bufbuild/buf")
+    reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    section = reference[reference.index("## Go and Java clients") :]
+    template = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    # The docs' managed mode, with a plugin of ours in place of the languages' (absent here):
+    # it writes down the options each file reaches its plugins with.
+    plugin = tmp_path / "protoc-gen-options"
+    plugin.write_text(f"#!{sys.executable}\n{_OPTIONS_PLUGIN}", encoding="utf-8")
+    plugin.chmod(0o755)
+    template["plugins"] = [{"local": str(plugin), "out": "gen"}]
+    (tmp_path / "buf.gen.yaml").write_text(yaml.safe_dump(template), encoding="utf-8")
+    result = subprocess.run(
+        [buf, "generate", "--template", str(tmp_path / "buf.gen.yaml"), "-o", str(tmp_path)],
+        cwd=PROTO_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "WARN" not in result.stderr, result.stderr
+    rows = (tmp_path / "gen" / "options.tsv").read_text(encoding="utf-8").split()
+    options = {tuple(rows[index + 1 : index + 4]) for index in range(0, len(rows), 4)}
+    assert len(rows) == 4 * len(list((PROTO_ROOT / "loyalty" / "v1").glob("*.proto")))
+    assert options == {
+        ("example.com/pos/gen/go/loyalty/v1;loyaltyv1", "com.example.pos.loyalty.v1", "True")
+    }
