@@ -139,9 +139,12 @@ async def run(
         # chunk sizes, part of several): each chunk of a resumed run looks up which of its
         # accounts the run changed already.
         look_up = begun.attempts > 1
+        reader = scorecards.Reader(context, runs, as_of, chunk_accounts) if job.counts else None
         try:
             while True:
-                taken = await _next_chunk(context, runs, job, as_of, after, chunk_accounts, look_up)
+                taken = await _next_chunk(
+                    context, runs, job, as_of, after, chunk_accounts, look_up, reader
+                )
                 if taken is None:
                     break
                 chunk, writes = taken
@@ -163,6 +166,8 @@ async def run(
                 await runs.finish(job.name, as_of, error=_described(error))
             raise
         finally:
+            if reader is not None:
+                reader.close()
             metrics.JOB_DURATION.labels(job.name).observe(time.monotonic() - started)
         gauge.set(1.0)
         metrics.JOB_RUNS.labels(job.name, "finished").inc()
@@ -182,6 +187,7 @@ async def _next_chunk(
     after: str,
     size: int,
     look_up: bool,
+    reader: scorecards.Reader | None = None,
 ) -> tuple[Chunk, Writes | None] | None:
     """The run's next chunk after ``after``, done (evaluated and committed, or counted), with
     what the transaction recording it also writes; None when the run has gone through all."""
@@ -199,11 +205,12 @@ async def _next_chunk(
             await opening_balances.mark(cursor, outcomes)
 
         return chunk, close_rows
+    if reader is not None:  # the scorecards: reads one chunk ahead
+        reads = await reader.after(after)
+        return await scorecards.count_chunk(context, as_of, after, reads) if reads.rows else None
     rows = await runs.accounts_after(after, size)
     if not rows:
         return None
-    if job.counts:
-        return await scorecards.count_chunk(context, as_of, after, rows)
     outcome = await _run_chunk(context, job, as_of, rows, look_up=look_up)
     return Chunk(after, rows[-1][0], len(rows), outcome.changed, outcome.postings), None
 

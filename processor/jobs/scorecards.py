@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from processor import calendar
@@ -49,7 +50,7 @@ from processor.flow.pipeline import Programs
 from processor.limits import JOB_SLICE_ACCOUNTS
 from processor.store import codec
 from processor.store import scorecards as stored
-from processor.store.job_runs import Chunk, Writes
+from processor.store.job_runs import Chunk, JobRuns, Writes
 from processor.store.scorecards import Figures, LedgerSum, Part
 
 if TYPE_CHECKING:
@@ -95,15 +96,68 @@ class Tally:
         self.members[key] = self.members.get(key, False) or has_points
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkReads:
+    """What counting a chunk needs from PostgreSQL: its accounts (id, version, stored
+    state), their ledger summed, and the customers their cards are registered to."""
+
+    rows: list[tuple[str, int, bytes]]
+    sums: dict[str, list[LedgerSum]]
+    customers: dict[str, str]
+
+
+class Reader:
+    """A run's chunks, read one ahead: while one chunk is counted here, the next one's
+    accounts, ledger sums and customers are read, so PostgreSQL's share of the run goes on
+    beside this process's (two cores at work, not one after the other). ``close`` drops a
+    read ahead that will not be needed (the run stopped)."""
+
+    def __init__(self, context: JobContext, runs: JobRuns, as_of: int, size: int) -> None:
+        self._store = stored.Scorecards(context.store)
+        self._runs = runs
+        self._as_of = as_of
+        self._size = size
+        self._ahead: tuple[str, asyncio.Task[ChunkReads]] | None = None
+
+    async def after(self, after: str) -> ChunkReads:
+        """The chunk after account ``after`` (no rows at the end), and the next one asked
+        for."""
+        if self._ahead is not None and self._ahead[0] == after:
+            task = self._ahead[1]
+            self._ahead = None
+            reads = await task
+        else:
+            self.close()
+            reads = await self._read(after)
+        if reads.rows:
+            last = reads.rows[-1][0]
+            self._ahead = (last, asyncio.create_task(self._read(last)))
+        return reads
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            task = self._ahead[1]
+            self._ahead = None
+            task.cancel()
+            # Its failure, if it failed before the cancel, is not the run's.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def _read(self, after: str) -> ChunkReads:
+        rows = await self._runs.accounts_after(after, self._size)
+        if not rows:
+            return ChunkReads([], {}, {})
+        accounts = [account for account, _, _ in rows]
+        sums = await self._store.ledger_sums(accounts, self._as_of)
+        customers = await self._store.customers_of(accounts)
+        return ChunkReads(rows, sums, customers)
+
+
 async def count_chunk(
-    context: JobContext, as_of: int, previous: str, rows: Sequence[tuple[str, int, bytes]]
+    context: JobContext, as_of: int, previous: str, reads: ChunkReads
 ) -> tuple[Chunk, Writes]:
     """Count one chunk of accounts: the chunk, and the writes that add its counts to the
     run's rows, for the transaction that records the chunk (JobRuns.progress)."""
-    reads = stored.Scorecards(context.store)
-    accounts = [account for account, _, _ in rows]
-    sums = await reads.ledger_sums(accounts, as_of)
-    customers = await reads.customers_of(accounts)
+    rows, sums, customers = reads.rows, reads.sums, reads.customers
     tally = Tally()
     for start in range(0, len(rows), JOB_SLICE_ACCOUNTS):
         if start:
@@ -121,7 +175,7 @@ async def count_chunk(
     async def write(cursor: stored.Cursor) -> None:
         await stored.add(cursor, as_of, tally.counted, tally.members)
 
-    return Chunk(previous, accounts[-1], len(rows)), write
+    return Chunk(previous, rows[-1][0], len(rows)), write
 
 
 def closing(as_of: int) -> Writes:
