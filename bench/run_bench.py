@@ -1,7 +1,7 @@
 """One complete load test, short enough for ``make bench``: throughput, its ceiling, the SLA.
 
     .venv/bin/python bench/run_bench.py [--accounts 100000] [--durable-seconds 20]
-        [--locust-seconds 60] [--users 10] [--rate 20] [--p99-ms 50]
+        [--locust-seconds 60] [--users 10] [--rate 20] [--p99-ms 50] [--job NAME]
 
 1. Servers: ``LOYALTY_DATABASE_URL`` / ``LOYALTY_REDIS_URL`` when set, else an embedded
    PostgreSQL and Valkey in a temporary data directory (removed at the end).
@@ -15,7 +15,9 @@
 5. A headless locust run of ``--locust-seconds`` with till traffic (``LoyaltyUser``,
    ``--users`` users at ``--rate`` requests/s each), its CSV and HTML reports written to
    ``bench/results/``, and the SLA gate (``bench/sla.py``) over it, with the server's own
-   p99 from ``/metrics``.
+   p99 from ``/metrics``. With ``--job NAME``, that scheduled job runs again and again
+   beside it (``loyalty jobs run``, in a process of its own, each run a day later from a
+   year on), and the JSON line adds its runs and accounts/s.
 
 The last line on stdout is ONE JSON object: ``e2e_txn_per_s`` (durable transactions/s of
 the service), ``ceiling_txn_per_s`` (the same client against the no-op server),
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import itertools
 import json
 import os
@@ -43,6 +46,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -62,6 +66,7 @@ from credentials import API_KEY_ENV, metadata  # noqa: E402
 from demo_server import server_usage  # noqa: E402
 
 from processor import proto  # noqa: E402
+from processor.jobs.named import JOBS  # noqa: E402
 from processor.runtime import serve as runtime  # noqa: E402
 from processor.tools.seed import card_numbers  # noqa: E402
 
@@ -234,6 +239,57 @@ def process(arguments: list[str], log_path: Path, env: dict[str, str] | None = N
                     child.wait()
 
 
+class JobsBeside:
+    """A scheduled job run again and again (``loyalty jobs run NAME``, each run as of the
+    next day from a year on, so each goes through every account) in a process of its own,
+    for as long as the locust phase lasts: its runs' figures, and the locust p99 beside it."""
+
+    def __init__(self, name: str, database_url: str, redis_url: str | None) -> None:
+        self.name = name
+        self.command = [LOYALTY, "jobs", "run", name, "--database-url", database_url]
+        if redis_url:
+            self.command += ["--redis-url", redis_url]
+        self.runs: list[dict[str, Any]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> JobsBeside:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        first = datetime.date.today() + datetime.timedelta(days=365)
+        for offset in itertools.count():
+            if self.stopping.is_set():
+                return
+            as_of = (first + datetime.timedelta(days=offset)).isoformat()
+            started = time.perf_counter()
+            done = subprocess.run(
+                [*self.command, "--as-of", as_of], capture_output=True, text=True, check=False
+            )
+            seconds = time.perf_counter() - started
+            if done.returncode != 0:
+                log(f"job {self.name} as of {as_of} failed: {done.stderr.strip()[-500:]}")
+                return
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+            self.runs.append({**report, "seconds": round(seconds, 2)})
+
+    def figures(self) -> dict[str, Any]:
+        """The runs that finished during the locust phase (the last, cut short by its end,
+        counts when it finished)."""
+        accounts = sum(run["accounts_done"] for run in self.runs)
+        seconds = sum(run["seconds"] for run in self.runs)
+        return {
+            "job": self.name,
+            "job_runs": len(self.runs),
+            "job_accounts_per_s": round(accounts / seconds) if seconds else None,
+        }
+
+
 def run_locust(
     address: str,
     prefix: Path,
@@ -336,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--workers", type=int, default=1, help="loyalty serve --workers")
     parser.add_argument(
+        "--job",
+        choices=[name for name, job in JOBS.items() if job.walks == "accounts"],
+        help="run this scheduled job again and again beside the locust phase (its figures "
+        "and the locust p99 beside it)",
+    )
+    parser.add_argument(
         "--no-warm",
         dest="warm",
         action="store_false",
@@ -403,9 +465,18 @@ def main(argv: list[str] | None = None) -> int:
             log(f"service: locust {args.users} users x {args.rate:g}/s, {args.locust_seconds} s")
             env = {"BENCH_FIRST_CARD": seeding["first_card"], "BENCH_ACCOUNTS": str(args.accounts)}
             used = server_usage(server.pid)[0]
-            run_locust(
-                address, args.results / "unary", args.locust_seconds, args.users, args.rate, env
+            beside = (
+                JobsBeside(args.job, resolved.database_url, resolved.redis_url)
+                if args.job
+                else contextlib.nullcontext()
             )
+            with beside:
+                if args.job:
+                    log(f"service: job {args.job} run again and again beside locust")
+                run_locust(
+                    address, args.results / "unary", args.locust_seconds, args.users, args.rate,
+                    env,
+                )  # fmt: skip
             locust_cpu = server_usage(server.pid)[0] - used
             after = sla.scrape(metrics_url) or ""
             (args.results / "metrics_after.txt").write_text(after)
@@ -442,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             "redis_bytes_per_account": seeding.get("redis_bytes_per_account"),
             "pg_bytes_per_account": seeding.get("pg_bytes_per_account"),
         }
+        if isinstance(beside, JobsBeside):
+            figures.update(beside.figures())
     finally:
         resolved.stop()
         if resolved.started:
