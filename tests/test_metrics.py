@@ -708,3 +708,7 @@ def test_a_deadline_shorter_than_the_latency_objective_is_counted_as_the_clients
     metrics.initialize_methods([("/deadline.Test/Unused", False, False)])
     unused = {"grpc_service": "deadline.Test", "grpc_method": "Unused"}
     assert metrics.REGISTRY.get_sample_value("loyalty_client_deadline_exceeded_total", unused) == 0
+    # And the DeadlineExceeded count it is part of: the availability rules subtract the one
+    # from the other, so neither may appear without the other.
+    expired = {**unused, "grpc_type": "unary", "grpc_code": "DeadlineExceeded"}
+    assert metrics.REGISTRY.get_sample_value("grpc_server_handled_total", expired) == 0

@@ -14,10 +14,12 @@ from plugins.posting import post, progress_dying_at, registry_of, state_of
 from plugins.server import DemoSummary
 
 from processor import calendar
-from processor.engine.types import TenderRequest
+from processor.engine import OpeningBalances, compile_program, open_balances
+from processor.engine.types import AccountState, TenderRequest
 from processor.flow.registry import ProgramRegistry
 from processor.jobs import runner
 from processor.jobs.named import job_named
+from processor.program.loader import parse_program_text
 from processor.store.catalog import Catalog
 from processor.store.job_runs import JobRuns
 from processor.store.ledger import Store
@@ -100,12 +102,18 @@ async def test_the_queued_balances_post_once_per_card_and_close_their_rows(
     assert NOTHING not in await store.load([NOTHING])
     rows = await queue_rows(store)
     assert {card: rows[card] for card in POSTED} == dict.fromkeys(POSTED, (True, "posted"))
-    assert rows[LEGACY][0] and rows[LEGACY][1].startswith("declined BELOW_MINIMUM_ACTIVATION: ")
+    assert rows[LEGACY] == (
+        True,
+        "declined BELOW_MINIMUM_ACTIVATION: opening balance 0.00 is below the activation "
+        "minimum 5.00",
+    )
     assert LEGACY not in await store.load([LEGACY])
     assert await store.reconcile() == []
 
     again = await run_opening(store, registry)  # the same day: nothing queued since
-    assert (again.accounts_done, again.accounts_changed, again.postings) == (4, 3, 5)
+    assert (again.already, again.attempts, again.accounts_changed, again.postings) == (
+        True, 1, 3, 5,
+    )  # fmt: skip
     assert await ledger_of(store, STARS_AND_VALUE) == [
         (request, "points", "opening", 100), (request, "tender", "activate", 2_500),
     ]  # fmt: skip
@@ -136,8 +144,9 @@ async def test_a_card_that_cannot_take_its_balances_is_declined_whole_with_its_r
     report = await run_opening(store, registry)
     assert (report.accounts_done, report.accounts_changed) == (4, 2)
     assert await store.load([VALUE_AND_WALLET]) == before  # not the $5.50 either
-    taken, outcome = (await queue_rows(store))[VALUE_AND_WALLET]
-    assert taken and outcome.startswith("declined ALREADY_ACTIVE: ")
+    assert (await queue_rows(store))[VALUE_AND_WALLET] == (
+        True, "declined ALREADY_ACTIVE: cannot activate again",
+    )  # fmt: skip
     assert (await queue_rows(store))[STARS] == (True, "posted")
     assert await store.reconcile() == []
 
@@ -159,3 +168,53 @@ async def test_a_run_stopped_after_a_commit_resumes_and_posts_each_card_once(
         ("award_value", "opening", 550), ("tender", "activate", 1_000),
     ]  # fmt: skip
     assert await store.reconcile() == []
+
+
+async def test_a_card_deactivated_since_its_import_is_declined_and_posts_when_queued_again(
+    store: Store, demo_summary: DemoSummary
+) -> None:
+    registry = await imported(store)
+    catalog = Catalog(store)
+    await catalog.set_batch_status(
+        "northwind", "partners", "all", "inactive", first_number=STARS, last_number=STARS
+    )
+    first = await run_opening(store, registry)
+    assert first.accounts_changed == 2
+    assert (await queue_rows(store))[STARS] == (
+        True, "declined CARD_INACTIVE: card 600120******0037 is inactive",
+    )  # fmt: skip
+    assert STARS not in await store.load([STARS])
+    # Activated again, and its row queued again by hand (README, "Opening balances"): the
+    # day's finished run is taken up again for it.
+    await catalog.set_batch_status(
+        "northwind", "partners", "all", "active", first_number=STARS, last_number=STARS
+    )
+    async with store.pool.connection() as connection:
+        await connection.execute(
+            "UPDATE card_opening_balances SET posted_at = NULL, outcome = ''"
+            " WHERE card_number = %s",
+            (STARS,),
+        )
+    again = await run_opening(store, registry)
+    assert (again.already, again.attempts, again.accounts_changed) == (False, 2, 3)
+    assert (await queue_rows(store))[STARS] == (True, "posted")
+    assert (await state_of(store, STARS)).loyalty["points"].lots[0].points == 250
+    assert await store.reconcile() == []
+
+
+def test_an_opening_balance_is_the_whole_balance_the_initial_balance_is_not_added() -> None:
+    # A program whose activations add $10.00: a batch activation queued it already (or an
+    # amount that overrides it), and an import's balance is the card's whole balance.
+    text = (ROOT / "examples" / "programs" / "demo.yaml").read_text(encoding="utf-8")
+    assert text.count('  min_balance: "0.00"\n') == 1
+    text = text.replace(
+        '  min_balance: "0.00"\n', '  min_balance: "0.00"\n  initial_balance: "10.00"\n'
+    )
+    program = compile_program(parse_program_text(text, "demo.yaml"))
+    day = calendar.parse_day(DAY)
+    result, state = open_balances(
+        program, AccountState(STARS_AND_VALUE), OpeningBalances(tender=2_500), "o-1", day
+    )
+    assert result.status == "approved"
+    assert [(posting.kind, posting.amount) for posting in result.postings] == [("activate", 2_500)]
+    assert (state.tender.balance, state.tender.book_value) == (2_500, 2_500)

@@ -334,6 +334,9 @@ def test_the_go_and_java_template_of_the_docs_gives_the_packages_they_name(
     reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     section = reference[reference.index("## Go and Java clients") :]
     template = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    go = [plugin for plugin in template["plugins"] if "go" in str(plugin.get("local"))]
+    # Generated files beside their protos' paths, where the section says they land.
+    assert go and all(plugin.get("opt") == "paths=source_relative" for plugin in go)
     # The docs' managed mode, with a plugin of ours in place of the languages' (absent here):
     # it writes down the options each file reaches its plugins with.
     plugin = tmp_path / "protoc-gen-options"
@@ -347,9 +350,9 @@ def test_the_go_and_java_template_of_the_docs_gives_the_packages_they_name(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "WARN" not in result.stderr, result.stderr
-    rows = (tmp_path / "gen" / "options.tsv").read_text(encoding="utf-8").split()
-    options = {tuple(rows[index + 1 : index + 4]) for index in range(0, len(rows), 4)}
-    assert len(rows) == 4 * len(list((PROTO_ROOT / "loyalty" / "v1").glob("*.proto")))
-    assert options == {
+    text = (tmp_path / "gen" / "options.tsv").read_text(encoding="utf-8")
+    rows = [line.split("\t") for line in text.splitlines()]
+    assert len(rows) == len(list((PROTO_ROOT / "loyalty" / "v1").glob("*.proto")))
+    assert {tuple(row[1:]) for row in rows} == {
         ("example.com/pos/gen/go/loyalty/v1;loyaltyv1", "com.example.pos.loyalty.v1", "True")
     }

@@ -748,13 +748,15 @@ def run_job(
 
 @dataclass(frozen=True, slots=True)
 class OpeningBalances:
-    """A card's opening balances from its card import line (None where the line gave none):
-    stored value in minor units of the tender program's currency, points of the first
-    loyalty program, e-award value of the first award program."""
+    """A card's opening balances (None where none was given), queued by its card import
+    line or its batch's activation: stored value in minor units of the tender program's
+    currency, points of the first loyalty program, e-award value of the first award
+    program; and the location the card was activated at, if one was named."""
 
     tender: int | None = None
     loyalty: int | None = None
     award: int | None = None
+    location: str = ""
 
 
 def open_balances(
@@ -767,24 +769,31 @@ def open_balances(
     """Post a card's opening balances on ``day``: the result, and the new state (``state``
     itself, untouched, when declined: all of a card's balances post, or none).
 
-    The stored value activates the tender account, as an activation at a till would (its
-    minimum and maximum, the initial balance, the welcome certificates); the points are a
-    lot of the first loyalty program (loyalty.credit_opening), the e-award value a lot of
-    the first award program, both posted as ``opening``. A card whose program lacks the
-    program a balance needs is declined (``NO_TENDER_PROGRAM``, ``NO_LOYALTY_PROGRAM``,
-    ``NO_AWARD_PROGRAM``), as is a tender account already active (``ALREADY_ACTIVE``).
+    The stored value activates the tender account as a till's activation would (its
+    minimum and maximum, the welcome certificates), with the whole opening balance and no
+    initial balance added (tender.activate_opening); the points are a lot of the first
+    loyalty program (loyalty.credit_opening), the e-award value a lot of the first award
+    program, both posted as ``opening``. Declined: a card that is not active
+    (``CARD_INACTIVE``), one whose program lacks the program a balance needs
+    (``NO_TENDER_PROGRAM``, ``NO_LOYALTY_PROGRAM``, ``NO_AWARD_PROGRAM``), a tender account
+    already active (``ALREADY_ACTIVE``), an amount under the activation minimum.
     """
     working = copy.deepcopy(state)
     result = Result(request_id, state.account)
     try:
+        _require_active_card(state)
         if opening.tender is not None:
             if program.tender is None:
                 raise Declined("NO_TENDER_PROGRAM", "the card carries no tender program")
             request = TenderRequest(
-                request_id, state.account, day, pin_verified=True, op="activate",
-                amount=opening.tender, currency=program.tender.currency,
+                request_id, state.account, day, location=opening.location, pin_verified=True,
+                op="activate", amount=opening.tender, currency=program.tender.currency,
             )  # fmt: skip
-            _tender(program, {state.account: working}, request, result)
+            tender.activate_opening(program.tender, working, request, result, program.version)
+            for award_program in program.award_programs.values():
+                awards.on_account_activated(
+                    award_program, working, request, result, program.version
+                )
         if opening.loyalty:
             if not program.loyalty:
                 raise Declined("NO_LOYALTY_PROGRAM", "the card carries no loyalty program")
@@ -798,7 +807,7 @@ def open_balances(
             if not program.award_programs:
                 raise Declined("NO_AWARD_PROGRAM", "the card carries no award program")
             award_program = next(iter(program.award_programs.values()))
-            base = RequestBase(request_id, state.account, day)
+            base = RequestBase(request_id, state.account, day, location=opening.location)
             reason = awards.add_value(
                 award_program, working, opening.award, base, result, program.version,
                 source="opening", kind="opening",
@@ -808,7 +817,7 @@ def open_balances(
     except Declined as declined:
         return Result(
             request_id, state.account, status="declined", reason=declined.reason,
-            trace=[TraceEntry("", "opening", False, reason=str(declined))],
+            trace=[TraceEntry("", "opening", False, reason=declined.detail)],
         ), state  # fmt: skip
     return result, working
 

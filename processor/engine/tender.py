@@ -285,20 +285,47 @@ def _activate(
     and stay within ``max_balance``. The book value starts as the amount paid
     plus the initial book value; the expiry counts from the activation day.
     """
+    initial = program.initial_balance_minor()
+    book = program.initial_book_value_minor()
+    _activate_with(program, state, request, result, version, initial, book)
+
+
+def activate_opening(
+    program: TenderProgram,
+    state: AccountState,
+    request: TenderRequest,
+    result: Result,
+    version: int,
+) -> None:
+    """Activate the account with a card's opening balance (a card import's, or a batch
+    activation's): the amount is the whole balance the card starts with, so the program's
+    initial balance is not added (a batch activation queued it already when none was
+    given), under the same minimum and maximum as any activation."""
+    _activate_with(program, state, request, result, version, 0, 0)
+
+
+def _activate_with(
+    program: TenderProgram,
+    state: AccountState,
+    request: TenderRequest,
+    result: Result,
+    version: int,
+    initial: int,
+    initial_book: int,
+) -> None:
     account = state.tender if state.tender is not None else TenderAccount()
     if account.status != "inactive":
         reason = "ALREADY_ACTIVE" if account.status == "active" else _STATUS_REASONS[account.status]
         _decline(result, request.op, request.amount, account, reason, "cannot activate again")
     sent = _sent(request)
     amount = _non_negative_amount(program, account, sent, result)
-    initial = program.initial_balance_minor()
     _check_activation_floor(program, account, sent, amount + initial, result)
     _check_ceiling(program, account, amount + initial, sent.op, sent.amount, result)
     _open(program, account, request.day)
     state.tender = account
     _load(program, account, amount, "activate", request.day, result, version)
     _load(program, account, initial, "initial", request.day, result, version)
-    account.book_value = amount + program.initial_book_value_minor()
+    account.book_value = amount + initial_book
     _approve(result, sent.op, sent.amount, amount + initial, account)
 
 
@@ -702,7 +729,8 @@ def _check_usage(
     value_max = program.minor_or_none(program.max_redemption_value_per_day)
     problems = []
     if value_max is not None and account.day_redeemed + amount > value_max:
-        problems.append(f"{account.day_redeemed} of {value_max} redeemed today")
+        redeemed, most = _shown(program, account.day_redeemed), _shown(program, value_max)
+        problems.append(f"{redeemed} of {most} redeemed today")
     if program.max_daily_uses is not None and account.day_uses >= program.max_daily_uses:
         problems.append(f"{account.day_uses} of {program.max_daily_uses} uses today")
     lifetime_max = program.max_lifetime_uses

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from processor import calendar
-from processor.engine import CompiledProgram, OpeningBalances, open_balances, run_job
+from processor.engine import CompiledProgram, open_balances, run_job
 from processor.engine.types import AccountState, Result
-from processor.errors import NotFoundError
+from processor.errors import NotFoundError, mask_card
 from processor.flow.pipeline import Cache, Programs
 from processor.jobs import scorecards
 from processor.jobs.named import Job
@@ -52,7 +52,7 @@ from processor.store.ledger import (
     Store,
     ledger_entries,
 )
-from processor.store.opening_balances import QUEUED, OpeningQueue
+from processor.store.opening_balances import QUEUED, OpeningQueue, Queued
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ async def run(
             raise
         finally:
             if reader is not None:
-                reader.close()
+                await reader.aclose()
             metrics.JOB_DURATION.labels(job.name).observe(time.monotonic() - started)
         gauge.set(1.0)
         metrics.JOB_RUNS.labels(job.name, "finished").inc()
@@ -192,7 +192,7 @@ async def _next_chunk(
     """The run's next chunk after ``after``, done (evaluated and committed, or counted), with
     what the transaction recording it also writes; None when the run has gone through all."""
     if job.walks == "opening_balances":
-        queued = dict(await OpeningQueue(context.store).after(after, size))
+        queued = {item.card: item for item in await OpeningQueue(context.store).after(after, size)}
         if not queued:
             return None
         cards = list(queued)  # in the queue's order, which the next chunk goes on after
@@ -245,7 +245,7 @@ async def _run_chunk(
     rows: list[tuple[str, int, bytes]],
     *,
     look_up: bool = False,
-    opening: Mapping[str, OpeningBalances] | None = None,
+    opening: Mapping[str, Queued] | None = None,
 ) -> _ChunkOutcome:
     """Evaluate and commit one chunk (``opening``: post these cards' opening balances). An
     account an earlier attempt of the run committed (looked up first with ``look_up``, or
@@ -308,7 +308,7 @@ async def _evaluate(
     name: str,
     read: Mapping[str, tuple[int, bytes]],
     done_before: set[str],
-    opening: Mapping[str, OpeningBalances],
+    opening: Mapping[str, Queued],
 ) -> _Evaluated:
     """The chunk's changed accounts, ready to commit; unchanged ones are left out. The
     event loop is let go every JOB_SLICE_ACCOUNTS accounts, so the server's batches go on."""
@@ -366,20 +366,34 @@ def _open_slice(
     name: str,
     read: Mapping[str, tuple[int, bytes]],
     accounts: list[tuple[str, bytes]],
-    opening: Mapping[str, OpeningBalances],
+    opening: Mapping[str, Queued],
     evaluated: _Evaluated,
 ) -> None:
     """Post the opening balances of ``accounts``; a card declined is left as it was, and
-    its outcome says why. A card no active program serves is passed over (its row stays
-    queued for a later run)."""
+    its outcome says why, as does one the engine failed on (logged). A card no active
+    program serves is passed over (its row stays queued for a later run)."""
     for account, blob in accounts:
         try:
             program = programs.for_card(account)
         except NotFoundError:
             evaluated.skipped += 1
             continue
+        queued = opening[account]
         state = codec.decode_state(blob, account)
-        result, new = open_balances(program, state, opening[account], f"{name}:{account}", as_of)
+        # The card's status is the catalog's, as a transaction's is (the pipeline's
+        # _apply_card_records): a card deactivated since its import is declined.
+        status = queued.card_status
+        state.status = (
+            "active" if status == "active" else ("expired" if status == "expired" else "inactive")
+        )
+        request_id = f"{name}:{account}"
+        try:
+            result, new = open_balances(program, state, queued.balances, request_id, as_of)
+        except Exception as error:  # one card's fault must not hold the queue behind it
+            log.exception("job opening-balances: card %s failed", mask_card(account))
+            evaluated.outcomes[account] = f"failed {type(error).__name__}: {error}"[:500]
+            evaluated.unchanged += 1
+            continue
         if result.status == "declined":
             why = result.trace[0].reason if result.trace else ""
             evaluated.outcomes[account] = f"declined {result.reason}: {why}"[:500]

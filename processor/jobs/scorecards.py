@@ -118,6 +118,7 @@ class Reader:
         self._as_of = as_of
         self._size = size
         self._ahead: tuple[str, asyncio.Task[ChunkReads]] | None = None
+        self._closing: asyncio.Task[ChunkReads] | None = None
 
     async def after(self, after: str) -> ChunkReads:
         """The chunk after account ``after`` (no rows at the end), and the next one asked
@@ -135,12 +136,21 @@ class Reader:
         return reads
 
     def close(self) -> None:
+        """Cancel a read ahead (its failure, if it failed first, is not the run's)."""
         if self._ahead is not None:
             task = self._ahead[1]
             self._ahead = None
             task.cancel()
-            # Its failure, if it failed before the cancel, is not the run's.
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._closing = task
+
+    async def aclose(self) -> None:
+        """Cancel a read ahead and wait until it has let its connection go, so a run ends
+        (and lets its job's lock go) with nothing of it still at work."""
+        self.close()
+        if self._closing is not None:
+            await asyncio.gather(self._closing, return_exceptions=True)
+            self._closing = None
 
     async def _read(self, after: str) -> ChunkReads:
         rows = await self._runs.accounts_after(after, self._size)

@@ -512,6 +512,9 @@ class _MethodSeries:
         self.handling = GRPC_HANDLING.labels(*labels)
         self.ok = GRPC_HANDLED.labels(*labels, CODE_NAMES[grpc.StatusCode.OK])
         self.client_deadline = CLIENT_DEADLINE_EXCEEDED.labels(*labels[:2])
+        # At zero beside the client-caused count it holds, so a rate of one never lacks the
+        # other (the availability rules subtract them).
+        GRPC_HANDLED.labels(*labels, CODE_NAMES[grpc.StatusCode.DEADLINE_EXCEEDED])
 
     def handled(self, code: grpc.StatusCode) -> None:
         if code is grpc.StatusCode.OK:

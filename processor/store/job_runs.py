@@ -48,7 +48,7 @@ _REOPEN = """
 UPDATE job_runs SET status = 'running', attempts = attempts + 1, after_account = '',
     accounts_total = accounts_done + (SELECT count(*) FROM {source}), error = '',
     finished_at = NULL, updated_at = now()
-WHERE job = %s AND as_of = %s AND status = 'finished'
+WHERE job = %s AND as_of = %s AND status = 'finished' AND EXISTS (SELECT FROM {source})
 RETURNING status, after_account, accounts_total, accounts_done, accounts_changed, postings,
           attempts
 """
@@ -61,7 +61,7 @@ WHERE job = %s AND as_of = %s AND status = 'running' AND after_account = %s
 """
 _FINISH = """
 UPDATE job_runs SET status = %s, error = %s, updated_at = now(),
-    finished_at = CASE WHEN %s = 'finished' THEN now() ELSE NULL END
+    finished_at = CASE WHEN %s = 'finished' THEN now() ELSE finished_at END
 WHERE job = %s AND as_of = %s AND status = 'running'
 """
 _COLUMNS = """job, as_of, status, after_account, accounts_total, accounts_done, accounts_changed,
@@ -160,12 +160,15 @@ class JobRuns(CatalogBase):
         async with self._transaction(f"begin job {job}") as cursor:
             await cursor.execute(_RESUME, (job, day))
             row = await cursor.fetchone()
-            if row is None or (reopen and row[0] == "finished"):
-                # A new run, or one taken up again: its rows counted once, for its progress.
+            if row is None:  # a new run: its rows counted once, for its progress
                 await cursor.execute(f"SET LOCAL statement_timeout = {SCAN_STATEMENT_TIMEOUT_MS}")
-                statement = _BEGIN if row is None else _REOPEN
-                await cursor.execute(statement.format(source=source), (job, day))
+                await cursor.execute(_BEGIN.format(source=source), (job, day))
                 row = await one_row(cursor)
+            elif reopen and row[0] == "finished":
+                # Taken up again when rows were queued since it finished; else as it was.
+                await cursor.execute(f"SET LOCAL statement_timeout = {SCAN_STATEMENT_TIMEOUT_MS}")
+                await cursor.execute(_REOPEN.format(source=source), (job, day))
+                row = await cursor.fetchone() or row
         return JobRun(job, as_of, *row)
 
     async def progress(
