@@ -300,7 +300,10 @@ def activate_opening(
     """Activate the account with a card's opening balance (a card import's, or a batch
     activation's): the amount is the whole balance the card starts with, so the program's
     initial balance is not added (a batch activation queued it already when none was
-    given), under the same minimum and maximum as any activation."""
+    given), under the same checks as any activation (the program in effect, its minimum
+    and maximum)."""
+    _admit(program, request, result, state.tender, request.op, request.amount)
+    expire_tender(program, state, request.day, result, version)
     _activate_with(program, state, request, result, version, 0, 0)
 
 
