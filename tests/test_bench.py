@@ -266,8 +266,8 @@ def test_the_jobs_bench_runs_every_job_over_the_seeded_accounts(
 ) -> None:
     figures = run_script("jobs_bench.py", ["--accounts", "300"], fresh_schema_url, redis_url)
     assert set(figures["jobs"]) == {
-        "points-aging", "award-expiry", "tender-expiry", "create-loyalty-award", "movement",
-        "scorecards",
+        "opening-balances", "points-aging", "award-expiry", "tender-expiry",
+        "create-loyalty-award", "movement", "scorecards",
     }  # fmt: skip
     for job in figures["jobs"].values():
         assert job["accounts"] == 300 and 0 <= job["changed"] <= 300
@@ -275,6 +275,7 @@ def test_the_jobs_bench_runs_every_job_over_the_seeded_accounts(
     # A year on, the seeded coupons and certificates have lapsed and the year has rolled.
     assert figures["jobs"]["points-aging"]["changed"] > 0
     assert figures["jobs"]["award-expiry"]["postings"] > 0
+    assert figures["jobs"]["opening-balances"]["changed"] == 300  # 100 points each
 
 
 @pytest.mark.parametrize(

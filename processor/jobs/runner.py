@@ -388,7 +388,9 @@ def _open_slice(
         )
         request_id = f"{name}:{account}"
         try:
-            result, new = open_balances(program, state, queued.balances, request_id, as_of)
+            result, new = open_balances(
+                program, state, queued.balances, request_id, as_of, in_place=True
+            )
         except Exception as error:  # one card's fault must not hold the queue behind it
             log.exception("job opening-balances: card %s failed", mask_card(account))
             evaluated.outcomes[account] = f"failed {type(error).__name__}: {error}"[:500]
