@@ -140,15 +140,22 @@ async def run(
         # accounts the run changed already.
         look_up = begun.attempts > 1
         reader = scorecards.Reader(context, runs, as_of, chunk_accounts) if job.counts else None
+        # A chunk is recorded while the next one is done: its record's transaction (and a
+        # scorecards chunk's figures) beside the next chunk's work. Each record waits for the
+        # one before, whose account it is guarded by.
+        recording: asyncio.Task[None] | None = None
         try:
             while True:
                 taken = await _next_chunk(
                     context, runs, job, as_of, after, chunk_accounts, look_up, reader
                 )
+                if recording is not None:
+                    await recording
+                    recording = None
                 if taken is None:
                     break
                 chunk, writes = taken
-                await runs.progress(job.name, as_of, chunk, also=writes)
+                recording = asyncio.create_task(runs.progress(job.name, as_of, chunk, also=writes))
                 after = chunk.last
                 done, changed = done + chunk.done, changed + chunk.changed
                 postings += chunk.postings
@@ -160,6 +167,8 @@ async def run(
             closing = scorecards.closing(as_of) if job.counts else None
             await runs.finish(job.name, as_of, also=closing)
         except BaseException as error:
+            if recording is not None:  # let a record under way end, as it would have
+                await asyncio.gather(recording, return_exceptions=True)
             stopped = isinstance(error, asyncio.CancelledError)
             metrics.JOB_RUNS.labels(job.name, "stopped" if stopped else "failed").inc()
             with contextlib.suppress(Exception):
