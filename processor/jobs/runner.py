@@ -11,9 +11,11 @@
   changed after the chunk read it conflicts, and the chunk reads those accounts again and
   evaluates them again (up to JOB_CONFLICT_RETRIES_MAX times). The event loop is let go
   every JOB_SLICE_ACCOUNTS accounts, so the server's own batches go on.
-- **Resumable.** After each chunk the run records its last account; a run started again
-  after a crash or a stop goes on after it (each chunk first looking up which of its
-  accounts the run changed already), and a finished run is not run again.
+- **Resumable.** After each chunk the run records its last account (while the next chunk
+  is done; each record waits for the one before); a run started again after a crash or a
+  stop goes on after the last recorded (each chunk first looking up which of its accounts
+  the run changed already), and a finished run is not run again (a queue's run is taken up
+  again the same day when cards were queued since).
 - **One at a time.** A run holds its job's lock (processor.store.job_runs), so two runners
   of one job take turns, and the second finds the run finished.
 """
