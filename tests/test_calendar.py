@@ -228,3 +228,19 @@ def test_compiled_refuses_numbers_that_could_overflow(calendar_c: ModuleType, nu
         calendar_c.civil_from_days(number)
     with pytest.raises(OverflowError):
         calendar_c.add_period(0, number, "day")
+
+
+@given(st.text(max_size=12) | st.from_regex(r"\A[0-9]{4}-[0-9]{2}\Z"))
+def test_a_month_is_parsed_to_its_first_day_or_refused_with_value_error(text: str) -> None:
+    # GetScorecard and `loyalty report scorecard` take months as text: anything else than a
+    # month they can hold is a ValueError (INVALID_ARGUMENT), never another exception.
+    try:
+        first = reference.parse_month(text)
+    except ValueError:
+        return
+    date = reference.to_date(first)
+    assert (date.day, f"{date.year:04d}-{date.month:02d}") == (1, text)
+    assert reference.MONTH_YEAR_MIN <= date.year <= reference.MONTH_YEAR_MAX
+    # Three years on from it is still a date (the longest span a scorecard reads).
+    reference.to_date(reference.add_period(first, 37, "month"))
+    assert reference.format_month(first) == text
