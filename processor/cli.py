@@ -357,23 +357,16 @@ def _report_scorecard(args: argparse.Namespace) -> int:
     from processor import calendar
     from processor.errors import InvalidFieldError
     from processor.reports import scorecard
-    from processor.store.cards import today
 
-    try:
-        month = calendar.parse_month(args.month) if args.month else calendar.month_start(today())
-    except ValueError as error:
-        raise InvalidFieldError("--month", str(error)) from None
+    month = scorecard.last_month(args.month or "", "--month")
 
     async def read(store: Any) -> list[Any]:
         from processor.flow.registry import ProgramRegistry
         from processor.store.catalog import Catalog
-        from processor.store.scorecards import Scorecards
 
         catalog = Catalog(store)
-        record = await catalog.get(args.program, counts=False)
-        compiled = await ProgramRegistry(catalog).load(record.id, record.version)
-        rows = await Scorecards(store).months(record.id, month, args.months)
-        return scorecard.assemble(rows, [compiled])
+        registry = ProgramRegistry(catalog)
+        return await scorecard.load(catalog, registry, store, args.program, month, args.months)
 
     cards = _with_store(args, read)
     if args.html:

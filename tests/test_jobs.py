@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from plugins.posting import post, progress_dying_at, registry_of, state_of
+from plugins.posting import post, progress_dying_at, registry_of, run_job, state_of
 from plugins.proxy import Proxy
 from plugins.server import DemoSummary, StartServed, demo_cards, loyalty, unique_prefix
 
@@ -20,7 +20,6 @@ from processor.cache.accounts import AccountCache
 from processor.engine import ReferenceEngine
 from processor.engine.types import Line, Purchase, TenderRequest
 from processor.errors import InvalidFieldError
-from processor.flow.registry import ProgramRegistry
 from processor.jobs import runner
 from processor.jobs.named import JOBS, job_named
 from processor.jobs.schedule import Schedule, check_cron, task_name
@@ -67,11 +66,6 @@ async def job_rows(store: Store, card: str) -> list[tuple[str, str, str, int]]:
 @pytest.fixture
 def demo_cards_list(demo_summary: DemoSummary) -> list[str]:
     return demo_cards(demo_summary)
-
-
-def run_job(store: Store, registry: ProgramRegistry, name: str, day: str, **options: Any) -> Any:
-    context = runner.JobContext(store, registry, options.pop("cache", None))
-    return runner.run(context, job_named(name), calendar.parse_day(day), **options)
 
 
 # --------------------------------------------------------------------------- each job

@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugins.posting import post, progress_dying_at, registry_of, state_of
+from plugins.posting import post, progress_dying_at, registry_of, run_job, state_of
 from plugins.server import DemoSummary
 
 from processor import calendar
 from processor.engine import OpeningBalances, compile_program, open_balances
 from processor.engine.types import AccountState, TenderRequest
 from processor.flow.registry import ProgramRegistry
-from processor.jobs import runner
-from processor.jobs.named import job_named
 from processor.program.loader import parse_program_text
 from processor.store.catalog import Catalog
 from processor.store.job_runs import JobRuns
@@ -50,8 +48,7 @@ async def imported(store: Store) -> ProgramRegistry:
 
 
 def run_opening(store: Store, registry: ProgramRegistry, day: str = DAY, **options: Any) -> Any:
-    context = runner.JobContext(store, registry)
-    return runner.run(context, job_named("opening-balances"), calendar.parse_day(day), **options)
+    return run_job(store, registry, "opening-balances", day, **options)
 
 
 async def queue_rows(store: Store) -> dict[str, tuple[bool, str]]:
@@ -121,8 +118,7 @@ async def test_the_queued_balances_post_once_per_card_and_close_their_rows(
     assert (next_day.accounts_total, next_day.accounts_changed) == (0, 0)
 
     # The scorecards count them as issued.
-    context = runner.JobContext(store, registry)
-    await runner.run(context, job_named("scorecards"), calendar.parse_day(DAY))
+    await run_job(store, registry, "scorecards", DAY)
     rows = await Scorecards(store).months("northwind", calendar.parse_month("2026-04"), 1)
     totals = {row.part.part: row.figures for row in rows if row.level == ""}
     assert totals["giftcard"].issued_ltd == 3_500

@@ -18,7 +18,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 import pytest
 from plugins.admin_api import Harness, fails
-from plugins.posting import post, registry_of
+from plugins.posting import post, registry_of, run_job
 from plugins.server import DemoSummary, demo_cards, loyalty
 
 from processor import calendar, proto
@@ -33,8 +33,6 @@ from processor.engine.types import (
     ValueLot,
 )
 from processor.flow.registry import ProgramRegistry
-from processor.jobs import runner
-from processor.jobs.named import job_named
 from processor.jobs.scorecards import Tally, count_account
 from processor.program.loader import load_program
 from processor.reports import scorecard
@@ -98,8 +96,7 @@ async def the_month(store: Store, cards: list[str]) -> ProgramRegistry:
 def run_scorecards(
     store: Store, registry: ProgramRegistry, day: str = AS_OF, **options: Any
 ) -> Any:
-    context = runner.JobContext(store, registry)
-    return runner.run(context, job_named("scorecards"), calendar.parse_day(day), **options)
+    return run_job(store, registry, "scorecards", day, **options)
 
 
 async def figures_of(store: Store, registry: ProgramRegistry) -> dict[tuple[str, str], Figures]:

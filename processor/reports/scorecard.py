@@ -10,9 +10,14 @@ from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final
 
-from processor import calendar
+from processor import calendar, money
 from processor.engine import CompiledProgram
-from processor.store.scorecards import COLUMNS, Figures, Row
+from processor.errors import InvalidFieldError
+from processor.flow.registry import ProgramRegistry
+from processor.store.cards import today
+from processor.store.catalog import Catalog
+from processor.store.ledger import Store
+from processor.store.scorecards import COLUMNS, Figures, Row, Scorecards
 
 MONTHS_DEFAULT: Final = 12
 """Months of a scorecard when the request leaves the number at zero."""
@@ -53,6 +58,30 @@ class ProgramMonth:
             share_of_program=_rate(figures.accounts_active, total.accounts_active),
             redemption_rate=_redemption_rate(self.type, figures),
         )
+
+
+def last_month(text: str, field: str) -> int:
+    """The first day of the month asked for (``YYYY-MM``), or of the business day's month when
+    none is; InvalidFieldError naming ``field`` otherwise."""
+    if not text:
+        return calendar.month_start(today())
+    try:
+        return calendar.parse_month(text)
+    except ValueError as error:
+        raise InvalidFieldError(field, str(error)) from None
+
+
+async def load(
+    catalog: Catalog, registry: ProgramRegistry, store: Store, program_id: str, month: int,
+    months: int,
+) -> list[ProgramMonth]:  # fmt: skip
+    """``program_id``'s scorecards of ``months`` months ending with ``month`` (its first day),
+    as GetScorecard and ``loyalty report scorecard`` show them; NotFoundError for an unknown
+    program file."""
+    record = await catalog.get(program_id, counts=False)
+    compiled = await registry.load(record.id, record.version)
+    rows = await Scorecards(store).months(record.id, month, months)
+    return assemble(rows, [compiled])
 
 
 def assemble(rows: Iterable[Row], programs: Sequence[CompiledProgram]) -> list[ProgramMonth]:
@@ -225,10 +254,11 @@ def _cell(card: ProgramMonth, figures: Figures, key: str, how: str) -> str:
 def decimal_text(amount: int, exponent: int, *, grouped: bool = False) -> str:
     """An integer amount in units of 10**-exponent, as a decimal: 123456, 2 -> "1234.56"
     ("1,234.56" ``grouped``)."""
-    group = "," if grouped else ""
+    if not grouped:
+        return money.format_units(amount, max(exponent, 0))
     if exponent <= 0:
-        return f"{amount:{group}}"
-    return f"{Decimal(amount).scaleb(-exponent):{group}.{exponent}f}"
+        return f"{amount:,}"
+    return f"{Decimal(amount).scaleb(-exponent):,.{exponent}f}"
 
 
 def _table(rows: list[list[str]]) -> list[str]:

@@ -45,7 +45,7 @@ from processor.store.catalog_base import decode_page_token, encode_page_token
 from processor.store.credentials import Credentials
 from processor.store.ledger import Store
 from processor.store.programs import ProgramPart, ProgramSummary, parse_stored_program
-from processor.store.scorecards import COLUMNS, SCORECARDS_JOB, Figures, Scorecards
+from processor.store.scorecards import COLUMNS, SCORECARDS_JOB, Figures
 from processor.wire import answers
 from processor.wire.admission import checked_text
 
@@ -428,21 +428,15 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         self, request: admin.GetScorecardRequest, context: Context
     ) -> admin.GetScorecardResponse:
         program_id = checked_text(request.program_id, "program_id", IDENTIFIER_CHARS_MAX)
-        last_month = calendar.month_start(_today())
-        if request.month:
-            try:
-                last_month = calendar.parse_month(request.month)
-            except ValueError as error:
-                raise InvalidFieldError("month", str(error)) from None
+        last_month = scorecard.last_month(request.month, "month")
         if request.months > SCORECARD_MONTHS_MAX:
             raise InvalidFieldError("months", f"is more than {SCORECARD_MONTHS_MAX}")
         months = request.months or scorecard.MONTHS_DEFAULT
-        record = await self.catalog.get(program_id, counts=False)  # NotFoundError if none
-        compiled = await self.registry.load(record.id, record.version)
-        rows = await Scorecards(self.store).months(record.id, last_month, months)
-        cards = scorecard.assemble(rows, [compiled])
+        cards = await scorecard.load(
+            self.catalog, self.registry, self.store, program_id, last_month, months
+        )
         response = admin.GetScorecardResponse(
-            program_id=record.id,
+            program_id=program_id,
             job=SCORECARDS_JOB,
             month_counted=any(card.as_of >= last_month for card in cards),
         )

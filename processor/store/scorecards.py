@@ -17,7 +17,7 @@ import psycopg
 
 from processor import calendar
 from processor.store.catalog_base import CatalogBase
-from processor.store.ledger import SCAN_STATEMENT_TIMEOUT_MS
+from processor.store.ledger import SCAN_STATEMENT_TIMEOUT_MS, ledger_month
 
 Cursor = psycopg.AsyncCursor[Any]
 
@@ -194,7 +194,7 @@ class Scorecards(CatalogBase):
             "accounts": list(accounts),
             "as_of": as_of,
             "month_start": month_start,
-            "month": _yyyymm(as_of),
+            "month": ledger_month(as_of),
         }
         sums: dict[str, list[LedgerSum]] = {}
         async with self._reading("read the ledger for the scorecards") as cursor:
@@ -258,11 +258,6 @@ async def close(cursor: Cursor, as_of: int) -> None:
     await cursor.execute(f"SET LOCAL statement_timeout = {SCAN_STATEMENT_TIMEOUT_MS}")
     for statement in (_EVERY_PART, _CUSTOMERS_COUNTED, _CATALOG_COUNTED, _FORGET_MEMBERS):
         await cursor.execute(statement, parameters)
-
-
-def _yyyymm(day: int) -> int:
-    date = calendar.to_date(day)
-    return date.year * 100 + date.month
 
 
 def _row(row: Iterable[Any]) -> Row:

@@ -1,15 +1,18 @@
 """Requests evaluated by the reference engine and committed as the pipeline commits them,
 straight to a Store: how job and scorecard tests make the accounts they then run over; and
-a job run's progress that dies after a commit."""
+a job run, and a job run's progress that dies after a commit."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from processor import calendar
 from processor.engine import ReferenceEngine
 from processor.engine.types import AccountState, Request
 from processor.flow.registry import ProgramRegistry
+from processor.jobs import runner
+from processor.jobs.named import job_named
 from processor.store.catalog import Catalog
 from processor.store.job_runs import JobRuns
 from processor.store.ledger import AccountWrite, CommitBatch, Store, ledger_entries
@@ -58,3 +61,10 @@ def progress_dying_at(call: int) -> Callable[..., Awaitable[None]]:
         await recorded(self, *args, **options)
 
     return progress
+
+
+def run_job(store: Store, registry: ProgramRegistry, name: str, day: str, **options: Any) -> Any:
+    """``runner.run`` of the job ``name`` as of ``day`` (YYYY-MM-DD), with the options given
+    (``cache`` for its context, the rest for the run)."""
+    context = runner.JobContext(store, registry, options.pop("cache", None))
+    return runner.run(context, job_named(name), calendar.parse_day(day), **options)
