@@ -321,6 +321,9 @@ async def test_loyalty_report_scorecard_prints_the_months_tables_and_json(
         refused = await asyncio.to_thread(report, bad, named)
         assert refused.returncode == 2
         assert bad in refused.stderr
+    nowhere = await asyncio.to_thread(report, "--html", "/nonexistent-directory/page.html")
+    assert nowhere.returncode == 2
+    assert "--html" in nowhere.stderr and "/nonexistent-directory/page.html" in nowhere.stderr
     unknown = await asyncio.to_thread(
         loyalty, "report", "scorecard", "southwind", database_url=schema_url,
         redis_url=redis_url,
