@@ -96,6 +96,12 @@ class InternalError(LoyaltyError):
     reason = "INTERNAL"
 
 
+class InvalidBatchError(InternalError):
+    """A batch or lookup broke the store's contract (a bug in the caller); nothing was written."""
+
+    reason = "INVALID_BATCH"
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong with an input file: where it is and why it is wrong."""

@@ -166,6 +166,18 @@ SCORECARD_MONTHS_MAX: Final = 36
 """Months of one GetScorecard answer (and `loyalty report scorecard`), as admin.proto
 documents: three years of monthly columns."""
 
+EVENTS_PAGE_SIZE_MAX: Final = 1_000
+"""Events of one ListEvents page, and of one message of WatchEvents, as admin.proto
+documents."""
+
+EVENTS_RELAY_ROWS_MAX: Final = 10_000
+"""Events one turn of the relay numbers (processor.store.events.position_events); more wait
+for its next turn, a moment later."""
+
+EVENTS_RELAY_SECONDS: Final = 0.2
+"""How often each serving process's relay numbers the events committed since its last turn:
+how long an event may wait before a reader following positions sees it."""
+
 # --------------------------------------------------------------------------- messages and errors
 
 CLIENT_DEADLINE_FLOOR_SECONDS: Final = 0.2

@@ -379,5 +379,11 @@ def test_the_citus_distribution_names_every_table_of_the_migrations() -> None:
     )
     tables = set(re.findall(r"^CREATE TABLE (\w+) \(", migrations, flags=re.M))
     distribution = (OPS / "postgres" / "citus.sql").read_text(encoding="utf-8")
-    named = set(re.findall(r"create_(?:reference|distributed)_table\('(\w+)'", distribution))
+    named = set(
+        re.findall(
+            r"(?:create_(?:reference|distributed)_table|citus_add_local_table_to_metadata)"
+            r"\('(\w+)'",
+            distribution,
+        )
+    )
     assert named == tables, f"not distributed: {tables - named}; unknown: {named - tables}"

@@ -42,3 +42,10 @@ SELECT create_distributed_table('customers', 'customer_id', shard_count => 32);
 -- The audit log: one row per administrative call, rare next to transactions; a copy on
 -- every worker, so a change to a reference table and its row commit together anywhere.
 SELECT create_reference_table('audit_log');
+
+-- Events (migration 0011): read in one order, the relay's positions, which one place must
+-- give. They stay on the coordinator, as Citus-managed local tables: commit_batch runs there
+-- and writes them in the batch's own transaction, beside the shards' rows. A batch's events
+-- are a few rows at most (level moves and awards issued), so they add little to it.
+SELECT citus_add_local_table_to_metadata('events');
+SELECT citus_add_local_table_to_metadata('event_relay');

@@ -79,6 +79,7 @@ from processor.runtime import metrics
 from processor.store import codec
 from processor.store.card_cache import CardCache
 from processor.store.catalog import BatchLookup
+from processor.store.events import events_of
 from processor.store.ledger import (
     AccountWrite,
     CommitBatch,
@@ -554,6 +555,8 @@ class Pipeline:
                     result, response = ready
                 answers.append((item, Answer(result, program, response=response)))
                 batch.postings.extend(ledger_entries(result))
+                if result.moves or result.awards:
+                    batch.events.extend(events_of(result, item.payload.request.day))
                 batch.idempotency.append(
                     IdempotencyRecord(
                         result.account, result.id, item.payload.payload_hash, response

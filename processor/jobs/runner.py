@@ -45,6 +45,7 @@ from processor.limits import (
 )
 from processor.runtime import metrics
 from processor.store import codec, opening_balances
+from processor.store.events import events_of
 from processor.store.job_runs import EVERY_ACCOUNT, Chunk, JobRuns, Writes
 from processor.store.ledger import (
     AccountWrite,
@@ -368,7 +369,7 @@ def _evaluate_slice(
             if new == codec.decode_state(read[account][1], account):
                 evaluated.unchanged += 1
                 continue
-            _changed(evaluated, result, program, new, read[account][0])
+            _changed(evaluated, result, program, new, read[account][0], as_of)
 
 
 def _open_slice(
@@ -413,7 +414,7 @@ def _open_slice(
             evaluated.unchanged += 1
             continue
         evaluated.outcomes[account] = POSTED
-        _changed(evaluated, result, program, new, read[account][0])
+        _changed(evaluated, result, program, new, read[account][0], as_of)
 
 
 def _changed(
@@ -422,12 +423,14 @@ def _changed(
     program: CompiledProgram,
     new: AccountState,
     read_version: int,
+    day: int,
 ) -> None:
-    """Add an account a job changed to the chunk's commit: its state, its postings and the
-    idempotency row that makes the run change it once."""
+    """Add an account a job changed to the chunk's commit: its state, its postings, its
+    events and the idempotency row that makes the run change it once."""
     account = result.account
     evaluated.batch.accounts.append(AccountWrite(new, read_version))
     evaluated.batch.postings.extend(ledger_entries(result))
+    evaluated.batch.events.extend(events_of(result, day))
     evaluated.batch.idempotency.append(
         IdempotencyRecord(account, result.id, _payload_hash(result.id), b"")
     )

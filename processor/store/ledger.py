@@ -50,6 +50,7 @@ from processor.engine.types import AccountState, Posting, Receipt, Result
 from processor.errors import (
     DatabaseUnavailableError,
     InternalError,
+    InvalidBatchError,
     InvalidFieldError,
     LoyaltyError,
     check,
@@ -67,6 +68,7 @@ from processor.limits import (
     RESPONSE_BYTES_MAX,
 )
 from processor.store import arrays, codec
+from processor.store.events import Event, event_columns
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +128,6 @@ BALANCES: Final = frozenset(codec.BALANCES)
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class InvalidBatchError(InternalError):
-    """A batch or lookup broke the store's contract (a bug in the caller); nothing was written."""
-
-    reason = "INVALID_BATCH"
 
 
 class PoolExhaustedError(DatabaseUnavailableError):
@@ -212,6 +208,7 @@ class CommitBatch:
     # bytes), as codec.stored_receipts gives a batch's.
     stored_receipts: list[tuple[str, str, bytes]] = field(default_factory=list)
     idempotency: list[IdempotencyRecord] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # processor.store.events
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,13 +294,15 @@ _COMMIT_PARAMETERS: Final = (
     arrays.text, arrays.int4, arrays.text, arrays.int4, arrays.text, arrays.int4,  # ledger
     arrays.text, arrays.text, arrays.int8, arrays.text, arrays.int4,
     arrays.text, arrays.text, arrays.bytea,  # receipts
+    arrays.text, arrays.text, arrays.int4, arrays.text,  # events (migrations/0011_events.sql)
 )  # fmt: skip
 _COMMIT_BATCH: Final = (
     "SELECT * FROM commit_batch("
     + ", ".join(f"%b::{parameter.sql_type}[]" for parameter in _COMMIT_PARAMETERS)
     + ")"
 )
-"""One call commits a whole batch (migrations/0003_commit_batch.sql says how)."""
+"""One call commits a whole batch and its events (migrations/0003_commit_batch.sql says how;
+0011_events.sql adds the events)."""
 _LEDGER_COLUMNS: Final = 11
 _RACED: Final = "LY001"  # commit_batch: an account or request id appeared after the lock
 _UPDATE_MISSED: Final = "LY002"  # commit_batch: a locked account was not updated (a bug)
@@ -576,7 +575,7 @@ class Store:
         columns: tuple[Sequence[Any], ...] = (
             staged.account_ids, [staged.expected[one] for one in staged.account_ids],
             *staged.changed_rows, *staged.new_rows, *staged.idempotency_rows,
-            *_ledger_columns(staged.ledger_rows), *staged.receipt_rows,
+            *_ledger_columns(staged.ledger_rows), *staged.receipt_rows, *staged.event_rows,
         )  # fmt: skip
         arguments = [pack(column) for pack, column in zip(_COMMIT_PARAMETERS, columns, strict=True)]
         async with self._pool.connection() as connection:
@@ -716,6 +715,7 @@ class _Staged:
     months: set[int]
     receipt_rows: tuple[list[str], list[str], list[bytes]]
     idempotency_rows: tuple[list[str], list[str], list[bytes], list[bytes]]
+    event_rows: tuple[list[str], list[str], list[int], list[str]]
 
 
 def _ledger_columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
@@ -807,6 +807,7 @@ def _stage(batch: CommitBatch) -> _Staged:
         months=months,
         receipt_rows=_receipt_rows(batch.receipts, batch.stored_receipts),
         idempotency_rows=_idempotency_rows(batch.idempotency),
+        event_rows=event_columns(batch.events, expected),
     )
 
 

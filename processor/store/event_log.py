@@ -1,0 +1,78 @@
+"""The relay that numbers committed events, and the readers that follow them.
+
+``position_events`` (migrations/0011_events.sql) gives each committed event without one the
+next position, one relay at a time; every serving process calls :meth:`EventLog.position`
+every ``EVENTS_RELAY_SECONDS`` (processor.runtime.serve), and a reader may call it before
+reading. Readers follow positions (:meth:`EventLog.after`): see processor.store.events for
+what they are promised.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from processor.limits import EVENTS_RELAY_ROWS_MAX
+from processor.store.catalog_base import CatalogBase, one_row
+from processor.store.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """A positioned event, as readers see it."""
+
+    position: int
+    event: Event
+    committed_at: datetime.datetime
+
+
+_POSITION: Final = "SELECT position_events(%s)"
+_AFTER: Final = """
+SELECT position, account_id, request_id, seq, kind, program, day, data, created_at
+FROM events
+WHERE position > %(after)s
+  AND (cardinality(%(kinds)s::text[]) = 0 OR kind = ANY(%(kinds)s::text[]))
+  AND (%(account)s = '' OR account_id = %(account)s)
+ORDER BY position
+LIMIT %(limit)s
+"""
+
+
+class EventLog(CatalogBase):
+    """The relay and the readers of ``events``, over the store's pool."""
+
+    async def position(self, most: int = EVENTS_RELAY_ROWS_MAX) -> int:
+        """Give the committed events still without one a position (at most ``most``);
+        how many were numbered."""
+        async with self._reading("number events") as cursor:
+            await cursor.execute(_POSITION, (most,))
+            return int((await one_row(cursor))[0])
+
+    async def after(
+        self, after: int, limit: int, *, kinds: Iterable[str] = (), account: str = ""
+    ) -> list[EventRow]:
+        """The positioned events after position ``after``, in position order, at most
+        ``limit``; only of ``kinds`` and of ``account`` when given."""
+        params = {"after": after, "kinds": list(kinds), "account": account, "limit": limit}
+        async with self._reading("list events") as cursor:
+            await cursor.execute(_AFTER, params)
+            rows = await cursor.fetchall()
+        return [
+            EventRow(
+                position,
+                Event(account_id, request_id, seq, kind, program, day, data),
+                committed_at,
+            )
+            for (
+                position, account_id, request_id, seq, kind, program, day, data, committed_at
+            ) in rows
+        ]  # fmt: skip
+
+    async def last_position(self) -> int:
+        """The position of the newest numbered event (0 before any): where a reader that
+        wants only what happens from now on starts."""
+        async with self._reading("read the last event position") as cursor:
+            await cursor.execute("SELECT last_position FROM event_relay")
+            return int((await one_row(cursor))[0])

@@ -1,0 +1,104 @@
+"""Events: what a committed batch tells the world, kept in PostgreSQL beside the ledger.
+
+A level moved or an award issued, by a transaction or by a scheduled job, is written as a
+row of ``events`` in the same transaction as the states and ledger rows it describes
+(``commit_batch``, migrations/0011_events.sql): a batch that rolls back writes none, and a
+request posted once writes its events once (they are keyed by the request and their place
+among its events, ``key``). Readers follow them by *position*: a number the relay
+(:func:`position_events`) gives each committed row, in the order it saw them, since no
+number given at insert time follows commit order. Every serving process runs the relay
+every ``EVENTS_RELAY_SECONDS``; the relays of many processes take turns.
+
+What a reader is promised: the events of every committed batch, each once, in position
+order; a reader that stops and starts again after the last position it handled misses
+nothing and sees nothing twice (a notifier that may fail after sending and before saving
+its place sees some again: they carry their ``key`` to be de-duplicated with).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from processor import calendar
+from processor.engine.types import Result
+from processor.errors import InvalidBatchError
+
+LEVEL_MOVED: Final = "level_moved"
+AWARD_ISSUED: Final = "award_issued"
+KINDS: Final = (LEVEL_MOVED, AWARD_ISSUED)
+"""Every kind of event, as the ``kind`` column and the API name them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a committed request: ``data`` holds what its kind tells."""
+
+    account_id: str
+    request_id: str
+    seq: int  # its place among its request's events, from 0
+    kind: str
+    program: str
+    day: int
+    data: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        """The event's identity, for a receiver to de-duplicate with."""
+        return event_key(self.account_id, self.request_id, self.seq)
+
+
+def event_key(account_id: str, request_id: str, seq: int) -> str:
+    return f"{account_id}/{request_id}/{seq}"
+
+
+def events_of(result: Result, day: int) -> list[Event]:
+    """The events an approved result tells, in order: its level moves, then its awards."""
+    if not (result.moves or result.awards) or result.status != "approved":
+        return []
+    events = [
+        Event(
+            result.account, result.id, seq, LEVEL_MOVED, move.program, day,
+            {"move": move.kind, "rule": move.rule, "from_level": move.from_level,
+             "to_level": move.to_level},
+        )
+        for seq, move in enumerate(result.moves)
+    ]  # fmt: skip
+    for award in result.awards:
+        expires = None if award.expires_day is None else calendar.format_day(award.expires_day)
+        events.append(
+            Event(
+                result.account, result.id, len(events), AWARD_ISSUED, award.program, day,
+                {"code": award.code, "award_kind": award.kind, "rule": award.rule,
+                 "value": award.value, "points_cost": award.points_cost, "expires": expires},
+            )
+        )  # fmt: skip
+    return events
+
+
+def event_columns(
+    events: Sequence[Event], written: Mapping[str, int]
+) -> tuple[list[str], list[str], list[int], list[str]]:
+    """The events as the arrays ``commit_batch`` unnests: account, request, seq and the
+    data (with its kind, program and day) as JSON. An event must come with a write of its
+    account's state, as a ledger row must; InvalidBatchError otherwise."""
+    columns: tuple[list[str], list[str], list[int], list[str]] = ([], [], [], [])
+    keys: set[tuple[str, str, int]] = set()
+    for event in events:
+        where = f"event {event.key}"
+        if event.account_id not in written:
+            raise InvalidBatchError(f"{where}: the batch does not write that account's state")
+        if event.kind not in KINDS:
+            raise InvalidBatchError(f"{where}: kind {event.kind!r} is not one of {list(KINDS)}")
+        key = (event.account_id, event.request_id, event.seq)
+        if key in keys:
+            raise InvalidBatchError(f"{where} appears twice in one batch")
+        keys.add(key)
+        data = {**event.data, "kind": event.kind, "program": event.program, "day": event.day}
+        columns[0].append(event.account_id)
+        columns[1].append(event.request_id)
+        columns[2].append(event.seq)
+        columns[3].append(json.dumps(data, separators=(",", ":"), sort_keys=True))
+    return columns

@@ -1,0 +1,179 @@
+"""Events on real PostgreSQL: a committed batch's level moves and awards written in its own
+commit, once per request, numbered by the relay in the order readers follow; nothing from
+a replay, a dry run, a call that failed or a batch the store refused; the jobs' moves too."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import pytest
+from plugins.posting import post, registry_of, run_job
+from plugins.server import Served, line, purchase, transaction
+
+from processor import calendar, proto
+from processor.engine.types import AccountState, Line, Purchase
+from processor.errors import InvalidBatchError
+from processor.store.event_log import EventLog, EventRow
+from processor.store.events import AWARD_ISSUED, LEVEL_MOVED, Event
+from processor.store.ledger import AccountWrite, CommitBatch, Store
+
+pytestmark = pytest.mark.integration
+
+transactions = proto.transactions
+
+GOLD_SPEND = 120_000  # $1,200.00 at the demo's one star per dollar: 1,200 ytd moves silver -> gold
+
+
+def summary(rows: list[EventRow]) -> list[tuple[int, str, str, str]]:
+    """(position, key, kind, program) of each row."""
+    return [(row.position, row.event.key, row.event.kind, row.event.program) for row in rows]
+
+
+async def all_events(store: Store) -> list[EventRow]:
+    log = EventLog(store)
+    await log.position()
+    return await log.after(0, 1_000)
+
+
+# --------------------------------------------------------------------------- through the service
+
+
+async def test_a_purchase_that_moves_a_level_writes_the_move_and_its_coupons_as_events(
+    served: Served, cards: list[str]
+) -> None:
+    card = cards[10]
+    request = purchase(card, "gold-1", lines=[line(1, GOLD_SPEND)])
+    result = (await served.transactions.PostTransaction(request, timeout=10)).result
+    assert [(m.from_level, m.to_level) for m in result.moves] == [("silver", "gold")]
+    assert result.awards  # coupon-5 at 500 available stars
+
+    rows = await all_events(served.store)
+    # The move first, then the awards, in the result's order, positioned from 1.
+    expected = [(1, f"{card}/gold-1/0", LEVEL_MOVED, "points")] + [
+        (2 + index, f"{card}/gold-1/{1 + index}", AWARD_ISSUED, award.program)
+        for index, award in enumerate(result.awards)
+    ]
+    assert summary(rows) == expected
+    move = rows[0].event
+    assert dict(move.data) == {
+        "move": "advancement",
+        "rule": result.moves[0].rule,
+        "from_level": "silver",
+        "to_level": "gold",
+    }
+    assert move.day == calendar.parse_day("2026-03-03")
+    awarded = [row.event.data for row in rows[1:]]
+    assert [(a["code"], a["rule"], a["award_kind"]) for a in awarded] == [
+        (a.code, a.rule, "coupon") for a in result.awards
+    ]
+    assert all(a["points_cost"] == 500 for a in awarded)
+
+
+async def test_a_replay_a_dry_run_and_a_failed_call_write_no_events(
+    served: Served, cards: list[str]
+) -> None:
+    card, dry_card, failing = cards[11], cards[12], cards[13]
+    request = purchase(card, "gold-2", lines=[line(1, GOLD_SPEND)])
+    await served.transactions.PostTransaction(request, timeout=10)
+    written = await all_events(served.store)
+    assert written and {row.event.account_id for row in written} == {card}
+
+    replayed = (await served.transactions.PostTransaction(request, timeout=10)).result
+    assert replayed.replayed
+    dry = purchase(
+        dry_card, "gold-dry", lines=[line(1, GOLD_SPEND)], context_fields={"dry_run": True}
+    )
+    assert (await served.transactions.PostTransaction(dry, timeout=10)).result.moves
+    # One unknown card fails the whole call: the card that would have moved posts nothing.
+    call = transactions.PostTransactionsRequest(
+        transactions=[
+            transaction(failing, "gold-3", lines=[line(1, GOLD_SPEND)]),
+            transaction("6001209999999999", "gold-4"),
+        ]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await served.transactions.PostTransactions(call, timeout=10)
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+    assert await all_events(served.store) == written
+
+
+# ------------------------------------------------------------------ the store and the relay
+
+
+def moved(account: str, request_id: str, seq: int = 0, kind: str = LEVEL_MOVED) -> Event:
+    data = {"move": "advancement", "rule": "r", "from_level": "a", "to_level": "b"}
+    return Event(account, request_id, seq, kind, "points", 20_000, data)
+
+
+async def commit_events(store: Store, account: str, events: list[Event]) -> Any:
+    """Commit a new state of ``account`` with ``events``."""
+    loaded = await store.load([account])
+    version = loaded[account][0] if account in loaded else 0
+    write = AccountWrite(AccountState(account), version)
+    return await store.commit(CommitBatch(accounts=[write], events=events))
+
+
+async def test_the_relay_numbers_events_in_the_order_they_were_committed_once_each(
+    store: Store,
+) -> None:
+    log = EventLog(store)
+    await commit_events(store, "7000000000000001", [moved("7000000000000001", "a")])
+    assert await log.position() == 1
+    assert await log.position() == 0  # nothing new
+    # Events committed by concurrent batches, numbered by relays running at once: each gets
+    # one position, the positions follow on from 1 with no gap and no repeat.
+    accounts = [f"70000000000001{n:02d}" for n in range(20)]
+    await asyncio.gather(
+        *(commit_events(store, a, [moved(a, "b"), moved(a, "b", 1)]) for a in accounts)
+    )
+    numbered = await asyncio.gather(*(log.position() for _ in range(4)))
+    assert sum(numbered) == 40
+    rows = await log.after(0, 1_000)
+    assert [row.position for row in rows] == list(range(1, 42))
+    assert len({row.event.key for row in rows}) == 41
+    assert await log.last_position() == 41
+    # A reader resumes after the last position it handled, and may filter.
+    assert [row.position for row in await log.after(39, 10)] == [40, 41]
+    only = await log.after(0, 1_000, account=accounts[3])
+    assert [row.event.key for row in only] == [f"{accounts[3]}/b/0", f"{accounts[3]}/b/1"]
+    assert await log.after(0, 10, kinds=[AWARD_ISSUED]) == []
+
+
+@pytest.mark.parametrize(
+    ("events", "why"),
+    [
+        ([moved("7000000000000099", "x")], "does not write that account's state"),
+        ([moved("7000000000000002", "x", kind="exploded")], "is not one of"),
+        ([moved("7000000000000002", "x"), moved("7000000000000002", "x")], "appears twice"),
+    ],
+)
+async def test_a_batch_with_a_bad_event_is_refused_and_writes_nothing(
+    store: Store, events: list[Event], why: str
+) -> None:
+    with pytest.raises(InvalidBatchError, match=why):
+        await commit_events(store, "7000000000000002", events)
+    assert await store.load(["7000000000000002"]) == {}
+    assert await all_events(store) == []
+
+
+async def test_the_movement_job_writes_its_demotion_as_an_event_once(
+    store: Store, cards: list[str]
+) -> None:
+    registry = await registry_of(store)
+    card = cards[0]
+    day = calendar.parse_day("2026-03-04")
+    sale = Purchase(
+        "s1", card, day, 13 * 3600, "S003", card_present=True, pin_verified=True,
+        lines=(Line(1, "JACKET", GOLD_SPEND, 1, ("OUTERWEAR",)),),
+    )  # fmt: skip
+    await post(store, registry, [sale])  # posted straight to the store: no events of its own
+    await run_job(store, registry, "movement", "2027-03-05")
+    await run_job(store, registry, "movement", "2027-03-05")  # again: nothing new
+    rows = await all_events(store)
+    run = "job:movement:2027-03-05"
+    assert summary(rows) == [(1, f"{card}/{run}:{card}/0", LEVEL_MOVED, "points")]
+    assert rows[0].event.day == calendar.parse_day("2027-03-05")
+    assert (rows[0].event.data["from_level"], rows[0].event.data["to_level"]) == ("gold", "silver")
