@@ -37,7 +37,11 @@ async def rows(served: Served, **where: str) -> list[Any]:
 
 async def outcome_of(call: Any) -> str:
     try:
-        await call
+        if hasattr(call, "read"):  # a server stream: read to its end
+            async for _ in call:
+                pass
+        else:
+            await call
     except grpc.aio.AioRpcError as error:
         info = error_info_of(error)
         return f"{error.code().name} {info.reason if info else ''}"
@@ -65,6 +69,8 @@ ADMIN_REQUESTS: dict[str, Any] = {
     "ListLedger": admin.ListLedgerRequest(account="0"),
     "ListAudit": admin.ListAuditRequest(page_size=1),
     "GetScorecard": admin.GetScorecardRequest(program_id="northwind", months=1),
+    "ListEvents": admin.ListEventsRequest(after_position=3),
+    "WatchEvents": admin.WatchEventsRequest(kinds=[admin.EVENT_KIND_UNSPECIFIED]),
 }
 
 

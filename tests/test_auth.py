@@ -89,9 +89,15 @@ async def call(served: Served, full_method: str, metadata: Any, request: Any = N
     the ErrorInfo of its failure, or (OK, None)."""
     service, method = full_method.strip("/").split("/")
     stub = getattr(stubs(served)[service.rsplit(".", 1)[-1]], method)
+    if request is None and method == "WatchEvents":
+        # A watch goes on until cancelled; a kind it does not know ends it, once let through.
+        request = proto.admin.WatchEventsRequest(kinds=[proto.admin.EVENT_KIND_UNSPECIFIED])
     request = request if request is not None else _request_class(full_method)()
     try:
-        if method == "StreamTransactions":
+        if method == "WatchEvents":
+            async for _ in stub(request, metadata=metadata, timeout=30):
+                pass
+        elif method == "StreamTransactions":
 
             async def messages() -> AsyncIterator[Any]:
                 yield request

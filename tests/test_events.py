@@ -15,6 +15,7 @@ from plugins.server import Served, line, purchase, transaction
 from processor import calendar, proto
 from processor.engine.types import AccountState, Line, Purchase
 from processor.errors import InvalidBatchError
+from processor.service import errors
 from processor.store.event_log import EventLog, EventRow
 from processor.store.events import AWARD_ISSUED, LEVEL_MOVED, Event
 from processor.store.ledger import AccountWrite, CommitBatch, Store
@@ -22,6 +23,7 @@ from processor.store.ledger import AccountWrite, CommitBatch, Store
 pytestmark = pytest.mark.integration
 
 transactions = proto.transactions
+admin = proto.admin
 
 GOLD_SPEND = 120_000  # $1,200.00 at the demo's one star per dollar: 1,200 ytd moves silver -> gold
 
@@ -98,6 +100,109 @@ async def test_a_replay_a_dry_run_and_a_failed_call_write_no_events(
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
 
     assert await all_events(served.store) == written
+
+
+# ------------------------------------------------------------------ ListEvents and WatchEvents
+
+
+async def test_list_events_shows_the_moves_and_awards_as_the_answer_did_page_after_page(
+    served: Served, cards: list[str]
+) -> None:
+    card, other = cards[14], cards[15]
+    first = await served.transactions.PostTransaction(
+        purchase(card, "gold-5", lines=[line(1, GOLD_SPEND)]), timeout=10
+    )
+    await served.transactions.PostTransaction(
+        purchase(other, "gold-6", lines=[line(1, GOLD_SPEND)]), timeout=10
+    )
+    result = first.result
+    page = await served.admin.ListEvents(admin.ListEventsRequest(), timeout=10)
+    mine = [event for event in page.events if event.account == card]
+    assert [event.level_moved for event in mine[:1]] == list(result.moves)
+    assert [event.award_issued for event in mine[1:]] == list(result.awards)
+    assert [(e.position, e.key, e.request_id, e.date) for e in mine] == [
+        (n + 1, f"{card}/gold-5/{n}", "gold-5", "2026-03-03") for n in range(len(mine))
+    ]
+    assert [e.kind for e in mine] == [admin.EVENT_KIND_LEVEL_MOVED] + [
+        admin.EVENT_KIND_AWARD_ISSUED
+    ] * len(result.awards)
+    assert page.last_position == len(page.events) == 2 * len(mine)
+
+    # One at a time, each page going on from the last: the same events, in order.
+    seen, after = [], 0
+    while True:
+        one = await served.admin.ListEvents(
+            admin.ListEventsRequest(after_position=after, page_size=1), timeout=10
+        )
+        if not one.events:
+            assert one.last_position == after
+            break
+        seen.extend(one.events)
+        after = one.last_position
+    assert seen == list(page.events)
+    awards_of_other = await served.admin.ListEvents(
+        admin.ListEventsRequest(kinds=[admin.EVENT_KIND_AWARD_ISSUED], account=other),
+        timeout=10,
+    )
+    assert {(e.account, e.kind) for e in awards_of_other.events} == {
+        (other, admin.EVENT_KIND_AWARD_ISSUED)
+    }
+
+
+async def test_watch_events_sends_what_is_committed_from_now_on_and_from_a_position(
+    served: Served, cards: list[str]
+) -> None:
+    before, card = cards[16], cards[17]
+    await served.transactions.PostTransaction(
+        purchase(before, "gold-7", lines=[line(1, GOLD_SPEND)]), timeout=10
+    )
+    stored = (await served.admin.ListEvents(admin.ListEventsRequest(), timeout=10)).events
+    watching = served.admin.WatchEvents(admin.WatchEventsRequest(from_now=True), timeout=30)
+    replaying = served.admin.WatchEvents(admin.WatchEventsRequest(after_position=1), timeout=30)
+    await asyncio.sleep(0.3)  # the from-now watch has begun after what is stored
+    posted = await served.transactions.PostTransaction(
+        purchase(card, "gold-8", lines=[line(1, GOLD_SPEND)]), timeout=10
+    )
+    expected = 1 + len(posted.result.awards)
+    received: list[Any] = []
+    while len(received) < expected:
+        message = await watching.read()
+        received.extend(message.events)
+        assert message.last_position == received[-1].position
+    assert {event.account for event in received} == {card}
+    assert received[0].level_moved == posted.result.moves[0]
+    watching.cancel()
+    # From position 1: the stored events after the first, then the new ones.
+    replayed: list[Any] = []
+    while len(replayed) < len(stored) - 1 + expected:
+        replayed.extend((await replaying.read()).events)
+    assert replayed == list(stored[1:]) + received
+    replaying.cancel()
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (admin.ListEventsRequest(after_position=-1), "after_position"),
+        (admin.ListEventsRequest(kinds=[admin.EVENT_KIND_UNSPECIFIED]), "kinds[0]"),
+        (admin.ListEventsRequest(kinds=[admin.EVENT_KIND_LEVEL_MOVED, 7]), "kinds[1]"),
+        (admin.ListEventsRequest(account="60012x"), "account"),
+        (admin.WatchEventsRequest(from_now=True, after_position=4), "from_now"),
+        (admin.WatchEventsRequest(kinds=[9]), "kinds[0]"),
+    ],
+)
+async def test_a_bad_events_request_is_refused_naming_its_field(
+    served: Served, request_: Any, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        if isinstance(request_, admin.ListEventsRequest):
+            await served.admin.ListEvents(request_, timeout=10)
+        else:
+            async for _ in served.admin.WatchEvents(request_, timeout=10):
+                pass
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.reason_of(failure.value) == "INVALID_ARGUMENT"
+    assert failure.value.details().startswith(f"{field}:"), failure.value.details()
 
 
 # ------------------------------------------------------------------ the store and the relay

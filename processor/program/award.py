@@ -186,9 +186,7 @@ class AwardProgram(ProgramHeader):
     coupon_prefix: str = Field(
         default="", max_length=CODE_PREFIX_LENGTH_MAX, pattern=r"^[A-Za-z0-9_-]*$"
     )
-    certificates: list[AwardCertificate] = Field(
-        default_factory=list, max_length=CERTIFICATES_MAX
-    )
+    certificates: list[AwardCertificate] = Field(default_factory=list, max_length=CERTIFICATES_MAX)
 
     def certificate(self, certificate_id: str) -> AwardCertificate | None:
         return next((item for item in self.certificates if item.id == certificate_id), None)

@@ -150,9 +150,7 @@ def parse_program_text(text: str, file_name: str = "program.yaml") -> ProgramFil
 _parser: ProcessPoolExecutor | None = None
 
 
-async def parse_program_text_elsewhere(
-    text: str, file_name: str = "program.yaml"
-) -> ProgramFile:
+async def parse_program_text_elsewhere(text: str, file_name: str = "program.yaml") -> ProgramFile:
     """:func:`parse_program_text` in a worker process, so that building and validating a
     large upload (seconds for a 4 MiB file) never holds the serving event loop, and so
     every call of this process keeps being answered meanwhile. One worker per process,

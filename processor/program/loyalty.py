@@ -281,9 +281,7 @@ def loyalty_problems(
     if program.initial_level is not None and program.initial_level not in level_ids:
         found.append(Problem(f"{path}.initial_level", f"unknown level {program.initial_level!r}"))
     elif not program.level(program.start_level).active:
-        found.append(
-            Problem(f"{path}.initial_level", f"level {program.start_level!r} is inactive")
-        )
+        found.append(Problem(f"{path}.initial_level", f"level {program.start_level!r} is inactive"))
     if program.award_program is not None and program.award_program not in award_programs:
         found.append(
             Problem(f"{path}.award_program", f"unknown award program {program.award_program!r}")

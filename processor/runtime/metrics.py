@@ -179,6 +179,11 @@ LEVEL_MOVES = Counter(
     ("program", "kind"),
     registry=REGISTRY,
 )
+EVENTS_POSITIONED = Counter(
+    "loyalty_events_positioned_total",
+    "Events (level moves, awards issued) this process's relay numbered for readers to follow.",
+    registry=REGISTRY,
+)
 TENDER_VALUE = Counter(
     "loyalty_tender_value_total",
     "Stored value in minor units of the tender program's currency, by kind: issued "

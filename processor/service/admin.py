@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from processor import calendar, proto
@@ -39,10 +40,12 @@ from processor.limits import (
     TEXT_CHARS_MAX,
 )
 from processor.reports import scorecard
+from processor.service.events import EventReader
 from processor.service.handlers import Context
 from processor.store.catalog import Catalog
 from processor.store.catalog_base import decode_page_token, encode_page_token
 from processor.store.credentials import Credentials
+from processor.store.event_log import EventLog
 from processor.store.ledger import Store
 from processor.store.programs import ProgramPart, ProgramSummary, parse_stored_program
 from processor.store.scorecards import COLUMNS, SCORECARDS_JOB, Figures
@@ -114,6 +117,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         self.store = store
         self.credentials = credentials if credentials is not None else Credentials(store)
         self.cache = cache
+        self.events = EventReader(EventLog(store), registry)
 
     # ----------------------------------------------------------------------- program files
 
@@ -452,6 +456,19 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
             for level, figures in card.levels:
                 message.levels.add(level=level).figures.CopyFrom(_figures(card, figures))
         return response
+
+    # ----------------------------------------------------------------------- events
+
+    async def ListEvents(
+        self, request: admin.ListEventsRequest, context: Context
+    ) -> admin.ListEventsResponse:
+        return await self.events.list(request)
+
+    async def WatchEvents(
+        self, request: admin.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[admin.WatchEventsResponse]:
+        async for message in self.events.watch(request):
+            yield message
 
     def _program_of(self, account: str) -> CompiledProgram | None:
         try:

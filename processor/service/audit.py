@@ -13,8 +13,10 @@ customers only.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from processor.errors import LoyaltyError, mask_card
@@ -67,16 +69,40 @@ def audited(
     principal: Any,
     request_id: Any,
 ) -> Behaviour:
-    """``behaviour`` (a coroutine: AdminService is unary) with its audit row written.
-    ``principal`` and ``request_id`` give the call's, read when it runs."""
-    if not inspect.iscoroutinefunction(behaviour):
-        raise TypeError(f"{rpc}: only unary administrative calls are audited")
+    """``behaviour`` (a coroutine, or an async generator for a server-streaming call) with
+    its audit row written. ``principal`` and ``request_id`` give the call's, read when it
+    runs. A stream changes nothing: its row is written when it ends, CANCELLED when the
+    caller ended it (how a WatchEvents call ends)."""
 
-    async def unary(request: Any, context: Any) -> Any:
+    def entry_of(request: Any) -> audit_log.AuditEntry:
         who: Principal = principal()
-        entry = audit_log.AuditEntry(
+        return audit_log.AuditEntry(
             who.name, who.method, sorted(who.roles), rpc, target_of(request), request_id()
         )
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            entry = entry_of(request)
+            outcome = audit_log.OK
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = "CANCELLED"
+                raise
+            except BaseException as error:
+                outcome = outcome_of(error)
+                raise
+            finally:
+                await _finish(credentials, entry, outcome)
+
+        return stream
+    if not inspect.iscoroutinefunction(behaviour):
+        raise TypeError(f"{rpc}: only unary and server-streaming calls are audited")
+
+    async def unary(request: Any, context: Any) -> Any:
+        entry = entry_of(request)
         token = audit_log.pending.set(entry)
         try:
             response = await behaviour(request, context)

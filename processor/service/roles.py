@@ -71,6 +71,8 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "/loyalty.v1.AdminService/ListLedger": _READERS,
     "/loyalty.v1.AdminService/ListAudit": frozenset({ADMIN}),
     "/loyalty.v1.AdminService/GetScorecard": _READERS,
+    "/loyalty.v1.AdminService/ListEvents": _READERS,
+    "/loyalty.v1.AdminService/WatchEvents": _READERS,
 }
 """The roles that may call each RPC (by its full method name). An RPC not here is refused to
 every caller but on the open services below."""

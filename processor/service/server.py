@@ -45,6 +45,7 @@ from processor.store.card_cache import listen as listen_for_card_changes
 from processor.store.cards import DEVELOPMENT_PIN_KEY
 from processor.store.catalog import Catalog
 from processor.store.credentials import Credentials
+from processor.store.event_log import EventLog
 from processor.store.ledger import Store
 
 log = logging.getLogger(__name__)
@@ -351,6 +352,7 @@ async def _start_on(
             asyncio.get_running_loop().create_task(
                 watch_database(store, health_servicer), name="database-health"
             ),
+            asyncio.get_running_loop().create_task(EventLog(store).run_relay(), name="events"),
         ]
         if settings.jobs_schedule:
             schedule = Schedule(

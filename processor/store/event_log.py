@@ -9,14 +9,20 @@ what they are promised.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from processor.limits import EVENTS_RELAY_ROWS_MAX
+from processor.errors import LoyaltyError
+from processor.limits import EVENTS_RELAY_ROWS_MAX, EVENTS_RELAY_SECONDS
+from processor.runtime import metrics
 from processor.store.catalog_base import CatalogBase, one_row
 from processor.store.events import Event
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +34,14 @@ class EventRow:
     committed_at: datetime.datetime
 
 
+POSITION_MAX: Final = 2**63 - 1
+"""Beyond every position (a bigint)."""
+
 _POSITION: Final = "SELECT position_events(%s)"
 _AFTER: Final = """
 SELECT position, account_id, request_id, seq, kind, program, day, data, created_at
 FROM events
-WHERE position > %(after)s
+WHERE position > %(after)s AND position <= %(until)s
   AND (cardinality(%(kinds)s::text[]) = 0 OR kind = ANY(%(kinds)s::text[]))
   AND (%(account)s = '' OR account_id = %(account)s)
 ORDER BY position
@@ -51,11 +60,20 @@ class EventLog(CatalogBase):
             return int((await one_row(cursor))[0])
 
     async def after(
-        self, after: int, limit: int, *, kinds: Iterable[str] = (), account: str = ""
+        self,
+        after: int,
+        limit: int,
+        *,
+        until: int = POSITION_MAX,
+        kinds: Iterable[str] = (),
+        account: str = "",
     ) -> list[EventRow]:
-        """The positioned events after position ``after``, in position order, at most
-        ``limit``; only of ``kinds`` and of ``account`` when given."""
-        params = {"after": after, "kinds": list(kinds), "account": account, "limit": limit}
+        """The positioned events after position ``after`` (and up to ``until``), in position
+        order, at most ``limit``; only of ``kinds`` and of ``account`` when given."""
+        params = {
+            "after": after, "until": until, "kinds": list(kinds), "account": account,
+            "limit": limit,
+        }  # fmt: skip
         async with self._reading("list events") as cursor:
             await cursor.execute(_AFTER, params)
             rows = await cursor.fetchall()
@@ -76,3 +94,22 @@ class EventLog(CatalogBase):
         async with self._reading("read the last event position") as cursor:
             await cursor.execute("SELECT last_position FROM event_relay")
             return int((await one_row(cursor))[0])
+
+    async def run_relay(self, interval_seconds: float = EVENTS_RELAY_SECONDS) -> None:
+        """Number committed events every ``interval_seconds`` until cancelled (at once again
+        while a turn finds more than it may number). A failure (PostgreSQL away) is logged
+        when it begins and tried again at the next turn."""
+        failing = False
+        while True:
+            try:
+                numbered = await self.position()
+            except LoyaltyError as error:
+                if not failing:
+                    log.warning("numbering events failed; trying again: %s", error)
+                failing = True
+                numbered = 0
+            else:
+                failing = False
+                metrics.EVENTS_POSITIONED.inc(numbered)
+            if numbered < EVENTS_RELAY_ROWS_MAX:
+                await asyncio.sleep(interval_seconds)

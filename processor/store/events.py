@@ -22,8 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from processor import calendar
-from processor.engine.types import Result
+from processor.engine.types import AwardIssue, LevelMove, Result
 from processor.errors import InvalidBatchError
 
 LEVEL_MOVED: Final = "level_moved"
@@ -49,6 +48,21 @@ class Event:
         """The event's identity, for a receiver to de-duplicate with."""
         return event_key(self.account_id, self.request_id, self.seq)
 
+    def level_move(self) -> LevelMove:
+        """A LEVEL_MOVED event's move, as the engine told it."""
+        data = self.data
+        return LevelMove(
+            self.program, data["rule"], data["move"], data["from_level"], data["to_level"]
+        )
+
+    def award_issue(self) -> AwardIssue:
+        """An AWARD_ISSUED event's award, as the engine told it."""
+        data = self.data
+        return AwardIssue(
+            data["code"], data["award_kind"], data["rule"], self.program, data["value"],
+            data["points_cost"], data["expires_day"],
+        )  # fmt: skip
+
 
 def event_key(account_id: str, request_id: str, seq: int) -> str:
     return f"{account_id}/{request_id}/{seq}"
@@ -67,12 +81,12 @@ def events_of(result: Result, day: int) -> list[Event]:
         for seq, move in enumerate(result.moves)
     ]  # fmt: skip
     for award in result.awards:
-        expires = None if award.expires_day is None else calendar.format_day(award.expires_day)
         events.append(
             Event(
                 result.account, result.id, len(events), AWARD_ISSUED, award.program, day,
                 {"code": award.code, "award_kind": award.kind, "rule": award.rule,
-                 "value": award.value, "points_cost": award.points_cost, "expires": expires},
+                 "value": award.value, "points_cost": award.points_cost,
+                 "expires_day": award.expires_day},
             )
         )  # fmt: skip
     return events

@@ -290,15 +290,27 @@ its rule, last usable date."""
 
 
 def _award_details(result: Result, program: CompiledProgram) -> list[AwardDetails]:
-    return [
-        (
-            _AWARD_KINDS[award.kind],
-            _holder_currency(award.program, program),
-            _rule_precision(award, program),
-            _last_day(award.expires_day),
-        )
-        for award in result.awards
-    ]
+    return [_details_of(award, program) for award in result.awards]
+
+
+def _details_of(award: AwardIssue, program: CompiledProgram | None) -> AwardDetails:
+    return (
+        _AWARD_KINDS[award.kind],
+        "" if program is None else _holder_currency(award.program, program),
+        0 if program is None else _rule_precision(award, program),
+        _last_day(award.expires_day),
+    )
+
+
+def award_issue_message(award: AwardIssue, program: CompiledProgram | None) -> common.AwardIssue:
+    """An issued award as a Result shows it, in ``program``'s currency and points precision
+    (none given without a program: the units alone)."""
+    return _award_issue(award, _details_of(award, program))
+
+
+def level_move_message(move: LevelMove) -> common.LevelMove:
+    """A level move as a Result shows it."""
+    return _move(move)
 
 
 def _award_issue(award: AwardIssue, details: AwardDetails) -> common.AwardIssue:

@@ -40,6 +40,11 @@ AS $$
 DECLARE
     base bigint;
 BEGIN
+    positioned := 0;
+    -- Most turns find nothing to number: they end here, without locking or writing a row.
+    IF NOT EXISTS (SELECT 1 FROM events WHERE position IS NULL) THEN
+        RETURN;
+    END IF;
     SELECT last_position INTO base FROM event_relay FOR UPDATE;
     WITH waiting AS (
         SELECT id FROM events WHERE position IS NULL ORDER BY id LIMIT most
@@ -48,7 +53,9 @@ BEGIN
     )
     UPDATE events AS e SET position = n.position FROM numbered AS n WHERE e.id = n.id;
     GET DIAGNOSTICS positioned = ROW_COUNT;
-    UPDATE event_relay SET last_position = base + positioned;
+    IF positioned > 0 THEN
+        UPDATE event_relay SET last_position = base + positioned;
+    END IF;
 END
 $$;
 

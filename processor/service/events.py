@@ -1,0 +1,128 @@
+"""ListEvents and WatchEvents: the events of committed batches, as AdminService serves them.
+
+Both read the relay's positions (processor.store.event_log): ListEvents a page after a
+position, WatchEvents the same over and over, a message whenever events were committed
+since the last, until the caller goes. Each numbers what is committed first (the relay's
+turn, at once), so a reader does not wait out the relay's interval for its own events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Final
+
+from processor import calendar, proto
+from processor.errors import InvalidFieldError, NotFoundError
+from processor.flow.registry import ProgramRegistry
+from processor.limits import CARD_DIGITS_MAX, EVENTS_PAGE_SIZE_MAX, EVENTS_RELAY_SECONDS
+from processor.store.event_log import EventLog, EventRow
+from processor.store.events import AWARD_ISSUED, LEVEL_MOVED
+from processor.wire import answers
+
+admin = proto.admin
+
+EVENTS_PAGE_SIZE_DEFAULT: Final = 100
+"""Events of a ListEvents answer when the request leaves page_size at zero."""
+
+WATCH_POLL_SECONDS: Final = EVENTS_RELAY_SECONDS
+"""How often a WatchEvents call looks for events committed since its last message."""
+
+_KIND_NUMBERS: Final = {
+    LEVEL_MOVED: admin.EVENT_KIND_LEVEL_MOVED,
+    AWARD_ISSUED: admin.EVENT_KIND_AWARD_ISSUED,
+}
+KINDS: Final[dict[int, str]] = {int(number): name for name, number in _KIND_NUMBERS.items()}
+"""The event kinds by their number in the contract."""
+
+
+class EventReader:
+    """The two RPCs' work, over the event log and the program registry (for the currency
+    and points precision an award is shown in)."""
+
+    def __init__(self, log: EventLog, registry: ProgramRegistry) -> None:
+        self.log = log
+        self.registry = registry
+
+    async def list(self, request: admin.ListEventsRequest) -> admin.ListEventsResponse:
+        after = _position(request.after_position)
+        kinds, account = _filters(request.kinds, request.account)
+        size = EVENTS_PAGE_SIZE_DEFAULT if request.page_size == 0 else request.page_size
+        await self.log.position()
+        rows = await self.log.after(
+            after, min(size, EVENTS_PAGE_SIZE_MAX), kinds=kinds, account=account
+        )
+        return admin.ListEventsResponse(
+            events=[self._message(row) for row in rows],
+            last_position=rows[-1].position if rows else after,
+        )
+
+    async def watch(
+        self, request: admin.WatchEventsRequest
+    ) -> AsyncIterator[admin.WatchEventsResponse]:
+        after = _position(request.after_position)
+        kinds, account = _filters(request.kinds, request.account)
+        if request.from_now:
+            if after:
+                raise InvalidFieldError("from_now", "cannot be given with after_position")
+            await self.log.position()
+            after = await self.log.last_position()
+        while True:
+            await self.log.position()
+            # Every position up to `last` is committed and visible now: a page shorter than
+            # the most has read all of them, and the next look starts after `last` (events
+            # the filters leave out are not read again).
+            last = await self.log.last_position()
+            rows = await self.log.after(
+                after, EVENTS_PAGE_SIZE_MAX, until=last, kinds=kinds, account=account
+            )
+            reached = rows[-1].position if len(rows) == EVENTS_PAGE_SIZE_MAX else last
+            if rows:
+                yield admin.WatchEventsResponse(
+                    events=[self._message(row) for row in rows], last_position=reached
+                )
+            after = max(after, reached)
+            if len(rows) < EVENTS_PAGE_SIZE_MAX:
+                await asyncio.sleep(WATCH_POLL_SECONDS)
+
+    def _message(self, row: EventRow) -> admin.Event:
+        event = row.event
+        message = admin.Event(
+            position=row.position,
+            key=event.key,
+            kind=_KIND_NUMBERS[event.kind],
+            account=event.account_id,
+            request_id=event.request_id,
+            date=calendar.format_day(event.day),
+        )
+        message.committed_time.FromDatetime(row.committed_at)
+        if event.kind == LEVEL_MOVED:
+            message.level_moved.CopyFrom(answers.level_move_message(event.level_move()))
+        else:
+            try:
+                program = self.registry.for_card(event.account_id)
+            except NotFoundError:
+                program = None  # no active program: the award's units without their currency
+            message.award_issued.CopyFrom(answers.award_issue_message(event.award_issue(), program))
+        return message
+
+
+def _position(value: int) -> int:
+    if value < 0:
+        raise InvalidFieldError("after_position", "must be zero or more")
+    return value
+
+
+def _filters(kinds: Sequence[int], account: str) -> tuple[list[str], str]:
+    names = []
+    for index, number in enumerate(kinds):
+        if number not in KINDS:
+            raise InvalidFieldError(
+                f"kinds[{index}]", f"{number} is not an event kind (1 to {len(KINDS)})"
+            )
+        names.append(KINDS[number])
+    if account and (
+        not account.isdigit() or not account.isascii() or len(account) > CARD_DIGITS_MAX
+    ):
+        raise InvalidFieldError("account", f"a card number is 1 to {CARD_DIGITS_MAX} digits")
+    return names, account
