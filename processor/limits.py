@@ -178,6 +178,13 @@ EVENTS_RELAY_SECONDS: Final = 0.2
 """How often each serving process's relay numbers the events committed since its last turn:
 how long an event may wait before a reader following positions sees it."""
 
+EVENTS_DELIVERY_PAGE_MAX: Final = 500
+"""Events one delivery sends (one webhook POST): a sender behind by more catches up a page
+at a time, at once."""
+
+EVENTS_DELIVERY_RETRY_SECONDS_MAX: Final = 60.0
+"""Longest pause between two tries of a delivery that keeps failing (from 1 s, doubling)."""
+
 # --------------------------------------------------------------------------- messages and errors
 
 CLIENT_DEADLINE_FLOOR_SECONDS: Final = 0.2

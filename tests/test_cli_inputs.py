@@ -81,6 +81,8 @@ def test_config_show_redacts_secrets(
         ("LOYALTY_JOBS_CRON", "61 2 * * *", "jobs_cron", "five fields"),
         ("LOYALTY_JOBS_CHUNK_ACCOUNTS", "0", "jobs_chunk_accounts", "greater than or equal to 1"),
         ("LOYALTY_JOBS_CHUNK_ACCOUNTS", "5001", "jobs_chunk_accounts", "less than or equal to"),
+        ("LOYALTY_EVENTS_WEBHOOK_URL", "mailto:ops@example.com", "events_webhook_url", "http"),
+        ("LOYALTY_EVENTS_LOG", "loudly", "events_log", "valid boolean"),
     ],
 )
 def test_the_overlap_cache_and_card_settings_refuse_bad_values(

@@ -328,7 +328,7 @@ async def in_process_server(
 def test_every_metric_is_declared_with_help_units_and_bounded_labels() -> None:
     allowed = {
         "grpc_service", "grpc_method", "grpc_type", "grpc_code", "reason", "code",
-        "program", "outcome", "level", "kind", "job_name",
+        "program", "outcome", "level", "kind", "job_name", "sender",
     }  # fmt: skip
     names = set()
     for metric in metrics.DECLARED:

@@ -49,3 +49,4 @@ SELECT create_reference_table('audit_log');
 -- are a few rows at most (level moves and awards issued), so they add little to it.
 SELECT citus_add_local_table_to_metadata('events');
 SELECT citus_add_local_table_to_metadata('event_relay');
+SELECT citus_add_local_table_to_metadata('event_deliveries');

@@ -184,6 +184,18 @@ EVENTS_POSITIONED = Counter(
     "Events (level moves, awards issued) this process's relay numbered for readers to follow.",
     registry=REGISTRY,
 )
+EVENTS_DELIVERED = Counter(
+    "loyalty_events_delivered_total",
+    "Events delivered to a configured sender (webhook, log) and received.",
+    ("sender",),
+    registry=REGISTRY,
+)
+EVENT_DELIVERY_FAILURES = Counter(
+    "loyalty_event_delivery_failures_total",
+    "Deliveries of events to a sender that failed (sent again after a pause).",
+    ("sender",),
+    registry=REGISTRY,
+)
 TENDER_VALUE = Counter(
     "loyalty_tender_value_total",
     "Stored value in minor units of the tender program's currency, by kind: issued "

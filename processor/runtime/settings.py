@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
     jobs_schedule: bool = True
     jobs_cron: str = "15 2 * * *"
     jobs_chunk_accounts: int = Field(default=1_000, ge=1, le=JOB_CHUNK_ACCOUNTS_MAX)
+    # Where events (level moves, awards issued) are delivered besides WatchEvents
+    # (processor.outbox): a webhook POSTed JSON pages, and/or the log, each at least once.
+    # The URL is a secret (shown redacted): webhooks often carry their token in it.
+    events_webhook_url: SecretStr | None = None
+    events_log: bool = False
     demo: bool = False
     demo_cards: int = Field(default=2_000, ge=0, le=100_000)
 
@@ -91,6 +97,14 @@ class Settings(BaseSettings):
         from processor.jobs.schedule import check_cron
 
         return check_cron(value)
+
+    @field_validator("events_webhook_url")
+    @classmethod
+    def _webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        url = secret(value)
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value if url else None
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod

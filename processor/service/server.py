@@ -29,6 +29,7 @@ from processor.flow.registry import ProgramRegistry
 from processor.jobs.runner import JobContext
 from processor.jobs.schedule import Schedule
 from processor.limits import MESSAGE_BYTES_MAX, PIN_KEY_CHARS_MIN
+from processor.outbox.delivery import Deliveries, run_sender, senders_of
 from processor.runtime import metrics
 from processor.runtime.settings import Settings, secret
 from processor.service import auth, tls
@@ -354,6 +355,13 @@ async def _start_on(
             ),
             asyncio.get_running_loop().create_task(EventLog(store).run_relay(), name="events"),
         ]
+        deliveries = Deliveries(store)
+        for sender in senders_of(secret(settings.events_webhook_url), settings.events_log):
+            tasks.append(
+                asyncio.get_running_loop().create_task(
+                    run_sender(deliveries, sender), name=f"events-{sender.name}"
+                )
+            )
         if settings.jobs_schedule:
             schedule = Schedule(
                 store.conninfo,

@@ -14,7 +14,7 @@ import datetime
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from processor.errors import LoyaltyError
 from processor.limits import EVENTS_RELAY_ROWS_MAX, EVENTS_RELAY_SECONDS
@@ -38,7 +38,8 @@ POSITION_MAX: Final = 2**63 - 1
 """Beyond every position (a bigint)."""
 
 _POSITION: Final = "SELECT position_events(%s)"
-_AFTER: Final = """
+AFTER: Final = """
+-- Positioned events after a position (and up to one), of some kinds and one account or all.
 SELECT position, account_id, request_id, seq, kind, program, day, data, created_at
 FROM events
 WHERE position > %(after)s AND position <= %(until)s
@@ -47,6 +48,18 @@ WHERE position > %(after)s AND position <= %(until)s
 ORDER BY position
 LIMIT %(limit)s
 """
+
+
+def event_rows(records: Iterable[Any]) -> list[EventRow]:
+    """The rows of :data:`AFTER` as EventRows."""
+    return [
+        EventRow(
+            position, Event(account_id, request_id, seq, kind, program, day, data), committed_at
+        )
+        for (
+            position, account_id, request_id, seq, kind, program, day, data, committed_at
+        ) in records
+    ]  # fmt: skip
 
 
 class EventLog(CatalogBase):
@@ -75,18 +88,8 @@ class EventLog(CatalogBase):
             "limit": limit,
         }  # fmt: skip
         async with self._reading("list events") as cursor:
-            await cursor.execute(_AFTER, params)
-            rows = await cursor.fetchall()
-        return [
-            EventRow(
-                position,
-                Event(account_id, request_id, seq, kind, program, day, data),
-                committed_at,
-            )
-            for (
-                position, account_id, request_id, seq, kind, program, day, data, committed_at
-            ) in rows
-        ]  # fmt: skip
+            await cursor.execute(AFTER, params)
+            return event_rows(await cursor.fetchall())
 
     async def last_position(self) -> int:
         """The position of the newest numbered event (0 before any): where a reader that

@@ -100,3 +100,14 @@ BEGIN
     ON CONFLICT DO NOTHING;
 END
 $$;
+
+-- Where each configured sender (processor/outbox: "webhook", "log") has delivered to: the
+-- last position it sent and was told was received. One process delivers for a sender at a
+-- time, holding its row (FOR UPDATE SKIP LOCKED) while it sends and moves it on.
+CREATE TABLE event_deliveries (
+    sender        text        PRIMARY KEY,
+    last_position bigint      NOT NULL DEFAULT 0,
+    delivered_at  timestamptz,
+    failures      integer     NOT NULL DEFAULT 0,
+    last_error    text        NOT NULL DEFAULT ''
+);

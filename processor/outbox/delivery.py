@@ -1,0 +1,130 @@
+"""The delivery loop: each configured sender's events, a page at a time, from where it was.
+
+``event_deliveries`` (migrations/0011_events.sql) holds, per sender, the last position it
+was told was received. Every serving process runs a loop per sender; a turn locks the
+sender's row (``FOR UPDATE SKIP LOCKED``: a turn another process holds is passed over, so
+one delivers at a time and in order), reads the positioned events after it, sends them and
+moves the row on, in one transaction. A send that fails leaves the row where it was (its
+``failures`` and ``last_error`` say why) and is tried again after a pause that doubles from
+1 s to ``EVENTS_DELIVERY_RETRY_SECONDS_MAX``. A process that dies after sending and before
+its commit sends the page again: at least once, never a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+import psycopg
+
+from processor.errors import LoyaltyError
+from processor.limits import (
+    EVENTS_DELIVERY_PAGE_MAX,
+    EVENTS_DELIVERY_RETRY_SECONDS_MAX,
+    EVENTS_RELAY_SECONDS,
+)
+from processor.outbox.senders import DeliveryError, LogSender, Sender, WebhookSender
+from processor.runtime import metrics
+from processor.store.catalog_base import CatalogBase
+from processor.store.event_log import AFTER, POSITION_MAX, event_rows
+from processor.store.ledger import database_error
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRY_SECONDS: Final = 1.0
+"""The pause after a delivery's first failure; it doubles with each further one."""
+
+_ENROL = "INSERT INTO event_deliveries (sender) VALUES (%s) ON CONFLICT DO NOTHING"
+_TAKE = "SELECT last_position FROM event_deliveries WHERE sender = %s FOR UPDATE SKIP LOCKED"
+_DELIVERED = """
+UPDATE event_deliveries SET last_position = %s, delivered_at = now(), failures = 0,
+                            last_error = ''
+WHERE sender = %s
+"""
+_FAILED = """
+UPDATE event_deliveries SET failures = failures + 1, last_error = left(%s, 500)
+WHERE sender = %s
+"""
+_POSITIONS = "SELECT sender, last_position FROM event_deliveries"
+
+
+class Deliveries(CatalogBase):
+    """Where each sender's deliveries have reached, and one turn of delivering."""
+
+    async def deliver_once(self, sender: Sender, most: int = EVENTS_DELIVERY_PAGE_MAX) -> int:
+        """Send ``sender`` the next page of events and move its position on: how many were
+        sent (0 when none waited, or another process is delivering for it now). A send that
+        failed is recorded and raised as DeliveryError."""
+        failure: DeliveryError | None = None
+        try:
+            async with self._pool.connection() as connection:
+                await connection.execute(_ENROL, (sender.name,))
+                async with connection.transaction():
+                    cursor = connection.cursor()
+                    await cursor.execute(_TAKE, (sender.name,))
+                    held = await cursor.fetchone()
+                    if held is None:
+                        return 0
+                    params = {
+                        "after": held[0], "until": POSITION_MAX, "kinds": [], "account": "",
+                        "limit": most,
+                    }  # fmt: skip
+                    await cursor.execute(AFTER, params)
+                    rows = event_rows(await cursor.fetchall())
+                    if not rows:
+                        return 0
+                    try:
+                        await sender.send(rows)
+                    except DeliveryError as error:
+                        failure = error
+                        await cursor.execute(_FAILED, (str(error), sender.name))
+                    else:
+                        await cursor.execute(_DELIVERED, (rows[-1].position, sender.name))
+        except psycopg.Error as error:
+            raise database_error(error, "deliver events", self._pool.timeout) from error
+        if failure is not None:
+            raise failure
+        return len(rows)
+
+    async def positions(self) -> dict[str, int]:
+        """The last position delivered, by sender."""
+        async with self._reading("read event deliveries") as cursor:
+            await cursor.execute(_POSITIONS)
+            return {sender: int(position) for sender, position in await cursor.fetchall()}
+
+
+async def run_sender(
+    deliveries: Deliveries, sender: Sender, interval_seconds: float = EVENTS_RELAY_SECONDS
+) -> None:
+    """Deliver to ``sender`` until cancelled: a page as soon as one is waiting (looked for
+    every ``interval_seconds``), after a failure a pause that doubles up to
+    EVENTS_DELIVERY_RETRY_SECONDS_MAX."""
+    pause = 0.0
+    while True:
+        try:
+            sent = await deliveries.deliver_once(sender)
+        except LoyaltyError as error:  # the send failed, or PostgreSQL did
+            pause = min(max(pause * 2, FIRST_RETRY_SECONDS), EVENTS_DELIVERY_RETRY_SECONDS_MAX)
+            metrics.EVENT_DELIVERY_FAILURES.labels(sender.name).inc()
+            log.warning(
+                "delivering events to %s failed; trying again in %.0f s: %s",
+                sender.name, pause, error,
+            )  # fmt: skip
+            await asyncio.sleep(pause)
+            continue
+        pause = 0.0
+        metrics.EVENTS_DELIVERED.labels(sender.name).inc(sent)
+        if sent < EVENTS_DELIVERY_PAGE_MAX:
+            await asyncio.sleep(interval_seconds)
+
+
+def senders_of(webhook_url: str | None, log_events: bool) -> Sequence[Sender]:
+    """The senders the settings configure (``events_webhook_url``, ``events_log``)."""
+    chosen: list[Sender] = []
+    if webhook_url:
+        chosen.append(WebhookSender(webhook_url))
+    if log_events:
+        chosen.append(LogSender())
+    return chosen
