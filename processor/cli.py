@@ -393,6 +393,33 @@ def _report_scorecard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_health(args: argparse.Namespace) -> int:
+    from processor.reports import health, scorecard
+
+    month = scorecard.last_month(args.month or "", "--month")
+
+    async def read(store: Any) -> list[Any]:
+        from processor.flow.registry import ProgramRegistry
+        from processor.store.catalog import Catalog
+
+        catalog = Catalog(store)
+        registry = ProgramRegistry(catalog)
+        return await health.load(catalog, registry, store, args.program, month, args.months)
+
+    report = _with_store(args, read)
+    if args.json:
+        print(json.dumps([health.as_dict(month) for month in report], indent=2))
+    else:
+        print(health.text(report), end="")
+    if not all(month.counted for month in report):
+        print(
+            "points of a month marked 'not counted' come from the scorecards job, which has "
+            "not finished a run in it (`loyalty jobs run scorecards --as-of DATE`)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _as_of(text: str | None, *, days_behind: int = 0) -> int:
     from processor import calendar
     from processor.errors import InvalidFieldError
@@ -586,7 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     _server_flags(history)
     history.set_defaults(handler=_jobs_history)
 
-    report = commands.add_parser("report", help="what program managers read: scorecards")
+    report = commands.add_parser(
+        "report", help="what program managers read: scorecards, the monthly health report"
+    )
     report_commands = report.add_subparsers(dest="report_command", required=True)
     card = report_commands.add_parser(
         "scorecard",
@@ -607,6 +636,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _server_flags(card)
     card.set_defaults(handler=_report_scorecard)
+    health = report_commands.add_parser(
+        "health",
+        help="each loyalty program's points issued and members moved up or down, by month",
+    )
+    health.add_argument("program", help="the program file's id")
+    health.add_argument("--month", help="the last month, YYYY-MM (default: this month)")
+    health.add_argument(
+        "--months",
+        type=_count(1, SCORECARD_MONTHS_MAX),
+        default=12,
+        help="months back, the month included (default 12)",
+    )
+    health.add_argument("--json", action="store_true", help="JSON instead of tables")
+    _server_flags(health)
+    health.set_defaults(handler=_report_health)
 
     seed = commands.add_parser(
         "seed", help="bulk-load cards, customers and accounts for load tests (resumable)"

@@ -218,7 +218,7 @@ def text(cards: Sequence[ProgramMonth], month: str) -> str:
             out.append(f"  no figures for {month}: the scorecards job has not finished a run in it")
         else:
             out.append(f"  as of {calendar.format_day(current.as_of)}")
-            out.extend("  " + line for line in _table(month_table(current)))
+            out.extend("  " + line for line in text_table(month_table(current)))
         history = [["month", "as of", *(title for title, _, _ in _HISTORY)]]
         for card in mine:
             history.append(
@@ -226,7 +226,7 @@ def text(cards: Sequence[ProgramMonth], month: str) -> str:
                 + [_cell(card, card.total, key, how) for _, key, how in _HISTORY]
             )
         out.append("  by month")
-        out.extend("  " + line for line in _table(history))
+        out.extend("  " + line for line in text_table(history))
         out.append("")
     return "\n".join(out)
 
@@ -261,7 +261,8 @@ def decimal_text(amount: int, exponent: int, *, grouped: bool = False) -> str:
     return f"{Decimal(amount).scaleb(-exponent):,.{exponent}f}"
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def text_table(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as aligned lines: the first column to the left, the rest to the right."""
     widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
     return [
         "  ".join(

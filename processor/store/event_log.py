@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,6 +48,29 @@ WHERE position > %(after)s AND position <= %(until)s
 ORDER BY position
 LIMIT %(limit)s
 """
+
+
+_MOVES: Final = """
+SELECT program, to_char(date '1970-01-01' + day, 'YYYY-MM') AS month, data->>'move',
+       data->>'from_level', data->>'to_level', count(*), count(DISTINCT account_id)
+FROM events
+WHERE kind = 'level_moved' AND program = ANY(%s::text[]) AND day BETWEEN %s AND %s
+GROUP BY 1, 2, 3, 4, 5
+ORDER BY 1, 2, 3, 4, 5
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveCount:
+    """The level moves of one kind between two levels of a program in a month."""
+
+    program: str
+    month: str  # YYYY-MM
+    move: str  # advancement, sustain, demotion or extension
+    from_level: str
+    to_level: str
+    moves: int
+    members: int  # distinct cards
 
 
 def event_rows(records: Iterable[Any]) -> list[EventRow]:
@@ -90,6 +113,15 @@ class EventLog(CatalogBase):
         async with self._reading("list events") as cursor:
             await cursor.execute(AFTER, params)
             return event_rows(await cursor.fetchall())
+
+    async def moves(
+        self, programs: Sequence[str], first_day: int, last_day: int
+    ) -> list[MoveCount]:
+        """The level moves of ``programs`` (loyalty program ids) on the days from
+        ``first_day`` to ``last_day``, counted by month, kind and levels."""
+        async with self._reading("count level moves") as cursor:
+            await cursor.execute(_MOVES, (list(programs), first_day, last_day))
+            return [MoveCount(*row) for row in await cursor.fetchall()]
 
     async def last_position(self) -> int:
         """The position of the newest numbered event (0 before any): where a reader that

@@ -24,6 +24,8 @@ CREATE TABLE events (
 CREATE UNIQUE INDEX events_position ON events (position);
 -- The rows waiting for a position: the relay reads only these.
 CREATE INDEX events_unpositioned ON events (id) WHERE position IS NULL;
+-- The level moves of some programs over some days (the health report, processor.reports).
+CREATE INDEX events_moves ON events (program, day) WHERE kind = 'level_moved';
 
 CREATE TABLE event_relay (
     only_row      boolean PRIMARY KEY DEFAULT true CHECK (only_row),

@@ -1,0 +1,90 @@
+"""The monthly loyalty health report (``loyalty report health``) on real PostgreSQL: points
+issued in each month as the scorecards job counted them, and the members moved up, down or
+kept, counted from the events of the moves; and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from plugins.posting import registry_of, run_job
+from plugins.server import Served, line, loyalty, purchase
+
+from processor import calendar
+from processor.reports.scorecard import load as load_scorecards
+from processor.store.catalog import Catalog
+from processor.store.event_log import EventLog
+
+pytestmark = pytest.mark.integration
+
+
+def health(served: Served, *args: str) -> Any:
+    return loyalty(
+        "report", "health", *args, database_url=served.database_url, redis_url=served.redis_url
+    )
+
+
+async def test_the_health_report_counts_points_issued_and_members_moved_up_by_month(
+    served: Served, cards: list[str]
+) -> None:
+    # March: two silver cards spend $1,200.00 each and move to gold; one spends $10.00.
+    for number, card in enumerate(cards[21:23]):
+        await served.transactions.PostTransaction(
+            purchase(card, f"up-{number}", lines=[line(1, 120_000)]), timeout=10
+        )
+    await served.transactions.PostTransaction(purchase(cards[23], "small"), timeout=10)
+    registry = await registry_of(served.store)
+    await run_job(served.store, registry, "scorecards", "2026-03-31")
+    await EventLog(served.store).position()
+
+    answer = health(served, "northwind", "--month", "2026-04", "--months", "2", "--json")
+    assert answer.returncode == 0, answer.stderr
+    april, march = json.loads(answer.stdout)
+    # April: nothing happened and the scorecards job did not run in it.
+    assert april == {
+        "month": "2026-04", "program": "points", "points_issued": None,
+        "points_redeemed": None, "points_expired": None, "accounts_active": None,
+        "moved_up": 0, "moved_down": 0, "kept": 0, "paths": [],
+    }  # fmt: skip
+    assert "'not counted'" in answer.stderr
+    # March: the points are the scorecard's; the moves are the two cards' advancements.
+    (card,) = [
+        c
+        for c in await load_scorecards(
+            Catalog(served.store), registry, served.store, "northwind",
+            calendar.parse_month("2026-03"), 1,
+        )
+        if c.program == "points"
+    ]  # fmt: skip
+    assert (march["points_issued"], march["points_redeemed"], march["accounts_active"]) == (
+        str(card.total.issued_mtd), str(card.total.redeemed_mtd), card.total.accounts_active,
+    )  # fmt: skip
+    assert card.total.issued_mtd >= 2 * 1_200 + 10
+    assert (march["moved_up"], march["moved_down"], march["kept"]) == (2, 0, 0)
+    assert march["paths"] == [{"move": "advancement", "from": "silver", "to": "gold", "members": 2}]
+
+    table = health(served, "northwind", "--month", "2026-03", "--months", "1")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0] == "loyalty program points"
+    assert lines[2].split()[0] == "2026-03" and lines[2].split()[-3:] == ["2", "0", "0"]
+    assert lines[-1].split() == ["2026-03", "advancement", "silver", "gold", "2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("northwind", "--month", "2026-13"), "--month"),
+        (("northwind", "--months", "0"), "--months"),
+        (("northwind", "--months", "37"), "--months"),
+        (("nowhere",), "nowhere"),
+    ],
+)
+def test_the_health_report_refuses_bad_input_naming_it(
+    served: Served, args: tuple[str, ...], says: str
+) -> None:
+    answer = health(served, *args)
+    assert answer.returncode == 2, answer.stdout
+    assert says in answer.stderr
+    assert answer.stdout == ""
