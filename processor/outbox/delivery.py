@@ -101,13 +101,17 @@ async def run_sender(
     """Deliver to ``sender`` until cancelled: a page as soon as one is waiting (looked for
     every ``interval_seconds``), after a failure a pause that doubles up to
     EVENTS_DELIVERY_RETRY_SECONDS_MAX."""
+    # Both series exist from the start, at zero: EventDeliveryFailing compares them, and a
+    # sender that never delivered would otherwise have no delivered series to compare.
+    delivered = metrics.EVENTS_DELIVERED.labels(sender.name)
+    failed = metrics.EVENT_DELIVERY_FAILURES.labels(sender.name)
     pause = 0.0
     while True:
         try:
             sent = await deliveries.deliver_once(sender)
         except LoyaltyError as error:  # the send failed, or PostgreSQL did
             pause = min(max(pause * 2, FIRST_RETRY_SECONDS), EVENTS_DELIVERY_RETRY_SECONDS_MAX)
-            metrics.EVENT_DELIVERY_FAILURES.labels(sender.name).inc()
+            failed.inc()
             log.warning(
                 "delivering events to %s failed; trying again in %.0f s: %s",
                 sender.name, pause, error,
@@ -115,7 +119,7 @@ async def run_sender(
             await asyncio.sleep(pause)
             continue
         pause = 0.0
-        metrics.EVENTS_DELIVERED.labels(sender.name).inc(sent)
+        delivered.inc(sent)
         if sent < EVENTS_DELIVERY_PAGE_MAX:
             await asyncio.sleep(interval_seconds)
 
