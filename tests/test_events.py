@@ -10,7 +10,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 import pytest
 from plugins.posting import post, registry_of, run_job
-from plugins.server import Served, line, purchase, transaction
+from plugins.server import Served, StartServed, line, purchase, transaction
 
 from processor import calendar, proto
 from processor.engine.types import AccountState, Line, Purchase
@@ -178,6 +178,36 @@ async def test_watch_events_sends_what_is_committed_from_now_on_and_from_a_posit
         replayed.extend((await replaying.read()).events)
     assert replayed == list(stored[1:]) + received
     replaying.cancel()
+
+
+async def test_a_server_set_to_writes_each_purchases_earned_points_as_an_event(
+    start_served: StartServed, cards: list[str]
+) -> None:
+    plain = await start_served()
+    card = cards[18]
+    await plain.transactions.PostTransaction(purchase(card, "ten-1"), timeout=10)
+    assert await all_events(plain.store) == []  # off by default: moves and awards only
+    pointed = await start_served(events_points_issued=True)
+    answer = await pointed.transactions.PostTransaction(purchase(card, "ten-2"), timeout=10)
+    assert [(p.rule, p.amount) for p in answer.result.postings] == [("base", 10)]
+    page = await pointed.admin.ListEvents(admin.ListEventsRequest(), timeout=10)
+    (event,) = page.events
+    assert (event.key, event.kind, event.request_id) == (
+        f"{card}/ten-2/0", admin.EVENT_KIND_POINTS_ISSUED, "ten-2",
+    )  # fmt: skip
+    assert event.points_issued == admin.PointsIssued(
+        program="points", points=proto.common.Points(units=10, precision=0)
+    )
+    # A return takes points back: no event.
+    back = transactions.Transaction(
+        context=transaction(card, "ten-3").context,
+        sale_return=transactions.Return(original_id="ten-2"),
+    )
+    returned = await pointed.transactions.PostTransaction(
+        transactions.PostTransactionRequest(transaction=back), timeout=10
+    )
+    assert [p.amount for p in returned.result.postings] == [-10]
+    assert len(await all_events(pointed.store)) == 1
 
 
 @pytest.mark.parametrize(

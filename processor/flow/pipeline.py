@@ -209,8 +209,12 @@ class Pipeline:
         encode: Encoder,
         conflict_retries_max: int = CONFLICT_RETRIES_MAX,
         card_cache: CardCache | None = None,
+        events_points_issued: bool = False,
     ) -> None:
         self.store = store
+        # Whether each transaction's earned points are an event too (one row per earning
+        # transaction in its commit), not only its level moves and awards.
+        self.events_points_issued = events_points_issued
         self.card_cache = card_cache
         self.cache = cache
         self.programs = programs
@@ -530,6 +534,7 @@ class Pipeline:
         answers: list[tuple[Work, Answer]] = []
         changed = _Changed()
         engine_seconds = 0.0
+        points_events = self.events_points_issued
         known = dict(receipts)  # grows with the receipts each engine call writes
         calls = [
             call
@@ -555,8 +560,10 @@ class Pipeline:
                     result, response = ready
                 answers.append((item, Answer(result, program, response=response)))
                 batch.postings.extend(ledger_entries(result))
-                if result.moves or result.awards:
-                    batch.events.extend(events_of(result, item.payload.request.day))
+                if result.moves or result.awards or points_events:
+                    batch.events.extend(
+                        events_of(result, item.payload.request.day, points=points_events)
+                    )
                 batch.idempotency.append(
                     IdempotencyRecord(
                         result.account, result.id, item.payload.payload_hash, response

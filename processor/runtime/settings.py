@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # The URL is a secret (shown redacted): webhooks often carry their token in it.
     events_webhook_url: SecretStr | None = None
     events_log: bool = False
+    # Each transaction's earned points as an event too (points_issued): a row per earning
+    # transaction in its commit, for points alerts; off, only moves and awards are events.
+    events_points_issued: bool = False
     demo: bool = False
     demo_cards: int = Field(default=2_000, ge=0, le=100_000)
 

@@ -17,10 +17,11 @@ from processor.errors import InvalidFieldError, NotFoundError
 from processor.flow.registry import ProgramRegistry
 from processor.limits import CARD_DIGITS_MAX, EVENTS_PAGE_SIZE_MAX, EVENTS_RELAY_SECONDS
 from processor.store.event_log import EventLog, EventRow
-from processor.store.events import AWARD_ISSUED, LEVEL_MOVED
+from processor.store.events import AWARD_ISSUED, LEVEL_MOVED, POINTS_ISSUED
 from processor.wire import answers
 
 admin = proto.admin
+common = proto.common
 
 EVENTS_PAGE_SIZE_DEFAULT: Final = 100
 """Events of a ListEvents answer when the request leaves page_size at zero."""
@@ -31,6 +32,7 @@ WATCH_POLL_SECONDS: Final = EVENTS_RELAY_SECONDS
 _KIND_NUMBERS: Final = {
     LEVEL_MOVED: admin.EVENT_KIND_LEVEL_MOVED,
     AWARD_ISSUED: admin.EVENT_KIND_AWARD_ISSUED,
+    POINTS_ISSUED: admin.EVENT_KIND_POINTS_ISSUED,
 }
 KINDS: Final[dict[int, str]] = {int(number): name for name, number in _KIND_NUMBERS.items()}
 """The event kinds by their number in the contract."""
@@ -98,12 +100,19 @@ class EventReader:
         message.committed_time.FromDatetime(row.committed_at)
         if event.kind == LEVEL_MOVED:
             message.level_moved.CopyFrom(answers.level_move_message(event.level_move()))
-        else:
-            try:
-                program = self.registry.for_card(event.account_id)
-            except NotFoundError:
-                program = None  # no active program: the award's units without their currency
+            return message
+        try:
+            program = self.registry.for_card(event.account_id)
+        except NotFoundError:
+            program = None  # no active program: units without their currency or precision
+        if event.kind == AWARD_ISSUED:
             message.award_issued.CopyFrom(answers.award_issue_message(event.award_issue(), program))
+        else:
+            digits = (
+                0 if program is None else program.balance_digits.get(f"points:{event.program}", 0)
+            )
+            points = common.Points(units=event.data["points"], precision=digits)
+            message.points_issued.CopyFrom(admin.PointsIssued(program=event.program, points=points))
         return message
 
 

@@ -285,6 +285,7 @@ async def _start_on(
             engine=get_engine(settings.engine),
             encode=encode_result,
             card_cache=card_cache,
+            events_points_issued=settings.events_points_issued,
         )
         batcher = Batcher(
             pipeline.process,

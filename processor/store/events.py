@@ -27,8 +27,14 @@ from processor.errors import InvalidBatchError
 
 LEVEL_MOVED: Final = "level_moved"
 AWARD_ISSUED: Final = "award_issued"
-KINDS: Final = (LEVEL_MOVED, AWARD_ISSUED)
+POINTS_ISSUED: Final = "points_issued"  # only when the server is set to (events_points_issued)
+KINDS: Final = (LEVEL_MOVED, AWARD_ISSUED, POINTS_ISSUED)
 """Every kind of event, as the ``kind`` column and the API name them."""
+
+
+EARNED: Final = frozenset({"regular", "bonus", "escrow"})
+"""The postings of points a transaction earned (escrowed ones included: earned, not yet
+spendable), which a POINTS_ISSUED event adds up; not returns, awards or expiries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +74,12 @@ def event_key(account_id: str, request_id: str, seq: int) -> str:
     return f"{account_id}/{request_id}/{seq}"
 
 
-def events_of(result: Result, day: int) -> list[Event]:
-    """The events an approved result tells, in order: its level moves, then its awards."""
-    if not (result.moves or result.awards) or result.status != "approved":
+def events_of(result: Result, day: int, *, points: bool = False) -> list[Event]:
+    """The events an approved result tells, in order: its level moves, then its awards,
+    then (``points``) the points it earned in each loyalty program."""
+    if result.status != "approved" or not (
+        result.moves or result.awards or (points and result.postings)
+    ):
         return []
     events = [
         Event(
@@ -89,6 +98,18 @@ def events_of(result: Result, day: int) -> list[Event]:
                  "expires_day": award.expires_day},
             )
         )  # fmt: skip
+    if points:
+        earned: dict[str, int] = {}
+        for posting in result.postings:
+            if posting.balance == "points" and posting.amount > 0 and posting.kind in EARNED:
+                earned[posting.program] = earned.get(posting.program, 0) + posting.amount
+        for program, amount in earned.items():
+            events.append(
+                Event(
+                    result.account, result.id, len(events), POINTS_ISSUED, program, day,
+                    {"points": amount},
+                )
+            )  # fmt: skip
     return events
 
 
