@@ -185,6 +185,12 @@ at a time, at once."""
 EVENTS_DELIVERY_RETRY_SECONDS_MAX: Final = 60.0
 """Longest pause between two tries of a delivery that keeps failing (from 1 s, doubling)."""
 
+TASKS_PAGE_SIZE_MAX: Final = 1_000
+"""Tasks of one ListTasks page, as admin.proto documents."""
+
+TASK_TEAM_CHARS_MAX: Final = 100
+"""A task rule's team (who should do its tasks), and a ListTasks request's."""
+
 # --------------------------------------------------------------------------- messages and errors
 
 CLIENT_DEADLINE_FLOOR_SECONDS: Final = 0.2

@@ -71,6 +71,9 @@ ADMIN_REQUESTS: dict[str, Any] = {
     "GetScorecard": admin.GetScorecardRequest(program_id="northwind", months=1),
     "ListEvents": admin.ListEventsRequest(after_position=3),
     "WatchEvents": admin.WatchEventsRequest(kinds=[admin.EVENT_KIND_UNSPECIFIED]),
+    "ListTasks": admin.ListTasksRequest(team="warehouse"),
+    "ClaimTask": admin.ClaimTaskRequest(task_id=7),
+    "CompleteTask": admin.CompleteTaskRequest(task_id=7, outcome="mailed"),
 }
 
 

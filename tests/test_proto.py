@@ -63,6 +63,9 @@ EXPECTED_METHODS = {
         "GetScorecard",
         "ListEvents",
         "WatchEvents",
+        "ListTasks",
+        "ClaimTask",
+        "CompleteTask",
     ],
 }
 STREAMING_METHODS = {"loyalty.v1.TransactionService.StreamTransactions"}

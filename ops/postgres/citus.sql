@@ -50,3 +50,7 @@ SELECT create_reference_table('audit_log');
 SELECT citus_add_local_table_to_metadata('events');
 SELECT citus_add_local_table_to_metadata('event_relay');
 SELECT citus_add_local_table_to_metadata('event_deliveries');
+
+-- Tasks (migration 0012): a few rows a day, made from events and read whole by team; a
+-- local table beside the events they come from.
+SELECT citus_add_local_table_to_metadata('tasks');

@@ -27,7 +27,7 @@ from processor.limits import (
 )
 from processor.outbox.senders import DeliveryError, LogSender, Sender, WebhookSender
 from processor.runtime import metrics
-from processor.store.catalog_base import CatalogBase
+from processor.store.catalog_base import CatalogBase, one_row
 from processor.store.event_log import AFTER, POSITION_MAX, event_rows
 from processor.store.ledger import database_error
 
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_SECONDS: Final = 1.0
 """The pause after a delivery's first failure; it doubles with each further one."""
 
+_BEHIND = """
+SELECT d.sender IS NOT NULL, coalesce(d.last_position, 0) < r.last_position
+FROM event_relay AS r LEFT JOIN event_deliveries AS d ON d.sender = %s
+"""
 _ENROL = "INSERT INTO event_deliveries (sender) VALUES (%s) ON CONFLICT DO NOTHING"
 _TAKE = "SELECT last_position FROM event_deliveries WHERE sender = %s FOR UPDATE SKIP LOCKED"
 _DELIVERED = """
@@ -60,7 +64,14 @@ class Deliveries(CatalogBase):
         failure: DeliveryError | None = None
         try:
             async with self._pool.connection() as connection:
-                await connection.execute(_ENROL, (sender.name,))
+                # Most turns find the sender caught up: they end here, having locked and
+                # written nothing.
+                cursor = await connection.execute(_BEHIND, (sender.name,))
+                enrolled, behind = await one_row(cursor)
+                if not enrolled:
+                    await connection.execute(_ENROL, (sender.name,))
+                elif not behind:
+                    return 0
                 async with connection.transaction():
                     cursor = connection.cursor()
                     await cursor.execute(_TAKE, (sender.name,))

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from processor import money
 from processor.errors import Problem
+from processor.limits import TASK_TEAM_CHARS_MAX
 from processor.program.base import (
     Day,
     Factor,
@@ -227,6 +228,32 @@ class MovementRule(RuleDates):
         return (self.level if self.type == "sustain" else self.to_level) or ""
 
 
+class TaskRule(Model):
+    """Makes a task for people when an event of the program matches (processor.outbox.tasks):
+    a manager's review of an upgrade to a high level, a gift for the warehouse to dispatch.
+    ``to_level`` and ``move`` narrow a ``level_moved`` rule, ``award_rule`` an
+    ``award_issued`` one; without them, every event of that kind matches."""
+
+    id: Identifier
+    name: str = Field(min_length=1, max_length=200)
+    when: Literal["level_moved", "award_issued"]  # the event kind (YAML reads `on` as true)
+    team: str = Field(min_length=1, max_length=TASK_TEAM_CHARS_MAX)  # who does it: a queue
+    to_level: Identifier | None = None
+    move: Literal["advancement", "sustain", "demotion", "extension"] | None = None
+    award_rule: Identifier | None = None
+
+    def matches(self, kind: str, data: Mapping[str, object]) -> bool:
+        """Whether an event of ``kind`` telling ``data`` (processor.store.events; for an
+        award, with the ``award_rule`` that issued it) makes a task of this rule."""
+        if kind != self.when:
+            return False
+        if kind == "level_moved":
+            return (self.to_level is None or data.get("to_level") == self.to_level) and (
+                self.move is None or data.get("move") == self.move
+            )
+        return self.award_rule is None or data.get("award_rule") == self.award_rule
+
+
 class LoyaltyProgram(ProgramHeader):
     """A loyalty program with its points, levels and rules."""
 
@@ -243,6 +270,7 @@ class LoyaltyProgram(ProgramHeader):
     issue_rules: list[IssueRule] = Field(default_factory=list, max_length=256)
     award_rules: list[AwardRule] = Field(default_factory=list, max_length=256)
     movement_rules: list[MovementRule] = Field(default_factory=list, max_length=256)
+    task_rules: list[TaskRule] = Field(default_factory=list, max_length=64)
 
     @property
     def start_level(self) -> str:
@@ -303,6 +331,30 @@ def loyalty_problems(
     for index, move in enumerate(program.movement_rules):
         found += _movement_rule_problems(program, move, f"{path}.movement_rules[{index}]")
     found += _overlapping_movements(program, path)
+    found += _duplicates([rule.id for rule in program.task_rules], path, "task rule id")
+    for index, task in enumerate(program.task_rules):
+        found += _task_rule_problems(program, task, f"{path}.task_rules[{index}]")
+    return found
+
+
+def _task_rule_problems(program: LoyaltyProgram, rule: TaskRule, path: str) -> list[Problem]:
+    found = []
+    moving = rule.when == "level_moved"
+    for name, applies in (("to_level", moving), ("move", moving), ("award_rule", not moving)):
+        if getattr(rule, name) is not None and not applies:
+            found.append(Problem(f"{path}.{name}", f"has no meaning for {rule.when} tasks"))
+    if (
+        moving
+        and rule.to_level is not None
+        and rule.to_level not in [level.id for level in program.levels]
+    ):
+        found.append(Problem(f"{path}.to_level", f"unknown level {rule.to_level!r}"))
+    if (
+        not moving
+        and rule.award_rule is not None
+        and rule.award_rule not in [award.id for award in program.award_rules]
+    ):
+        found.append(Problem(f"{path}.award_rule", f"unknown award rule {rule.award_rule!r}"))
     return found
 
 

@@ -42,6 +42,7 @@ from processor.limits import (
 from processor.reports import scorecard
 from processor.service.events import EventReader
 from processor.service.handlers import Context
+from processor.service.tasks import TaskDesk
 from processor.store.catalog import Catalog
 from processor.store.catalog_base import decode_page_token, encode_page_token
 from processor.store.credentials import Credentials
@@ -49,6 +50,7 @@ from processor.store.event_log import EventLog
 from processor.store.ledger import Store
 from processor.store.programs import ProgramPart, ProgramSummary, parse_stored_program
 from processor.store.scorecards import COLUMNS, SCORECARDS_JOB, Figures
+from processor.store.tasks import Tasks
 from processor.wire import answers
 from processor.wire.admission import checked_text
 
@@ -118,6 +120,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         self.credentials = credentials if credentials is not None else Credentials(store)
         self.cache = cache
         self.events = EventReader(EventLog(store), registry)
+        self.task_desk = TaskDesk(Tasks(store))
 
     # ----------------------------------------------------------------------- program files
 
@@ -469,6 +472,23 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     ) -> AsyncIterator[admin.WatchEventsResponse]:
         async for message in self.events.watch(request):
             yield message
+
+    # ----------------------------------------------------------------------- tasks
+
+    async def ListTasks(
+        self, request: admin.ListTasksRequest, context: Context
+    ) -> admin.ListTasksResponse:
+        return await self.task_desk.list(request)
+
+    async def ClaimTask(
+        self, request: admin.ClaimTaskRequest, context: Context
+    ) -> admin.ClaimTaskResponse:
+        return await self.task_desk.claim(request)
+
+    async def CompleteTask(
+        self, request: admin.CompleteTaskRequest, context: Context
+    ) -> admin.CompleteTaskResponse:
+        return await self.task_desk.complete(request)
 
     def _program_of(self, account: str) -> CompiledProgram | None:
         try:

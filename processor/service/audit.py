@@ -38,6 +38,7 @@ _TARGET_FIELDS: Final = (
     "file_name",
     "principal",
     "rpc",
+    "task_id",
 )
 """The request fields that say what a call acts on, in the order the target names them."""
 

@@ -4,11 +4,11 @@ Five roles. Four come from the program manual's users (Admin, Manager, Support, 
 Processor is the payment processor or POS platform that posts transactions and tender:
 
 - **Processor** posts: every TransactionService and TenderService RPC, and redeems awards.
-- **Viewer** reads: programs, accounts, ledgers, awards and balances.
+- **Viewer** reads: programs, accounts, ledgers, awards and balances, events and tasks.
 - **Support** helps cardholders: a Viewer's reads, enrolling customers, registering cards,
-  audiences, unlocking a locked PIN.
+  audiences, unlocking a locked PIN, claiming and completing tasks.
 - **Manager** runs programs: a Viewer's reads, program files and their activation, batch
-  status and expiry.
+  status and expiry, claiming and completing tasks.
 - **Admin** administers: every AdminService RPC, alone in making cards (GenerateCards
   answers the new cards' PINs: to an Admin, once, never again) and importing them, and in
   reading the audit log. An Admin does not post transactions: that is the Processor's.
@@ -73,6 +73,9 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "/loyalty.v1.AdminService/GetScorecard": _READERS,
     "/loyalty.v1.AdminService/ListEvents": _READERS,
     "/loyalty.v1.AdminService/WatchEvents": _READERS,
+    "/loyalty.v1.AdminService/ListTasks": _READERS,
+    "/loyalty.v1.AdminService/ClaimTask": frozenset({ADMIN, MANAGER, SUPPORT}),
+    "/loyalty.v1.AdminService/CompleteTask": frozenset({ADMIN, MANAGER, SUPPORT}),
 }
 """The roles that may call each RPC (by its full method name). An RPC not here is refused to
 every caller but on the open services below."""

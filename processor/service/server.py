@@ -30,6 +30,7 @@ from processor.jobs.runner import JobContext
 from processor.jobs.schedule import Schedule
 from processor.limits import MESSAGE_BYTES_MAX, PIN_KEY_CHARS_MIN
 from processor.outbox.delivery import Deliveries, run_sender, senders_of
+from processor.outbox.tasks import TaskMaker
 from processor.runtime import metrics
 from processor.runtime.settings import Settings, secret
 from processor.service import auth, tls
@@ -48,6 +49,7 @@ from processor.store.catalog import Catalog
 from processor.store.credentials import Credentials
 from processor.store.event_log import EventLog
 from processor.store.ledger import Store
+from processor.store.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +359,11 @@ async def _start_on(
             asyncio.get_running_loop().create_task(EventLog(store).run_relay(), name="events"),
         ]
         deliveries = Deliveries(store)
-        for sender in senders_of(secret(settings.events_webhook_url), settings.events_log):
+        senders = [
+            TaskMaker(Tasks(store), registry),
+            *senders_of(secret(settings.events_webhook_url), settings.events_log),
+        ]
+        for sender in senders:
             tasks.append(
                 asyncio.get_running_loop().create_task(
                     run_sender(deliveries, sender), name=f"events-{sender.name}"
