@@ -359,16 +359,7 @@ def _report_scorecard(args: argparse.Namespace) -> int:
     from processor.reports import scorecard
 
     month = scorecard.last_month(args.month or "", "--month")
-
-    async def read(store: Any) -> list[Any]:
-        from processor.flow.registry import ProgramRegistry
-        from processor.store.catalog import Catalog
-
-        catalog = Catalog(store)
-        registry = ProgramRegistry(catalog)
-        return await scorecard.load(catalog, registry, store, args.program, month, args.months)
-
-    cards = _with_store(args, read)
+    cards = _program_report(args, scorecard.load, month)
     if args.html:
         from processor.reports import page
 
@@ -397,16 +388,7 @@ def _report_health(args: argparse.Namespace) -> int:
     from processor.reports import health, scorecard
 
     month = scorecard.last_month(args.month or "", "--month")
-
-    async def read(store: Any) -> list[Any]:
-        from processor.flow.registry import ProgramRegistry
-        from processor.store.catalog import Catalog
-
-        catalog = Catalog(store)
-        registry = ProgramRegistry(catalog)
-        return await health.load(catalog, registry, store, args.program, month, args.months)
-
-    report = _with_store(args, read)
+    report = _program_report(args, health.load, month)
     if args.json:
         print(json.dumps([health.as_dict(month) for month in report], indent=2))
     else:
@@ -418,6 +400,22 @@ def _report_health(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _program_report(args: argparse.Namespace, load: Any, month: int) -> Any:
+    """A report's ``load(catalog, registry, store, program, month, months)`` of the program
+    file ``args.program`` against the settings' database."""
+
+    async def read(store: Any) -> Any:
+        from processor.flow.registry import ProgramRegistry
+        from processor.store.catalog import Catalog
+
+        catalog = Catalog(store)
+        return await load(
+            catalog, ProgramRegistry(catalog), store, args.program, month, args.months
+        )
+
+    return _with_store(args, read)
 
 
 def _as_of(text: str | None, *, days_behind: int = 0) -> int:

@@ -178,6 +178,10 @@ EVENTS_RELAY_SECONDS: Final = 0.2
 """How often each serving process's relay numbers the events committed since its last turn:
 how long an event may wait before a reader following positions sees it."""
 
+EVENTS_WATCHERS_MAX: Final = 64
+"""WatchEvents calls one process serves at once; more are refused (RESOURCE_EXHAUSTED).
+Each reads PostgreSQL every 0.2 s on the pool the transactions use."""
+
 EVENTS_DELIVERY_PAGE_MAX: Final = 500
 """Events one delivery sends (one webhook POST): a sender behind by more catches up a page
 at a time, at once."""

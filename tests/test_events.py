@@ -16,6 +16,7 @@ from processor import calendar, proto
 from processor.engine.types import AccountState, Line, Purchase
 from processor.errors import InvalidBatchError
 from processor.service import errors
+from processor.service import events as service_events
 from processor.store.event_log import EventLog, EventRow
 from processor.store.events import AWARD_ISSUED, LEVEL_MOVED, Event
 from processor.store.ledger import AccountWrite, CommitBatch, Store
@@ -147,6 +148,12 @@ async def test_list_events_shows_the_moves_and_awards_as_the_answer_did_page_aft
     assert {(e.account, e.kind) for e in awards_of_other.events} == {
         (other, admin.EVENT_KIND_AWARD_ISSUED)
     }
+    # The events a filter leaves out are passed over: the page covers every position.
+    assert awards_of_other.last_position == page.last_position
+    nothing = await served.admin.ListEvents(
+        admin.ListEventsRequest(kinds=[admin.EVENT_KIND_POINTS_ISSUED]), timeout=10
+    )
+    assert (list(nothing.events), nothing.last_position) == ([], page.last_position)
 
 
 async def test_watch_events_sends_what_is_committed_from_now_on_and_from_a_position(
@@ -208,6 +215,19 @@ async def test_a_server_set_to_writes_each_purchases_earned_points_as_an_event(
     )
     assert [p.amount for p in returned.result.postings] == [-10]
     assert len(await all_events(pointed.store)) == 1
+
+
+async def test_watches_beyond_the_most_one_process_serves_are_refused_resource_exhausted(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_events, "EVENTS_WATCHERS_MAX", 1)
+    first = served.admin.WatchEvents(admin.WatchEventsRequest(from_now=True), timeout=30)
+    await asyncio.sleep(0.3)  # the first watch is open
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        async for _ in served.admin.WatchEvents(admin.WatchEventsRequest(), timeout=10):
+            pass
+    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    first.cancel()
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,10 @@ async def test_the_health_report_counts_points_issued_and_members_moved_up_by_mo
             purchase(card, f"up-{number}", lines=[line(1, 120_000)]), timeout=10
         )
     await served.transactions.PostTransaction(purchase(cards[23], "small"), timeout=10)
+    # And one spends $5,000.00: silver -> gold -> platinum, two moves up, one member.
+    await served.transactions.PostTransaction(
+        purchase(cards[25], "up-twice", lines=[line(1, 500_000)]), timeout=10
+    )
     registry = await registry_of(served.store)
     await run_job(served.store, registry, "scorecards", "2026-03-31")
     await EventLog(served.store).position()
@@ -60,16 +64,19 @@ async def test_the_health_report_counts_points_issued_and_members_moved_up_by_mo
     assert (march["points_issued"], march["points_redeemed"], march["accounts_active"]) == (
         str(card.total.issued_mtd), str(card.total.redeemed_mtd), card.total.accounts_active,
     )  # fmt: skip
-    assert card.total.issued_mtd >= 2 * 1_200 + 10
-    assert (march["moved_up"], march["moved_down"], march["kept"]) == (2, 0, 0)
-    assert march["paths"] == [{"move": "advancement", "from": "silver", "to": "gold", "members": 2}]
+    assert card.total.issued_mtd >= 2 * 1_200 + 10 + 5_000
+    assert (march["moved_up"], march["moved_down"], march["kept"]) == (3, 0, 0)
+    assert march["paths"] == [
+        {"move": "advancement", "from": "gold", "to": "platinum", "members": 1},
+        {"move": "advancement", "from": "silver", "to": "gold", "members": 3},
+    ]
 
     table = health(served, "northwind", "--month", "2026-03", "--months", "1")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0] == "loyalty program points"
-    assert lines[2].split()[0] == "2026-03" and lines[2].split()[-3:] == ["2", "0", "0"]
-    assert lines[-1].split() == ["2026-03", "advancement", "silver", "gold", "2"]
+    assert lines[2].split()[0] == "2026-03" and lines[2].split()[-3:] == ["3", "0", "0"]
+    assert lines[-1].split() == ["2026-03", "advancement", "silver", "gold", "3"]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import asyncio
 import http.server
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -127,6 +128,30 @@ async def test_a_failed_delivery_is_recorded_and_sent_again_until_received(
         await deliveries.deliver_once(WebhookSender("http://127.0.0.1:9/events", 2.0))
     assert await deliveries.deliver_once(webhook) == 1
     assert receiver.keys() == keys + more
+
+
+async def test_a_webhook_whose_answer_is_not_http_fails_the_delivery_and_loses_nothing(
+    store: Store, receiver: Receiver
+) -> None:
+    keys = await committed(store, 1)
+    garbled = socket.create_server(("127.0.0.1", 0))
+
+    def answer_garbage() -> None:
+        connection, _ = garbled.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"this is not HTTP\r\n\r\n")
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    url = f"http://127.0.0.1:{garbled.getsockname()[1]}/events"
+    deliveries = Deliveries(store)
+    try:
+        with pytest.raises(DeliveryError, match="could not be read"):
+            await deliveries.deliver_once(WebhookSender(url))
+    finally:
+        garbled.close()
+    assert await deliveries.deliver_once(WebhookSender(receiver.url)) == 1
+    assert receiver.keys() == keys
 
 
 class Forgetful:

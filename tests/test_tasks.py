@@ -22,6 +22,7 @@ from processor.outbox.delivery import Deliveries
 from processor.outbox.tasks import TaskMaker
 from processor.program.loader import validate_program
 from processor.service import errors
+from processor.store.catalog_base import encode_page_token
 from processor.store.event_log import EventLog
 from processor.store.ledger import Store
 from processor.store.tasks import Tasks
@@ -110,6 +111,7 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
         ("CompleteTask", admin.CompleteTaskRequest(task_id=5, outcome="ok\x00"), INVALID),
         ("ListTasks", admin.ListTasksRequest(statuses=[0]), INVALID),
         ("ListTasks", admin.ListTasksRequest(page_token="nonsense"), INVALID),
+        ("ListTasks", admin.ListTasksRequest(page_token=encode_page_token([True])), INVALID),
         ("ListTasks", admin.ListTasksRequest(team="x" * 101), INVALID),
     ],
 )  # fmt: skip

@@ -120,12 +120,12 @@ async def run_sender(
     while True:
         try:
             sent = await deliveries.deliver_once(sender)
-        except LoyaltyError as error:  # the send failed, or PostgreSQL did
+        except Exception as error:  # the send failed, or PostgreSQL did, or a bug: never stop
             pause = min(max(pause * 2, FIRST_RETRY_SECONDS), EVENTS_DELIVERY_RETRY_SECONDS_MAX)
             failed.inc()
             log.warning(
                 "delivering events to %s failed; trying again in %.0f s: %s",
-                sender.name, pause, error,
+                sender.name, pause, error, exc_info=not isinstance(error, LoyaltyError),
             )  # fmt: skip
             await asyncio.sleep(pause)
             continue

@@ -6,6 +6,7 @@ least once and drops repeats by their ``key``."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import urllib.error
@@ -89,8 +90,18 @@ class WebhookSender:
 
     async def send(self, rows: Sequence[EventRow]) -> None:
         body = json.dumps({"events": [event_json(row) for row in rows]}).encode()
-        # urllib blocks: the post runs on a thread, never on the event loop.
-        await asyncio.to_thread(self._post, body, rows[-1].position)
+        # urllib blocks: the post runs on a thread, never on the event loop. Its timeout is
+        # per read, so a receiver that answers a byte at a time is cut off here as a whole,
+        # well before PostgreSQL ends the delivery's idle transaction (30 s).
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(self._post, body, rows[-1].position),
+                self.timeout_seconds + 1.0,
+            )
+        except TimeoutError:
+            raise DeliveryError(
+                f"the webhook did not answer within {self.timeout_seconds:.0f} s"
+            ) from None
 
     def _post(self, body: bytes, last_position: int) -> None:
         request = urllib.request.Request(
@@ -114,5 +125,7 @@ class WebhookSender:
             failure = f"the webhook could not be reached: {error.reason}"
         except OSError as error:
             failure = f"the webhook could not be reached: {error}"
+        except (http.client.HTTPException, ValueError) as error:  # a broken answer, a bad URL
+            failure = f"the webhook's answer could not be read: {type(error).__name__}: {error}"
         if failure:
             raise DeliveryError(failure)

@@ -12,19 +12,14 @@ the day events were first written (migration 0011): months before it show none.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
 
 from processor import calendar
 from processor.flow.registry import ProgramRegistry
 from processor.reports.scorecard import decimal_text, text_table
 from processor.reports.scorecard import load as load_scorecards
 from processor.store.catalog import Catalog
-from processor.store.event_log import EventLog, MoveCount
+from processor.store.event_log import EventLog
 from processor.store.ledger import Store
-
-UP: Final = "advancement"
-DOWN: Final = "demotion"
-KEPT: Final = frozenset({"sustain", "extension"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +44,7 @@ class HealthMonth:
     points_redeemed: int = 0
     points_expired: int = 0
     accounts_active: int = 0
-    moved_up: int = 0  # distinct members, each kind of move counted on its own
+    moved_up: int = 0  # distinct members: one who moved up twice in the month counts once
     moved_down: int = 0
     kept: int = 0
     paths: list[Path] = field(default_factory=list)
@@ -67,7 +62,9 @@ async def load(
     cards = await load_scorecards(catalog, registry, store, program_id, month, months)
     first = calendar.add_period(month, 1 - months, "month")
     last = calendar.add_period(month, 1, "month") - 1
-    moves = await EventLog(store).moves(programs, first, last)
+    log = EventLog(store)
+    moves = await log.moves(programs, first, last)
+    members = await log.members_moved(programs, first, last)
     exponents = {
         program: compiled.balance_digits.get(f"points:{program}", 0) for program in programs
     }
@@ -84,20 +81,16 @@ async def load(
                 health.points_redeemed = total.redeemed_mtd
                 health.points_expired = total.expired_mtd
                 health.accounts_active = total.accounts_active
-            _add_moves(health, [m for m in moves if m.program == program and m.month == name])
+            health.moved_up = members.get((program, name, "up"), 0)
+            health.moved_down = members.get((program, name, "down"), 0)
+            health.kept = members.get((program, name, "kept"), 0)
+            health.paths = [
+                Path(m.move, m.from_level, m.to_level, m.members)
+                for m in moves
+                if m.program == program and m.month == name
+            ]
             report.append(health)
     return report
-
-
-def _add_moves(health: HealthMonth, moves: list[MoveCount]) -> None:
-    for move in moves:
-        if move.move == UP:
-            health.moved_up += move.members
-        elif move.move == DOWN:
-            health.moved_down += move.members
-        elif move.move in KEPT:
-            health.kept += move.members
-        health.paths.append(Path(move.move, move.from_level, move.to_level, move.members))
 
 
 def text(report: list[HealthMonth]) -> str:

@@ -465,7 +465,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     async def ListEvents(
         self, request: admin.ListEventsRequest, context: Context
     ) -> admin.ListEventsResponse:
-        return await self.events.list(request)
+        return await self.events.list_events(request)
 
     async def WatchEvents(
         self, request: admin.WatchEventsRequest, context: Context
@@ -478,7 +478,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
     async def ListTasks(
         self, request: admin.ListTasksRequest, context: Context
     ) -> admin.ListTasksResponse:
-        return await self.task_desk.list(request)
+        return await self.task_desk.list_tasks(request)
 
     async def ClaimTask(
         self, request: admin.ClaimTaskRequest, context: Context

@@ -13,9 +13,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from processor import calendar, proto
-from processor.errors import InvalidFieldError, NotFoundError
+from processor.errors import InvalidFieldError, NotFoundError, OverloadedError
 from processor.flow.registry import ProgramRegistry
-from processor.limits import CARD_DIGITS_MAX, EVENTS_PAGE_SIZE_MAX, EVENTS_RELAY_SECONDS
+from processor.limits import (
+    CARD_DIGITS_MAX,
+    EVENTS_PAGE_SIZE_MAX,
+    EVENTS_RELAY_SECONDS,
+    EVENTS_WATCHERS_MAX,
+)
 from processor.store.event_log import EventLog, EventRow
 from processor.store.events import AWARD_ISSUED, LEVEL_MOVED, POINTS_ISSUED
 from processor.wire import answers
@@ -45,47 +50,58 @@ class EventReader:
     def __init__(self, log: EventLog, registry: ProgramRegistry) -> None:
         self.log = log
         self.registry = registry
+        self.watching = 0  # WatchEvents calls open now
 
-    async def list(self, request: admin.ListEventsRequest) -> admin.ListEventsResponse:
+    async def list_events(self, request: admin.ListEventsRequest) -> admin.ListEventsResponse:
         after = _position(request.after_position)
         kinds, account = _filters(request.kinds, request.account)
-        size = EVENTS_PAGE_SIZE_DEFAULT if request.page_size == 0 else request.page_size
+        size = min(EVENTS_PAGE_SIZE_DEFAULT if request.page_size == 0 else request.page_size,
+                   EVENTS_PAGE_SIZE_MAX)  # fmt: skip
         await self.log.position()
-        rows = await self.log.after(
-            after, min(size, EVENTS_PAGE_SIZE_MAX), kinds=kinds, account=account
-        )
+        rows, reached = await self._page(after, size, kinds, account)
         return admin.ListEventsResponse(
-            events=[self._message(row) for row in rows],
-            last_position=rows[-1].position if rows else after,
+            events=[self._message(row) for row in rows], last_position=max(after, reached)
         )
+
+    async def _page(
+        self, after: int, size: int, kinds: list[str], account: str
+    ) -> tuple[list[EventRow], int]:
+        """Up to ``size`` events after ``after`` and the position the page covers: its last
+        event's when full; else every position numbered so far (events the filters leave
+        out are passed over, and not read again)."""
+        # Every position up to `last` is committed and visible once `last` is read.
+        last = await self.log.last_position()
+        rows = await self.log.after(after, size, until=last, kinds=kinds, account=account)
+        return rows, rows[-1].position if len(rows) == size else last
 
     async def watch(
         self, request: admin.WatchEventsRequest
     ) -> AsyncIterator[admin.WatchEventsResponse]:
         after = _position(request.after_position)
         kinds, account = _filters(request.kinds, request.account)
-        if request.from_now:
-            if after:
-                raise InvalidFieldError("from_now", "cannot be given with after_position")
-            await self.log.position()
-            after = await self.log.last_position()
-        while True:
-            await self.log.position()
-            # Every position up to `last` is committed and visible now: a page shorter than
-            # the most has read all of them, and the next look starts after `last` (events
-            # the filters leave out are not read again).
-            last = await self.log.last_position()
-            rows = await self.log.after(
-                after, EVENTS_PAGE_SIZE_MAX, until=last, kinds=kinds, account=account
+        if request.from_now and after:
+            raise InvalidFieldError("from_now", "cannot be given with after_position")
+        if self.watching >= EVENTS_WATCHERS_MAX:
+            raise OverloadedError(
+                f"{self.watching} WatchEvents calls are open in this process already; "
+                "retry later, or read with ListEvents"
             )
-            reached = rows[-1].position if len(rows) == EVENTS_PAGE_SIZE_MAX else last
-            if rows:
-                yield admin.WatchEventsResponse(
-                    events=[self._message(row) for row in rows], last_position=reached
-                )
-            after = max(after, reached)
-            if len(rows) < EVENTS_PAGE_SIZE_MAX:
-                await asyncio.sleep(WATCH_POLL_SECONDS)
+        self.watching += 1
+        try:
+            await self.log.position()  # then the relay's turns: each look reads only
+            if request.from_now:
+                after = await self.log.last_position()
+            while True:
+                rows, reached = await self._page(after, EVENTS_PAGE_SIZE_MAX, kinds, account)
+                if rows:
+                    yield admin.WatchEventsResponse(
+                        events=[self._message(row) for row in rows], last_position=reached
+                    )
+                after = max(after, reached)
+                if len(rows) < EVENTS_PAGE_SIZE_MAX:
+                    await asyncio.sleep(WATCH_POLL_SECONDS)
+        finally:
+            self.watching -= 1
 
     def _message(self, row: EventRow) -> admin.Event:
         event = row.event

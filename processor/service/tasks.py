@@ -33,14 +33,14 @@ class TaskDesk:
     def __init__(self, tasks: Tasks) -> None:
         self.tasks = tasks
 
-    async def list(self, request: admin.ListTasksRequest) -> admin.ListTasksResponse:
+    async def list_tasks(self, request: admin.ListTasksRequest) -> admin.ListTasksResponse:
         statuses = _statuses(request.statuses) or [OPEN, CLAIMED]
         team = checked_text(request.team, "team", TASK_TEAM_CHARS_MAX, required=False)
         size = min(request.page_size or TASKS_PAGE_SIZE_DEFAULT, TASKS_PAGE_SIZE_MAX)
         after = 0
         if request.page_token:
             (after,) = decode_page_token(request.page_token, 1)
-            if not isinstance(after, int) or after < 0:
+            if type(after) is not int or after < 0:
                 raise InvalidFieldError("page_token", "is not a token this service gave")
         found = await self.tasks.page(statuses=statuses, team=team, after=after, limit=size)
         response = admin.ListTasksResponse(tasks=[task_message(task) for task in found])

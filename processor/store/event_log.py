@@ -60,6 +60,17 @@ ORDER BY 1, 2, 3, 4, 5
 """
 
 
+_MEMBERS_MOVED: Final = """
+SELECT program, to_char(date '1970-01-01' + day, 'YYYY-MM') AS month,
+       CASE data->>'move' WHEN 'advancement' THEN 'up' WHEN 'demotion' THEN 'down'
+                          ELSE 'kept' END AS direction,
+       count(DISTINCT account_id)
+FROM events
+WHERE kind = 'level_moved' AND program = ANY(%s::text[]) AND day BETWEEN %s AND %s
+GROUP BY 1, 2, 3
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class MoveCount:
     """The level moves of one kind between two levels of a program in a month."""
@@ -93,7 +104,9 @@ class EventLog(CatalogBase):
         how many were numbered."""
         async with self._reading("number events") as cursor:
             await cursor.execute(_POSITION, (most,))
-            return int((await one_row(cursor))[0])
+            numbered = int((await one_row(cursor))[0])
+        metrics.EVENTS_POSITIONED.inc(numbered)
+        return numbered
 
     async def after(
         self,
@@ -123,6 +136,16 @@ class EventLog(CatalogBase):
             await cursor.execute(_MOVES, (list(programs), first_day, last_day))
             return [MoveCount(*row) for row in await cursor.fetchall()]
 
+    async def members_moved(
+        self, programs: Sequence[str], first_day: int, last_day: int
+    ) -> dict[tuple[str, str, str], int]:
+        """Distinct cards moved ``up`` (advancements), ``down`` (demotions) or ``kept``
+        (sustains, extensions) by (program, month YYYY-MM, direction), however many moves
+        of that direction each made."""
+        async with self._reading("count members moved") as cursor:
+            await cursor.execute(_MEMBERS_MOVED, (list(programs), first_day, last_day))
+            return {(p, m, d): int(n) for p, m, d, n in await cursor.fetchall()}
+
     async def last_position(self) -> int:
         """The position of the newest numbered event (0 before any): where a reader that
         wants only what happens from now on starts."""
@@ -145,6 +168,5 @@ class EventLog(CatalogBase):
                 numbered = 0
             else:
                 failing = False
-                metrics.EVENTS_POSITIONED.inc(numbered)
             if numbered < EVENTS_RELAY_ROWS_MAX:
                 await asyncio.sleep(interval_seconds)
