@@ -182,6 +182,13 @@ EVENTS_WATCHERS_MAX: Final = 64
 """WatchEvents calls one process serves at once; more are refused (RESOURCE_EXHAUSTED).
 Each reads PostgreSQL every 0.2 s on the pool the transactions use."""
 
+EVENTS_KEPT_DAYS_DEFAULT: Final = 400
+"""Days an event is kept once every sender has had it (the events_kept_days setting): over
+a year, so the health report's twelve months have their moves."""
+
+EVENTS_PRUNED_PER_STATEMENT: Final = 10_000
+"""Old events one statement removes; the schedule's maintenance removes them in turns."""
+
 EVENTS_DELIVERY_PAGE_MAX: Final = 500
 """Events one delivery sends (one webhook POST): a sender behind by more catches up a page
 at a time, at once."""

@@ -285,3 +285,24 @@ async def test_a_sender_that_never_delivered_shows_zero_delivered_beside_its_fai
     assert sample("loyalty_events_delivered_total", {"sender": "refusing"}) == 0
     assert sample("loyalty_event_delivery_failures_total", {"sender": "refusing"}) == 1
     assert await Deliveries(store).positions() == {"refusing": 0}
+
+
+async def test_old_events_every_sender_had_are_removed_and_no_others(store: Store) -> None:
+    keys = await committed(store, 3) + await committed(store, 2)  # positions 1 to 5
+    async with store.pool.connection() as connection:
+        await connection.execute(
+            "UPDATE events SET created_at = now() - interval '500 days' WHERE position <= 4"
+        )
+        await connection.execute(
+            "INSERT INTO event_deliveries (sender, last_position) VALUES ('a', 4), ('b', 2)"
+        )
+    log = EventLog(store)
+    # Sender b has had positions 1 and 2 only: those go, one statement at a time.
+    assert await log.prune(400, most=1) == 2
+    assert [row.event.key for row in await log.after(0, 10)] == keys[2:]
+    async with store.pool.connection() as connection:
+        await connection.execute("UPDATE event_deliveries SET last_position = 5")
+    # Every sender has had all: the old ones go; the one of today stays.
+    assert await log.prune(400) == 2
+    assert [row.event.key for row in await log.after(0, 10)] == keys[4:]
+    assert await log.prune(600) == 0

@@ -36,8 +36,10 @@ from croniter import croniter  # type: ignore[import-untyped]
 from processor import calendar
 from processor.jobs import runner
 from processor.jobs.named import JOBS, Job
+from processor.limits import EVENTS_KEPT_DAYS_DEFAULT
 from processor.runtime import metrics
 from processor.store.cards import today
+from processor.store.event_log import EventLog
 from processor.store.job_runs import JobRuns
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ FINISHED_JOBS_KEPT_HOURS: Final = 24 * 30
 MAINTENANCE_CRON: Final = "*/5 * * * *"
 """When stalled jobs are looked for."""
 
+PRUNE_EVENTS_CRON: Final = "23 * * * *"
+"""When old events are removed (processor.store.event_log ``prune``): hourly."""
+
 
 def check_cron(cron: str) -> str:
     """``cron`` when it is a five-field cron expression; ValueError saying why otherwise."""
@@ -90,9 +95,11 @@ class Schedule:
         *,
         cron: str,
         chunk_accounts: int = runner.CHUNK_ACCOUNTS_DEFAULT,
+        events_kept_days: int = EVENTS_KEPT_DAYS_DEFAULT,
     ) -> None:
         self._context = context
         self._chunk_accounts = chunk_accounts
+        self._events_kept_days = events_kept_days
         # procrastinate logs every defer, start and end at INFO (the five-minute maintenance
         # tick alone, three lines each time); the runner logs each run's start and end. At
         # LOYALTY_LOG_LEVEL=DEBUG, all of procrastinate's lines are kept.
@@ -125,6 +132,8 @@ class Schedule:
             self.app.periodic(cron=cron, periodic_id=job.name)(task)
         stalled = self.app.task(name="loyalty.retry-stalled", queue=QUEUE)(self._retry_stalled)
         self.app.periodic(cron=MAINTENANCE_CRON, periodic_id="retry-stalled")(stalled)
+        prune = self.app.task(name="loyalty.prune-events", queue=QUEUE)(self._prune_events)
+        self.app.periodic(cron=PRUNE_EVENTS_CRON, periodic_id="prune-events")(prune)
 
     def _performer(self, job: Job) -> Any:
         async def perform(timestamp: int | None = None, as_of: str | None = None) -> None:
@@ -160,6 +169,12 @@ class Schedule:
         ):
             log.warning("job %s was left running by a dead worker: sent back", stalled.task_name)
             await manager.retry_job(stalled)
+
+    async def _prune_events(self, timestamp: int | None = None) -> None:
+        """Remove the events older than events_kept_days that every sender has had."""
+        removed = await EventLog(self._context.store).prune(self._events_kept_days)
+        if removed:
+            log.info("removed %d events older than %d days", removed, self._events_kept_days)
 
     async def defer(self, job: Job, as_of: int) -> int | None:
         """Put ``job`` as of ``as_of`` in the queue now (None if one is waiting already)."""

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from processor.limits import (
     CACHE_KEY_PREFIX_CHARS_MAX,
+    EVENTS_KEPT_DAYS_DEFAULT,
     JOB_CHUNK_ACCOUNTS_MAX,
     PIN_ATTEMPTS_MAX,
     TOKEN_LEEWAY_SECONDS_MAX,
@@ -91,6 +92,9 @@ class Settings(BaseSettings):
     # Each transaction's earned points as an event too (points_issued): a row per earning
     # transaction in its commit, for points alerts; off, only moves and awards are events.
     events_points_issued: bool = False
+    # Days an event is kept once every sender has had it (the schedule removes older ones
+    # hourly); the health report counts moves from events, so keep a year or more.
+    events_kept_days: int = Field(default=EVENTS_KEPT_DAYS_DEFAULT, ge=1, le=36_500)
     demo: bool = False
     demo_cards: int = Field(default=2_000, ge=0, le=100_000)
 

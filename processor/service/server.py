@@ -375,6 +375,7 @@ async def _start_on(
                 JobContext(store, registry, cache),
                 cron=settings.jobs_cron,
                 chunk_accounts=settings.jobs_chunk_accounts,
+                events_kept_days=settings.events_kept_days,
             )
             tasks.append(
                 asyncio.get_running_loop().create_task(schedule.run_forever(), name="jobs")

@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from processor.errors import LoyaltyError
-from processor.limits import EVENTS_RELAY_ROWS_MAX, EVENTS_RELAY_SECONDS
+from processor.limits import (
+    EVENTS_PRUNED_PER_STATEMENT,
+    EVENTS_RELAY_ROWS_MAX,
+    EVENTS_RELAY_SECONDS,
+)
 from processor.runtime import metrics
 from processor.store.catalog_base import CatalogBase, one_row
 from processor.store.events import Event
@@ -68,6 +72,18 @@ SELECT program, to_char(date '1970-01-01' + day, 'YYYY-MM') AS month,
 FROM events
 WHERE kind = 'level_moved' AND program = ANY(%s::text[]) AND day BETWEEN %s AND %s
 GROUP BY 1, 2, 3
+"""
+
+
+_PRUNE: Final = """
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events
+    WHERE position <= (SELECT coalesce(min(d.last_position), r.last_position)
+                       FROM event_relay AS r LEFT JOIN event_deliveries AS d ON true
+                       GROUP BY r.last_position)
+    ORDER BY position
+    LIMIT %(most)s
+) AND created_at < now() - make_interval(days => %(days)s)
 """
 
 
@@ -145,6 +161,17 @@ class EventLog(CatalogBase):
         async with self._reading("count members moved") as cursor:
             await cursor.execute(_MEMBERS_MOVED, (list(programs), first_day, last_day))
             return {(p, m, d): int(n) for p, m, d, n in await cursor.fetchall()}
+
+    async def prune(self, kept_days: int, most: int = EVENTS_PRUNED_PER_STATEMENT) -> int:
+        """Remove the events older than ``kept_days`` that every sender has had (oldest
+        first, ``most`` per statement, until none is left to remove); how many."""
+        removed = 0
+        while True:
+            async with self._reading("remove old events") as cursor:
+                await cursor.execute(_PRUNE, {"most": most, "days": kept_days})
+                removed += cursor.rowcount
+                if cursor.rowcount < most:
+                    return removed
 
     async def last_position(self) -> int:
         """The position of the newest numbered event (0 before any): where a reader that
