@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -36,6 +37,7 @@ from processor.flow import pipeline
 from processor.runtime import metrics
 from processor.service import errors
 from processor.store import Store, codec, ledger
+from processor.store.event_log import EventLog
 
 pytestmark = pytest.mark.integration
 
@@ -390,8 +392,9 @@ async def test_two_servers_posting_to_one_card_lose_no_update(
     # Each server has its own pipeline, batcher, pools and cache client, as two processes
     # would, over one schema and one Redis (one key prefix, as a deployment shares it).
     # Small batches make many commits, so the two interleave often.
-    one = await start_served(batch_requests_max=25)
-    two = await start_served(batch_requests_max=25)
+    # Points events on: each committed request writes one, whatever conflicts it met.
+    one = await start_served(batch_requests_max=25, events_points_issued=True)
+    two = await start_served(batch_requests_max=25, events_points_issued=True)
     card = cards[49]
     streams, per_stream = 3, 100
 
@@ -420,6 +423,14 @@ async def test_two_servers_posting_to_one_card_lose_no_update(
     # The servers did get in each other's way (about one conflict per batch here), and
     # every conflicting batch was evaluated again on fresh state.
     assert one.running.pipeline.conflicts_total + two.running.pipeline.conflicts_total >= 1
+    # Every request's events once: its points, and the one coupon.
+    log = EventLog(one.store)
+    await log.position()
+    events = [row.event for row in await log.after(0, 10_000)]
+    assert Counter(event.kind for event in events) == {"points_issued": total, "award_issued": 1}
+    assert sorted(e.request_id for e in events if e.kind == "points_issued") == sorted(
+        r.request_id for r in results
+    )
 
 
 # --------------------------------------------------------------------------- graceful stop
