@@ -85,6 +85,7 @@ def test_config_show_redacts_secrets(
         ("LOYALTY_EVENTS_LOG", "loudly", "events_log", "valid boolean"),
         ("LOYALTY_EVENTS_POINTS_ISSUED", "some", "events_points_issued", "valid boolean"),
         ("LOYALTY_EVENTS_KEPT_DAYS", "0", "events_kept_days", "greater than or equal to 1"),
+        ("LOYALTY_EVENTS_SENDERS", "kafka", "events_senders", "no sender 'kafka' is installed"),
     ],
 )
 def test_the_overlap_cache_and_card_settings_refuse_bad_values(

@@ -19,7 +19,9 @@ import pytest
 from plugins.server import StartServed, line, purchase
 
 from processor.engine.types import AccountState
-from processor.outbox.delivery import Deliveries, run_sender
+from processor.errors import InvalidFieldError
+from processor.outbox import plugins
+from processor.outbox.delivery import Deliveries, run_sender, senders_of
 from processor.outbox.senders import EVENT_LOGGER, DeliveryError, LogSender, WebhookSender
 from processor.runtime import metrics
 from processor.runtime.logs import mask_cards
@@ -306,3 +308,68 @@ async def test_old_events_every_sender_had_are_removed_and_no_others(store: Stor
     assert await log.prune(400) == 2
     assert [row.event.key for row in await log.after(0, 10)] == keys[4:]
     assert await log.prune(600) == 0
+
+
+class Memo:
+    """A sender a package might install: remembers the keys it is given."""
+
+    name = "memo"
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    async def send(self, rows: Sequence[EventRow]) -> None:
+        self.received.extend(row.event.key for row in rows)
+
+
+class Point:
+    """An entry point of the loyalty.event_senders group, as importlib.metadata gives one."""
+
+    def __init__(self, name: str, factory: Any) -> None:
+        self.name = name
+        self.factory = factory
+
+    def load(self) -> Any:
+        return self.factory
+
+
+@pytest.fixture
+def installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package installed with two senders: ``memo``, and ``liar`` (named otherwise)."""
+    points = [Point("memo", Memo), Point("liar", lambda: Forgetful())]
+    monkeypatch.setattr(
+        plugins, "entry_points", lambda group: points if group == plugins.GROUP else []
+    )
+
+
+async def test_an_installed_sender_the_settings_name_gets_the_events(
+    store: Store, installed: None
+) -> None:
+    keys = await committed(store, 2)
+    settings = Settings(events_senders=" memo ")
+    (sender,) = senders_of(None, False, settings.events_senders)
+    assert await Deliveries(store).deliver_once(sender) == 2
+    assert isinstance(sender, Memo) and sender.received == keys
+
+
+@pytest.mark.parametrize(
+    ("names", "why"),
+    [
+        ("kafka", "no sender 'kafka' is installed (installed: liar, memo)"),
+        ("webhook", "'webhook' is a built-in sender"),
+        ("memo,memo", "more than once"),
+    ],
+)
+def test_the_settings_refuse_a_sender_that_is_not_installed_naming_it(
+    installed: None, names: str, why: str
+) -> None:
+    with pytest.raises(pydantic.ValidationError, match="events_senders") as error:
+        Settings(events_senders=names)
+    assert why in str(error.value)
+
+
+def test_an_installed_sender_that_makes_a_sender_of_another_name_is_refused(
+    installed: None,
+) -> None:
+    with pytest.raises(InvalidFieldError, match="did not make a sender named 'liar'"):
+        senders_of(None, False, "liar")

@@ -19,12 +19,13 @@ from typing import Final
 
 import psycopg
 
-from processor.errors import LoyaltyError
+from processor.errors import InvalidFieldError, LoyaltyError
 from processor.limits import (
     EVENTS_DELIVERY_PAGE_MAX,
     EVENTS_DELIVERY_RETRY_SECONDS_MAX,
     EVENTS_RELAY_SECONDS,
 )
+from processor.outbox.plugins import load as load_plugins
 from processor.outbox.senders import DeliveryError, LogSender, Sender, WebhookSender
 from processor.runtime import metrics
 from processor.store.catalog_base import CatalogBase, one_row
@@ -135,11 +136,17 @@ async def run_sender(
             await asyncio.sleep(interval_seconds)
 
 
-def senders_of(webhook_url: str | None, log_events: bool) -> Sequence[Sender]:
-    """The senders the settings configure (``events_webhook_url``, ``events_log``)."""
+def senders_of(webhook_url: str | None, log_events: bool, plugins: str = "") -> Sequence[Sender]:
+    """The senders the settings configure (``events_webhook_url``, ``events_log``, and the
+    installed ones ``events_senders`` names: processor.outbox.plugins)."""
     chosen: list[Sender] = []
     if webhook_url:
         chosen.append(WebhookSender(webhook_url))
     if log_events:
         chosen.append(LogSender())
+    if plugins:
+        try:
+            chosen.extend(load_plugins(plugins))
+        except ValueError as error:
+            raise InvalidFieldError("events_senders", str(error)) from None
     return chosen

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # Each transaction's earned points as an event too (points_issued): a row per earning
     # transaction in its commit, for points alerts; off, only moves and awards are events.
     events_points_issued: bool = False
+    # Senders installed packages add (processor.outbox.plugins), by name, comma-separated.
+    events_senders: str = ""
     # Days an event is kept once every sender has had it (the schedule removes older ones
     # hourly); the health report counts moves from events, so keep a year or more.
     events_kept_days: int = Field(default=EVENTS_KEPT_DAYS_DEFAULT, ge=1, le=36_500)
@@ -112,6 +114,14 @@ class Settings(BaseSettings):
         if url and urlsplit(url).scheme not in ("http", "https"):
             raise ValueError("must be an http:// or https:// URL")
         return value if url else None
+
+    @field_validator("events_senders")
+    @classmethod
+    def _plugins(cls, value: str) -> str:
+        from processor.outbox.plugins import names_of
+
+        names_of(value)
+        return value
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod

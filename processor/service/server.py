@@ -361,7 +361,9 @@ async def _start_on(
         deliveries = Deliveries(store)
         senders = [
             TaskMaker(Tasks(store), registry),
-            *senders_of(secret(settings.events_webhook_url), settings.events_log),
+            *senders_of(
+                secret(settings.events_webhook_url), settings.events_log, settings.events_senders
+            ),
         ]
         for sender in senders:
             tasks.append(
