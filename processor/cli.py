@@ -355,7 +355,6 @@ async def _run_locally(
 
 def _report_scorecard(args: argparse.Namespace) -> int:
     from processor import calendar
-    from processor.errors import InvalidFieldError
     from processor.reports import scorecard
 
     month = scorecard.last_month(args.month or "", "--month")
@@ -363,13 +362,9 @@ def _report_scorecard(args: argparse.Namespace) -> int:
     if args.html:
         from processor.reports import page
 
-        html = page.render(args.program, cards, calendar.format_month(month), args.months)
-        try:
-            with open(args.html, "w", encoding="utf-8") as file:
-                file.write(html)
-        except OSError as error:
-            raise InvalidFieldError("--html", f"{args.html}: {error.strerror}") from None
-        print(f"wrote {args.html}: open it in a browser", file=sys.stderr)
+        _write_page(
+            args.html, page.render(args.program, cards, calendar.format_month(month), args.months)
+        )
     elif args.json:
         print(json.dumps([scorecard.as_dict(card) for card in cards], indent=2))
     else:
@@ -389,7 +384,13 @@ def _report_health(args: argparse.Namespace) -> int:
 
     month = scorecard.last_month(args.month or "", "--month")
     report = _program_report(args, health.load, month)
-    if args.json:
+    if args.html:
+        from processor import calendar
+        from processor.reports import health_page
+
+        page = health_page.render(args.program, report, calendar.format_month(month), args.months)
+        _write_page(args.html, page)
+    elif args.json:
         print(json.dumps([health.as_dict(month) for month in report], indent=2))
     else:
         print(health.text(report), end="")
@@ -400,6 +401,18 @@ def _report_health(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _write_page(path: str, html: str) -> None:
+    """Write a report's HTML page to ``path`` (``--html``); refused naming it otherwise."""
+    from processor.errors import InvalidFieldError
+
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(html)
+    except OSError as error:
+        raise InvalidFieldError("--html", f"{path}: {error.strerror}") from None
+    print(f"wrote {path}: open it in a browser", file=sys.stderr)
 
 
 def _program_report(args: argparse.Namespace, load: Any, month: int) -> Any:
@@ -646,7 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=12,
         help="months back, the month included (default 12)",
     )
-    health.add_argument("--json", action="store_true", help="JSON instead of tables")
+    shown = health.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="JSON instead of tables")
+    shown.add_argument(
+        "--html", metavar="FILE", help="write a self-contained HTML page with charts to FILE"
+    )
     _server_flags(health)
     health.set_defaults(handler=_report_health)
 

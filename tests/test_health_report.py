@@ -4,7 +4,9 @@ kept, counted from the events of the moves; and its refusals of bad input."""
 
 from __future__ import annotations
 
+import html.parser
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +27,49 @@ def health(served: Served, *args: str) -> Any:
     )
 
 
+class Cells(html.parser.HTMLParser):
+    """The cells of each table (by its data-table), the charts' ids and the scripts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.charts: list[str] = []
+        self.scripts: list[str] = []
+        self._table = ""
+        self._cell: list[str] | None = None
+        self._script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "table":
+            self._table = found.get("data-table") or ""
+            self.tables[self._table] = []
+        elif tag == "tr":
+            self.tables[self._table].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "div" and (found.get("id") or "").startswith("chart-"):
+            self.charts.append(found["id"] or "")
+        elif tag == "script":
+            self._script = True
+            self.scripts.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "script":
+            self._script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._script:
+            self.scripts[-1] += data
+
+
 async def test_the_health_report_counts_points_issued_and_members_moved_up_by_month(
-    served: Served, cards: list[str]
+    served: Served, cards: list[str], tmp_path: Path
 ) -> None:
     # March: two silver cards spend $1,200.00 each and move to gold; one spends $10.00.
     for number, card in enumerate(cards[21:23]):
@@ -78,6 +121,18 @@ async def test_the_health_report_counts_points_issued_and_members_moved_up_by_mo
     assert lines[2].split()[0] == "2026-03" and lines[2].split()[-3:] == ["3", "0", "0"]
     assert lines[-1].split() == ["2026-03", "advancement", "silver", "gold", "3"]
 
+    page_file = tmp_path / "health.html"
+    written = health(served, "northwind", "--month", "2026-03", "--months", "2", "--html",
+                     str(page_file))  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    page = Cells()
+    page.feed(page_file.read_text(encoding="utf-8"))
+    # The same rows as the tables, and one chart of points and one of members per program.
+    assert page.tables["months"][1] == [cell for cell in lines[2].split()]
+    assert page.tables["paths"][-1] == ["2026-03", "advancement", "silver", "gold", "3"]
+    assert page.charts == ["chart-points-points", "chart-points-members"]
+    assert "plotly" in page.scripts[0][:2_000].lower()  # inlined: it opens with no network
+
 
 @pytest.mark.parametrize(
     ("args", "says"),
@@ -86,6 +141,7 @@ async def test_the_health_report_counts_points_issued_and_members_moved_up_by_mo
         (("northwind", "--months", "0"), "--months"),
         (("northwind", "--months", "37"), "--months"),
         (("nowhere",), "nowhere"),
+        (("northwind", "--html", "/no/such/directory/health.html"), "--html"),
     ],
 )
 def test_the_health_report_refuses_bad_input_naming_it(

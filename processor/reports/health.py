@@ -93,38 +93,53 @@ async def load(
     return report
 
 
+def month_rows(mine: list[HealthMonth]) -> list[list[str]]:
+    """One program's months as rows of text, the titles first."""
+    rows = [[
+        "month", "points issued", "redeemed", "expired", "active accounts",
+        "moved up", "moved down", "kept",
+    ]]  # fmt: skip
+    for health in mine:
+        amounts = (
+            [
+                decimal_text(value, health.exponent, grouped=True)
+                for value in (health.points_issued, health.points_redeemed, health.points_expired)
+            ] + [f"{health.accounts_active:,}"]
+            if health.counted
+            else ["not counted"] + ["-"] * 3
+        )  # fmt: skip
+        rows.append(
+            [health.month, *amounts]
+            + [f"{count:,}" for count in (health.moved_up, health.moved_down, health.kept)]
+        )
+    return rows
+
+
+def path_rows(mine: list[HealthMonth]) -> list[list[str]]:
+    """One program's level moves, month by month, as rows of text, the titles first."""
+    return [["month", "move", "from", "to", "members"]] + [
+        [health.month, path.move, path.from_level, path.to_level, f"{path.members:,}"]
+        for health in mine
+        for path in health.paths
+    ]
+
+
+def by_program(report: list[HealthMonth]) -> dict[str, list[HealthMonth]]:
+    """The report's months of each loyalty program, newest first."""
+    programs: dict[str, list[HealthMonth]] = {}
+    for health in report:
+        programs.setdefault(health.program, []).append(health)
+    return programs
+
+
 def text(report: list[HealthMonth]) -> str:
     """``loyalty report health``'s tables: each loyalty program's months, newest first,
     then the paths members moved along in them."""
     out: list[str] = []
-    for program in dict.fromkeys(health.program for health in report):
-        mine = [health for health in report if health.program == program]
+    for program, mine in by_program(report).items():
         out.append(f"loyalty program {program}")
-        rows = [[
-            "month", "points issued", "redeemed", "expired", "active accounts",
-            "moved up", "moved down", "kept",
-        ]]  # fmt: skip
-        for health in mine:
-            amounts = (
-                [
-                    decimal_text(value, health.exponent, grouped=True)
-                    for value in (
-                        health.points_issued, health.points_redeemed, health.points_expired
-                    )
-                ] + [f"{health.accounts_active:,}"]
-                if health.counted
-                else ["not counted"] + ["-"] * 3
-            )  # fmt: skip
-            rows.append(
-                [health.month, *amounts]
-                + [f"{count:,}" for count in (health.moved_up, health.moved_down, health.kept)]
-            )
-        out.extend("  " + line for line in text_table(rows))
-        paths = [["month", "move", "from", "to", "members"]] + [
-            [health.month, path.move, path.from_level, path.to_level, f"{path.members:,}"]
-            for health in mine
-            for path in health.paths
-        ]
+        out.extend("  " + line for line in text_table(month_rows(mine)))
+        paths = path_rows(mine)
         if len(paths) > 1:
             out.append("  level moves")
             out.extend("  " + line for line in text_table(paths))

@@ -94,6 +94,19 @@ def _chart(program: str, name: str, cards: list[ProgramMonth]) -> Chart:
     levels = [level for card in ordered for level, _ in card.levels]
     for level in [*dict.fromkeys(levels)] or ["all"]:
         series[level] = [_value(_figures(card, level), figure, exponent) for card in ordered]
+    return bar_chart(f"chart-{program}-{name}", name, title, months, series, exponent)
+
+
+def bar_chart(
+    div_id: str,
+    name: str,
+    title: str,
+    months: list[str],
+    series: dict[str, list[Decimal]],
+    exponent: int,
+) -> Chart:
+    """A chart of bars by month, one trace per series, each bar labelled with its value
+    (``exponent`` decimals), for a report page to place in its template."""
     shown = f",.{exponent}f" if exponent else ","
     traces = [
         go.Bar(
@@ -116,7 +129,7 @@ def _chart(program: str, name: str, cards: list[ProgramMonth]) -> Chart:
     html = go.Figure(traces, layout).to_html(
         full_html=False,
         include_plotlyjs=False,
-        div_id=f"chart-{program}-{name}",
+        div_id=div_id,
         # A fixed size: plotly measures its box once when it draws, and a box a CSS grid
         # sizes later gets a chart cut to its first category.
         default_width="560px",
