@@ -8,7 +8,9 @@ own in a thread, so that one server serves every example. Two kinds of input:
   tender and award services (a client with a broken serializer, or a hostile one);
 - PostTransaction messages built from arbitrary field values (texts with control
   characters, huge or negative amounts, odd dates and currencies);
-- program files of arbitrary text, YAML and JSON, uploaded with CreateProgram.
+- program files of arbitrary text, YAML and JSON, uploaded with CreateProgram;
+- ListEvents, ListTasks, ClaimTask and CompleteTask with arbitrary numbers, open enum
+  values and texts (a refused claim or completion changes no task).
 
 Every answer is OK or a status with an ErrorInfo reason from the processor's domain;
 never INTERNAL or UNKNOWN. A refused request writes nothing: the ledger's row count is the
@@ -180,3 +182,42 @@ def test_arbitrary_program_files_are_refused_with_a_reason_and_store_nothing(
     with psycopg.connect(database_url) as connection:
         row = connection.execute("SELECT count(*) FROM programs").fetchone()
     assert (row[0] if row else 0) == programs_before
+
+
+def tasks_written(database_url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as connection:
+        return connection.execute("SELECT id, status, outcome FROM tasks ORDER BY id").fetchall()
+
+
+int64s = st.integers(-(2**63), 2**63 - 1)
+uint32s = st.integers(0, 2**32 - 1)
+enums = st.lists(st.integers(-(2**31), 2**31 - 1), max_size=4)  # proto3 enums are open
+
+
+@FUZZ
+@given(
+    rpc=st.sampled_from(["ListEvents", "ListTasks", "ClaimTask", "CompleteTask"]),
+    number=int64s,
+    size=uint32s,
+    kinds=enums,
+    text=st.one_of(texts, st.just("6001200000000010"), st.just("")),
+)
+def test_arbitrary_event_and_task_requests_are_answered_or_refused_with_a_reason(
+    fuzzed: tuple[grpc.Channel, str], rpc: str, number: int, size: int, kinds: list[int], text: str
+) -> None:
+    channel, database_url = fuzzed
+    stub = proto.admin_grpc.AdminServiceStub(channel)
+    admin = proto.admin
+    request = {
+        "ListEvents": admin.ListEventsRequest(
+            after_position=number, page_size=size, kinds=kinds, account=text
+        ),
+        "ListTasks": admin.ListTasksRequest(
+            statuses=kinds, team=text, page_size=size, page_token=text
+        ),
+        "ClaimTask": admin.ClaimTaskRequest(task_id=number),
+        "CompleteTask": admin.CompleteTaskRequest(task_id=number, outcome=text),
+    }[rpc]
+    before = tasks_written(database_url)
+    if outcome(getattr(stub, rpc), request) != grpc.StatusCode.OK:
+        assert tasks_written(database_url) == before
