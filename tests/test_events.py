@@ -230,6 +230,36 @@ async def test_watches_beyond_the_most_one_process_serves_are_refused_resource_e
     first.cancel()
 
 
+async def test_a_reader_whose_place_is_older_than_the_events_kept_is_told_so(
+    served: Served, cards: list[str]
+) -> None:
+    card = cards[19]
+    await served.transactions.PostTransaction(
+        purchase(card, "gold-old", lines=[line(1, GOLD_SPEND)]), timeout=10
+    )
+    rows = await all_events(served.store)
+    last = rows[-1].position
+    assert last >= 2
+    async with served.store.pool.connection() as connection:
+        await connection.execute(
+            "UPDATE events SET created_at = now() - interval '500 days' WHERE position < %s",
+            (last,),
+        )
+        await connection.execute("UPDATE event_deliveries SET last_position = %s", (last,))
+    assert await EventLog(served.store).prune(400) == last - 1
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await served.admin.ListEvents(admin.ListEventsRequest(after_position=1), timeout=10)
+    assert failure.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert errors.reason_of(failure.value) == "EVENTS_REMOVED"
+    assert f"go on after {last - 1}" in failure.value.details()
+    kept = await served.admin.ListEvents(
+        admin.ListEventsRequest(after_position=last - 1), timeout=10
+    )
+    assert [event.position for event in kept.events] == [last]
+    from_start = await served.admin.ListEvents(admin.ListEventsRequest(), timeout=10)
+    assert [event.position for event in from_start.events] == [last]
+
+
 @pytest.mark.parametrize(
     ("request_", "field"),
     [

@@ -335,8 +335,13 @@ class Point:
 
 @pytest.fixture
 def installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A package installed with two senders: ``memo``, and ``liar`` (named otherwise)."""
-    points = [Point("memo", Memo), Point("liar", lambda: Forgetful())]
+    """A package installed with three senders: ``memo``; ``liar``, which makes a sender
+    named otherwise; ``broken``, which does not import."""
+
+    def broken() -> Any:
+        raise ImportError("No module named 'kafka_sender'")
+
+    points = [Point("memo", Memo), Point("liar", lambda: Forgetful()), Point("broken", broken)]
     monkeypatch.setattr(
         plugins, "entry_points", lambda group: points if group == plugins.GROUP else []
     )
@@ -355,7 +360,7 @@ async def test_an_installed_sender_the_settings_name_gets_the_events(
 @pytest.mark.parametrize(
     ("names", "why"),
     [
-        ("kafka", "no sender 'kafka' is installed (installed: liar, memo)"),
+        ("kafka", "no sender 'kafka' is installed (installed: broken, liar, memo)"),
         ("webhook", "'webhook' is a built-in sender"),
         ("memo,memo", "more than once"),
     ],
@@ -368,8 +373,30 @@ def test_the_settings_refuse_a_sender_that_is_not_installed_naming_it(
     assert why in str(error.value)
 
 
-def test_an_installed_sender_that_makes_a_sender_of_another_name_is_refused(
+def test_an_installed_sender_that_makes_a_sender_of_another_name_or_none_is_refused(
     installed: None,
 ) -> None:
     with pytest.raises(InvalidFieldError, match="did not make a sender named 'liar'"):
         senders_of(None, False, "liar")
+    with pytest.raises(InvalidFieldError, match=r"'broken' entry point failed .*kafka_sender"):
+        senders_of(None, False, "broken")
+
+
+class Buggy:
+    """A sender with a bug: it raises what no sender should."""
+
+    name = "buggy"
+
+    async def send(self, rows: Sequence[EventRow]) -> None:
+        raise RuntimeError("a bug in the sender")
+
+
+async def test_any_error_of_a_sender_is_recorded_as_its_last_error(store: Store) -> None:
+    await committed(store, 1)
+    with pytest.raises(RuntimeError):
+        await Deliveries(store).deliver_once(Buggy())
+    async with store.pool.connection() as connection:
+        cursor = await connection.execute(
+            "SELECT last_position, failures, last_error FROM event_deliveries"
+        )
+        assert await cursor.fetchall() == [(0, 1, "RuntimeError('a bug in the sender')")]

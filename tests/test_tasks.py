@@ -6,7 +6,9 @@ a program file gets wrong, named."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -20,10 +22,11 @@ from processor.engine.types import Line, Purchase
 from processor.errors import InputFileError
 from processor.outbox.delivery import Deliveries
 from processor.outbox.tasks import TaskMaker
-from processor.program.loader import validate_program
+from processor.program.loader import load_program, validate_program
 from processor.service import errors
 from processor.store.catalog_base import encode_page_token
-from processor.store.event_log import EventLog
+from processor.store.event_log import EventLog, EventRow
+from processor.store.events import AWARD_ISSUED, Event
 from processor.store.ledger import Store
 from processor.store.tasks import Tasks
 
@@ -167,3 +170,50 @@ def test_a_task_rule_a_program_file_gets_wrong_is_named(
     paths = [problem.path for problem in error.value.problems]
     assert f"loyalty_programs[0].task_rules[0].{field}" in paths, error.value.problems
     assert why in str(error.value)
+
+
+class Kept:
+    """Tasks made, kept in memory."""
+
+    def __init__(self) -> None:
+        self.made: list[Any] = []
+
+    async def add(self, tasks: list[Any]) -> None:
+        self.made.extend(tasks)
+
+
+def award_event(program: str, kind: str, rule: str, source: str | None) -> EventRow:
+    data: dict[str, Any] = {
+        "code": "C1", "award_kind": kind, "rule": rule, "value": 0, "points_cost": 300,
+        "expires_day": None,
+    }  # fmt: skip
+    if source is not None:
+        data["source"] = source
+    event = Event("6001200000000010", "r1", 0, AWARD_ISSUED, program, 20_000, data)
+    return EventRow(1, event, datetime.datetime.now(datetime.UTC))
+
+
+@pytest.mark.parametrize(
+    ("event", "rules"),
+    [
+        # The coffee rule issued the certificate (its source, as the commit recorded it).
+        (award_event("rewards", "certificate", "free-coffee", "coffee"), ["mail-coffee-mug"]),
+        # The award program issued the same certificate itself, on registration: no mug.
+        (award_event("rewards", "certificate", "free-coffee", "card_registered"), []),
+        # A certificate without its source (an answer of the compiled engine): by its id.
+        (award_event("rewards", "certificate", "free-coffee", None), ["mail-coffee-mug"]),
+        # A coupon of the points program named like the coffee rule: not a certificate.
+        (award_event("points", "coupon", "coffee", "coffee"), []),
+        # A certificate of another award program: not this program's.
+        (award_event("elsewhere", "certificate", "free-coffee", "coffee"), []),
+    ],
+)
+async def test_an_award_makes_the_task_of_the_rule_that_issued_it_and_no_other(
+    event: EventRow, rules: list[str]
+) -> None:
+    demo = load_program(ROOT / "examples" / "programs" / "demo.yaml")
+    program = SimpleNamespace(loyalty=[SimpleNamespace(program=demo.loyalty_programs[0])])
+    kept = Kept()
+    maker = TaskMaker(kept, SimpleNamespace(for_card=lambda card: program))  # type: ignore[arg-type]
+    await maker.send([event])
+    assert [task.rule for task in kept.made] == rules

@@ -61,8 +61,8 @@ class Deliveries(CatalogBase):
     async def deliver_once(self, sender: Sender, most: int = EVENTS_DELIVERY_PAGE_MAX) -> int:
         """Send ``sender`` the next page of events and move its position on: how many were
         sent (0 when none waited, or another process is delivering for it now). A send that
-        failed is recorded and raised as DeliveryError."""
-        failure: DeliveryError | None = None
+        failed is recorded (``failures``, ``last_error``) and its error raised."""
+        failure: Exception | None = None
         try:
             async with self._pool.connection() as connection:
                 # Most turns find the sender caught up: they end here, having locked and
@@ -89,9 +89,10 @@ class Deliveries(CatalogBase):
                         return 0
                     try:
                         await sender.send(rows)
-                    except DeliveryError as error:
+                    except Exception as error:  # a plugin's bug too: recorded, then raised
                         failure = error
-                        await cursor.execute(_FAILED, (str(error), sender.name))
+                        why = str(error) if isinstance(error, DeliveryError) else repr(error)
+                        await cursor.execute(_FAILED, (why, sender.name))
                     else:
                         await cursor.execute(_DELIVERED, (rows[-1].position, sender.name))
         except psycopg.Error as error:

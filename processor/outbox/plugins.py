@@ -46,7 +46,12 @@ def load(setting: str) -> list[Any]:
     points = {point.name: point for point in entry_points(group=GROUP)}
     senders = []
     for name in names_of(setting):
-        sender = points[name].load()()
+        try:
+            sender = points[name].load()()
+        except Exception as error:  # a package that does not import, a factory that fails
+            raise ValueError(
+                f"the {name!r} entry point failed to make its sender: {error!r}"
+            ) from None
         if getattr(sender, "name", None) != name or not callable(getattr(sender, "send", None)):
             raise ValueError(
                 f"the {name!r} entry point did not make a sender named {name!r} with send()"

@@ -53,13 +53,24 @@ class TaskMaker:
 
 def _of_program(loyalty: Any, event: Event) -> dict[str, Any] | None:
     """What an event of this loyalty program tells its task rules (an award's with the
-    award rule that issued it), or None when it is not of this program."""
+    award rule of this program that issued it), or None when it is not of this program."""
+    data = event.data
     if event.kind == LEVEL_MOVED:
-        return dict(event.data) if event.program == loyalty.id else None
-    if event.kind == AWARD_ISSUED:
-        # An issued award names its rule, or for a certificate the certificate's id.
-        issued = event.data.get("rule")
-        for rule in loyalty.award_rules:
-            if issued in (rule.id, getattr(rule, "certificate", None)):
-                return {**event.data, "award_rule": rule.id}
+        return dict(data) if event.program == loyalty.id else None
+    if event.kind != AWARD_ISSUED:
+        return None
+    for rule in loyalty.award_rules:
+        if rule.type != data.get("award_kind"):
+            continue
+        holder = (
+            loyalty.id if rule.type == "coupon" else rule.award_program or loyalty.award_program
+        )
+        if event.program != holder:
+            continue
+        # The issuing rule as the commit recorded it; for a certificate whose source the
+        # answer did not keep, the rule that issues that certificate.
+        named = rule.certificate if rule.type == "certificate" else rule.id
+        source = data.get("source")
+        if (source == rule.id) if source else (named is not None and data.get("rule") == named):
+            return {**data, "award_rule": rule.id}
     return None

@@ -51,8 +51,12 @@ def _section(program: str, mine: list[HealthMonth]) -> Section:
     labels = [health.month for health in oldest_first]
     exponent = mine[0].exponent
 
-    def points(values: list[int]) -> list[Decimal]:
-        return [Decimal(value).scaleb(-exponent) for value in values]
+    def points(values: list[int]) -> list[Decimal | None]:
+        # A month the scorecards job did not count has no bar, not a bar of zero.
+        return [
+            Decimal(value).scaleb(-exponent) if health.counted else None
+            for value, health in zip(values, oldest_first, strict=True)
+        ]
 
     charts = [
         bar_chart(

@@ -8,7 +8,7 @@ figures, drawn by its script when the page opens, with each bar labelled by its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
@@ -102,18 +102,18 @@ def bar_chart(
     name: str,
     title: str,
     months: list[str],
-    series: dict[str, list[Decimal]],
+    series: Mapping[str, Sequence[Decimal | None]],
     exponent: int,
 ) -> Chart:
     """A chart of bars by month, one trace per series, each bar labelled with its value
-    (``exponent`` decimals), for a report page to place in its template."""
+    (``exponent`` decimals; None: no bar), for a report page to place in its template."""
     shown = f",.{exponent}f" if exponent else ","
     traces = [
         go.Bar(
             name=level,
             x=months,
-            y=[float(value) for value in values],
-            text=[format(value, shown) for value in values],
+            y=[None if value is None else float(value) for value in values],
+            text=["" if value is None else format(value, shown) for value in values],
             textposition="auto",
             hovertemplate=f"{level} %{{x}}: %{{text}}<extra></extra>",
         )

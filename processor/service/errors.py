@@ -91,6 +91,8 @@ STATUS_BY_REASON: dict[str, ReasonStatus] = {
     "API_AUTHENTICATION_FAILED": ReasonStatus(grpc.StatusCode.UNAUTHENTICATED, 1042),
     "ALREADY_EXISTS": ReasonStatus(grpc.StatusCode.ALREADY_EXISTS),
     "PROGRAM_EXISTS": ReasonStatus(grpc.StatusCode.ALREADY_EXISTS),
+    # A reader's place is older than the events kept: it must know it missed some.
+    "EVENTS_REMOVED": ReasonStatus(grpc.StatusCode.OUT_OF_RANGE),
 }
 """Reasons whose status is not their error type's."""
 

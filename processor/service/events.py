@@ -53,7 +53,7 @@ class EventReader:
         self.watching = 0  # WatchEvents calls open now
 
     async def list_events(self, request: admin.ListEventsRequest) -> admin.ListEventsResponse:
-        after = _position(request.after_position)
+        after = await self._kept_after(_position(request.after_position))
         kinds, account = _filters(request.kinds, request.account)
         size = min(EVENTS_PAGE_SIZE_DEFAULT if request.page_size == 0 else request.page_size,
                    EVENTS_PAGE_SIZE_MAX)  # fmt: skip
@@ -62,6 +62,20 @@ class EventReader:
         return admin.ListEventsResponse(
             events=[self._message(row) for row in rows], last_position=max(after, reached)
         )
+
+    async def _kept_after(self, after: int) -> int:
+        """``after`` when no event after it was removed (older than the retention);
+        refused (EVENTS_REMOVED, OUT_OF_RANGE) naming where the kept events begin."""
+        if after:
+            oldest = await self.log.oldest_position()
+            if after < oldest - 1:
+                raise InvalidFieldError(
+                    "after_position",
+                    f"the events after {after} up to {oldest - 1} were removed (older than "
+                    f"the retention); the oldest kept is {oldest}: go on after {oldest - 1}",
+                    reason="EVENTS_REMOVED",
+                )
+        return after
 
     async def _page(
         self, after: int, size: int, kinds: list[str], account: str
@@ -88,6 +102,7 @@ class EventReader:
             )
         self.watching += 1
         try:
+            after = await self._kept_after(after)
             await self.log.position()  # then the relay's turns: each look reads only
             if request.from_now:
                 after = await self.log.last_position()

@@ -173,6 +173,16 @@ class EventLog(CatalogBase):
                 if cursor.rowcount < most:
                     return removed
 
+    async def oldest_position(self) -> int:
+        """The position of the oldest event kept (the one after the last numbered when none
+        is): a reader after an earlier position missed events that were removed."""
+        async with self._reading("read the oldest event position") as cursor:
+            await cursor.execute(
+                "SELECT coalesce((SELECT min(position) FROM events),"
+                " (SELECT last_position + 1 FROM event_relay))"
+            )
+            return int((await one_row(cursor))[0])
+
     async def last_position(self) -> int:
         """The position of the newest numbered event (0 before any): where a reader that
         wants only what happens from now on starts."""

@@ -89,13 +89,13 @@ def events_of(result: Result, day: int, *, points: bool = False) -> list[Event]:
         )
         for seq, move in enumerate(result.moves)
     ]  # fmt: skip
-    for award in result.awards:
+    for award, source in zip(result.awards, _award_sources(result), strict=True):
         events.append(
             Event(
                 result.account, result.id, len(events), AWARD_ISSUED, award.program, day,
                 {"code": award.code, "award_kind": award.kind, "rule": award.rule,
                  "value": award.value, "points_cost": award.points_cost,
-                 "expires_day": award.expires_day},
+                 "expires_day": award.expires_day, "source": source},
             )
         )  # fmt: skip
     if points:
@@ -111,6 +111,27 @@ def events_of(result: Result, day: int, *, points: bool = False) -> list[Event]:
                 )
             )  # fmt: skip
     return events
+
+
+def _award_sources(result: Result) -> list[str]:
+    """What issued each of a result's awards: a coupon's or e-award's rule is its award
+    rule; a certificate names the certificate, and the trace entry written with it names
+    its source (the loyalty award rule, or the award program's own "account_activated" or
+    "card_registered"). A result without its trace (the compiled engine's answers) gives
+    "" for a certificate."""
+    traced = [entry for entry in result.trace if entry.fired]
+    sources = []
+    for award in result.awards:
+        if award.kind != "certificate":
+            sources.append(award.rule)
+            continue
+        found = next(
+            (e for e in traced if (e.program, e.rule) == (award.program, award.rule)), None
+        )
+        if found is not None:
+            traced.remove(found)  # two certificates alike pair with their entries in order
+        sources.append("" if found is None else found.reason)
+    return sources
 
 
 def event_columns(
