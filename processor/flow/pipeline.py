@@ -254,6 +254,8 @@ class Pipeline:
         held = self.card_cache.get(numbers) if self.card_cache is not None else None
         if held is not None:
             pinned = [item for item in items if item.payload.pin is not None]
+            if not pinned:  # the common case: one read, and no task to run it beside nothing
+                return BatchLookup(held[0], held[1], {}), await self._cached(accounts)
             seen, cached = await asyncio.gather(self._seen(pinned), self._cached(accounts))
             return BatchLookup(held[0], held[1], seen), cached
         since = self.card_cache.changes() if self.card_cache is not None else 0
@@ -383,11 +385,17 @@ class Pipeline:
             customer_ids = sorted({r.customer_id for r in records.values() if r.customer_id})
             # The batch's lookup gave the customers; a conflict may have been a change of
             # theirs, so an attempt after one reads them again.
-            states, receipts, customers = await asyncio.gather(
-                self.load_states(accounts, fresh=fresh, read=cached),
-                self._load_receipts(requests),
-                self.cards.customers(customer_ids) if customer_ids and fresh else _given(customers),
-            )
+            reading_customers = bool(customer_ids and fresh)
+            if not reading_customers and not any(isinstance(r, Return | Void) for r in requests):
+                # Purchases and engagements on known customers: the states are the only
+                # read, so no tasks are made to run it beside reads that do nothing.
+                states, receipts = await self.load_states(accounts, fresh=fresh, read=cached), {}
+            else:
+                states, receipts, customers = await asyncio.gather(
+                    self.load_states(accounts, fresh=fresh, read=cached),
+                    self._load_receipts(requests),
+                    self.cards.customers(customer_ids) if reading_customers else _given(customers),
+                )
             _apply_card_records(states, records, customers)
             try:
                 self._answer_dry_runs(dry, states, receipts)
