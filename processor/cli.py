@@ -628,44 +628,28 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="what program managers read: scorecards, the monthly health report"
     )
     report_commands = report.add_subparsers(dest="report_command", required=True)
-    card = report_commands.add_parser(
-        "scorecard",
-        help="a program file's scorecards: each program's figures in a month, and by month",
-    )
-    card.add_argument("program", help="the program file's id")
-    card.add_argument("--month", help="the month, YYYY-MM (default: this month)")
-    card.add_argument(
-        "--months",
-        type=_count(1, SCORECARD_MONTHS_MAX),
-        default=12,
-        help="months back, the month included (default 12)",
-    )
-    shown = card.add_mutually_exclusive_group()
-    shown.add_argument("--json", action="store_true", help="JSON instead of tables")
-    shown.add_argument(
-        "--html", metavar="FILE", help="write a self-contained HTML page with charts to FILE"
-    )
-    _server_flags(card)
-    card.set_defaults(handler=_report_scorecard)
-    health = report_commands.add_parser(
-        "health",
-        help="each loyalty program's points issued and members moved up or down, by month",
-    )
-    health.add_argument("program", help="the program file's id")
-    health.add_argument("--month", help="the last month, YYYY-MM (default: this month)")
-    health.add_argument(
-        "--months",
-        type=_count(1, SCORECARD_MONTHS_MAX),
-        default=12,
-        help="months back, the month included (default 12)",
-    )
-    shown = health.add_mutually_exclusive_group()
-    shown.add_argument("--json", action="store_true", help="JSON instead of tables")
-    shown.add_argument(
-        "--html", metavar="FILE", help="write a self-contained HTML page with charts to FILE"
-    )
-    _server_flags(health)
-    health.set_defaults(handler=_report_health)
+    for name, summary, handler in (
+        ("scorecard", "a program file's scorecards: each program's figures in a month, and by "
+         "month", _report_scorecard),
+        ("health", "each loyalty program's points issued and members moved up or down, by "
+         "month", _report_health),
+    ):  # fmt: skip
+        reporting = report_commands.add_parser(name, help=summary)
+        reporting.add_argument("program", help="the program file's id")
+        reporting.add_argument("--month", help="the (last) month, YYYY-MM (default: this month)")
+        reporting.add_argument(
+            "--months",
+            type=_count(1, SCORECARD_MONTHS_MAX),
+            default=12,
+            help="months back, the month included (default 12)",
+        )
+        shown = reporting.add_mutually_exclusive_group()
+        shown.add_argument("--json", action="store_true", help="JSON instead of tables")
+        shown.add_argument(
+            "--html", metavar="FILE", help="write a self-contained HTML page with charts to FILE"
+        )
+        _server_flags(reporting)
+        reporting.set_defaults(handler=handler)
 
     seed = commands.add_parser(
         "seed", help="bulk-load cards, customers and accounts for load tests (resumable)"

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from importlib import resources
 
-import jinja2
 import plotly.offline  # type: ignore[import-untyped]
 
 from processor.reports.health import HealthMonth, by_program, month_rows, path_rows
-from processor.reports.page import Chart, bar_chart
+from processor.reports.page import Chart, bar_chart, templates
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +27,7 @@ class Section:
 def render(program_id: str, report: list[HealthMonth], month: str, months: int) -> str:
     """The page of ``program_id``'s health ``report`` (newest month first), ``months`` months
     ending with ``month`` (YYYY-MM)."""
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    template = environment.from_string(
-        resources.files("processor.reports").joinpath("health.html").read_text("utf-8")
-    )
+    template = templates().get_template("health.html")
     sections = [_section(program, mine) for program, mine in by_program(report).items()]
     return template.render(
         program_id=program_id,

@@ -2,7 +2,8 @@
 month's table of each program, and charts of its months, by level. Everything the page
 needs is in the file, plotly's script included, so it opens with no network (a few MB).
 
-The page is a Jinja template (scorecard.html beside this module, autoescaped); the charts are plotly
+The page is a Jinja template (scorecard.html beside this module on the layout of report.html,
+autoescaped); the charts are plotly
 figures, drawn by its script when the page opens, with each bar labelled by its value.
 """
 
@@ -52,10 +53,7 @@ class Section:
 def render(program_id: str, cards: Sequence[ProgramMonth], month: str, months: int) -> str:
     """The page of ``program_id``'s scorecards ``cards`` (newest month first), ``months``
     months ending with ``month`` (YYYY-MM)."""
-    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    template = environment.from_string(
-        resources.files("processor.reports").joinpath("scorecard.html").read_text("utf-8")
-    )
+    template = templates().get_template("scorecard.html")
     sections = [
         _section(program, [card for card in cards if card.program == program], month)
         for program in dict.fromkeys(card.program for card in cards)
@@ -68,6 +66,18 @@ def render(program_id: str, cards: Sequence[ProgramMonth], month: str, months: i
         month_counted=any(card.month == month for card in cards),
         sections=sections,
         plotly_js=plotly.offline.get_plotlyjs(),
+    )
+
+
+def templates() -> jinja2.Environment:
+    """The report pages' templates (this package's *.html, on report.html's layout),
+    autoescaped, and strict: a name a template uses that a page does not give fails."""
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(
+            lambda name: resources.files("processor.reports").joinpath(name).read_text("utf-8")
+        ),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
     )
 
 
