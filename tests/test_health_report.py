@@ -132,6 +132,12 @@ async def test_the_health_report_counts_points_issued_and_members_moved_up_by_mo
     assert page.tables["paths"][-1] == ["2026-03", "advancement", "silver", "gold", "3"]
     assert page.charts == ["chart-points-points", "chart-points-members"]
     assert "plotly" in page.scripts[0][:2_000].lower()  # inlined: it opens with no network
+    # February was not counted: no bar (null), not a bar of zero; March's bars are there.
+    (points,) = [script for script in page.scripts if '"chart-points-points"' in script]
+    figure = json.loads(points[points.index("[{") : points.index("}],") + 2])
+    issued = next(trace for trace in figure if trace["name"] == "issued")
+    assert issued["x"] == ["2026-02", "2026-03"]
+    assert issued["y"][0] is None and issued["y"][1] == float(card.total.issued_mtd)
 
 
 @pytest.mark.parametrize(

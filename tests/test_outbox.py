@@ -400,3 +400,33 @@ async def test_any_error_of_a_sender_is_recorded_as_its_last_error(store: Store)
             "SELECT last_position, failures, last_error FROM event_deliveries"
         )
         assert await cursor.fetchall() == [(0, 1, "RuntimeError('a bug in the sender')")]
+
+
+class Interrupted:
+    """A sender whose cancel reaches its caller as a DeliveryError (as a database call cut
+    short can turn one into another error)."""
+
+    name = "interrupted"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def send(self, rows: Sequence[EventRow]) -> None:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            raise DeliveryError("interrupted") from None
+
+
+async def test_a_sender_loop_stops_when_cancelled_even_if_the_cancel_became_an_error(
+    store: Store,
+) -> None:
+    await committed(store, 1)
+    sender = Interrupted()
+    loop = asyncio.create_task(run_sender(Deliveries(store), sender))
+    await sender.started.wait()
+    loop.cancel()
+    # Without the check it would pause and send again, and never end.
+    done, _ = await asyncio.wait([loop], timeout=30)
+    assert done and loop.cancelled()

@@ -123,6 +123,7 @@ async def run_sender(
         try:
             sent = await deliveries.deliver_once(sender)
         except Exception as error:  # the send failed, or PostgreSQL did, or a bug: never stop
+            stopping(error)
             pause = min(max(pause * 2, FIRST_RETRY_SECONDS), EVENTS_DELIVERY_RETRY_SECONDS_MAX)
             failed.inc()
             log.warning(
@@ -135,6 +136,15 @@ async def run_sender(
         delivered.inc(sent)
         if sent < EVENTS_DELIVERY_PAGE_MAX:
             await asyncio.sleep(interval_seconds)
+
+
+def stopping(error: BaseException) -> None:
+    """Raise CancelledError if the running task is being cancelled: a loop that carries on
+    after errors must still stop when its server does, even when the cancel reached it as
+    another error (a database call interrupted mid-way, a pool wait cut short)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error
 
 
 def senders_of(webhook_url: str | None, log_events: bool, plugins: str = "") -> Sequence[Sender]:

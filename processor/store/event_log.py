@@ -199,6 +199,9 @@ class EventLog(CatalogBase):
             try:
                 numbered = await self.position()
             except LoyaltyError as error:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # stopping: the error is the cancel's
+                    raise asyncio.CancelledError from error
                 if not failing:
                     log.warning("numbering events failed; trying again: %s", error)
                 failing = True
