@@ -7,7 +7,8 @@ figure the noise of a shared machine barely moves (unlike latency):
 
 - unary: one caller posting ``PostTransaction`` in a loop;
 - durable: six callers posting ``PostTransactions`` of 100 purchases each;
-- unary again, eight callers at once.
+- unary again, eight callers at once;
+- with ``--idle SECONDS``, first, the server doing nothing: its background loops' CPU.
 
 With ``--ceiling``, the same phases run against bench/ceiling.py too (the no-op server:
 gRPC, the messages and nothing else), whose CPU is read from /proc: what the transport
@@ -15,7 +16,8 @@ alone costs on this machine, the floor under the server's figures.
 
 Prints one JSON line: ``server_cpu_us_per_request`` (unary, one caller),
 ``server_cpu_us_per_request_8`` (eight callers) and ``server_cpu_us_per_txn`` (durable),
-with the rates the client saw; with ``--ceiling`` also ``ceiling_cpu_us_per_request``,
+with the rates the client saw (and ``server_cpu_ms_per_s_idle`` with ``--idle``); with
+``--ceiling`` also ``ceiling_cpu_us_per_request``,
 ``ceiling_cpu_us_per_request_8`` and ``ceiling_cpu_us_per_txn``.
 
     .venv/bin/python bench/server_cpu.py --unary 2000 --batches 60 --ceiling
@@ -44,6 +46,7 @@ from processor import proto
 DURABLE_CALLERS = 6
 PER_CALL = 100
 UNARY_CALLERS = 8
+IDLE_SETTLE_SECONDS = 3.0
 
 
 def cpu_seconds(metrics_address: str) -> float:
@@ -140,11 +143,20 @@ def main() -> int:
     parser.add_argument(
         "--ceiling", action="store_true", help="run the phases against bench/ceiling.py too"
     )
+    parser.add_argument(
+        "--idle", type=float, default=0.0, help="seconds of no calls to measure first"
+    )
     args = parser.parse_args()
-    if args.unary <= 0 or args.batches <= 0:
-        parser.error("--unary and --batches must be positive")
+    if args.unary <= 0 or args.batches <= 0 or args.idle < 0:
+        parser.error("--unary and --batches must be positive, --idle not negative")
+    idle_ms_per_s = None
     with demo_server("cpu") as server:
         metrics_address, accounts = server.metrics_listen, server.accounts
+        if args.idle:
+            time.sleep(IDLE_SETTLE_SECONDS)  # start-up's own work done
+            before = cpu_seconds(metrics_address)
+            time.sleep(args.idle)
+            idle_ms_per_s = (cpu_seconds(metrics_address) - before) / args.idle * 1e3
         measured = phases(server.listen, accounts, lambda: cpu_seconds(metrics_address), args)
     figures: dict[str, Any] = {
         "server_cpu_us_per_request": measured["cpu_us_per_request"],
@@ -156,6 +168,8 @@ def main() -> int:
         "unary_calls": args.unary,
         "durable_txns": args.batches * PER_CALL,
     }
+    if idle_ms_per_s is not None:
+        figures["server_cpu_ms_per_s_idle"] = round(idle_ms_per_s, 1)
     if args.ceiling:
         floor = ceiling_phases(accounts, args)
         figures.update(

@@ -175,8 +175,13 @@ EVENTS_RELAY_ROWS_MAX: Final = 10_000
 for its next turn, a moment later."""
 
 EVENTS_RELAY_SECONDS: Final = 0.2
-"""How often each serving process's relay numbers the events committed since its last turn:
-how long an event may wait before a reader following positions sees it."""
+"""How often each serving process's relay numbers the events committed since its last turn
+while PostgreSQL's notifications are not heard (processor.store.notifications); heard, it
+numbers them when their commit is told."""
+
+NOTIFIED_POLL_SECONDS: Final = 30.0
+"""How often a loop that PostgreSQL tells of changes (the event relay and senders, the
+program registry, the API keys) looks anyway while it is told: a guard, not the path."""
 
 EVENTS_WATCHERS_MAX: Final = 64
 """WatchEvents calls one process serves at once; more are refused (RESOURCE_EXHAUSTED).

@@ -10,7 +10,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 import pytest
 from plugins.posting import post, registry_of, run_job
-from plugins.server import Served, StartServed, line, purchase, transaction
+from plugins.server import Served, StartServed, demo_cards, line, purchase, transaction
 
 from processor import calendar, proto
 from processor.engine.types import AccountState, Line, Purchase
@@ -362,3 +362,36 @@ async def test_the_movement_job_writes_its_demotion_as_an_event_once(
     assert summary(rows) == [(1, f"{card}/{run}:{card}/0", LEVEL_MOVED, "points")]
     assert rows[0].event.day == calendar.parse_day("2027-03-05")
     assert (rows[0].event.data["from_level"], rows[0].event.data["to_level"]) == ("gold", "silver")
+
+
+# --------------------------------------------------------------------------- the relay's turns
+
+
+async def last_position_becomes(store: Store, at_least: int) -> None:
+    """Wait, only reading, until the server's own relay has numbered ``at_least`` events."""
+    log, give_up = EventLog(store), asyncio.get_running_loop().time() + 20.0
+    while await log.last_position() < at_least:
+        assert asyncio.get_running_loop().time() < give_up, "the relay numbered nothing"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_served_relay_numbers_a_commit_s_events_when_the_commit_is_told(
+    served: Served, cards: list[str]
+) -> None:
+    # Told (the server listens), the relay polls only every 30 s: within the wait below,
+    # only the notification of the commit can have woken it.
+    assert served.running.pipeline.card_cache is not None
+    request = purchase(cards[10], "told-1", lines=[line(1, GOLD_SPEND)])
+    await served.transactions.PostTransaction(request, timeout=10)
+    await last_position_becomes(served.store, 1)
+
+
+async def test_a_server_that_does_not_listen_polls_for_events_and_holds_no_card(
+    start_served: StartServed,
+) -> None:
+    served = await start_served(notifications=False)  # behind a pooler in transaction mode
+    assert served.running.pipeline.card_cache is None
+    card = demo_cards(served.demo)[10]
+    request = purchase(card, "polled-1", lines=[line(1, GOLD_SPEND)])
+    await served.transactions.PostTransaction(request, timeout=10)
+    await last_position_becomes(served.store, 1)

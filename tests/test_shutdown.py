@@ -31,7 +31,7 @@ from processor import proto
 from processor.flow.batcher import Batcher
 from processor.flow.pipeline import Pipeline
 from processor.runtime.settings import Settings
-from processor.service.server import start
+from processor.service.server import cancel_all, start
 from processor.service.transactions import STREAM_IN_FLIGHT_MAX
 from processor.tools.demo import DEMO_KEYS
 
@@ -244,3 +244,31 @@ async def test_a_start_that_fails_leaves_no_task_or_pool_behind(
     with pytest.raises(OSError, match=r"cannot listen on 192\.0\.2\.1:1"):
         await start(settings, schema_url, redis_url)
     assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+
+async def test_a_task_that_outlives_its_cancel_is_logged_and_left_behind_so_the_stop_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    released = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3_600)
+        except asyncio.CancelledError:
+            await released.wait()  # a bug: it swallows its cancel and waits on
+
+    async def obedient() -> None:
+        await asyncio.sleep(3_600)
+
+    tasks = [
+        asyncio.get_running_loop().create_task(stubborn(), name="stubborn"),
+        asyncio.get_running_loop().create_task(obedient(), name="obedient"),
+    ]
+    await asyncio.sleep(0)
+    await cancel_all(tasks, wait_seconds=0.2)
+    assert tasks[1].cancelled() and not tasks[0].done()
+    left = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(left) == 1 and "task stubborn did not end" in left[0]
+    assert "released.wait()" in left[0]  # where it waits
+    released.set()
+    await tasks[0]

@@ -23,6 +23,8 @@ from typing import Final, Protocol
 from processor.engine import CompiledProgram, compile_program
 from processor.errors import InputFileError, LoyaltyError, NotFoundError, mask_card
 from processor.limits import CARD_SERIAL_PREFIX_DIGITS
+from processor.store import notifications
+from processor.store.notifications import Waiter
 from processor.store.programs import parse_stored_program
 
 log = logging.getLogger(__name__)
@@ -128,8 +130,12 @@ class ProgramRegistry:
             return False
         return await self.refresh()
 
-    async def run_refresher(self, interval_seconds: float = 1.0) -> None:
-        """Poll ``refresh_if_changed`` every ``interval_seconds`` until cancelled.
+    async def run_refresher(
+        self, interval_seconds: float = 1.0, activated: Waiter | None = None
+    ) -> None:
+        """``refresh_if_changed`` until cancelled: when ``activated`` is told the active
+        versions changed, or every ``interval_seconds`` while it cannot be
+        (processor.store.notifications).
 
         A failure (the database down) is logged and retried with a growing pause, and the
         programs already compiled keep serving meanwhile.
@@ -141,7 +147,7 @@ class ProgramRegistry:
             )
         pause = interval_seconds
         while True:
-            await asyncio.sleep(pause)
+            await notifications.sleep(activated if pause == interval_seconds else None, pause)
             try:
                 if await self.refresh_if_changed():
                     log.info("active programs now %s", self._describe())

@@ -28,9 +28,11 @@ from processor.limits import (
 from processor.outbox.plugins import load as load_plugins
 from processor.outbox.senders import DeliveryError, LogSender, Sender, WebhookSender
 from processor.runtime import metrics
+from processor.store import notifications
 from processor.store.catalog_base import CatalogBase, one_row
 from processor.store.event_log import AFTER, POSITION_MAX, event_rows
 from processor.store.ledger import database_error
+from processor.store.notifications import Waiter
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +111,14 @@ class Deliveries(CatalogBase):
 
 
 async def run_sender(
-    deliveries: Deliveries, sender: Sender, interval_seconds: float = EVENTS_RELAY_SECONDS
+    deliveries: Deliveries,
+    sender: Sender,
+    interval_seconds: float = EVENTS_RELAY_SECONDS,
+    positioned: Waiter | None = None,
 ) -> None:
     """Deliver to ``sender`` until cancelled: a page as soon as one is waiting (looked for
-    every ``interval_seconds``), after a failure a pause that doubles up to
+    when ``positioned`` is told events were numbered, or every ``interval_seconds`` while
+    it cannot be), after a failure a pause that doubles up to
     EVENTS_DELIVERY_RETRY_SECONDS_MAX."""
     # Both series exist from the start, at zero: EventDeliveryFailing compares them, and a
     # sender that never delivered would otherwise have no delivered series to compare.
@@ -135,7 +141,7 @@ async def run_sender(
         pause = 0.0
         delivered.inc(sent)
         if sent < EVENTS_DELIVERY_PAGE_MAX:
-            await asyncio.sleep(interval_seconds)
+            await notifications.sleep(positioned, interval_seconds)
 
 
 def stopping(error: BaseException) -> None:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # Hold the cards and customers batches read in memory, told of changes by PostgreSQL
     # (processor.store.card_cache): a batch of held cards reads nothing before evaluation.
     card_cache: bool = True
+    # One connection per process LISTENs for changes (processor.store.notifications), so
+    # background loops sleep until a change rather than poll. False behind a pooler in
+    # transaction mode, where LISTEN hears nothing: every loop polls, no card is held.
+    notifications: bool = True
     # gRPC's HTTP/2 bandwidth-delay probe: a PING beside a connection's data, to size its
     # flow-control window for large transfers over slow links. Off, it saves a transaction's
     # requests about an eighth of the transport's CPU with many connections (BENCHMARKS.md);

@@ -48,6 +48,7 @@ from processor.store.catalog_base import decode_page_token, encode_page_token
 from processor.store.credentials import Credentials
 from processor.store.event_log import EventLog
 from processor.store.ledger import Store
+from processor.store.notifications import Signal
 from processor.store.programs import ProgramPart, ProgramSummary, parse_stored_program
 from processor.store.scorecards import COLUMNS, SCORECARDS_JOB, Figures
 from processor.store.tasks import Tasks
@@ -113,13 +114,14 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
         store: Store,
         credentials: Credentials | None = None,
         cache: Cache | None = None,
+        events_positioned: Signal | None = None,
     ) -> None:
         self.catalog = catalog
         self.registry = registry
         self.store = store
         self.credentials = credentials if credentials is not None else Credentials(store)
         self.cache = cache
-        self.events = EventReader(EventLog(store), registry)
+        self.events = EventReader(EventLog(store), registry, events_positioned)
         self.task_desk = TaskDesk(Tasks(store))
 
     # ----------------------------------------------------------------------- program files

@@ -57,8 +57,10 @@ from processor.limits import (
     VERIFIED_TOKENS_MAX,
 )
 from processor.service import roles
+from processor.store import notifications
 from processor.store.credentials import KEY_PATTERN, Credentials, KeyRecord, secret_hash
 from processor.store.credentials import check_cards as check_card_scope
+from processor.store.notifications import Waiter
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +137,13 @@ class KeyTable:
         self._principals = {}
         self._read_began = began
 
-    async def run_refresher(self, interval_seconds: float) -> None:
-        """Read the keys every ``interval_seconds`` until cancelled; a failed read keeps the
-        copy as it is (the database may be briefly away), logged."""
+    async def run_refresher(self, interval_seconds: float, changed: Waiter | None = None) -> None:
+        """Read the keys until cancelled: when ``changed`` is told a key was added or
+        revoked, or every ``interval_seconds`` while it cannot be
+        (processor.store.notifications); a failed read keeps the copy as it is (the
+        database may be briefly away), logged."""
         while True:
-            await asyncio.sleep(interval_seconds)
+            await notifications.sleep(changed, interval_seconds)
             try:
                 await self.refresh()
             except Exception as error:  # the next round tries again

@@ -8,7 +8,6 @@ turn, at once), so a reader does not wait out the relay's interval for its own e
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
@@ -21,8 +20,10 @@ from processor.limits import (
     EVENTS_RELAY_SECONDS,
     EVENTS_WATCHERS_MAX,
 )
+from processor.store import notifications
 from processor.store.event_log import EventLog, EventRow
 from processor.store.events import AWARD_ISSUED, LEVEL_MOVED, POINTS_ISSUED
+from processor.store.notifications import Signal
 from processor.wire import answers
 
 admin = proto.admin
@@ -47,9 +48,13 @@ class EventReader:
     """The two RPCs' work, over the event log and the program registry (for the currency
     and points precision an award is shown in)."""
 
-    def __init__(self, log: EventLog, registry: ProgramRegistry) -> None:
+    def __init__(
+        self, log: EventLog, registry: ProgramRegistry, positioned: Signal | None = None
+    ) -> None:
         self.log = log
         self.registry = registry
+        # Told when events are numbered: a watcher looks then (else every WATCH_POLL_SECONDS).
+        self.positioned = positioned
         self.watching = 0  # WatchEvents calls open now
 
     async def list_events(self, request: admin.ListEventsRequest) -> admin.ListEventsResponse:
@@ -101,6 +106,7 @@ class EventReader:
                 "retry later, or read with ListEvents"
             )
         self.watching += 1
+        told = self.positioned.waiter() if self.positioned is not None else None
         try:
             after = await self._kept_after(after)
             await self.log.position()  # then the relay's turns: each look reads only
@@ -114,9 +120,11 @@ class EventReader:
                     )
                 after = max(after, reached)
                 if len(rows) < EVENTS_PAGE_SIZE_MAX:
-                    await asyncio.sleep(WATCH_POLL_SECONDS)
+                    await notifications.sleep(told, WATCH_POLL_SECONDS)
         finally:
             self.watching -= 1
+            if told is not None and self.positioned is not None:
+                self.positioned.forget(told)
 
     def _message(self, row: EventRow) -> admin.Event:
         event = row.event

@@ -9,6 +9,7 @@ servers, migrations, the demo, workers, signals) is processor.runtime.serve's jo
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,19 +43,22 @@ from processor.service.posting import encode_result
 from processor.service.tender import TenderServicer
 from processor.service.transactions import TransactionServicer
 from processor.service.transactions import handler as transaction_handler
+from processor.store import notifications
 from processor.store.card_cache import CardCache
-from processor.store.card_cache import listen as listen_for_card_changes
+from processor.store.card_cache import subscribe as subscribe_card_cache
 from processor.store.cards import DEVELOPMENT_PIN_KEY
 from processor.store.catalog import Catalog
 from processor.store.credentials import Credentials
 from processor.store.event_log import EventLog
 from processor.store.ledger import Store
+from processor.store.notifications import Notifications
 from processor.store.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
 STREAM_POLL_SECONDS = 0.01
 DATABASE_WATCH_SECONDS = 0.5
+CANCEL_WAIT_SECONDS = 5.0  # how long a stop waits for its background tasks to end
 """How often health follows whether PostgreSQL is reachable (Store.reachable)."""
 
 
@@ -216,11 +220,27 @@ async def watch_database(
                 await health_servicer.set(name, status)
 
 
-async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel the tasks and wait until each has ended."""
+async def cancel_all(
+    tasks: list[asyncio.Task[Any]], wait_seconds: float = CANCEL_WAIT_SECONDS
+) -> None:
+    """Cancel the tasks and wait until each has ended, for ``wait_seconds`` at most: a task
+    that outlives its cancel (a bug) is logged with where it waits, and left behind, so
+    that a stop always ends."""
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=wait_seconds)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved: its failure was the task's to log
+    for task in pending:
+        where = io.StringIO()
+        task.print_stack(file=where)
+        log.error(
+            "task %s did not end within %.0f s of its cancel; left behind:\n%s",
+            task.get_name(), wait_seconds, where.getvalue(),
+        )  # fmt: skip
 
 
 async def close_all(*steps: Callable[[], Awaitable[Any]] | None) -> None:
@@ -278,7 +298,17 @@ async def _start_on(
     batcher: SubmissionBatcher | None = None
     server: grpc.aio.Server | None = None
     try:
-        card_cache = CardCache() if settings.card_cache else None
+        # Held cards are only as good as the changes told (nothing listening: none held).
+        card_cache = CardCache() if settings.card_cache and settings.notifications else None
+        # One listening connection tells every loop below what changed (migrations 0005,
+        # 0013): a loop sleeps until then rather than polling PostgreSQL.
+        told = Notifications()
+        if card_cache is not None:
+            subscribe_card_cache(told, card_cache)
+        events_written = told.signal(notifications.EVENTS, "written")
+        events_positioned = told.signal(notifications.EVENTS, "positioned")
+        programs_activated = told.signal(notifications.PROGRAMS)
+        keys_changed = told.signal(notifications.KEYS)
         pipeline = Pipeline(
             store=store,
             cache=cache,
@@ -314,6 +344,7 @@ async def _start_on(
                 store=store,
                 credentials=credentials,
                 cache=cache,
+                events_positioned=events_positioned,
             ),
             services,
         )
@@ -346,17 +377,23 @@ async def _start_on(
         sampler = metrics.Sampler(batcher=batcher, store=store, cache=cache, card_cache=card_cache)
         tasks = [
             asyncio.get_running_loop().create_task(
-                registry.run_refresher(settings.registry_refresh_seconds), name="registry"
+                registry.run_refresher(
+                    settings.registry_refresh_seconds, programs_activated.waiter()
+                ),
+                name="registry",
             ),
             asyncio.get_running_loop().create_task(sampler.run(), name="metrics"),
             asyncio.get_running_loop().create_task(metrics.run_probes(store, cache), name="probes"),
             asyncio.get_running_loop().create_task(
-                keys.run_refresher(settings.auth_keys_refresh_seconds), name="api-keys"
+                keys.run_refresher(settings.auth_keys_refresh_seconds, keys_changed.waiter()),
+                name="api-keys",
             ),
             asyncio.get_running_loop().create_task(
                 watch_database(store, health_servicer), name="database-health"
             ),
-            asyncio.get_running_loop().create_task(EventLog(store).run_relay(), name="events"),
+            asyncio.get_running_loop().create_task(
+                EventLog(store).run_relay(written=events_written.waiter()), name="events"
+            ),
         ]
         deliveries = Deliveries(store)
         senders = [
@@ -368,7 +405,8 @@ async def _start_on(
         for sender in senders:
             tasks.append(
                 asyncio.get_running_loop().create_task(
-                    run_sender(deliveries, sender), name=f"events-{sender.name}"
+                    run_sender(deliveries, sender, positioned=events_positioned.waiter()),
+                    name=f"events-{sender.name}",
                 )
             )
         if settings.jobs_schedule:
@@ -386,10 +424,10 @@ async def _start_on(
             tasks.append(
                 asyncio.get_running_loop().create_task(verifier.run_refresher(), name="jwks")
             )
-        if card_cache is not None:
+        if settings.notifications:
             tasks.append(
                 asyncio.get_running_loop().create_task(
-                    listen_for_card_changes(store.conninfo, card_cache), name="card-changes"
+                    told.run(store.conninfo), name="notifications"
                 )
             )
     except BaseException:

@@ -25,26 +25,20 @@ committed during a batch's lookup always did for that batch.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-import psycopg
-
 from processor.engine.types import Customer
 from processor.limits import CARD_CACHE_CARDS_MAX, CARD_CACHE_SECONDS
 from processor.store.cards import CardRecord, today
-from processor.store.ledger import CONNECT_TIMEOUT_SECONDS
+from processor.store.notifications import CATALOG, LISTEN_RETRY_SECONDS, Notifications
 
 log = logging.getLogger(__name__)
 
-CHANNEL: Final = "loyalty_catalog"
+CHANNEL: Final = CATALOG
 """The channel migration 0005's triggers notify."""
-
-LISTEN_RETRY_SECONDS: Final = 1.0
-"""Pause before listening again after the connection was lost."""
 
 
 class CardCache:
@@ -171,22 +165,16 @@ async def listen(
     *,
     retry_seconds: float = LISTEN_RETRY_SECONDS,
 ) -> None:
-    """Keep ``cache`` told of every change to cards and customers, over a connection of
-    its own (a pooled one would be held for good); runs until cancelled, and connects
-    again after a lost connection. ``cache`` holds nothing while no connection listens."""
-    while True:
-        try:
-            async with await psycopg.AsyncConnection.connect(
-                conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-            ) as connection:
-                await connection.execute(f"LISTEN {CHANNEL}")
-                cache.listening_started()
-                log.info("listening for card and customer changes")
-                async for notification in connection.notifies():
-                    cache.told(notification.payload)
-        except (psycopg.Error, OSError) as error:
-            if cache.listening:
-                log.warning("stopped listening for card changes (%s); cards are read again", error)
-        finally:
-            cache.listening_stopped()
-        await asyncio.sleep(retry_seconds)
+    """Keep ``cache`` told of every change to cards and customers, over a listening
+    connection of its own, until cancelled (a server subscribes it to the process's one
+    listener instead: ``subscribe``). ``cache`` holds nothing while no connection listens."""
+    hub = Notifications()
+    subscribe(hub, cache)
+    await hub.run(conninfo, retry_seconds=retry_seconds)
+
+
+def subscribe(hub: Notifications, cache: CardCache) -> None:
+    """Have ``hub`` tell ``cache`` of every change to cards and customers."""
+    hub.subscribe(
+        CHANNEL, cache.told, started=cache.listening_started, stopped=cache.listening_stopped
+    )

@@ -23,8 +23,10 @@ from processor.limits import (
     EVENTS_RELAY_SECONDS,
 )
 from processor.runtime import metrics
+from processor.store import notifications
 from processor.store.catalog_base import CatalogBase, one_row
 from processor.store.events import Event
+from processor.store.notifications import Waiter
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +192,13 @@ class EventLog(CatalogBase):
             await cursor.execute("SELECT last_position FROM event_relay")
             return int((await one_row(cursor))[0])
 
-    async def run_relay(self, interval_seconds: float = EVENTS_RELAY_SECONDS) -> None:
-        """Number committed events every ``interval_seconds`` until cancelled (at once again
-        while a turn finds more than it may number). A failure (PostgreSQL away) is logged
-        when it begins and tried again at the next turn."""
+    async def run_relay(
+        self, interval_seconds: float = EVENTS_RELAY_SECONDS, written: Waiter | None = None
+    ) -> None:
+        """Number committed events until cancelled: when ``written`` is told they were (or
+        every ``interval_seconds`` while it cannot be; processor.store.notifications), and
+        at once again while a turn finds more than it may number. A failure (PostgreSQL
+        away) is logged when it begins and tried again at the next turn."""
         failing = False
         while True:
             try:
@@ -209,4 +214,4 @@ class EventLog(CatalogBase):
             else:
                 failing = False
             if numbered < EVENTS_RELAY_ROWS_MAX:
-                await asyncio.sleep(interval_seconds)
+                await notifications.sleep(written, interval_seconds)
