@@ -103,7 +103,7 @@ async def test_an_acknowledged_purchase_survives_a_restart_with_an_empty_cache(
         )
     ).result
     assert (after.status, after.balances[POINTS]) == (APPROVED, 123 + 45)
-    assert second.running.pipeline.cache_misses_total >= 1
+    assert second.running.pipeline.cache_hits_total == 0  # the state came from PostgreSQL
     # A client that never got the first answer retries it: the original answer, no posting.
     retried = (await second.transactions.PostTransaction(request, timeout=10)).result
     assert retried.replayed
@@ -208,33 +208,40 @@ async def test_a_cached_state_damaged_inside_a_loyalty_account_is_read_from_post
     assert await served.store.reconcile() == []
 
 
-async def test_a_batch_reads_the_cache_while_postgresql_looks_its_cards_up(
+async def test_a_looked_up_batch_reads_its_states_in_the_same_statement_not_the_cache(
     served: Served, cards: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Each side waits until the other has begun: read one after the other, they would
-    # wait for ever (the call's deadline ends it).
+    # One round trip for a batch whose cards are not held: the lookup brings the stored
+    # states, the cache is not asked and no state is loaded after it. PostgreSQL's states
+    # win over a cache that holds an older one.
     running = served.running.pipeline
-    assert running.cache is not None
-    looking, reading = asyncio.Event(), asyncio.Event()
-    look_up, get_many = running.cards.look_up_batch, running.cache.get_many
-
-    async def look_up_meeting_the_read(*arguments: Any) -> Any:
-        looking.set()
-        await reading.wait()
-        return await look_up(*arguments)
-
-    async def read_meeting_the_look_up(accounts: Any) -> Any:
-        reading.set()
-        await looking.wait()
-        return await get_many(accounts)
-
-    monkeypatch.setattr(running.cards, "look_up_batch", look_up_meeting_the_read)
-    monkeypatch.setattr(running.cache, "get_many", read_meeting_the_look_up)
+    assert running.cache is not None and running.card_cache is not None
     card = cards[45]
-    answer = await served.transactions.PostTransaction(
-        purchase(card, "overlap-1", lines=[line(1, 1_000)]), timeout=10
+    first = await served.transactions.PostTransaction(
+        purchase(card, "stored-1", lines=[line(1, 1_000)]), timeout=10
     )
-    assert (answer.result.status, answer.result.balances[POINTS]) == (APPROVED, 10)
+    assert first.result.balances[POINTS] == 10
+    stale = await running.cache.get_many([card])
+    second = await served.transactions.PostTransaction(
+        purchase(card, "stored-2", lines=[line(1, 1_000)]), timeout=10
+    )
+    assert second.result.balances[POINTS] == 20
+    await running.cache.put_many({card: stale[card]})  # the cache one version behind
+    running.card_cache.told("*")  # the card must be looked up again
+    read: list[Any] = []
+
+    async def not_asked(accounts: Any) -> Any:
+        read.append(list(accounts))
+        return {}
+
+    monkeypatch.setattr(running.cache, "get_many", not_asked)
+    monkeypatch.setattr(running.store, "load_encoded", not_asked)
+    conflicts = running.conflicts_total
+    third = await served.transactions.PostTransaction(
+        purchase(card, "stored-3", lines=[line(1, 1_000)]), timeout=10
+    )
+    assert (third.result.status, third.result.balances[POINTS]) == (APPROVED, 30)
+    assert read == [] and running.conflicts_total == conflicts
 
 
 def test_conflict_pauses_are_random_double_with_each_conflict_and_stay_capped() -> None:

@@ -2,9 +2,10 @@
 
 Every request reaches this module through the batcher (processor.flow.batcher). A batch
 reads what it needs from PostgreSQL before evaluation in one statement (its cards, their
-customers and its request ids already posted: ``Catalog.look_up_batch``), unless all its
-cards are held in memory (processor.store.card_cache): then it reads nothing, and its
-posted ids are found by the commit instead. Then:
+customers, its request ids already posted and its accounts' stored states:
+``Catalog.look_up_batch``), unless all its cards are held in memory (processor.store.
+card_cache): then it reads only the cache, and its posted ids are found by the commit
+instead. Then:
 
 1. **Replays.** Request ids already posted on their card are answered with the stored
    answer (``replayed``), and nothing is evaluated for them; the same id with another
@@ -17,8 +18,9 @@ posted ids are found by the commit instead. Then:
    PIN tried is counted in PostgreSQL, one statement for the batch: wrong ones in a row
    lock the card's PIN at ``pin_attempts_max`` (PIN_LOCKED, code 2004), a right one
    clears the count.
-3. **State.** Account states come from Redis when it has them, from PostgreSQL
-   otherwise; receipts of the originals of returns and voids from PostgreSQL.
+3. **State.** A batch that was looked up has its states from the lookup's statement (one
+   round trip for all its reads); a batch of held cards from Redis when it has them, from
+   PostgreSQL otherwise; receipts of the originals of returns and voids from PostgreSQL.
 4. **Evaluation.** One engine call per program for the whole batch; same-account
    requests are applied in arrival order. Request ids are unique per card only, and the
    engines key a call's receipts by request id: when two cards of a batch use one id, the
@@ -153,7 +155,11 @@ class Encoder(Protocol):
 
 class Cards(Protocol):
     async def look_up_batch(
-        self, numbers: Sequence[str], keys: Sequence[tuple[str, str]]
+        self,
+        numbers: Sequence[str],
+        keys: Sequence[tuple[str, str]],
+        *,
+        states: Sequence[str] | None = None,
     ) -> BatchLookup: ...
 
     async def cards(self, numbers: Sequence[str]) -> dict[str, Any]: ...
@@ -259,15 +265,13 @@ class Pipeline:
             seen, cached = await asyncio.gather(self._seen(pinned), self._cached(accounts))
             return BatchLookup(held[0], held[1], seen), cached
         since = self.card_cache.changes() if self.card_cache is not None else 0
-        # The cache is read while PostgreSQL looks the cards up, not after: one wait for
-        # both (a lone caller's process sleeps and wakes once per wait; BENCHMARKS.md).
-        # It reads every account of the batch; replays and refusals just go unused.
-        lookup, cached = await asyncio.gather(
-            self.cards.look_up_batch(numbers, _replay_keys(items)), self._cached(accounts)
-        )
+        # PostgreSQL is read anyway: the accounts' stored states come in the same
+        # statement, and the cache is not asked (one round trip for the batch's reads, not
+        # two beside each other; BENCHMARKS.md). Replays and refusals just go unused.
+        lookup = await self.cards.look_up_batch(numbers, _replay_keys(items), states=numbers)
         if self.card_cache is not None:
             self.card_cache.put(lookup.cards, lookup.customers, since)
-        return lookup, cached
+        return lookup, CacheRead(frozenset(numbers), lookup.states or {}, stored=True)
 
     # ----------------------------------------------------------------- replays
 
@@ -469,6 +473,16 @@ class Pipeline:
         them already), else from PostgreSQL; ``fresh`` reads PostgreSQL only (after a
         conflict). Their loyalty accounts are decoded only when read (codec.
         DeferredState): the compiled engine packs them from their stored fields."""
+        if read is not None and read.stored and not fresh and read.asked.issuperset(accounts):
+            # Read from PostgreSQL with the batch's lookup: what it did not find is new.
+            stored: dict[str, tuple[int, AccountState]] = {}
+            for account in accounts:
+                entry = read.entries.get(account)
+                if entry is None:
+                    stored[account] = (0, AccountState(account))
+                else:
+                    stored[account] = (entry[0], codec.decode_state_deferred(entry[1], account))
+            return stored
         states: dict[str, tuple[int, AccountState]] = {}
         if self.cache is not None and not fresh:
             if read is not None and read.asked.issuperset(accounts):
@@ -600,10 +614,12 @@ class Pipeline:
 @dataclass(frozen=True, slots=True)
 class CacheRead:
     """The cache's entries (version, state bytes) of the accounts ``asked`` for; those it
-    did not hold are absent from ``entries``."""
+    did not hold are absent from ``entries``. ``stored``: read from PostgreSQL instead (with
+    the batch's lookup), where an account absent does not exist yet."""
 
     asked: frozenset[str]
     entries: dict[str, tuple[int, bytes]]
+    stored: bool = False
 
 
 class _Changed:

@@ -277,7 +277,8 @@ CONCURRENCY_RETRIES = Counter(
 )
 CACHE_HITS = Counter(
     "loyalty_cache_hits_total",
-    "Account states read from Redis.",
+    "Account states read from Redis (asked only by batches whose cards are held in memory;"
+    " a looked-up batch reads its states with its lookup).",
     registry=REGISTRY,
 )
 CACHE_MISSES = Counter(

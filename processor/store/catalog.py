@@ -32,15 +32,21 @@ from processor.store.ledger import LedgerRow, database_error, ledger_page
 # one column list; ``kind`` tells them apart.
 _LOOK_UP_BATCH: Final = f"""
 SELECT 'card' AS kind, {SELECT_CARD_COLUMNS},
-       u.customer_id AS customer, u.birth_day, u.signup_day, u.audiences, NULL::bytea
+       u.customer_id AS customer, u.birth_day, u.signup_day, u.audiences, NULL::bytea,
+       NULL::bigint
 FROM cards AS c LEFT JOIN customers AS u USING (customer_id)
 WHERE c.card_number = ANY(%b::text[])
 UNION ALL
 SELECT 'seen', t.request_id, t.account_id, NULL, NULL, NULL, t.payload_hash, NULL, NULL,
-       NULL, NULL, NULL, NULL, t.response
+       NULL, NULL, NULL, NULL, t.response, NULL
 FROM idempotency AS t
 JOIN unnest(%b::text[], %b::text[]) AS k(account_id, request_id)
   ON t.account_id = k.account_id AND t.request_id = k.request_id
+UNION ALL
+SELECT 'state', a.account_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, a.state, a.version
+FROM accounts AS a
+WHERE a.account_id = ANY(%b::text[])
 """
 
 
@@ -53,6 +59,8 @@ class BatchLookup:
     # (payload hash, response) of the posted requests, by (account, request id): request
     # ids are unique per card only.
     seen: dict[tuple[str, str], tuple[bytes, bytes]]
+    # (version, stored state) of the accounts asked for that exist; None when not asked.
+    states: dict[str, tuple[int, bytes]] | None = None
 
 
 class Catalog(CardCatalog, Customers):
@@ -61,11 +69,19 @@ class Catalog(CardCatalog, Customers):
     """
 
     async def look_up_batch(
-        self, numbers: Sequence[str], keys: Sequence[tuple[str, str]]
+        self,
+        numbers: Sequence[str],
+        keys: Sequence[tuple[str, str]],
+        *,
+        states: Sequence[str] | None = None,
     ) -> BatchLookup:
-        """The cards of these numbers with their customers, and which (account, request id)
-        keys are already posted, in one round trip."""
-        for count, what in ((len(numbers), "cards"), (len(keys), "request ids")):
+        """The cards of these numbers with their customers, which (account, request id)
+        keys are already posted and, given ``states``, those accounts' stored states, in
+        one round trip."""
+        asked = states if states is not None else ()
+        for count, what in (
+            (len(numbers), "cards"), (len(keys), "request ids"), (len(asked), "states")
+        ):  # fmt: skip
             if count > LOOKUP_KEYS_MAX:
                 raise InternalError(f"a lookup of {count} {what} is over {LOOKUP_KEYS_MAX}")
         accounts = [account for account, _ in keys]
@@ -75,25 +91,35 @@ class Catalog(CardCatalog, Customers):
                 cursor = connection.cursor(binary=True)
                 await cursor.execute(
                     _LOOK_UP_BATCH,
-                    (arrays.text(numbers), arrays.text(accounts), arrays.text(requests)),
+                    (
+                        arrays.text(numbers),
+                        arrays.text(accounts),
+                        arrays.text(requests),
+                        arrays.text(asked),
+                    ),
                 )
                 rows = await cursor.fetchall()
         except psycopg.Error as error:
             raise database_error(error, "look up a batch", self._pool.timeout) from error
         day = today()
-        found = BatchLookup({}, {}, {})
+        cards: dict[str, CardRecord] = {}
+        customers: dict[str, Customer] = {}
+        seen: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        read: dict[str, tuple[int, bytes]] = {}
         for row in rows:
             if row[0] == "seen":
-                found.seen[row[2], row[1]] = (row[6], row[13])
-                continue
-            record = card_record(row[1:9], day)
-            found.cards[record.number] = record
-            customer, birth, signup, audiences = row[9:13]
-            if customer is not None:
-                found.customers[customer] = Customer(
-                    customer, birth, signup, frozenset(audiences or ())
-                )
-        return found
+                seen[row[2], row[1]] = (row[6], row[13])
+            elif row[0] == "state":
+                read[row[1]] = (row[14], row[13])
+            else:
+                record = card_record(row[1:9], day)
+                cards[record.number] = record
+                customer, birth, signup, audiences = row[9:13]
+                if customer is not None:
+                    customers[customer] = Customer(
+                        customer, birth, signup, frozenset(audiences or ())
+                    )
+        return BatchLookup(cards, customers, seen, read if states is not None else None)
 
     async def ledger_page(
         self,
