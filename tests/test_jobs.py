@@ -23,6 +23,7 @@ from processor.errors import InvalidFieldError
 from processor.jobs import runner
 from processor.jobs.named import JOBS, job_named
 from processor.jobs.schedule import Schedule, check_cron, task_name
+from processor.limits import LAPSED_AWARDS_KEPT_DAYS
 from processor.runtime import metrics
 from processor.store.job_runs import Chunk, JobRuns, RunLostError
 from processor.store.ledger import CommitBatch, Store
@@ -173,6 +174,47 @@ async def test_award_expiry_expires_the_welcome_certificate_after_three_months(
     report = await run_job(store, registry, "award-expiry", "2026-06-04")
     assert report.accounts_changed == 1
     assert (await state_of(store, card)).awards["rewards"].awards[0].status == "expired"
+
+
+async def test_award_expiry_removes_lapsed_coupons_and_certificates_a_month_after_expiry(
+    store: Store, demo_cards_list: list[str]
+) -> None:
+    # Seed 003's "remove expired vouchers": kept LAPSED_AWARDS_KEPT_DAYS after their expiry
+    # day (one presented then is told it expired), then gone from the state; the ledger
+    # keeps what was posted of them, and nothing is posted by the removal.
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    await post(store, registry, [tender("a1", card, "activate", 10_000), sale("s1", card, 120_000)])
+    state = await state_of(store, card)
+    coupons = state.loyalty["points"].awards  # two $5 coupons for the 1,200 stars
+    (welcome,) = state.awards["rewards"].awards
+    assert [c.rule for c in coupons] == ["coupon-5"] * 2 and welcome.rule == "welcome"
+    assert len({c.expires_day for c in coupons}) == 1
+    coupon = coupons[0]
+    assert coupon.expires_day is not None and welcome.expires_day is not None
+    assert coupon.expires_day + LAPSED_AWARDS_KEPT_DAYS < welcome.expires_day
+    rows_before = await job_rows(store, card)
+
+    def on(day: int) -> str:
+        return calendar.format_day(day)
+
+    await run_job(store, registry, "award-expiry", on(coupon.expires_day))
+    state = await state_of(store, card)
+    assert [c.status for c in state.loyalty["points"].awards] == ["expired"] * 2  # kept a while
+    await run_job(store, registry, "award-expiry", on(coupon.expires_day + 29))
+    assert len((await state_of(store, card)).loyalty["points"].awards) == 2
+    removed = await run_job(store, registry, "award-expiry", on(coupon.expires_day + 30))
+    assert removed.accounts_changed == 1 and removed.postings == 0
+    state = await state_of(store, card)
+    assert state.loyalty["points"].awards == []
+    assert [a.status for a in state.awards["rewards"].awards] == ["active"]  # not lapsed yet
+
+    await run_job(store, registry, "award-expiry", on(welcome.expires_day + 30))
+    assert (await state_of(store, card)).awards["rewards"].awards == []
+    again = await run_job(store, registry, "award-expiry", on(welcome.expires_day + 31))
+    assert again.accounts_changed == 0  # a run after it changes nothing
+    assert await job_rows(store, card) == rows_before  # nothing posted by any of it
+    assert await store.reconcile() == []
 
 
 # --------------------------------------------------------------------------- the run itself

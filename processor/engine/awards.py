@@ -31,6 +31,7 @@ from processor.engine.types import (
     TraceEntry,
     ValueLot,
 )
+from processor.limits import LAPSED_AWARDS_KEPT_DAYS
 from processor.program.award import AwardCertificate, AwardProgram
 from processor.program.rules import LocationDirectory, location_allowed
 
@@ -448,6 +449,36 @@ def expire_awards(
         if award.status == "active" and (everything or lapsed):
             award.status = "expired"
             result.trace.append(TraceEntry(program.id, award.rule, fired=True, reason="expired"))
+
+
+def remove_lapsed(state: AccountState, day: int, result: Result) -> None:
+    """The award-expiry job's clean-up: mark the loyalty accounts' lapsed coupons expired
+    (as aging does) and remove from the state every coupon and certificate that can no
+    longer be used and whose expiry day is LAPSED_AWARDS_KEPT_DAYS behind ``day``. Nothing
+    is posted: what they were worth was posted when they were redeemed or expired."""
+    until = day - LAPSED_AWARDS_KEPT_DAYS
+    for program_id, account in state.loyalty.items():
+        for coupon in account.awards:
+            lapsed = coupon.expires_day is not None and coupon.expires_day <= day
+            if coupon.status == "active" and lapsed:
+                coupon.status = "expired"
+        account.awards = _kept(program_id, account.awards, until, result)
+    for program_id, award_account in state.awards.items():
+        award_account.awards = _kept(program_id, award_account.awards, until, result)
+
+
+def _kept(program_id: str, held: list[Award], until: int, result: Result) -> list[Award]:
+    kept = []
+    for award in held:
+        if (
+            award.status != "active"
+            and award.expires_day is not None
+            and award.expires_day <= until
+        ):
+            result.trace.append(TraceEntry(program_id, award.rule, fired=True, reason="removed"))
+        else:
+            kept.append(award)
+    return kept if len(kept) != len(held) else held
 
 
 def touch_activity(program: AwardProgram, state: AccountState, day: int) -> None:

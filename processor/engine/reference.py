@@ -732,6 +732,7 @@ def run_job(
             for award_program in program.award_programs.values():
                 if award_program.id in state.awards:
                     awards.expire_awards(award_program, state, day, result, program.version)
+            awards.remove_lapsed(state, day, result)
         if "expire_tender" in steps and program.tender is not None and state.tender is not None:
             tender.expire_tender(program.tender, state, day, result, program.version)
             tender.release_expired_holds(state.tender, day)

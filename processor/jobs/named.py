@@ -51,7 +51,8 @@ JOBS: dict[str, Job] = {
         Job(
             "award-expiry",
             ("expire_awards",),
-            "expires award accounts, e-award value and certificates whose day has come",
+            "expires award accounts, e-award value, certificates and coupons whose day has "
+            "come; removes those lapsed a month ago",
         ),
         Job(
             "tender-expiry",
