@@ -26,7 +26,7 @@ from processor.program.loader import load_program, validate_program
 from processor.service import errors
 from processor.store.catalog_base import encode_page_token
 from processor.store.event_log import EventLog, EventRow
-from processor.store.events import AWARD_ISSUED, Event
+from processor.store.events import AWARD_ISSUED, TASK_CREATED, Event
 from processor.store.ledger import Store
 from processor.store.tasks import Tasks
 
@@ -73,6 +73,17 @@ async def test_an_upgrade_to_platinum_makes_a_review_claimed_and_completed_once(
         "from_level": "gold", "to_level": "platinum",
     }  # fmt: skip
     assert task.status == admin.TASK_STATUS_OPEN
+    made = await served.admin.ListEvents(
+        admin.ListEventsRequest(kinds=[admin.EVENT_KIND_TASK_CREATED]), timeout=10
+    )
+    (event,) = made.events
+    assert (event.key, event.account, event.request_id) == (
+        f"{card}/task:{task.task_id}/0", card, f"task:{task.task_id}",
+    )  # fmt: skip
+    assert event.task_created == admin.TaskCreated(
+        task_id=task.task_id, rule="review-platinum", title=task.title,
+        team="loyalty-managers", event_key=task.event_key,
+    )  # fmt: skip
 
     claimed = (await served.admin.ClaimTask(admin.ClaimTaskRequest(task_id=task.task_id))).task
     assert claimed.status == admin.TASK_STATUS_CLAIMED
@@ -148,6 +159,17 @@ async def test_the_coffee_certificate_job_makes_a_mug_to_mail_once_however_often
         "mail-coffee-mug", "warehouse", card, "coffee",
     )  # fmt: skip
     assert task.event_key == f"{card}/job:create-loyalty-award:2026-03-05:{card}/0"
+    # Each task made is itself an event, written with it, once: a notification service
+    # following the events tells the warehouse.
+    await EventLog(store).position()
+    told = [row.event for row in await EventLog(store).after(0, 10, kinds=[TASK_CREATED])]
+    assert [(e.key, e.program, e.day) for e in told] == [
+        (f"{card}/task:{task.id}/0", "points", calendar.parse_day("2026-03-05"))
+    ]
+    assert dict(told[0].data) == {
+        "task_id": task.id, "rule": "mail-coffee-mug", "title": task.title,
+        "team": "warehouse", "event_key": task.event_key,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

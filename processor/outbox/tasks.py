@@ -45,7 +45,7 @@ class TaskMaker:
                         made.append(
                             NewTask(
                                 event.key, rule.id, row.position, loyalty.id, event.account_id,
-                                rule.name, rule.team, {**data, "kind": event.kind},
+                                rule.name, rule.team, {**data, "kind": event.kind}, event.day,
                             )
                         )  # fmt: skip
         await self.tasks.add(made)

@@ -22,7 +22,7 @@ from processor.limits import (
 )
 from processor.store import notifications
 from processor.store.event_log import EventLog, EventRow
-from processor.store.events import AWARD_ISSUED, LEVEL_MOVED, POINTS_ISSUED
+from processor.store.events import AWARD_ISSUED, LEVEL_MOVED, POINTS_ISSUED, TASK_CREATED
 from processor.store.notifications import Signal
 from processor.wire import answers
 
@@ -39,6 +39,7 @@ _KIND_NUMBERS: Final = {
     LEVEL_MOVED: admin.EVENT_KIND_LEVEL_MOVED,
     AWARD_ISSUED: admin.EVENT_KIND_AWARD_ISSUED,
     POINTS_ISSUED: admin.EVENT_KIND_POINTS_ISSUED,
+    TASK_CREATED: admin.EVENT_KIND_TASK_CREATED,
 }
 KINDS: Final[dict[int, str]] = {int(number): name for name, number in _KIND_NUMBERS.items()}
 """The event kinds by their number in the contract."""
@@ -139,6 +140,15 @@ class EventReader:
         message.committed_time.FromDatetime(row.committed_at)
         if event.kind == LEVEL_MOVED:
             message.level_moved.CopyFrom(answers.level_move_message(event.level_move()))
+            return message
+        if event.kind == TASK_CREATED:
+            data = event.data
+            message.task_created.CopyFrom(
+                admin.TaskCreated(
+                    task_id=data["task_id"], rule=data["rule"], title=data["title"],
+                    team=data["team"], event_key=data["event_key"],
+                )
+            )  # fmt: skip
             return message
         try:
             program = self.registry.for_card(event.account_id)

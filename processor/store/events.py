@@ -28,7 +28,10 @@ from processor.errors import InvalidBatchError
 LEVEL_MOVED: Final = "level_moved"
 AWARD_ISSUED: Final = "award_issued"
 POINTS_ISSUED: Final = "points_issued"  # only when the server is set to (events_points_issued)
-KINDS: Final = (LEVEL_MOVED, AWARD_ISSUED, POINTS_ISSUED)
+TASK_CREATED: Final = "task_created"  # written with the task (processor.store.tasks)
+COMMITTED_KINDS: Final = (LEVEL_MOVED, AWARD_ISSUED, POINTS_ISSUED)
+"""The kinds a batch's commit writes (``event_columns``), as the ``kind`` column names them."""
+KINDS: Final = (*COMMITTED_KINDS, TASK_CREATED)
 """Every kind of event, as the ``kind`` column and the API name them."""
 
 
@@ -146,8 +149,10 @@ def event_columns(
         where = f"event {event.key}"
         if event.account_id not in written:
             raise InvalidBatchError(f"{where}: the batch does not write that account's state")
-        if event.kind not in KINDS:
-            raise InvalidBatchError(f"{where}: kind {event.kind!r} is not one of {list(KINDS)}")
+        if event.kind not in COMMITTED_KINDS:
+            raise InvalidBatchError(
+                f"{where}: kind {event.kind!r} is not one of {list(COMMITTED_KINDS)}"
+            )
         key = (event.account_id, event.request_id, event.seq)
         if key in keys:
             raise InvalidBatchError(f"{where} appears twice in one batch")

@@ -36,6 +36,7 @@ class NewTask:
     title: str
     team: str
     details: Mapping[str, Any]
+    day: int  # the business day of the event it is made of
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +65,20 @@ _COLUMNS: Final = (
     "claimed_by, claimed_at, done_at, outcome, created_at"
 )
 _ADD: Final = """
-INSERT INTO tasks (event_key, rule, position, program, account_id, title, team, details)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)
-ON CONFLICT (event_key, rule) DO NOTHING
+-- The task, and the event that tells it was made, in one statement: a task made again (its
+-- event delivered twice) is neither made nor told twice.
+WITH added AS (
+    INSERT INTO tasks (event_key, rule, position, program, account_id, title, team, details)
+    VALUES (%(event_key)s, %(rule)s, %(position)s, %(program)s, %(account_id)s, %(title)s,
+            %(team)s, %(details)s::jsonb)
+    ON CONFLICT (event_key, rule) DO NOTHING
+    RETURNING id, event_key, rule, program, account_id, title, team
+)
+INSERT INTO events (account_id, request_id, seq, kind, program, day, data)
+SELECT account_id, 'task:' || id, 0, 'task_created', program, %(day)s,
+       jsonb_build_object('task_id', id, 'rule', rule, 'title', title, 'team', team,
+                          'event_key', event_key)
+FROM added
 """
 _LIST: Final = f"""
 SELECT {_COLUMNS} FROM tasks
@@ -93,15 +105,18 @@ class Tasks(CatalogBase):
     """The tasks table, over the store's pool."""
 
     async def add(self, tasks: Sequence[NewTask]) -> None:
-        """Make ``tasks``; one an event already made by its rule is left as it is."""
+        """Make ``tasks``, each with a TASK_CREATED event (processor.store.events) in the
+        same transaction; one an event already made by its rule is left as it is."""
         if not tasks:
             return
         async with self._transaction("make tasks") as cursor:
             await cursor.executemany(
                 _ADD,
                 [
-                    (task.event_key, task.rule, task.position, task.program, task.account_id,
-                     task.title, task.team, json.dumps(task.details, sort_keys=True))
+                    {"event_key": task.event_key, "rule": task.rule, "position": task.position,
+                     "program": task.program, "account_id": task.account_id,
+                     "title": task.title, "team": task.team, "day": task.day,
+                     "details": json.dumps(task.details, sort_keys=True)}
                     for task in tasks
                 ],
             )  # fmt: skip
