@@ -326,7 +326,9 @@ async def _run_locally(
     from processor.cache import compression
     from processor.flow.registry import ProgramRegistry
     from processor.jobs import runner
+    from processor.limits import EVENTS_RELAY_ROWS_MAX
     from processor.store.catalog import Catalog
+    from processor.store.event_log import EventLog
     from processor.store.ledger import Store
 
     # The run's lock, and its reads and commits (processor.jobs.runner).
@@ -346,7 +348,12 @@ async def _run_locally(
                 bar.update(done - bar.n)
 
             context = runner.JobContext(store, registry, cache)
-            return await runner.run(context, job, as_of, chunk_accounts=chunk, progress=progress)
+            report = await runner.run(context, job, as_of, chunk_accounts=chunk, progress=progress)
+            # No relay runs here: the run's events are numbered now, for readers to see at
+            # once (a server's relay would find them within NOTIFIED_POLL_SECONDS anyway).
+            while await EventLog(store).position() == EVENTS_RELAY_ROWS_MAX:
+                pass
+            return report
         finally:
             bar.close()
             if cache is not None:

@@ -160,13 +160,14 @@ LEDGER_PAGE_SIZE_MAX: Final = 1_000
 """Ledger rows of one ListLedger page, as admin.proto documents."""
 
 AWARDS_PAGE_MAX: Final = 100
+"""Awards of one ListAwards page, as awards.proto documents."""
 
 LAPSED_AWARDS_KEPT_DAYS: Final = 30
-"""How long the award-expiry job keeps a coupon or certificate that can no longer be used
-(expired, redeemed or void) after its expiry day, so that one presented then is answered as
-expired, not unknown; then it removes it from the account's state (the ledger keeps its
-postings). One without an expiry day is kept."""
-"""Awards of one ListAwards page, as awards.proto documents."""
+"""How long the award-expiry job keeps a coupon that can no longer be used (expired,
+redeemed or void) after its expiry day, so that one presented then is answered as expired,
+not unknown; then it removes it from the loyalty account's state (the ledger keeps its
+postings). One without an expiry day is kept, and so are certificates: the program
+scorecard counts an award program's certificates, issued and redeemed, for life."""
 
 SCORECARD_MONTHS_MAX: Final = 36
 """Months of one GetScorecard answer (and `loyalty report scorecard`), as admin.proto

@@ -375,12 +375,15 @@ async def last_position_becomes(store: Store, at_least: int) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_a_served_relay_numbers_a_commit_s_events_when_the_commit_is_told(
+async def test_a_served_relay_numbers_a_commit_s_events_when_its_process_commits_them(
     served: Served, cards: list[str]
 ) -> None:
-    # Told (the server listens), the relay polls only every 30 s: within the wait below,
-    # only the notification of the commit can have woken it.
-    assert served.running.pipeline.card_cache is not None
+    # Listening, the relay polls only every 30 s: within the wait below, only the commit's
+    # own call (Store.on_events_written) can have woken it.
+    card_cache = served.running.pipeline.card_cache
+    assert card_cache is not None
+    while not card_cache.listening:
+        await asyncio.sleep(0.01)
     request = purchase(cards[10], "told-1", lines=[line(1, GOLD_SPEND)])
     await served.transactions.PostTransaction(request, timeout=10)
     await last_position_becomes(served.store, 1)

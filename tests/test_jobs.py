@@ -176,12 +176,13 @@ async def test_award_expiry_expires_the_welcome_certificate_after_three_months(
     assert (await state_of(store, card)).awards["rewards"].awards[0].status == "expired"
 
 
-async def test_award_expiry_removes_lapsed_coupons_and_certificates_a_month_after_expiry(
+async def test_award_expiry_removes_lapsed_coupons_a_month_after_expiry_and_keeps_certificates(
     store: Store, demo_cards_list: list[str]
 ) -> None:
     # Seed 003's "remove expired vouchers": kept LAPSED_AWARDS_KEPT_DAYS after their expiry
     # day (one presented then is told it expired), then gone from the state; the ledger
-    # keeps what was posted of them, and nothing is posted by the removal.
+    # keeps what was posted of them, and nothing is posted by the removal. Certificates
+    # stay: the scorecard counts them, issued and redeemed, for life.
     registry = await registry_of(store)
     card = demo_cards_list[0]
     await post(store, registry, [tender("a1", card, "activate", 10_000), sale("s1", card, 120_000)])
@@ -210,7 +211,7 @@ async def test_award_expiry_removes_lapsed_coupons_and_certificates_a_month_afte
     assert [a.status for a in state.awards["rewards"].awards] == ["active"]  # not lapsed yet
 
     await run_job(store, registry, "award-expiry", on(welcome.expires_day + 30))
-    assert (await state_of(store, card)).awards["rewards"].awards == []
+    assert [a.status for a in (await state_of(store, card)).awards["rewards"].awards] == ["expired"]
     again = await run_job(store, registry, "award-expiry", on(welcome.expires_day + 31))
     assert again.accounts_changed == 0  # a run after it changes nothing
     assert await job_rows(store, card) == rows_before  # nothing posted by any of it

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from plugins.posting import registry_of
 
+from processor.engine.types import AccountState
 from processor.errors import AuthenticationError
 from processor.limits import NOTIFIED_POLL_SECONDS
 from processor.outbox.delivery import Deliveries, run_sender
@@ -24,7 +25,8 @@ from processor.service import auth
 from processor.store import notifications
 from processor.store.credentials import Credentials
 from processor.store.event_log import EventLog, EventRow
-from processor.store.ledger import Store
+from processor.store.events import LEVEL_MOVED, Event
+from processor.store.ledger import AccountWrite, CommitBatch, Store
 from processor.store.notifications import Notifications
 
 NEVER = 3_600.0  # a polling interval no test outlives
@@ -116,17 +118,29 @@ async def test_listening_starting_or_stopping_wakes_every_loop(hub: Notification
 # --------------------------------------------------------------------------- PostgreSQL
 
 
+async def commit_event(store: Store, request_id: str) -> None:
+    """A batch's commit writing one event, as the pipeline's and the jobs' do."""
+    account = "7000000000000001"
+    loaded = await store.load([account])
+    version = loaded[account][0] if account in loaded else 0
+    event = Event(account, request_id, 0, LEVEL_MOVED, "points", 20_000, {"move": "m"})
+    batch = CommitBatch(accounts=[AccountWrite(AccountState(account), version)], events=[event])
+    assert (await store.commit(batch)).committed
+
+
 @pytest.mark.integration
-async def test_events_are_numbered_when_their_commit_is_told(
+async def test_events_a_process_commits_wake_its_relay(
     schema_url: str, store: Store, hub: Notifications
 ) -> None:
+    # In-process, not a NOTIFY (migration 0014): the committing process's relay numbers them.
     written = hub.signal(notifications.EVENTS, "written")
+    store.on_events_written = written.tell
     async with running(
         hub.run(schema_url), EventLog(store).run_relay(NEVER, written=written.waiter())
     ):
         await eventually(lambda: hub.listening, "listening")
         for request_id in ("first", "second"):
-            await insert_event(schema_url, request_id)
+            await commit_event(store, request_id)
             await eventually_numbered(store, request_id)
     assert await numbered(store) == ["first", "second"]
 
@@ -227,16 +241,13 @@ async def test_a_revoked_key_is_refused_once_the_revocation_is_told(
 @pytest.mark.integration
 async def test_a_rolled_back_change_is_never_told(schema_url: str, hub: Notifications) -> None:
     seen: list[str] = []
-    hub.subscribe(notifications.EVENTS, seen.append)
+    hub.subscribe(notifications.PROGRAMS, lambda payload: seen.append("activation"))
     hub.subscribe("loyalty_test_marker", seen.append)
     async with running(hub.run(schema_url)):
         await eventually(lambda: hub.listening, "listening")
         async with await psycopg.AsyncConnection.connect(schema_url) as db:
             async with db.transaction(force_rollback=True):
-                await db.execute(
-                    "INSERT INTO events (account_id, request_id, seq, kind, program, day, data)"
-                    " VALUES ('7000000000000001', 'gone', 0, 'level_moved', 'p', 1, '{}')"
-                )
+                await db.execute("UPDATE program_activations SET generation = generation + 1")
             await db.execute("NOTIFY loyalty_test_marker, 'marker'")
             await db.commit()
         await eventually(lambda: "marker" in seen, "the marker")

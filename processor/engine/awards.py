@@ -453,9 +453,10 @@ def expire_awards(
 
 def remove_lapsed(state: AccountState, day: int, result: Result) -> None:
     """The award-expiry job's clean-up: mark the loyalty accounts' lapsed coupons expired
-    (as aging does) and remove from the state every coupon and certificate that can no
-    longer be used and whose expiry day is LAPSED_AWARDS_KEPT_DAYS behind ``day``. Nothing
-    is posted: what they were worth was posted when they were redeemed or expired."""
+    (as aging does) and remove every coupon that can no longer be used and whose expiry day
+    is LAPSED_AWARDS_KEPT_DAYS behind ``day``. Nothing is posted: what a coupon was worth
+    was posted when it was redeemed. Certificates stay: the program scorecard counts them
+    (issued, redeemed) for life from the award accounts."""
     until = day - LAPSED_AWARDS_KEPT_DAYS
     for program_id, account in state.loyalty.items():
         for coupon in account.awards:
@@ -463,8 +464,6 @@ def remove_lapsed(state: AccountState, day: int, result: Result) -> None:
             if coupon.status == "active" and lapsed:
                 coupon.status = "expired"
         account.awards = _kept(program_id, account.awards, until, result)
-    for program_id, award_account in state.awards.items():
-        award_account.awards = _kept(program_id, award_account.awards, until, result)
 
 
 def _kept(program_id: str, held: list[Award], until: int, result: Result) -> list[Award]:

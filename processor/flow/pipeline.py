@@ -408,8 +408,8 @@ class Pipeline:
                     return
                 evaluated = self._evaluate(pending, states, receipts)
             except codec.CodecError:
-                if fresh or self.cache is None:
-                    raise
+                if fresh or self.cache is None or cached.stored:
+                    raise  # read from PostgreSQL already: reading it again would not help
                 # A cached state damaged inside a loyalty account, found only now that the
                 # engine reads it (codec.DeferredState): read PostgreSQL instead, as for a
                 # cached state that does not decode at all.

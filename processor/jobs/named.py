@@ -52,7 +52,7 @@ JOBS: dict[str, Job] = {
             "award-expiry",
             ("expire_awards",),
             "expires award accounts, e-award value, certificates and coupons whose day has "
-            "come; removes those lapsed a month ago",
+            "come; removes coupons lapsed a month ago",
         ),
         Job(
             "tender-expiry",

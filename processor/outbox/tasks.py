@@ -9,7 +9,7 @@ so an event delivered again makes nothing more. A card no active program serves 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from processor.errors import NotFoundError
@@ -23,9 +23,12 @@ class TaskMaker:
 
     name = "tasks"
 
-    def __init__(self, tasks: Tasks, programs: Any) -> None:
+    def __init__(
+        self, tasks: Tasks, programs: Any, written: Callable[[], None] | None = None
+    ) -> None:
         self.tasks = tasks
         self.programs = programs
+        self.written = written  # told when tasks (and their task_created events) were made
 
     async def send(self, rows: Sequence[EventRow]) -> None:
         made: list[NewTask] = []
@@ -49,6 +52,8 @@ class TaskMaker:
                             )
                         )  # fmt: skip
         await self.tasks.add(made)
+        if made and self.written is not None:
+            self.written()
 
 
 def _of_program(loyalty: Any, event: Event) -> dict[str, Any] | None:

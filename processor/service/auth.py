@@ -141,12 +141,16 @@ class KeyTable:
         """Read the keys until cancelled: when ``changed`` is told a key was added or
         revoked, or every ``interval_seconds`` while it cannot be
         (processor.store.notifications); a failed read keeps the copy as it is (the
-        database may be briefly away), logged."""
+        database may be briefly away), logged, and is tried again ``interval_seconds``
+        later, not at the next change told (a revocation told must not wait for another)."""
+        failed = False
         while True:
-            await notifications.sleep(changed, interval_seconds)
+            await notifications.sleep(None if failed else changed, interval_seconds)
             try:
                 await self.refresh()
+                failed = False
             except Exception as error:  # the next round tries again
+                failed = True
                 log.warning("API keys not read again: %s", error)
 
     async def principal(self, presented: str) -> Principal:

@@ -58,8 +58,9 @@ log = logging.getLogger(__name__)
 
 STREAM_POLL_SECONDS = 0.01
 DATABASE_WATCH_SECONDS = 0.5
-CANCEL_WAIT_SECONDS = 5.0  # how long a stop waits for its background tasks to end
 """How often health follows whether PostgreSQL is reachable (Store.reachable)."""
+CANCEL_WAIT_SECONDS = 5.0
+"""How long a stop waits for each background task to end after its cancel."""
 
 
 def check_secrets(settings: Settings) -> None:
@@ -305,7 +306,9 @@ async def _start_on(
         told = Notifications()
         if card_cache is not None:
             subscribe_card_cache(told, card_cache)
+        # Told by this process's own commits (Store.on_events_written), not by PostgreSQL.
         events_written = told.signal(notifications.EVENTS, "written")
+        store.on_events_written = events_written.tell
         events_positioned = told.signal(notifications.EVENTS, "positioned")
         programs_activated = told.signal(notifications.PROGRAMS)
         keys_changed = told.signal(notifications.KEYS)
@@ -397,7 +400,7 @@ async def _start_on(
         ]
         deliveries = Deliveries(store)
         senders = [
-            TaskMaker(Tasks(store), registry),
+            TaskMaker(Tasks(store), registry, written=events_written.tell),
             *senders_of(
                 secret(settings.events_webhook_url), settings.events_log, settings.events_senders
             ),

@@ -198,7 +198,7 @@ class EventLog(CatalogBase):
         """Number committed events until cancelled: when ``written`` is told they were (or
         every ``interval_seconds`` while it cannot be; processor.store.notifications), and
         at once again while a turn finds more than it may number. A failure (PostgreSQL
-        away) is logged when it begins and tried again at the next turn."""
+        away) is logged when it begins and tried again ``interval_seconds`` later."""
         failing = False
         while True:
             try:
@@ -214,4 +214,6 @@ class EventLog(CatalogBase):
             else:
                 failing = False
             if numbered < EVENTS_RELAY_ROWS_MAX:
-                await notifications.sleep(written, interval_seconds)
+                # After a failure, the events told of are still waiting: look again at the
+                # short interval, not when the next commit is told.
+                await notifications.sleep(None if failing else written, interval_seconds)

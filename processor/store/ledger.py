@@ -411,6 +411,10 @@ class Store:
         self._conninfo = conninfo
         self._statement_timeout_ms = statement_timeout_ms
         self._acquire_timeout_seconds = acquire_timeout_seconds
+        # Called after a commit that wrote events: a serving process's relay numbers them
+        # then (an in-process call, not a NOTIFY: a notifying commit takes a lock every
+        # other notifying commit waits on; migration 0014).
+        self.on_events_written: Callable[[], None] | None = None
         self._pool: _FailFastPool = _FailFastPool(
             conninfo,
             min_size=pool_size_min,
@@ -560,7 +564,10 @@ class Store:
         await self.ensure_ledger_partitions(staged.months)
         for attempt in range(1, COMMIT_ATTEMPTS_MAX + 1):
             try:
-                return await self._commit_once(staged)
+                outcome = await self._commit_once(staged)
+                if outcome.committed and batch.events and self.on_events_written is not None:
+                    self.on_events_written()
+                return outcome
             except psycopg.errors.TransactionRollback as error:
                 # A deadlock or serialization failure aborted the whole transaction; the
                 # batch is intact and trying it again is safe.

@@ -34,7 +34,8 @@ from processor.store.ledger import CONNECT_TIMEOUT_SECONDS
 log = logging.getLogger(__name__)
 
 EVENTS: Final = "loyalty_events"
-"""Payload ``written`` when events are inserted, ``positioned`` when the relay numbered some."""
+"""Payload ``positioned`` when a relay numbered events. (``written``, events committed, is
+told in-process by the committing process: Store.on_events_written; migration 0014.)"""
 PROGRAMS: Final = "loyalty_programs"
 """Told when the active program versions change (program_activations' generation moves)."""
 KEYS: Final = "loyalty_keys"
