@@ -162,6 +162,11 @@ LEDGER_PAGE_SIZE_MAX: Final = 1_000
 AWARDS_PAGE_MAX: Final = 100
 """Awards of one ListAwards page, as awards.proto documents."""
 
+AWARD_EXPIRING_NOTICE_DAYS: Final = 7
+"""How long before its last day an active coupon or certificate is told as expiring (an
+``award_expiring`` event, written once per award and expiry day by the award-expiry job's
+first run within this many days: a night missed is made up by the next)."""
+
 LAPSED_AWARDS_KEPT_DAYS: Final = 30
 """How long the award-expiry job keeps a coupon that can no longer be used (expired,
 redeemed or void) after its expiry day, so that one presented then is answered as expired,

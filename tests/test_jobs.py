@@ -15,7 +15,7 @@ from plugins.posting import post, progress_dying_at, registry_of, run_job, state
 from plugins.proxy import Proxy
 from plugins.server import DemoSummary, StartServed, demo_cards, loyalty, unique_prefix
 
-from processor import calendar
+from processor import calendar, proto
 from processor.cache.accounts import AccountCache
 from processor.engine import ReferenceEngine
 from processor.engine.types import Line, Purchase, TenderRequest
@@ -25,6 +25,9 @@ from processor.jobs.named import JOBS, job_named
 from processor.jobs.schedule import Schedule, check_cron, task_name
 from processor.limits import LAPSED_AWARDS_KEPT_DAYS
 from processor.runtime import metrics
+from processor.service.events import EventReader
+from processor.store.event_log import EventLog
+from processor.store.events import AWARD_EXPIRING, Event
 from processor.store.job_runs import Chunk, JobRuns, RunLostError
 from processor.store.ledger import CommitBatch, Store
 
@@ -215,6 +218,46 @@ async def test_award_expiry_removes_lapsed_coupons_a_month_after_expiry_and_keep
     again = await run_job(store, registry, "award-expiry", on(welcome.expires_day + 31))
     assert again.accounts_changed == 0  # a run after it changes nothing
     assert await job_rows(store, card) == rows_before  # nothing posted by any of it
+    assert await store.reconcile() == []
+
+
+async def test_award_expiry_tells_of_each_award_in_its_last_week_once(
+    store: Store, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    await post(store, registry, [sale("s1", card, 120_000)])
+    coupons = (await state_of(store, card)).loyalty["points"].awards  # two $5 coupons
+    expires_day = coupons[0].expires_day
+    assert expires_day is not None and {c.expires_day for c in coupons} == {expires_day}
+    last_day = expires_day - 1  # the engine keeps the first day a coupon cannot be used
+
+    async def expiring() -> list[Event]:
+        await EventLog(store).position()
+        rows = await EventLog(store).after(0, 100, kinds=[AWARD_EXPIRING])
+        return [row.event for row in rows]
+
+    await run_job(store, registry, "award-expiry", calendar.format_day(last_day - 8))
+    assert await expiring() == []  # more than a week left
+    await run_job(store, registry, "award-expiry", calendar.format_day(last_day - 7))
+    told = await expiring()
+    assert sorted((e.request_id, e.program, e.data["rule"]) for e in told) == sorted(
+        (f"expiring:{c.code}:{expires_day}", "points", "coupon-5") for c in coupons
+    )
+    assert all(e.data["expires_day"] == expires_day for e in told)
+    # Later runs in the week (or the same run taken up again) tell nothing more.
+    await run_job(store, registry, "award-expiry", calendar.format_day(last_day - 6))
+    await run_job(store, registry, "award-expiry", calendar.format_day(last_day))
+    assert len(await expiring()) == 2
+    # As ListEvents serves them: the coupon's last usable day, as the API shows dates.
+    reader = EventReader(EventLog(store), registry)
+    listed = await reader.list_events(
+        proto.admin.ListEventsRequest(kinds=[proto.admin.EVENT_KIND_AWARD_EXPIRING])
+    )
+    assert {e.award_expiring.code for e in listed.events} == {c.code for c in coupons}
+    assert {
+        (e.award_expiring.award_kind, e.award_expiring.expires_date) for e in listed.events
+    } == {("coupon", calendar.format_day(last_day))}
     assert await store.reconcile() == []
 
 

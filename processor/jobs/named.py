@@ -30,6 +30,8 @@ class Job:
     # What a run goes through: every account, or the queue of card-import opening balances
     # (each card once ever, and a run taken up again the same day takes what was queued).
     walks: Literal["accounts", "opening_balances"] = "accounts"
+    # Writes an award_expiring event for each award about to expire (events.expiring_of).
+    reminds: bool = False
 
 
 JOBS: dict[str, Job] = {
@@ -52,7 +54,8 @@ JOBS: dict[str, Job] = {
             "award-expiry",
             ("expire_awards",),
             "expires award accounts, e-award value, certificates and coupons whose day has "
-            "come; removes coupons lapsed a month ago",
+            "come; removes coupons lapsed a month ago; tells of awards expiring within a week",
+            reminds=True,
         ),
         Job(
             "tender-expiry",

@@ -45,7 +45,8 @@ from processor.limits import (
 )
 from processor.runtime import metrics
 from processor.store import codec, opening_balances
-from processor.store.events import events_of
+from processor.store.event_log import EventLog
+from processor.store.events import Event, events_of, expiring_of
 from processor.store.job_runs import EVERY_ACCOUNT, Chunk, JobRuns, Writes
 from processor.store.ledger import (
     AccountWrite,
@@ -311,6 +312,7 @@ class _Evaluated:
     unchanged: int  # evaluated and left as they were
     skipped: int  # no active program serves the card
     outcomes: dict[str, str] = field(default_factory=dict)
+    reminders: list[Event] = field(default_factory=list)  # changed or not (job.reminds)
 
 
 async def _evaluate(
@@ -366,6 +368,8 @@ def _evaluate_slice(
         for result in outcome.results:
             account = result.account
             new = outcome.accounts[account]
+            if job.reminds:
+                evaluated.reminders.extend(expiring_of(new, as_of))
             if new == codec.decode_state(read[account][1], account):
                 evaluated.unchanged += 1
                 continue
@@ -451,6 +455,11 @@ async def _committed(
     metrics.record_results(
         evaluated.results, metrics.StateHoldings(evaluated.states), transactions=False
     )
+    # Reminders tell of no change of state: written after the chunk's commit, each once by
+    # its key (a chunk tried again, or a run the next night, writes none twice).
+    written = await EventLog(context.store).add(evaluated.reminders)
+    if written and context.store.on_events_written is not None:
+        context.store.on_events_written()
     if context.cache is not None and outcome.versions:
         versions, encoded = outcome.versions, outcome.encoded
         await context.cache.put_many(

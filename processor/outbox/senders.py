@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 from processor import calendar
 from processor.errors import LoyaltyError
 from processor.store.event_log import EventRow
-from processor.store.events import AWARD_ISSUED
+from processor.store.events import AWARD_EXPIRING, AWARD_ISSUED
 
 WEBHOOK_TIMEOUT_SECONDS: Final = 10.0
 """Longest a webhook may take to answer one delivery before it counts as failed."""
@@ -57,7 +57,7 @@ def event_json(row: EventRow) -> dict[str, Any]:
         "committed_at": row.committed_at.isoformat(),
     }
     data = dict(event.data)
-    if event.kind == AWARD_ISSUED:
+    if event.kind in (AWARD_ISSUED, AWARD_EXPIRING):
         # The last day it can be used, as the API's expires_date says (the engine keeps the
         # first day it cannot).
         expires_day = data.pop("expires_day")

@@ -22,7 +22,13 @@ from processor.limits import (
 )
 from processor.store import notifications
 from processor.store.event_log import EventLog, EventRow
-from processor.store.events import AWARD_ISSUED, LEVEL_MOVED, POINTS_ISSUED, TASK_CREATED
+from processor.store.events import (
+    AWARD_EXPIRING,
+    AWARD_ISSUED,
+    LEVEL_MOVED,
+    POINTS_ISSUED,
+    TASK_CREATED,
+)
 from processor.store.notifications import Signal
 from processor.wire import answers
 
@@ -40,6 +46,7 @@ _KIND_NUMBERS: Final = {
     AWARD_ISSUED: admin.EVENT_KIND_AWARD_ISSUED,
     POINTS_ISSUED: admin.EVENT_KIND_POINTS_ISSUED,
     TASK_CREATED: admin.EVENT_KIND_TASK_CREATED,
+    AWARD_EXPIRING: admin.EVENT_KIND_AWARD_EXPIRING,
 }
 KINDS: Final[dict[int, str]] = {int(number): name for name, number in _KIND_NUMBERS.items()}
 """The event kinds by their number in the contract."""
@@ -147,6 +154,17 @@ class EventReader:
                 admin.TaskCreated(
                     task_id=data["task_id"], rule=data["rule"], title=data["title"],
                     team=data["team"], event_key=data["event_key"],
+                )
+            )  # fmt: skip
+            return message
+        if event.kind == AWARD_EXPIRING:
+            data = event.data
+            message.award_expiring.CopyFrom(
+                admin.AwardExpiring(
+                    program=event.program, code=data["code"], award_kind=data["award_kind"],
+                    rule=data["rule"],
+                    # The engine keeps the first day it cannot be used.
+                    expires_date=calendar.format_day(data["expires_day"] - 1),
                 )
             )  # fmt: skip
             return message

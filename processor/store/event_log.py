@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,13 @@ POSITION_MAX: Final = 2**63 - 1
 """Beyond every position (a bigint)."""
 
 _POSITION: Final = "SELECT position_events(%s)"
+_ADD: Final = """
+INSERT INTO events (account_id, request_id, seq, kind, program, day, data)
+SELECT e.account_id, e.request_id, e.seq, e.kind, e.program, e.day, e.data::jsonb
+FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::int[], %s::text[])
+     AS e(account_id, request_id, seq, kind, program, day, data)
+ON CONFLICT DO NOTHING
+"""
 AFTER: Final = """
 -- Positioned events after a position (and up to one), of some kinds and one account or all.
 SELECT position, account_id, request_id, seq, kind, program, day, data, created_at
@@ -116,6 +124,24 @@ def event_rows(records: Iterable[Any]) -> list[EventRow]:
 
 class EventLog(CatalogBase):
     """The relay and the readers of ``events``, over the store's pool."""
+
+    async def add(self, events: Sequence[Event]) -> int:
+        """Write events that tell of no change of state (AWARD_EXPIRING reminders), each
+        once by its key: one already written is left as it is. How many were new."""
+        if not events:
+            return 0
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        for event in events:
+            for column, value in zip(
+                columns,
+                (event.account_id, event.request_id, event.seq, event.kind, event.program,
+                 event.day, json.dumps(dict(event.data), separators=(",", ":"), sort_keys=True)),
+                strict=True,
+            ):  # fmt: skip
+                column.append(value)
+        async with self._reading("write events") as cursor:
+            await cursor.execute(_ADD, columns)
+            return cursor.rowcount
 
     async def position(self, most: int = EVENTS_RELAY_ROWS_MAX) -> int:
         """Give the committed events still without one a position (at most ``most``);

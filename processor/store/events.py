@@ -22,16 +22,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from processor.engine.types import AwardIssue, LevelMove, Result
+from processor.engine.types import AccountState, AwardIssue, LevelMove, Result
 from processor.errors import InvalidBatchError
+from processor.limits import AWARD_EXPIRING_NOTICE_DAYS
 
 LEVEL_MOVED: Final = "level_moved"
 AWARD_ISSUED: Final = "award_issued"
 POINTS_ISSUED: Final = "points_issued"  # only when the server is set to (events_points_issued)
 TASK_CREATED: Final = "task_created"  # written with the task (processor.store.tasks)
+AWARD_EXPIRING: Final = "award_expiring"  # a reminder of the award-expiry job (expiring_of)
 COMMITTED_KINDS: Final = (LEVEL_MOVED, AWARD_ISSUED, POINTS_ISSUED)
 """The kinds a batch's commit writes (``event_columns``), as the ``kind`` column names them."""
-KINDS: Final = (*COMMITTED_KINDS, TASK_CREATED)
+KINDS: Final = (*COMMITTED_KINDS, TASK_CREATED, AWARD_EXPIRING)
 """Every kind of event, as the ``kind`` column and the API name them."""
 
 
@@ -111,6 +113,32 @@ def events_of(result: Result, day: int, *, points: bool = False) -> list[Event]:
                 Event(
                     result.account, result.id, len(events), POINTS_ISSUED, program, day,
                     {"points": amount},
+                )
+            )  # fmt: skip
+    return events
+
+
+def expiring_of(state: AccountState, day: int) -> list[Event]:
+    """The AWARD_EXPIRING events of ``state`` on ``day``: one for each active coupon and
+    certificate whose last day is at most AWARD_EXPIRING_NOTICE_DAYS away. Keyed by the
+    award's code and expiry day (request id ``expiring:<code>:<expiry day>``), so it is
+    written once however many runs see it, and again if its expiry is extended."""
+    held = [(program, coupon) for program, account in state.loyalty.items()
+            for coupon in account.awards]  # fmt: skip
+    held += [(program, certificate) for program, account in state.awards.items()
+             for certificate in account.awards]  # fmt: skip
+    events = []
+    for program, award in held:
+        expires_day = award.expires_day
+        if award.status != "active" or expires_day is None:
+            continue
+        if day < expires_day <= day + 1 + AWARD_EXPIRING_NOTICE_DAYS:
+            events.append(
+                Event(
+                    state.account, f"expiring:{award.code}:{expires_day}", 0, AWARD_EXPIRING,
+                    program, day,
+                    {"code": award.code, "award_kind": award.kind, "rule": award.rule,
+                     "expires_day": expires_day},
                 )
             )  # fmt: skip
     return events
