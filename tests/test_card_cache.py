@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +19,7 @@ import grpc  # type: ignore[import-untyped]
 import psycopg
 import pytest
 from plugins.server import Served, StartServed, line, purchase, transaction
+from plugins.waiting import eventually
 
 from processor import proto
 from processor.engine.types import Customer
@@ -32,7 +32,6 @@ from processor.store.cards import CardRecord
 CARD = "6001200000000010"
 OTHER = "6001200000000028"
 DAY = 20_000
-WAIT_SECONDS = 20.0  # how long a notification may take on a loaded machine, at most
 
 
 def record(number: str = CARD, *, customer: str | None = None, status: str = "active") -> Any:
@@ -161,16 +160,6 @@ def test_a_cache_of_no_cards_is_refused() -> None:
 
 
 # --------------------------------------------------------------------------- PostgreSQL
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    """Wait until ``condition`` holds (a notification arrives when it arrives)."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + WAIT_SECONDS
-    while not condition():
-        if loop.time() > give_up:
-            raise AssertionError(f"{what}: not within {WAIT_SECONDS} s")
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.integration

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import psycopg
 import pytest
 import pytest_asyncio
 from plugins.posting import registry_of
+from plugins.waiting import WAIT_SECONDS, eventually
 
 from processor.engine.types import AccountState
 from processor.errors import AuthenticationError
@@ -30,16 +31,6 @@ from processor.store.ledger import AccountWrite, CommitBatch, Store
 from processor.store.notifications import Notifications
 
 NEVER = 3_600.0  # a polling interval no test outlives
-WAIT_SECONDS = 20.0  # how long a notification may take on a loaded machine, at most
-
-
-async def eventually(condition: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + WAIT_SECONDS
-    while not condition():
-        if loop.time() > give_up:
-            raise AssertionError(f"{what}: not within {WAIT_SECONDS} s")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
