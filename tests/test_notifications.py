@@ -88,6 +88,19 @@ async def test_a_signal_for_one_payload_is_not_told_by_another(hub: Notification
     )
 
 
+async def test_a_subscriber_that_fails_leaves_the_others_told(hub: Notifications) -> None:
+    told: list[str] = []
+
+    def failing(payload: str) -> None:
+        raise RuntimeError("a bug")
+
+    hub.subscribe("changes", failing)
+    hub.subscribe("changes", told.append)
+    waiter = hub.signal("changes").waiter()
+    hub.dispatch("changes", "x")
+    assert told == ["x"] and waiter.told.is_set()
+
+
 async def test_a_loop_polls_at_its_own_interval_unless_it_is_told(hub: Notifications) -> None:
     waiter = hub.signal("changes").waiter()
     assert waiter.seconds(0.2) == 0.2  # nothing listens: as if there were no notifications

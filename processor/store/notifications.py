@@ -150,7 +150,10 @@ class Notifications:
     def dispatch(self, channel: str, payload: str) -> None:
         self.received_total += 1
         for subscriber in self._subscribers.get(channel, ()):
-            subscriber.told(payload)
+            try:
+                subscriber.told(payload)
+            except Exception:  # a bug in one must not end the listening for every other
+                log.exception("a subscriber of %s failed on %r", channel, payload)
         for (on, wanted), signal in self._signals.items():
             if on == channel and (wanted is None or wanted == payload):
                 signal.tell()
