@@ -72,6 +72,7 @@ def test_config_show_redacts_secrets(
         ),
         ("LOYALTY_CACHE_COMPRESSION", "maybe", "cache_compression", "valid boolean"),
         ("LOYALTY_CARD_CACHE", "sometimes", "card_cache", "valid boolean"),
+        ("LOYALTY_NOTIFICATIONS", "listen", "notifications", "valid boolean"),
         ("LOYALTY_HTTP2_BDP_PROBE", "often", "http2_bdp_probe", "valid boolean"),
         ("LOYALTY_PLAINTEXT_ALLOWED", "perhaps", "plaintext_allowed", "valid boolean"),
         ("LOYALTY_PIN_ATTEMPTS_MAX", "0", "pin_attempts_max", "greater than or equal to 1"),

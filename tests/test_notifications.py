@@ -102,6 +102,7 @@ async def test_a_subscriber_that_fails_leaves_the_others_told(hub: Notifications
 
 
 async def test_a_loop_polls_at_its_own_interval_unless_it_is_told(hub: Notifications) -> None:
+    # The interval a sleep is given (a pure choice of the hub's state), not time measured.
     waiter = hub.signal("changes").waiter()
     assert waiter.seconds(0.2) == 0.2  # nothing listens: as if there were no notifications
     hub._started()
