@@ -161,7 +161,7 @@ def loyalty_fields(account):
 
 cdef list _loyalty_fields(object account, object base):
     cdef dict rules = {}
-    cdef dict rule_day = {}, rule_period = {}, rule_total = {}, by_month = {}
+    cdef dict rule_day = {}, rule_period = {}, rule_total = {}, by_month = {}, spent = {}
     cdef int64_t base_day = base
     cdef int64_t base_month = month_index(base_day)
     cdef object sustain = account.sustain_extended_until
@@ -178,6 +178,8 @@ cdef list _loyalty_fields(object account, object base):
         awards = [_award_fields(award, account.program, base, reference) for award in account.awards]
     for month, points in account.earned_by_month.items():
         by_month[month - base_month] = points
+    for month, amount in account.spent_by_month.items():
+        spent[month - base_month] = amount
     return _trimmed(
         [
             account.program,
@@ -198,6 +200,7 @@ cdef list _loyalty_fields(object account, object base):
             rule_total,
             None if sustain is None else sustain - base,
             awards,
+            spent,
         ],
         _LOYALTY,
     )
@@ -215,15 +218,17 @@ cdef object _loyalty_from(object values):
     (
         program, level, base, level_since, last_activity, rules, lots, debt, earned_ltd,
         earned_ytd, ytd_year, earned_since_move, by_month, rule_day, rule_period,
-        rule_total, sustain_until, awards,
+        rule_total, sustain_until, awards, spent,
     ) = _pad(values, _LOYALTY, "loyalty account")
     if not _usable_day(base):
         raise ValueError("for the reference")
     cdef int64_t base_day = base
     cdef int64_t base_month = month_index(base_day)
-    cdef dict months = {}, days = {}, periods = {}, totals = {}
+    cdef dict months = {}, days = {}, periods = {}, totals = {}, spent_months = {}
     for month, points in by_month.items():
         months[base_month + month] = points
+    for month, amount in spent.items():
+        spent_months[base_month + month] = amount
     for rule, (day, uses) in rule_day.items():
         days[rules[rule]] = (base + day, uses)
     for rule, (period, uses) in rule_period.items():
@@ -252,4 +257,5 @@ cdef object _loyalty_from(object values):
         totals,
         None if sustain_until is None else base + sustain_until,
         named,
+        spent_months,
     )

@@ -701,6 +701,7 @@ cdef class PackedLoyalty:
     cdef I64Vec lot_earned, lot_rule, lot_kind, lot_points, lot_available, lot_expires
     cdef I64Vec lot_version
     cdef I64Vec months, month_points
+    cdef I64Vec spent_months, spent_amounts  # in the order of the reference's dict
     cdef I64Vec rule_day_day, rule_day_uses, rule_day_set
     cdef dict rule_day_other
     cdef dict rule_period
@@ -776,17 +777,37 @@ cdef class PackedLoyalty:
         self.month_points.push(points if points > 0 else 0)
         return 0
 
+    cdef int spent_add(self, int64_t month, int64_t amount) except -1:
+        """processor.engine.loyalty.count_spent: a month left at nothing is removed."""
+        cdef Py_ssize_t i
+        cdef int64_t value
+        for i in range(self.spent_months.size):
+            if self.spent_months.data[i] == month:
+                value = self.spent_amounts.data[i] + amount
+                if value > 0:
+                    self.spent_amounts.data[i] = value
+                else:
+                    remove_at(self.spent_months, i)
+                    remove_at(self.spent_amounts, i)
+                return 0
+        if amount > 0:
+            self.spent_months.push(month)
+            self.spent_amounts.push(amount)
+        return 0
+
     cdef void months_drop_before(self, int64_t oldest) noexcept:
-        cdef Py_ssize_t i = 0, j
-        while i < self.months.size:
-            if self.months.data[i] < oldest:
-                for j in range(i, self.months.size - 1):
-                    self.months.data[j] = self.months.data[j + 1]
-                    self.month_points.data[j] = self.month_points.data[j + 1]
-                self.months.size -= 1
-                self.month_points.size -= 1
-            else:
-                i += 1
+        drop_months_before(self.months, self.month_points, oldest)
+        drop_months_before(self.spent_months, self.spent_amounts, oldest)
+
+
+cdef void drop_months_before(I64Vec months, I64Vec values, int64_t oldest) noexcept:
+    cdef Py_ssize_t i = 0
+    while i < months.size:
+        if months.data[i] < oldest:
+            remove_at(months, i)
+            remove_at(values, i)
+        else:
+            i += 1
 
 
 cdef PackedLoyalty new_packed(PackedPlan plan, Py_ssize_t lots):
@@ -802,6 +823,8 @@ cdef PackedLoyalty new_packed(PackedPlan plan, Py_ssize_t lots):
     packed.lot_version = I64Vec(lots + 8)
     packed.months = I64Vec(MONTHS_KEPT + 2)
     packed.month_points = I64Vec(MONTHS_KEPT + 2)
+    packed.spent_months = I64Vec(4)
+    packed.spent_amounts = I64Vec(4)
     packed.rule_day_day = I64Vec(plan.issue_count + 1)
     packed.rule_day_uses = I64Vec(plan.issue_count + 1)
     packed.rule_day_set = I64Vec(plan.issue_count + 1)
@@ -842,6 +865,9 @@ cdef PackedLoyalty pack_loyalty(PackedProgram program, PackedPlan plan, account)
     for month, points in account.earned_by_month.items():
         packed.months.push(month)
         packed.month_points.push(points)
+    for month, amount in account.spent_by_month.items():
+        packed.spent_months.push(month)
+        packed.spent_amounts.push(amount)
     packed.rule_day_other = {}
     for rule_id, (used_day, uses) in account.rule_day.items():
         position = plan.issue_positions.get(rule_id)
@@ -884,7 +910,7 @@ cdef PackedLoyalty _pack_stored(PackedProgram program, PackedPlan plan, list sto
         (
             _, level_id, base_value, level_since, last_activity, rules, lots, debt,
             earned_ltd, earned_ytd, ytd_year, earned_since_move, by_month, rule_day,
-            rule_period, rule_total, sustain_until, awards,
+            rule_period, rule_total, sustain_until, awards, spent,
         ) = padded_loyalty_fields(stored)
         if type(base_value) is not int or not -DAY_LIMIT < base_value < DAY_LIMIT:
             raise _Unusual()
@@ -918,6 +944,9 @@ cdef PackedLoyalty _pack_stored(PackedProgram program, PackedPlan plan, list sto
         for month, points in by_month.items():
             packed.months.push(month_base + month)
             packed.month_points.push(points)
+        for month, amount in spent.items():
+            packed.spent_months.push(month_base + month)
+            packed.spent_amounts.push(amount)
         packed.rule_day_other = {}
         for rule, (day, uses) in rule_day.items():
             rule_id = rules[rule]
@@ -1003,6 +1032,10 @@ cdef object unpack_loyalty(PackedProgram program, PackedLoyalty packed):
         rule_total=dict(packed.rule_total),
         sustain_extended_until=none_or_day(packed.sustain_until),
         awards=[copy.copy(award) for award in packed.coupons] + issued_coupons(program, packed),
+        spent_by_month={
+            packed.spent_months.data[index]: packed.spent_amounts.data[index]
+            for index in range(packed.spent_months.size)
+        },
     )
 
 
@@ -1039,6 +1072,7 @@ cdef list packed_loyalty_fields(
     cdef int64_t base_month, earned, expires
     cdef Py_ssize_t index
     cdef dict rules = {}, rule_day = {}, rule_period = {}, rule_total = {}, by_month = {}
+    cdef dict spent = {}
     cdef list lots, values
     if not -DAY_LIMIT < base < DAY_LIMIT:
         return loyalty_fields(unpack_loyalty(program, packed))
@@ -1075,6 +1109,8 @@ cdef list packed_loyalty_fields(
         rule_total[rules.setdefault(rule, len(rules))] = uses
     for index in range(packed.months.size):
         by_month[packed.months.data[index] - base_month] = packed.month_points.data[index]
+    for index in range(packed.spent_months.size):
+        spent[packed.spent_months.data[index] - base_month] = packed.spent_amounts.data[index]
     # Numbers the coupons' rules too, so before the rule list is taken.
     awards = (
         loyalty_award_fields(packed.coupons + issued_coupons(program, packed), plan.pid, base,
@@ -1099,6 +1135,7 @@ cdef list packed_loyalty_fields(
         rule_total,
         None if packed.sustain_until == NONE_DAY else packed.sustain_until - base,
         awards,
+        spent,
     ])
 
 
@@ -2055,6 +2092,7 @@ cdef class Batch:
         cdef int64_t reason, points, line_points, measure
         cdef int64_t day = self.day
         cdef Py_ssize_t earn_start
+        account.spent_add(month_index(day), self.total)
         if not self.rc_has_lines.data[row]:
             # The reference lists every line in the receipt once a program earns on it.
             self.rc_has_lines.data[row] = 1

@@ -141,6 +141,7 @@ def loyalty_accounts(draw: st.DrawFn, program: str) -> LoyaltyAccount:
         draw(st.dictionaries(names, small, max_size=3)),
         draw(maybe_days),
         draw(st.lists(awards, max_size=3)),
+        draw(st.dictionaries(st.integers(0, 2000), st.integers(1, 10**12), max_size=4)),
     )
 
 

@@ -50,7 +50,7 @@ from processor.program.loyalty import (
 from processor.program.rules import location_allowed
 
 MONTHS_KEPT = 37
-"""Monthly earning buckets kept per account: enough for a 36-month average."""
+"""Monthly earning and spending buckets kept per account: enough for a 36-month average."""
 
 # --------------------------------------------------------------------------- accounts
 
@@ -105,6 +105,8 @@ def age(plan: LoyaltyPlan, account: LoyaltyAccount, day: int, result: Result, ve
     oldest_month = calendar.month_index(day) - MONTHS_KEPT
     for month in [month for month in account.earned_by_month if month < oldest_month]:
         del account.earned_by_month[month]
+    for month in [month for month in account.spent_by_month if month < oldest_month]:
+        del account.spent_by_month[month]
     level = plan.program.level(account.level)
     aging = level.age_points
     inactive = aging is not None and aging.after.after(account.last_activity_day) <= day
@@ -205,6 +207,17 @@ def _count_earned(account: LoyaltyAccount, points: int, day: int) -> None:
         account.earned_since_move = max(0, account.earned_since_move + points)
     month = calendar.month_index(day)
     account.earned_by_month[month] = max(0, account.earned_by_month.get(month, 0) + points)
+
+
+def count_spent(account: LoyaltyAccount, amount: int, day: int) -> None:
+    """Count ``amount`` (negative for a return or a void) as spent in ``day``'s month. A
+    month never goes below nothing, and a month left at nothing is not kept."""
+    month = calendar.month_index(day)
+    spent = account.spent_by_month.get(month, 0) + amount
+    if spent > 0:
+        account.spent_by_month[month] = spent
+    else:
+        account.spent_by_month.pop(month, None)
 
 
 def _customer(
@@ -341,6 +354,7 @@ def earn_purchase(
     ``base_lines`` are the purchase lines with amounts in the program currency.
     """
     total = sum(line.amount for line in base_lines)
+    count_spent(account, total, purchase.day)
     earnings = {line.number: _earning(receipt, line) for line in base_lines}
     for issue in plan.issue:
         rule = issue.rule

@@ -376,19 +376,27 @@ def _return(
 ) -> Receipt:
     """Take back points and refund stored value for the returned quantities; the
     return's own receipt records exactly what was taken, for a void of the return."""
+    # Each returned line's record holds the part of its amount returned, so a void of the
+    # return counts exactly that as spent again.
     record = Receipt(
         request.id,
         request.account,
         "return",
         request.day,
         program.version,
-        lines=[LineEarning(number, quantity, 0) for number, quantity in returned.items()],
+        lines=[
+            LineEarning(number, quantity, _amount_returned(receipt, number, quantity))
+            for number, quantity in returned.items()
+        ],
         original_id=receipt.id,
     )
+    unspent = sum(line.amount for line in record.lines)
     for plan in program.loyalty:
         account = state.loyalty.get(plan.program.id)
         if account is None:
             continue
+        # The sale did not happen, whatever the program says of its points.
+        loyalty.count_spent(account, -unspent, receipt.day)
         if not plan.program.credit_reversal:
             result.trace.append(
                 TraceEntry(plan.program.id, "", False, 0, "credit reversal not allowed")
@@ -405,6 +413,21 @@ def _return(
     if all(earning.returned_quantity >= earning.quantity for earning in receipt.lines):
         receipt.basket_returned = True
     return record
+
+
+def _amount_returned(receipt: Receipt, number: int, quantity: int) -> int:
+    """The part of line ``number``'s amount that returning ``quantity`` more of it gives
+    back: proportional, as its points, so partial returns sum to the whole amount."""
+    for earning in receipt.lines:
+        if earning.number == number:
+            before, after = earning.returned_quantity, earning.returned_quantity + quantity
+            due = (
+                earning.amount
+                if after >= earning.quantity
+                else (earning.amount * after // earning.quantity)
+            )
+            return due - earning.amount * before // earning.quantity
+    return 0
 
 
 def _refund_stored_value(
@@ -473,10 +496,13 @@ def _void_return(
     program allows one), its stored-value refund, and the returned quantities."""
     if original.voided:
         raise Declined("ALREADY_VOIDED", f"{original.id!r} was voided")
+    respent = sum(line.amount for line in record.lines)
     for plan in program.loyalty:
         account = state.loyalty.get(plan.program.id)
         prefix = f"{plan.program.id}/"
         keys = [key for key in record.points_recovered if key.startswith(prefix)]
+        if account is not None:
+            loyalty.count_spent(account, respent, original.day)
         if account is None or not keys:
             continue
         if not plan.program.debit_reversal:
@@ -629,7 +655,8 @@ def _merge_loyalty(
     request: RequestBase,
     result: Result,
 ) -> None:
-    """Move points lots, debt, earned counters and coupons where the program permits."""
+    """Move points lots, debt, earned counters, spend and coupons where the program
+    permits."""
     for plan in program.loyalty:
         account = source.loyalty.get(plan.program.id)
         if account is None or not plan.program.card_merge_permitted:
@@ -643,6 +670,8 @@ def _merge_loyalty(
             survivor.earned_ltd += account.earned_ltd
             survivor.earned_ytd += account.earned_ytd
             survivor.awards.extend(account.awards)
+            for month, amount in account.spent_by_month.items():
+                survivor.spent_by_month[month] = survivor.spent_by_month.get(month, 0) + amount
         del source.loyalty[plan.program.id]
         result.trace.append(TraceEntry(plan.program.id, "", True, 0, "merged"))
 

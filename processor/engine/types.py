@@ -222,6 +222,9 @@ class LoyaltyAccount:
     rule_total: dict[str, int] = field(default_factory=dict)  # rule -> uses, ever
     sustain_extended_until: int | None = None
     awards: list[Award] = field(default_factory=list)  # coupons
+    # month index -> what the card spent in purchases, in the program currency's minor
+    # units, net of returns and voids: the spend a review reads (seed 003's monthly flow)
+    spent_by_month: dict[int, int] = field(default_factory=dict)
 
     def available(self, day: int) -> int:
         """Spendable points on ``day``: released, unexpired lots less any debt."""

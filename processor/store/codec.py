@@ -373,6 +373,7 @@ _LOYALTY: Final[tuple[Any, ...]] = (
     {},
     None,
     [],
+    {},
 )
 _LOT: Final[tuple[Any, ...]] = (_R, _R, 0, _R, 0, None, 0)
 
@@ -579,6 +580,7 @@ def loyalty_fields_reference(account: LoyaltyAccount) -> list[Any]:
         rule_total,
         _shift(account.sustain_extended_until, base),
         awards,
+        {month - base_month: spent for month, spent in account.spent_by_month.items()},
     ]
     return _trim(values, _LOYALTY)
 
@@ -603,6 +605,7 @@ def loyalty_from_reference(values: list[Any]) -> LoyaltyAccount:
         rule_total,
         sustain_until,
         awards,
+        spent,
     ) = _pad(values, _LOYALTY, "loyalty account")
     base_month = calendar.month_index(base)
     return LoyaltyAccount(
@@ -623,6 +626,7 @@ def loyalty_from_reference(values: list[Any]) -> LoyaltyAccount:
         {rules[rule]: uses for rule, uses in rule_total.items()},
         _unshift(sustain_until, base),
         [_award_from(award, program, base, rules.__getitem__) for award in awards],
+        {base_month + month: amount for month, amount in spent.items()},
     )
 
 
