@@ -111,16 +111,17 @@ async def figures_of(store: Store, registry: ProgramRegistry) -> dict[tuple[str,
 
 SILVER = Figures(
     accounts_active=2, accounts_registered=2, issued_ltd=180, issued_mtd=80, outstanding=180,
-    customers=1, members_with_points=1,
+    spent_mtd=8_000, spending_mtd=2, customers=1, members_with_points=1,
 )  # fmt: skip
 GOLD = Figures(
     accounts_active=1, issued_ltd=1_000, issued_mtd=1_000, redeemed_ltd=1_000,
-    redeemed_mtd=1_000, escrowed=200,
+    redeemed_mtd=1_000, escrowed=200, spent_mtd=120_000, spending_mtd=1,
 )  # fmt: skip
 LOYALTY = Figures(
     accounts_active=3, accounts_registered=2, issued_ltd=1_180, issued_mtd=1_080,
-    redeemed_ltd=1_000, redeemed_mtd=1_000, outstanding=180, escrowed=200, customers=1,
-    members_with_points=1, customers_total=3, cards_total=50, card_series=1,
+    redeemed_ltd=1_000, redeemed_mtd=1_000, outstanding=180, escrowed=200, spent_mtd=128_000,
+    spending_mtd=3, customers=1, members_with_points=1, customers_total=3, cards_total=50,
+    card_series=1,
 )  # fmt: skip
 GIFT_CARD = Figures(
     accounts_active=2, issued_ltd=6_500, issued_mtd=2_500, redeemed_ltd=500, redeemed_mtd=500,
@@ -241,6 +242,12 @@ async def test_get_scorecard_answers_the_months_counted_with_the_manuals_ratios(
     assert (silver.accounts_active, silver.share_of_program, silver.average_balance) == (
         2, pytest.approx(2 / 3), 90,
     )  # fmt: skip
+    # April's spend, in cents: silver $50.00 and $30.00, gold $1,000.00 and $200.00.
+    assert points.spend_exponent == 2
+    gold = points.levels[1].figures
+    assert (silver.spent_mtd, silver.spending_mtd, silver.average_spend) == (8_000, 2, 4_000)
+    assert (gold.spent_mtd, gold.spending_mtd, gold.average_spend) == (120_000, 1, 120_000)
+    assert (total.spent_mtd, total.average_spend) == (128_000, 42_667)  # half to even
     gift = answer.scorecards[0]
     assert (gift.exponent, gift.total.outstanding, gift.total.average_balance) == (2, 6_000, 3_000)
     # February's run: the state of the accounts on its day was April's (a run reads the
@@ -298,6 +305,7 @@ async def test_loyalty_report_scorecard_prints_the_months_tables_and_json(
     silver = next(line.split() for line in text.splitlines() if line.strip().startswith("silver"))
     # level, accounts, share, registered, customers, with points, issued LTD, issued MTD, ...
     assert silver[:8] == ["silver", "2", "66.7%", "100.0%", "1", "1", "180", "80"]
+    assert silver[-2:] == ["80.00", "40.00"]  # spent MTD and average spend, in dollars
     gift = text[text.index("tender program giftcard") :]
     assert "65.00" in gift and "60.00" in gift and "30.00" in gift  # issued, open, average
 
@@ -308,6 +316,9 @@ async def test_loyalty_report_scorecard_prints_the_months_tables_and_json(
     assert by_program["points"]["total"]["issued_ltd"] == "1180"  # no thousands separator
     assert by_program["points"]["levels"][1]["level"] == "gold"
     assert by_program["points"]["levels"][1]["escrowed"] == "200"
+    assert by_program["points"]["spend_exponent"] == 2
+    assert by_program["points"]["levels"][1]["spent_mtd"] == "1200.00"  # dollars, not stars
+    assert by_program["points"]["levels"][0]["average_spend"] == "40.00"
 
     not_yet = await asyncio.to_thread(report, "--month", "2026-05")
     assert not_yet.returncode == 0
@@ -425,8 +436,10 @@ async def test_the_html_report_draws_its_charts_with_the_figures_in_headless_chr
     expected = {
         f"chart-{program}-{name}" for program in ("giftcard", "points", "rewards")
         for name in ("issued", "redeemed", "outstanding", "accounts")
-    }  # fmt: skip
+    } | {"chart-points-spend"}  # fmt: skip
     assert set(drawn.charts) == expected
+    # April's average spend: silver $40.00 a card, gold $1,200.00.
+    assert {"40.00", "1,200.00"} <= set(drawn.charts["chart-points-spend"])
     # Stars issued: silver 100 in February, 80 in April; gold 1,000 in April.
     assert {"100", "80", "1,000"} <= set(drawn.charts["chart-points-issued"])
     assert {"1,000"} <= set(drawn.charts["chart-points-redeemed"])

@@ -28,6 +28,10 @@ What counts, per program of the card's active program file:
 - **Certificates** issued, redeemed and outstanding are counted from the award accounts;
   e-awards issued are the ledger's e-award credits, e-awards redeemed its redemptions of
   e-award value, outstanding the value lots not lapsed and not spent.
+- **Spend** (loyalty) is what the accounts spent in purchases in the as-of day's month,
+  from each account's spend by month (net of returns and voids, in the program's currency),
+  at the level the account holds: a run as of an earlier day of the month still counts the
+  month's spend to the time it runs. ``spending_mtd`` counts the accounts that spent.
 - **Customers** are counted once however many cards they hold, when the run finishes;
   ``members_with_points`` are those whose accounts at the level were ever issued points
   (earned, bonus or escrowed: returned or still in escrow, they were issued).
@@ -255,6 +259,7 @@ def _count_loyalty(
     flows[0] -= escrowed  # issued LTD and MTD: points still in escrow are not issued yet
     flows[1] -= escrowed_mtd
     outstanding = loyalty.available(as_of)
+    spent = loyalty.spent_by_month.get(calendar.month_index(as_of), 0)
     # Issued points, even if returned since or still in escrow: what the manual's "members
     # who received points" asks.
     has_points = any(
@@ -267,6 +272,8 @@ def _count_loyalty(
         _add_flows(figures, flows)
         figures.outstanding += outstanding
         figures.escrowed += escrowed
+        figures.spent_mtd += spent
+        figures.spending_mtd += spent > 0
         _customer(tally, part, level, customer, has_points=has_points)
 
 

@@ -24,13 +24,17 @@ from processor.reports.scorecard import ProgramMonth, month_table
 from processor.store.scorecards import SCORECARDS_JOB, Figures
 
 CHARTS: Final = {
-    # chart name: (title, figure, whether it is an amount in the program's units)
-    "issued": ("Issued in the month", "issued_mtd", True),
-    "redeemed": ("Redeemed in the month", "redeemed_mtd", True),
-    "outstanding": ("Outstanding on the as-of day", "outstanding", True),
-    "accounts": ("Active accounts", "accounts_active", False),
+    # chart name: (title, figure, its unit: the program's, its currency's or a count)
+    "issued": ("Issued in the month", "issued_mtd", "amount"),
+    "redeemed": ("Redeemed in the month", "redeemed_mtd", "amount"),
+    "outstanding": ("Outstanding on the as-of day", "outstanding", "amount"),
+    "accounts": ("Active accounts", "accounts_active", "count"),
 }
 """The charts of every program, one trace per level of a loyalty program."""
+LOYALTY_CHARTS: Final = {
+    "spend": ("Average spend in the month, per active account", "average_spend", "money"),
+}
+"""A loyalty program's charts besides those (``average_spend``: ProgramMonth.spend)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,19 +95,25 @@ def _section(program: str, cards: list[ProgramMonth], month: str) -> Section:
         current_as_of="" if current is None else calendar.format_day(current.as_of),
         columns=table[0],
         rows=table[1:],
-        charts=[_chart(program, name, cards) for name in CHARTS],
+        charts=[
+            _chart(program, name, cards)
+            for name in (CHARTS | LOYALTY_CHARTS if cards[0].type == "loyalty" else CHARTS)
+        ],
     )
 
 
 def _chart(program: str, name: str, cards: list[ProgramMonth]) -> Chart:
-    title, figure, amount = CHARTS[name]
+    title, figure, unit = (CHARTS | LOYALTY_CHARTS)[name]
     ordered = sorted(cards, key=lambda card: card.as_of)  # oldest month on the left
     months = [card.month for card in ordered]
-    exponent = ordered[-1].exponent if amount else 0
+    last = ordered[-1]
+    exponent = {"amount": last.exponent, "money": last.spend_exponent}.get(unit, 0)
     series: dict[str, list[Decimal]] = {}
     levels = [level for card in ordered for level, _ in card.levels]
     for level in [*dict.fromkeys(levels)] or ["all"]:
-        series[level] = [_value(_figures(card, level), figure, exponent) for card in ordered]
+        series[level] = [
+            _value(card, _figures(card, level), figure, exponent) for card in ordered
+        ]
     return bar_chart(f"chart-{program}-{name}", name, title, months, series, exponent)
 
 
@@ -155,5 +165,6 @@ def _figures(card: ProgramMonth, level: str) -> Figures:
     return next((figures for name, figures in card.levels if name == level), Figures())
 
 
-def _value(figures: Figures, figure: str, exponent: int) -> Decimal:
-    return Decimal(getattr(figures, figure)).scaleb(-exponent)
+def _value(card: ProgramMonth, figures: Figures, figure: str, exponent: int) -> Decimal:
+    value = card.spend(figures) if figure == "average_spend" else getattr(figures, figure)
+    return Decimal(value).scaleb(-exponent)

@@ -28,6 +28,7 @@ class Ratios:
     """What the manual derives from the counted figures (zero where it would divide by 0)."""
 
     average_balance: int
+    average_spend: int
     registered_rate: float
     customers_rate: float
     active_account_rate: float
@@ -46,12 +47,18 @@ class ProgramMonth:
     exponent: int
     total: Figures
     levels: list[tuple[str, Figures]] = field(default_factory=list)
+    spend_exponent: int = 0  # of a loyalty program's spend: its currency's
+
+    def spend(self, figures: Figures) -> int:
+        """The month's spend per active account: the average spend the ROI report compares."""
+        return _divided(figures.spent_mtd, figures.accounts_active)
 
     def ratios(self, figures: Figures) -> Ratios:
         total = self.total
         whole = figures is total
         return Ratios(
             average_balance=_divided(figures.outstanding, figures.accounts_active),
+            average_spend=self.spend(figures),
             registered_rate=_rate(figures.accounts_registered, figures.accounts_active),
             customers_rate=_rate(total.customers, total.customers_total) if whole else 0.0,
             active_account_rate=_rate(total.accounts_active, total.cards_total) if whole else 0.0,
@@ -101,6 +108,7 @@ def assemble(rows: Iterable[Row], programs: Sequence[CompiledProgram]) -> list[P
                 row.part.type,
                 _exponent(program, row.part.type, row.part.part),
                 Figures(),
+                spend_exponent=_spend_exponent(program, row.part.type, row.part.part),
             )
         if row.level == "":
             card.total = row.figures
@@ -130,6 +138,15 @@ def _exponent(program: CompiledProgram | None, type_: str, part: str) -> int:
         return 0
     key = {"loyalty": f"points:{part}", "tender": "tender", "award": f"award:{part}"}[type_]
     return program.balance_digits.get(key, 0)
+
+
+def _spend_exponent(program: CompiledProgram | None, type_: str, part: str) -> int:
+    if program is None or type_ != "loyalty":
+        return 0
+    for plan in program.loyalty:
+        if plan.program.id == part:
+            return money.currency_exponent(plan.program.currency)
+    return 0
 
 
 def _level_order(compiled: dict[str, CompiledProgram], part: str) -> dict[str, int]:
@@ -167,6 +184,8 @@ _COLUMNS: Final = {
         ("outstanding", "outstanding", "amount"),
         ("escrow", "escrowed", "amount"),
         ("average", "average_balance", "amount"),
+        ("spent MTD", "spent_mtd", "money"),
+        ("average spend", "average_spend", "money"),
     ),
     "tender": (
         ("accounts", "accounts_active", "count"),
@@ -248,6 +267,8 @@ def _cell(card: ProgramMonth, figures: Figures, key: str, how: str) -> str:
         return f"{value:.1%}"
     if how == "amount":
         return decimal_text(value, card.exponent, grouped=True)
+    if how == "money":
+        return decimal_text(value, card.spend_exponent, grouped=True)
     return f"{value:,}"
 
 
@@ -280,6 +301,8 @@ AMOUNTS: Final = frozenset(
     }
 )  # fmt: skip
 """The figures that are amounts in the program's units (the rest are counts)."""
+SPEND: Final = frozenset({"spent_mtd", "average_spend"})
+"""The figures that are amounts of a loyalty program's currency (``spend_exponent``)."""
 
 
 def as_dict(card: ProgramMonth) -> dict[str, object]:
@@ -291,10 +314,12 @@ def as_dict(card: ProgramMonth) -> dict[str, object]:
         out: dict[str, object] = {}
         for name in COLUMNS:
             value = getattr(values, name)
-            out[name] = decimal_text(value, card.exponent) if name in AMOUNTS else value
+            out[name] = _json_value(card, name, value) if name in AMOUNTS | SPEND else value
         for name, value in asdict(ratios).items():
             out[name] = (
-                decimal_text(value, card.exponent) if name == "average_balance" else round(value, 6)
+                _json_value(card, name, value)
+                if name in ("average_balance", "average_spend")
+                else round(value, 6)
             )
         return out
 
@@ -303,6 +328,11 @@ def as_dict(card: ProgramMonth) -> dict[str, object]:
         "as_of": calendar.format_day(card.as_of),
         "program": card.program,
         "type": card.type,
+        "spend_exponent": card.spend_exponent,
         "total": figures(card.total),
         "levels": [{"level": level, **figures(values)} for level, values in card.levels],
     }
+
+
+def _json_value(card: ProgramMonth, name: str, value: int) -> str:
+    return decimal_text(value, card.spend_exponent if name in SPEND else card.exponent)

@@ -456,6 +456,7 @@ class AdminServicer(proto.admin_grpc.AdminServiceServicer):
                 program=card.program,
                 type=_TYPES[card.type],
                 exponent=card.exponent,
+                spend_exponent=card.spend_exponent,
             )
             message.total.CopyFrom(_figures(card, card.total))
             for level, figures in card.levels:

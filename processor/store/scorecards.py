@@ -55,6 +55,11 @@ class Figures:
     e_awards_issued_mtd: int = 0
     e_awards_outstanding: int = 0
     e_awards_redeemed_ltd: int = 0
+    # Loyalty: what the accounts spent in purchases in the as-of day's month (net of returns
+    # and voids, to when the run read them), in minor units of the program's currency; and
+    # how many of them spent anything in it.
+    spent_mtd: int = 0
+    spending_mtd: int = 0
     # Counted when the run finishes, not added chunk by chunk.
     customers: int = field(default=0, metadata=_AT_FINISH)
     members_with_points: int = field(default=0, metadata=_AT_FINISH)
