@@ -386,6 +386,30 @@ def _report_scorecard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_roi(args: argparse.Namespace) -> int:
+    from processor.reports import roi, scorecard
+
+    month = scorecard.last_month(args.month or "", "--month")
+    report = _program_report(args, roi.load, month)
+    if args.html:
+        from processor import calendar
+        from processor.reports import roi_page
+
+        page = roi_page.render(args.program, report, calendar.format_month(month), args.months)
+        _write_page(args.html, page)
+    elif args.json:
+        print(json.dumps([roi.as_dict(month) for month in report], indent=2))
+    else:
+        print(roi.text(report), end="")
+    if not all(month.counted for month in report):
+        print(
+            "a month marked 'not counted' has no finished run of the scorecards job, whose "
+            "figures this report reads (`loyalty jobs run scorecards --as-of DATE`)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _report_health(args: argparse.Namespace) -> int:
     from processor.reports import health, scorecard
 
@@ -632,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     history.set_defaults(handler=_jobs_history)
 
     report = commands.add_parser(
-        "report", help="what program managers read: scorecards, the monthly health report"
+        "report",
+        help="what program managers read: scorecards, the monthly health report, the ROI",
     )
     report_commands = report.add_subparsers(dest="report_command", required=True)
     for name, summary, handler in (
@@ -640,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
          "month", _report_scorecard),
         ("health", "each loyalty program's points issued and members moved up or down, by "
          "month", _report_health),
+        ("roi", "each loyalty program's spend by level: the average spend per account against "
+         "the first level's, and the points issued, by month", _report_roi),
     ):  # fmt: skip
         reporting = report_commands.add_parser(name, help=summary)
         reporting.add_argument("program", help="the program file's id")
