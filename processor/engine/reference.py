@@ -390,6 +390,10 @@ def _return(
         ],
         original_id=receipt.id,
     )
+    # Taken back from each of the card's loyalty accounts in the receipt lines' amounts
+    # (those of the first program that earned on them): exact for a card in one loyalty
+    # program, or in several of one currency that all counted the sale. A per-program
+    # record of what each counted, on the receipt, would make it exact for the rest.
     unspent = sum(line.amount for line in record.lines)
     for plan in program.loyalty:
         account = state.loyalty.get(plan.program.id)

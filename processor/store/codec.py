@@ -12,7 +12,11 @@ level and three lots takes about 100 bytes.
 
 Changing the layout means a new format version: ``decode_*`` refuses versions it does not
 know (a blob from a newer release must not be half-read), so keep the reader of an old
-version for as long as its blobs may be stored.
+version for as long as its blobs may be stored. One change stays in a version: a field
+added after a record's last, with a default. This release reads records without it (as
+the default); an older one refuses a record that has it ("more than N fields"), so a
+release that adds one cannot be rolled back once it has written it. The loyalty account's
+spend by month is such a field.
 
 Dictionaries keyed by program (``AccountState.awards`` and ``.loyalty``) are written as
 lists and rebuilt from each account's ``program``; a key that differs from it is refused.
