@@ -1341,8 +1341,8 @@ cdef class Batch:
     # Receipts of purchases taken on the fast path, built only when read.
     cdef dict fast_receipts
     cdef Py_ssize_t receipts_indexed
-    cdef I64Vec rc_lines_at, rc_earn_at, rc_basket_at, rc_has_lines, rc_day
-    cdef I64Vec rc_lines, rc_earn, rc_basket
+    cdef I64Vec rc_lines_at, rc_earn_at, rc_basket_at, rc_spent_at, rc_has_lines, rc_day
+    cdef I64Vec rc_lines, rc_earn, rc_basket, rc_spent
     # The purchase being evaluated, packed.
     cdef I64Vec l_number, l_item, l_amount, l_quantity, l_merch
     cdef I64Vec l_nodes_at, l_nodes_count, l_attrs_at, l_attrs_count, l_nodes, l_attrs
@@ -1383,11 +1383,13 @@ cdef class Batch:
         self.rc_lines_at = I64Vec(n + 1)
         self.rc_earn_at = I64Vec(n + 1)
         self.rc_basket_at = I64Vec(n + 1)
+        self.rc_spent_at = I64Vec(n + 1)
         self.rc_has_lines = I64Vec(n + 1)
         self.rc_day = I64Vec(n + 1)
         self.rc_lines = I64Vec(16 * n)  # 3 per line
         self.rc_earn = I64Vec(24 * n)  # 3 per line and rule
         self.rc_basket = I64Vec(8 * n)
+        self.rc_spent = I64Vec(2 * n)  # 2 per loyalty program that counted the sale
         self.l_number = I64Vec(64)
         self.l_item = I64Vec(64)
         self.l_amount = I64Vec(64)
@@ -1470,6 +1472,7 @@ cdef class Batch:
         self.rc_lines_at.push(self.rc_lines.size)
         self.rc_earn_at.push(self.rc_earn.size)
         self.rc_basket_at.push(self.rc_basket.size)
+        self.rc_spent_at.push(self.rc_spent.size)
         self.rc_has_lines.push(0)
         self.rc_day.push(request.day)
         self.results.append(len(self.meta))
@@ -1709,6 +1712,10 @@ cdef class Batch:
         end = self.rc_basket_at.data[row + 1] if row + 1 < rows else self.rc_basket.size
         for i in range(start, end, 2):
             receipt.basket_points[strings[self.rc_basket.data[i]]] = self.rc_basket.data[i + 1]
+        start = self.rc_spent_at.data[row]
+        end = self.rc_spent_at.data[row + 1] if row + 1 < rows else self.rc_spent.size
+        for i in range(start, end, 2):
+            receipt.spent[strings[self.rc_spent.data[i]]] = self.rc_spent.data[i + 1]
         receipt.lines = lines if self.rc_has_lines.data[row] else []
         return receipt
 
@@ -1722,6 +1729,7 @@ cdef class Batch:
         cdef list lines = []
         cdef list earned = []
         cdef dict basket = {}
+        cdef dict spent = {}
         cdef dict points
         request = self.meta[row]
         start = self.rc_lines_at.data[row]
@@ -1744,11 +1752,21 @@ cdef class Batch:
         end = self.rc_basket_at.data[row + 1] if row + 1 < rows else self.rc_basket.size
         for i in range(start, end, 2):
             basket[strings[self.rc_basket.data[i]]] = self.rc_basket.data[i + 1]
+        start = self.rc_spent_at.data[row]
+        end = self.rc_spent_at.data[row + 1] if row + 1 < rows else self.rc_spent.size
+        for i in range(start, end, 2):
+            spent[strings[self.rc_spent.data[i]]] = self.rc_spent.data[i + 1]
         if not self.rc_has_lines.data[row]:
             lines = []
         values = [request.id, request.account, "purchase", self.rc_day.data[row],
                   self.program.version, lines, basket]
-        # A purchase's receipt has nothing after its basket; what ends in defaults goes.
+        if spent:
+            # Its spend comes last, after the fields a purchase leaves at their defaults
+            # (returned, tender, awards, voided, original, points recovered).
+            values.extend((False, 0, [], False, "", {}, spent))
+            return values
+        # Without spend, a purchase's receipt has nothing after its basket; what ends in
+        # defaults goes.
         if not basket:
             del values[6]
             if not lines:
@@ -2093,6 +2111,9 @@ cdef class Batch:
         cdef int64_t day = self.day
         cdef Py_ssize_t earn_start
         account.spent_add(month_index(day), self.total)
+        if self.total:
+            self.rc_spent.push(plan.pid_string)
+            self.rc_spent.push(self.total)
         if not self.rc_has_lines.data[row]:
             # The reference lists every line in the receipt once a program earns on it.
             self.rc_has_lines.data[row] = 1

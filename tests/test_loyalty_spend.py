@@ -4,16 +4,22 @@ kept as long as the points earned by month (processor.engine.loyalty.count_spent
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from loyalty_builders import (
+    CARD,
     DAY,
+    PROGRAM,
     Ledger,
     build,
+    compile_file,
     day,
     give_back,
     issue_rule,
     line,
+    loyalty,
+    program_file,
     purchase,
     void,
 )
@@ -118,3 +124,59 @@ def test_months_older_than_the_kept_window_are_dropped_at_the_next_transaction()
         calendar.month_index(later): 100,
         calendar.month_index(later) + 1: 100,
     }
+
+
+# --------------------------------------------------------------------------- several programs
+
+
+def two_programs(**second: Any) -> Ledger:
+    """The card in two loyalty programs: ``loyal`` (USD) and ``second`` (its ``fields``)."""
+    other = loyalty(id="second", name="Second", **second)
+    return Ledger(compile_file(program_file(loyalty(), loyalty_programs=[loyalty(), other])))
+
+
+def spent_in(ledger: Ledger, program: str) -> dict[int, int]:
+    return ledger.accounts[CARD].loyalty[program].spent_by_month
+
+
+def test_each_program_takes_back_what_it_counted_in_its_own_currency() -> None:
+    ledger = two_programs(currency="EUR", allow_foreign_currency=True)
+    ledger.one(purchase("p1", line(amount=10_000), exchange_rate=Decimal("0.5")))
+    assert (spent_in(ledger, PROGRAM), spent_in(ledger, "second")) == (
+        {MARCH: 10_000},
+        {MARCH: 5_000},
+    )
+    ledger.one(give_back("r1", "p1", day=DAY + 1))
+    assert (spent_in(ledger, PROGRAM), spent_in(ledger, "second")) == ({}, {})
+    ledger.one(void("v1", "r1", day=DAY + 2))
+    assert (spent_in(ledger, PROGRAM), spent_in(ledger, "second")) == (
+        {MARCH: 10_000},
+        {MARCH: 5_000},
+    )
+
+
+def test_a_return_leaves_alone_a_program_that_did_not_count_the_sale() -> None:
+    ledger = two_programs(card_required=True)
+    ledger.one(purchase("p1", line(amount=3_000)))
+    ledger.one(purchase("p2", line(amount=10_000), card_present=False))
+    assert spent_in(ledger, "second") == {MARCH: 3_000}  # p2 counted in loyal only
+    ledger.one(give_back("r2", "p2", day=DAY + 1))
+    assert spent_in(ledger, "second") == {MARCH: 3_000}
+    ledger.one(void("v2", "r2", day=DAY + 2))
+    assert (spent_in(ledger, PROGRAM), spent_in(ledger, "second")) == (
+        {MARCH: 13_000},
+        {MARCH: 3_000},
+    )
+
+
+def test_a_sale_counted_before_spend_was_kept_takes_nothing_back() -> None:
+    ledger = Ledger(build())
+    ledger.one(basket())
+    # As a purchase posted by a release that did not count spend left it.
+    ledger.receipts["p1"].spent = {}
+    ledger.account.spent_by_month = {}
+    ledger.one(purchase("p2", line(amount=2_500), day=DAY + 1))
+    ledger.one(give_back("r1", "p1", day=DAY + 1))
+    assert ledger.account.spent_by_month == {MARCH: 2_500}
+    ledger.one(void("v1", "r1", day=DAY + 2))
+    assert ledger.account.spent_by_month == {MARCH: 2_500}

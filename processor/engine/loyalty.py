@@ -355,6 +355,8 @@ def earn_purchase(
     """
     total = sum(line.amount for line in base_lines)
     count_spent(account, total, purchase.day)
+    if total:
+        receipt.spent[plan.program.id] = total
     earnings = {line.number: _earning(receipt, line) for line in base_lines}
     for issue in plan.issue:
         rule = issue.rule

@@ -376,31 +376,20 @@ def _return(
 ) -> Receipt:
     """Take back points and refund stored value for the returned quantities; the
     return's own receipt records exactly what was taken, for a void of the return."""
-    # Each returned line's record holds the part of its amount returned, so a void of the
-    # return counts exactly that as spent again.
     record = Receipt(
         request.id,
         request.account,
         "return",
         request.day,
         program.version,
-        lines=[
-            LineEarning(number, quantity, _amount_returned(receipt, number, quantity))
-            for number, quantity in returned.items()
-        ],
+        lines=[LineEarning(number, quantity, 0) for number, quantity in returned.items()],
         original_id=receipt.id,
     )
-    # Taken back from each of the card's loyalty accounts in the receipt lines' amounts
-    # (those of the first program that earned on them): exact for a card in one loyalty
-    # program, or in several of one currency that all counted the sale. A per-program
-    # record of what each counted, on the receipt, would make it exact for the rest.
-    unspent = sum(line.amount for line in record.lines)
+    _take_back_spend(state, receipt, returned, record)
     for plan in program.loyalty:
         account = state.loyalty.get(plan.program.id)
         if account is None:
             continue
-        # The sale did not happen, whatever the program says of its points.
-        loyalty.count_spent(account, -unspent, receipt.day)
         if not plan.program.credit_reversal:
             result.trace.append(
                 TraceEntry(plan.program.id, "", False, 0, "credit reversal not allowed")
@@ -417,6 +406,31 @@ def _return(
     if all(earning.returned_quantity >= earning.quantity for earning in receipt.lines):
         receipt.basket_returned = True
     return record
+
+
+def _take_back_spend(
+    state: AccountState, receipt: Receipt, returned: dict[int, int], record: Receipt
+) -> None:
+    """Take back from each loyalty account that counted the sale its share of what is
+    returned, whatever the program says of its points (the sale did not happen): in
+    proportion to the lines' amounts, and all that is left once every line is returned.
+    The return's record keeps what it took from each, for a void of it to give back."""
+    if not receipt.spent:
+        return
+    left = sum(
+        line.amount - line.amount * line.returned_quantity // line.quantity
+        for line in receipt.lines
+    )
+    unspent = sum(_amount_returned(receipt, number, count) for number, count in returned.items())
+    for program_id, spent in receipt.spent.items():
+        take = spent if unspent >= left else spent * unspent // left
+        if not take:
+            continue
+        receipt.spent[program_id] = spent - take
+        record.spent[program_id] = take
+        account = state.loyalty.get(program_id)
+        if account is not None:
+            loyalty.count_spent(account, -take, receipt.day)
 
 
 def _amount_returned(receipt: Receipt, number: int, quantity: int) -> int:
@@ -500,13 +514,15 @@ def _void_return(
     program allows one), its stored-value refund, and the returned quantities."""
     if original.voided:
         raise Declined("ALREADY_VOIDED", f"{original.id!r} was voided")
-    respent = sum(line.amount for line in record.lines)
+    for program_id, amount in record.spent.items():
+        original.spent[program_id] = original.spent.get(program_id, 0) + amount
+        account = state.loyalty.get(program_id)
+        if account is not None:
+            loyalty.count_spent(account, amount, original.day)
     for plan in program.loyalty:
         account = state.loyalty.get(plan.program.id)
         prefix = f"{plan.program.id}/"
         keys = [key for key in record.points_recovered if key.startswith(prefix)]
-        if account is not None:
-            loyalty.count_spent(account, respent, original.day)
         if account is None or not keys:
             continue
         if not plan.program.debit_reversal:

@@ -312,6 +312,9 @@ class Receipt:
     voided: bool = False
     original_id: str = ""  # for a return: the purchase it returned from
     points_recovered: dict[str, int] = field(default_factory=dict)  # for a return, per rule
+    # Loyalty program -> spend: what a purchase counted in each program's account, less what
+    # returns have taken back since; what a return took back from each.
+    spent: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- results

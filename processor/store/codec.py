@@ -695,7 +695,7 @@ def _lot_from(values: list[Any], base: int, rules: list[str]) -> Lot:
 
 # --------------------------------------------------------------------------- receipts
 
-_RECEIPT: Final[tuple[Any, ...]] = (_R, _R, _R, _R, 0, [], {}, False, 0, [], False, "", {})
+_RECEIPT: Final[tuple[Any, ...]] = (_R, _R, _R, _R, 0, [], {}, False, 0, [], False, "", {}, {})
 _LINE_EARNING: Final[tuple[Any, ...]] = (_R, _R, _R, 0, {}, {})
 
 
@@ -727,6 +727,7 @@ def _receipt_fields(receipt: Receipt) -> list[Any]:
         receipt.voided,
         receipt.original_id,
         receipt.points_recovered,
+        receipt.spent,
     ]
     return _trim(values, _RECEIPT)
 
@@ -746,6 +747,7 @@ def _receipt_from(values: list[Any]) -> Receipt:
         voided,
         original_id,
         recovered,
+        spent,
     ) = _pad(values, _RECEIPT, "receipt")
     return Receipt(
         id_,
@@ -761,6 +763,7 @@ def _receipt_from(values: list[Any]) -> Receipt:
         voided,
         original_id,
         dict(recovered),
+        dict(spent),
     )
 
 
