@@ -187,6 +187,7 @@ receipts = _builds(
     voided=st.booleans(),
     original_id=names,
     points_recovered=points_by_rule,
+    spent=points_by_rule,
 )
 postings = _builds(
     Posting,
