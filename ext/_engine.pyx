@@ -68,6 +68,7 @@ cdef extern from *:
 
 cdef enum:
     MONTHS_KEPT = 37
+    SPENT_MONTHS_KEPT = 2
     AWARDS_PER_RULE_MAX = 100
     # Shared trace entries: string ids below this fit a key of one int (20 bits each);
     # at most this many kept per program.
@@ -778,26 +779,35 @@ cdef class PackedLoyalty:
         return 0
 
     cdef int spent_add(self, int64_t month, int64_t amount) except -1:
-        """processor.engine.loyalty.count_spent: a month left at nothing is removed."""
+        """processor.engine.loyalty.count_spent: a month left at nothing is removed, and
+        so is one before the latest SPENT_MONTHS_KEPT."""
         cdef Py_ssize_t i
-        cdef int64_t value
+        cdef int64_t value, latest
+        cdef bint found = False
         for i in range(self.spent_months.size):
             if self.spent_months.data[i] == month:
+                found = True
                 value = self.spent_amounts.data[i] + amount
                 if value > 0:
                     self.spent_amounts.data[i] = value
                 else:
                     remove_at(self.spent_months, i)
                     remove_at(self.spent_amounts, i)
-                return 0
-        if amount > 0:
+                break
+        if not found and amount > 0:
             self.spent_months.push(month)
             self.spent_amounts.push(amount)
+        if self.spent_months.size:
+            latest = self.spent_months.data[0]
+            for i in range(1, self.spent_months.size):
+                if self.spent_months.data[i] > latest:
+                    latest = self.spent_months.data[i]
+            drop_months_before(self.spent_months, self.spent_amounts,
+                               latest - SPENT_MONTHS_KEPT + 1)
         return 0
 
     cdef void months_drop_before(self, int64_t oldest) noexcept:
         drop_months_before(self.months, self.month_points, oldest)
-        drop_months_before(self.spent_months, self.spent_amounts, oldest)
 
 
 cdef void drop_months_before(I64Vec months, I64Vec values, int64_t oldest) noexcept:

@@ -17,6 +17,7 @@ from loyalty_builders import (
     day,
     give_back,
     issue_rule,
+    level,
     line,
     loyalty,
     program_file,
@@ -25,7 +26,7 @@ from loyalty_builders import (
 )
 
 from processor import calendar
-from processor.engine.loyalty import MONTHS_KEPT
+from processor.engine.loyalty import SPENT_MONTHS_KEPT
 
 pytestmark = pytest.mark.usefixtures("every_engine")
 
@@ -112,18 +113,28 @@ def test_a_foreign_purchase_counts_in_the_program_currency() -> None:
     assert ledger.account.spent_by_month == {MARCH: 12_500}
 
 
-def test_months_older_than_the_kept_window_are_dropped_at_the_next_transaction() -> None:
+def test_the_latest_month_and_the_one_before_are_kept() -> None:
+    assert SPENT_MONTHS_KEPT == 2
     ledger = Ledger(build())
     ledger.one(basket())
-    later = calendar.days_from_civil(2026 + 3, 4, 2)  # 37 months after March 2026
-    assert calendar.month_index(later) - MONTHS_KEPT == MARCH
-    ledger.one(purchase("p2", line(amount=100), day=later))
-    assert MARCH in ledger.account.spent_by_month
-    ledger.one(purchase("p3", line(amount=100), day=calendar.days_from_civil(2029, 5, 1)))
-    assert ledger.account.spent_by_month == {
-        calendar.month_index(later): 100,
-        calendar.month_index(later) + 1: 100,
-    }
+    ledger.one(purchase("p2", line(amount=100), day=day("2026-04-02")))
+    assert ledger.account.spent_by_month == {MARCH: 10_000, MARCH + 1: 100}
+    ledger.one(purchase("p3", line(amount=200), day=day("2026-05-02")))
+    assert ledger.account.spent_by_month == {MARCH + 1: 100, MARCH + 2: 200}
+    # A return of March's sale changes nothing now; a month's gap drops both.
+    ledger.one(give_back("r1", "p1", day=day("2026-05-03")))
+    assert ledger.account.spent_by_month == {MARCH + 1: 100, MARCH + 2: 200}
+    ledger.one(purchase("p4", line(amount=300), day=day("2026-07-01")))
+    assert ledger.account.spent_by_month == {MARCH + 4: 300}
+
+
+def test_a_card_that_stops_buying_keeps_its_last_months() -> None:
+    ledger = Ledger(
+        build(levels=[level("silver", age_points={"type": "fixed", "after": "1 month"})])
+    )
+    ledger.one(basket())
+    ledger.job(day("2027-01-10"))  # aging expires its points, not its spend
+    assert ledger.account.spent_by_month == {MARCH: 10_000}
 
 
 # --------------------------------------------------------------------------- several programs

@@ -50,7 +50,10 @@ from processor.program.loyalty import (
 from processor.program.rules import location_allowed
 
 MONTHS_KEPT = 37
-"""Monthly earning and spending buckets kept per account: enough for a 36-month average."""
+"""Monthly earning buckets kept per account: enough for a 36-month average."""
+SPENT_MONTHS_KEPT: Final = 2
+"""Months of spend kept per account: its latest and the one before, what the scorecards
+(the month counted) and a review of last month read. Each costs a cached state 4-5 bytes."""
 
 # --------------------------------------------------------------------------- accounts
 
@@ -105,8 +108,6 @@ def age(plan: LoyaltyPlan, account: LoyaltyAccount, day: int, result: Result, ve
     oldest_month = calendar.month_index(day) - MONTHS_KEPT
     for month in [month for month in account.earned_by_month if month < oldest_month]:
         del account.earned_by_month[month]
-    for month in [month for month in account.spent_by_month if month < oldest_month]:
-        del account.spent_by_month[month]
     level = plan.program.level(account.level)
     aging = level.age_points
     inactive = aging is not None and aging.after.after(account.last_activity_day) <= day
@@ -211,13 +212,19 @@ def _count_earned(account: LoyaltyAccount, points: int, day: int) -> None:
 
 def count_spent(account: LoyaltyAccount, amount: int, day: int) -> None:
     """Count ``amount`` (negative for a return or a void) as spent in ``day``'s month. A
-    month never goes below nothing, and a month left at nothing is not kept."""
+    month never goes below nothing, a month left at nothing is not kept, and neither is one
+    before the latest SPENT_MONTHS_KEPT (a return of an older sale changes nothing).
+    Kept on counting, not by aging: a card that stops buying keeps its last months."""
     month = calendar.month_index(day)
     spent = account.spent_by_month.get(month, 0) + amount
     if spent > 0:
         account.spent_by_month[month] = spent
     else:
         account.spent_by_month.pop(month, None)
+    if account.spent_by_month:
+        oldest = max(account.spent_by_month) - SPENT_MONTHS_KEPT + 1
+        for old in [old for old in account.spent_by_month if old < oldest]:
+            del account.spent_by_month[old]
 
 
 def _customer(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Final, Literal
 
-from processor import calendar
+from processor import calendar, money
 from processor.engine.types import (
     AccountState,
     Award,
@@ -60,6 +60,7 @@ def account_templates(
     coupon_rules = [rule for rule in loyalty.award_rules if rule.type == "coupon"]
     award_program = program.award_programs[0] if program.award_programs else None
     scale = 10**loyalty.points_precision
+    minor = 10 ** money.currency_exponent(loyalty.currency)
     year = calendar.year_of(today)
     states = []
     for index in range(count):
@@ -91,9 +92,13 @@ def account_templates(
         earned_ytd = max(balance, floor if rank == 1 else 0) + rng.randint(0, 400) * scale
         earned_ltd = max(earned_ytd + rng.randint(0, 3000) * scale, floor)
         by_month: dict[int, int] = {}
+        spend: dict[int, int] = {}  # a unit of the currency for each point earned
         for lot in lots:
             month = calendar.month_index(lot.earned_day)
             by_month[month] = by_month.get(month, 0) + lot.points
+            spend[month] = spend.get(month, 0) + lot.points * minor // scale
+        latest = max(spend, default=0)
+        spend = {month: amount for month, amount in spend.items() if month > latest - 2}
         account = LoyaltyAccount(
             program=loyalty.id,
             level=level_id,
@@ -106,6 +111,7 @@ def account_templates(
             ytd_year=year,
             earned_since_move=rng.randint(0, 800) * scale,
             earned_by_month=by_month,
+            spent_by_month=spend,
             rule_total={rule: rng.randint(1, 40) for rule in {lot.rule for lot in lots}},
         )
         if coupon_rules and rng.random() < 0.15:
