@@ -82,6 +82,7 @@ cdef enum Calculation:
     CALC_ENGAGEMENTS = 2
     CALC_TRANSACTIONS = 3
     CALC_VISITS = 4
+    CALC_MONTH_SPEND = 5
 
 cdef enum TimeRule:
     TIME_BIRTHDAY = 0
@@ -108,7 +109,7 @@ cdef enum TestKind:
 
 _CALCULATIONS = {"item_value": CALC_VALUE, "item_quantity": CALC_QUANTITY,
                  "engagements": CALC_ENGAGEMENTS, "transactions": CALC_TRANSACTIONS,
-                 "visits": CALC_VISITS}
+                 "visits": CALC_VISITS, "month_spend": CALC_MONTH_SPEND}
 _TIME_TYPES = {"birthday_anniversary": TIME_BIRTHDAY, "signup_anniversary": TIME_SIGNUP,
                "bonus_period": TIME_BONUS, "blackout_period": TIME_BLACKOUT}
 _UNITS = {"day": 0, "week": 1, "month": 2, "year": 3}
@@ -373,6 +374,7 @@ cdef class PackedProgram:
     cdef int64_t s_empty, s_points, s_escrow, s_regular, s_bonus, s_expire, s_award_cost
     cdef int64_t s_move_cost, s_age_points, s_inactivity, s_lot_expiry, s_extension, s_extended
     cdef int64_t s_not_in_effect, s_card_required, s_no_account, s_counts_engagements
+    cdef int64_t s_counts_month_spend
     cdef int64_t s_outside_dates, s_no_customer, s_not_in_audience, s_blackout, s_outside_bonus
     cdef int64_t s_not_birthday, s_not_signup, s_location, s_tender, s_minimum, s_no_items
     cdef int64_t s_visit, s_daily, s_no_points, s_by_job, s_on_posting, s_below_threshold
@@ -410,6 +412,7 @@ cdef class PackedProgram:
         self.s_card_required = s.id("card required")
         self.s_no_account = s.id("card has no account in this program")
         self.s_counts_engagements = s.id("counts engagements, not purchases")
+        self.s_counts_month_spend = s.id(shared.MONTH_SPEND_REASON)
         self.s_outside_dates = s.id("outside rule dates")
         self.s_no_customer = s.id("no customer for the audience rule")
         self.s_not_in_audience = s.id("customer not in audience")
@@ -2083,6 +2086,8 @@ cdef class Batch:
         cdef bint found
         if rule.calc == CALC_ENGAGEMENTS:
             return self.p.s_counts_engagements
+        if rule.calc == CALC_MONTH_SPEND:
+            return self.p.s_counts_month_spend
         reason = self.common_reason(plan, index, account, card, purchase)
         if reason >= 0:
             return reason

@@ -6,11 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from processor import __version__
 from processor.engine import ENGINES
 from processor.errors import LoyaltyError
+
+if TYPE_CHECKING:
+    from processor.jobs.named import Job
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -298,7 +301,7 @@ def _jobs_run(args: argparse.Namespace) -> int:
     from processor.runtime import serve
 
     job = job_named(args.job)
-    as_of = _as_of(args.as_of, days_behind=job.days_behind)
+    as_of = _as_of(args.as_of, job)
     settings = _settings(args)
     chunk = args.chunk_accounts or settings.jobs_chunk_accounts
     resolved = serve.resolve_servers(settings)
@@ -462,13 +465,13 @@ def _program_report(args: argparse.Namespace, load: Any, month: int) -> Any:
     return _with_store(args, read)
 
 
-def _as_of(text: str | None, *, days_behind: int = 0) -> int:
+def _as_of(text: str | None, job: Job) -> int:
     from processor import calendar
     from processor.errors import InvalidFieldError
     from processor.store.cards import today
 
     if text is None:
-        return today() - days_behind
+        return job.as_of(today())
     try:
         return calendar.parse_day(text)
     except ValueError:

@@ -267,7 +267,7 @@ def test_the_jobs_bench_runs_every_job_over_the_seeded_accounts(
     figures = run_script("jobs_bench.py", ["--accounts", "300"], fresh_schema_url, redis_url)
     assert set(figures["jobs"]) == {
         "opening-balances", "points-aging", "award-expiry", "tender-expiry",
-        "create-loyalty-award", "movement", "scorecards",
+        "monthly-review", "create-loyalty-award", "movement", "scorecards",
     }  # fmt: skip
     for job in figures["jobs"].values():
         assert job["accounts"] == 300 and 0 <= job["changed"] <= 300

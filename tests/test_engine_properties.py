@@ -428,6 +428,13 @@ def rich_program(draw: st.DrawFn) -> dict[str, Any]:
             "audience": {"lists": [{"id": "vip", "strata": ["A"]}]},
         },
         {
+            "id": "monthly",
+            "name": "Monthly",
+            "start_date": "2026-01-01",
+            "calculation": "month_spend",
+            "multiplier": "0.1",
+        },
+        {
             "id": "video",
             "name": "Video",
             "start_date": "2026-01-01",

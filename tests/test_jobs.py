@@ -105,6 +105,37 @@ async def test_the_award_job_issues_the_demo_coffee_certificate_once(
     assert await state_of(store, rich) == awarded
 
 
+async def test_the_monthly_review_issues_last_months_spend_at_the_demo_rate_once(
+    store: Store, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    card, other = demo_cards_list[:2]
+    # March: $350.00 and $49.00 on one card; the other card buys in April only.
+    await post(store, registry, [sale("s1", card, 35_000), sale("s2", card, 4_900, DAY + 1)])
+    await post(store, registry, [sale("s3", other, 10_000, calendar.parse_day("2026-04-01"))])
+    monthly = job_named("monthly-review")
+    assert monthly.as_of(calendar.parse_day("2026-04-17")) == calendar.parse_day("2026-04-01")
+    report = await run_job(store, registry, "monthly-review", "2026-04-01")
+    assert (report.accounts_done, report.accounts_changed) == (2, 1)
+    run = "job:monthly-review:2026-04-01"
+    # A tenth of a star per dollar of March's $399.00: 39, a bonus lot.
+    assert await job_rows(store, card) == [(f"{run}:{card}", "points", "bonus", 39)]
+    assert await job_rows(store, other) == []
+    reviewed = await state_of(store, card)
+    assert reviewed.loyalty["points"].rule_period["monthly-spend"] == (
+        calendar.month_index(DAY), 1,
+    )  # fmt: skip
+    again = await run_job(store, registry, "monthly-review", "2026-04-01")
+    assert again.already
+    later = await run_job(store, registry, "monthly-review", "2026-04-20")
+    assert later.accounts_changed == 0  # March reviewed already
+    assert await state_of(store, card) == reviewed
+    may = await run_job(store, registry, "monthly-review", "2026-05-01")
+    assert may.accounts_changed == 1  # the other card's April: $100.00, 10 stars
+    assert (await job_rows(store, other))[-1][2:] == ("bonus", 10)
+    assert await store.reconcile() == []
+
+
 async def test_the_movement_job_demotes_gold_to_silver_by_the_average_per_month_rule(
     store: Store, demo_cards_list: list[str]
 ) -> None:

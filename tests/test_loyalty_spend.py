@@ -12,6 +12,7 @@ from loyalty_builders import (
     DAY,
     PROGRAM,
     Ledger,
+    advancement,
     build,
     compile_file,
     day,
@@ -20,13 +21,16 @@ from loyalty_builders import (
     level,
     line,
     loyalty,
+    posted,
     program_file,
     purchase,
     void,
+    why,
 )
 
 from processor import calendar
-from processor.engine.loyalty import SPENT_MONTHS_KEPT
+from processor.engine.loyalty import MONTH_SPEND_REASON, SPENT_MONTHS_KEPT
+from processor.errors import InputFileError
 
 pytestmark = pytest.mark.usefixtures("every_engine")
 
@@ -191,3 +195,93 @@ def test_a_sale_counted_before_spend_was_kept_takes_nothing_back() -> None:
     assert ledger.account.spent_by_month == {MARCH: 2_500}
     ledger.one(void("v1", "r1", day=DAY + 2))
     assert ledger.account.spent_by_month == {MARCH: 2_500}
+
+
+# --------------------------------------------------------------------------- the monthly review
+
+APRIL_FIRST = day("2026-04-01")
+
+
+def monthly(rule_id: str = "monthly", **fields: Any) -> dict[str, Any]:
+    """The workflow's rule: a tenth of a point for each dollar spent in the month before."""
+    return issue_rule(rule_id, "month_spend", **{"multiplier": "0.1", **fields})
+
+
+def reviewed(**loyalty_fields: Any) -> Ledger:
+    """March's basket ($100.00) and a $25.00 purchase, with a month_spend rule."""
+    ledger = Ledger(build(**loyalty_fields))
+    ledger.one(basket())
+    ledger.one(purchase("p2", line(amount=2_500), day=DAY + 3))
+    return ledger
+
+
+def test_a_transaction_passes_a_month_spend_rule_by() -> None:
+    ledger = Ledger(build(issue=[issue_rule(), monthly()]))
+    result = ledger.one(basket())
+    assert why(result, "monthly") == (False, 0, MONTH_SPEND_REASON)
+    assert posted(result) == [("regular", 100, "base")]
+
+
+def test_the_review_issues_last_months_spend_at_the_rate_once() -> None:
+    ledger = reviewed(issue=[issue_rule(), monthly()])
+    april = ledger.job(APRIL_FIRST)
+    assert posted(april) == [("regular", 12, "monthly")]  # $125.00 x 0.1, floored
+    assert why(april, "monthly") == (True, 12, "")
+    again = ledger.job(APRIL_FIRST + 9)
+    assert posted(again) == []
+    assert why(again, "monthly") == (False, 0, "last month reviewed already")
+    may = ledger.job(day("2026-05-01"))  # nothing bought in April
+    assert why(may, "monthly") == (False, 0, "no spend last month")
+    assert ledger.account.rule_total["monthly"] == 1
+
+
+def test_the_review_reads_spend_net_of_returns() -> None:
+    ledger = reviewed(issue=[issue_rule(), monthly(fixed_amount="5")])
+    ledger.one(give_back("r1", "p1", day=DAY + 4))  # $100.00 back: $25.00 spent
+    april = ledger.job(APRIL_FIRST)
+    assert posted(april) == [("regular", 2 + 5, "monthly")]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"transaction_minimum": "200.00"}, "below the month's minimum"),
+        ({"levels": ["gold"]}, "not for level silver"),
+        ({"end_date": "2026-03-31"}, "outside rule dates"),
+    ],
+)
+def test_the_review_holds_the_rules_conditions(fields: dict[str, Any], reason: str) -> None:
+    ledger = reviewed(issue=[issue_rule(), monthly(**fields)])
+    april = ledger.job(APRIL_FIRST)
+    assert posted(april) == []
+    assert why(april, "monthly") == (False, 0, reason)
+
+
+def test_points_of_the_review_count_toward_the_level_tests() -> None:
+    # Ten points a dollar: $125.00 -> 1,250, past gold's 1,000: the tier review that
+    # follows in the same run (a move by job) sees them.
+    up = advancement("up", "silver", "gold", "1000", change="job")
+    ledger = reviewed(issue=[monthly(multiplier="10")], movement=[up])
+    april = ledger.job(APRIL_FIRST)
+    assert posted(april) == [("regular", 1_250, "monthly")]
+    assert ledger.account.level == "gold"
+
+
+@pytest.mark.parametrize(
+    ("fields", "path", "reason"),
+    [
+        ({"item_include": {"select": "all"}}, "item_include", "has no meaning for month_spend"),
+        ({"tender": {"types": ["cash"]}}, "tender", "has no meaning for month_spend"),
+        ({"max_transactions_per_day": 2}, "max_transactions_per_day", "has no meaning for"),
+        ({"customer_eligibility": "transaction"}, "customer_eligibility", "must be card"),
+        ({"multiplier": "0", "fixed_amount": "0"}, "multiplier", "no points"),
+    ],
+)
+def test_a_month_spend_rule_refuses_what_a_month_cannot_have(
+    fields: dict[str, Any], path: str, reason: str
+) -> None:
+    data = program_file(loyalty(issue=[monthly(**fields)]))
+    with pytest.raises(InputFileError) as caught:
+        compile_file(data)
+    found = [p for p in caught.value.problems if p.path.endswith(f"issue_rules[0].{path}")]
+    assert found and reason in found[0].reason, caught.value.problems

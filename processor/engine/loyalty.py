@@ -420,6 +420,8 @@ def _purchase_reason(
     rule = issue.rule
     if rule.calculation == "engagements":
         return "counts engagements, not purchases"
+    if rule.calculation == "month_spend":
+        return MONTH_SPEND_REASON
     reason = _common_reason(issue, account, state, purchase, purchase.customer, compiled)
     if reason:
         return reason
@@ -451,7 +453,7 @@ def earn_engagement(
     """Apply the engagement rules, within their frequency, per-period and lifetime limits."""
     for issue in plan.issue:
         rule = issue.rule
-        reason = "counts purchases, not engagements" if rule.calculation != "engagements" else ""
+        reason = _engagement_calculation_reason(rule)
         reason = reason or _common_reason(
             issue, account, state, engagement, engagement.customer, compiled
         )
@@ -468,6 +470,56 @@ def earn_engagement(
         points = issue.fixed_points * allowed
         issue_lot(plan, account, rule, points, engagement.day, result, version)
         result.trace.append(TraceEntry(plan.program.id, rule.id, True, points, ""))
+
+
+MONTH_SPEND_REASON: Final = "counts a month's spend, when the monthly review runs"
+"""Why a transaction passes a ``month_spend`` rule by (the compiled engine says the same)."""
+
+
+def review_spend(
+    compiled: CompiledProgram,
+    plan: LoyaltyPlan,
+    state: AccountState,
+    account: LoyaltyAccount,
+    request: RequestBase,
+    result: Result,
+    version: int,
+) -> None:
+    """The monthly review: each ``month_spend`` rule issues points on what the card spent
+    in the month before ``request.day`` (``floor(spend x multiplier) + fixed_amount``),
+    once per month (its rule counter holds the month reviewed), where the rule's
+    conditions hold on the day and the spend reaches ``transaction_minimum``."""
+    month = calendar.month_index(request.day) - 1
+    for issue in plan.issue:
+        rule = issue.rule
+        if rule.calculation != "month_spend":
+            continue
+        spent = account.spent_by_month.get(month, 0)
+        reason = _common_reason(issue, account, state, request, None, compiled)
+        if not reason and account.rule_period.get(rule.id, (None, 0))[0] == month:
+            reason = "last month reviewed already"
+        if not reason and not spent:
+            reason = "no spend last month"
+        if not reason and issue.minimum_minor is not None and spent < issue.minimum_minor:
+            reason = "below the month's minimum"
+        points = 0 if reason else math.floor(spent * issue.factor) + issue.fixed_points
+        if not reason and points <= 0:
+            reason = "no points"
+        if reason:
+            result.trace.append(TraceEntry(plan.program.id, rule.id, False, 0, reason))
+            continue
+        account.rule_period[rule.id] = (month, 1)
+        account.rule_total[rule.id] = account.rule_total.get(rule.id, 0) + 1
+        issue_lot(plan, account, rule, points, request.day, result, version)
+        result.trace.append(TraceEntry(plan.program.id, rule.id, True, points, ""))
+
+
+def _engagement_calculation_reason(rule: IssueRule) -> str:
+    if rule.calculation == "engagements":
+        return ""
+    if rule.calculation == "month_spend":
+        return MONTH_SPEND_REASON
+    return "counts purchases, not engagements"
 
 
 def _period_key(rule: IssueRule, day: int) -> int:

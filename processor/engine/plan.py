@@ -131,7 +131,7 @@ def _plan_loyalty(program: LoyaltyProgram, awards: dict[str, AwardProgram]) -> L
 def _plan_issue(program: LoyaltyProgram, rule: IssueRule) -> IssuePlan:
     scale = Fraction(10**program.points_precision)
     multiplier = money.ratio(rule.effective_multiplier)
-    if rule.calculation == "item_value":
+    if rule.calculation in ("item_value", "month_spend"):  # points per unit of the currency
         factor = multiplier * scale / 10 ** money.currency_exponent(program.currency)
     else:
         factor = multiplier * scale

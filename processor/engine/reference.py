@@ -724,9 +724,10 @@ def _award_redemption(
 # --------------------------------------------------------------------------- jobs
 
 
-NIGHTLY_STEPS: Final = ("age", "award", "move", "expire_awards", "expire_tender")
+NIGHTLY_STEPS: Final = ("age", "review", "award", "move", "expire_awards", "expire_tender")
 """What the scheduled jobs do to each account, in this order (processor.jobs names the
-jobs): age its points (expire lots, inactivity aging, lapsed coupons), issue the awards
+jobs): age its points (expire lots, inactivity aging, lapsed coupons), issue the points of
+last month's spend (``month_spend`` rules: the monthly review), issue the awards
 whose rule says ``issue: job``, make the moves whose rule says ``change: job``, expire award
 accounts, value and certificates, and expire tender accounts and lapsed
 pre-authorizations."""
@@ -756,7 +757,7 @@ def run_job(
     unknown = set(steps) - set(JOB_STEPS)
     if unknown:
         raise ValueError(f"unknown job steps {sorted(unknown)}; known: {', '.join(JOB_STEPS)}")
-    loyalty_steps = {"age", "award", "move"} & set(steps)
+    loyalty_steps = {"age", "review", "award", "move"} & set(steps)
     results = []
     states = {}
     for account_id in sorted(accounts):
@@ -768,6 +769,10 @@ def run_job(
             if account is None or not plan.program.in_effect(day):
                 continue
             loyalty.age(plan, account, day, result, program.version)
+            if "review" in steps:
+                loyalty.review_spend(
+                    program, plan, state, account, request, result, program.version
+                )
             if "award" in steps:
                 loyalty.run_award_rules(
                     program, plan, state, account, request, result, program.version, job=True

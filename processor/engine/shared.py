@@ -10,10 +10,11 @@ instead of the build, and a reader of either side sees the whole seam.
 from __future__ import annotations
 
 from processor.engine.awards import add_value, issue_certificate, refusal, touch_activity
-from processor.engine.loyalty import audience_reason
+from processor.engine.loyalty import MONTH_SPEND_REASON, audience_reason
 from processor.engine.reference import Batch, BatchOutcome
 
 __all__ = [
+    "MONTH_SPEND_REASON",
     "Batch",
     "BatchOutcome",
     "add_value",

@@ -223,7 +223,7 @@ class LoyaltyAccount:
     sustain_extended_until: int | None = None
     awards: list[Award] = field(default_factory=list)  # coupons
     # month index -> what the card spent in purchases, in the program currency's minor
-    # units, net of returns and voids: the spend a review reads (seed 003's monthly flow)
+    # units, net of returns and voids: the spend the monthly review reads
     spent_by_month: dict[int, int] = field(default_factory=dict)
 
     def available(self, day: int) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from processor import calendar
 from processor.errors import InvalidFieldError
 
 
@@ -32,6 +33,14 @@ class Job:
     walks: Literal["accounts", "opening_balances"] = "accounts"
     # Writes an award_expiring event for each award about to expire (events.expiring_of).
     reminds: bool = False
+    # Runs as of the first of its month: the month's first tick runs it, and the ticks after
+    # find that run finished (or go on with it, stopped), so it walks the accounts once.
+    monthly: bool = False
+
+    def as_of(self, day: int) -> int:
+        """The day a run started on ``day`` with no day given is as of."""
+        behind = day - self.days_behind
+        return calendar.month_start(behind) if self.monthly else behind
 
 
 JOBS: dict[str, Job] = {
@@ -62,6 +71,14 @@ JOBS: dict[str, Job] = {
             ("expire_tender",),
             "expires stored-value accounts on their expiry day and releases lapsed "
             "pre-authorizations",
+        ),
+        Job(
+            "monthly-review",
+            ("review",),
+            "issues the points of last month's spend (issue rules whose calculation is "
+            "`month_spend`), once a month: before the award and movement jobs, so the "
+            "night's awards and level moves count them",
+            monthly=True,
         ),
         Job(
             "create-loyalty-award",

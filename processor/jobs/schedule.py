@@ -140,9 +140,9 @@ class Schedule:
             if as_of is not None:
                 day = calendar.parse_day(as_of)
             elif timestamp is not None:
-                day = calendar.to_day(datetime.date.fromtimestamp(timestamp)) - job.days_behind
+                day = job.as_of(calendar.to_day(datetime.date.fromtimestamp(timestamp)))
             else:
-                day = today() - job.days_behind
+                day = job.as_of(today())
             await runner.run(self._context, job, day, chunk_accounts=self._chunk_accounts)
 
         perform.__name__ = perform.__qualname__ = job.name.replace("-", "_")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field
 
@@ -29,7 +29,12 @@ from processor.program.base import (
 )
 from processor.program.rules import AttributeCondition, LocationDirectory, LocationRule, TimeWindow
 
-CalculationType = Literal["item_value", "item_quantity", "engagements", "transactions", "visits"]
+CalculationType = Literal[
+    "item_value", "item_quantity", "engagements", "transactions", "visits", "month_spend"
+]
+"""The manual's five calculation types, and ``month_spend``: points on what the card spent in
+the month before the review's day, issued by the ``monthly-review`` job (the loyalty workflow's
+"total monthly spend x rate"), once per month, never by a transaction."""
 AWARDS_PER_RULE_MAX = 100
 """Most awards one award rule may issue in one evaluation; bounds the issuing loop."""
 
@@ -149,7 +154,7 @@ class IssueRule(RuleDates):
 
     @property
     def effective_multiplier(self) -> Decimal:
-        if self.calculation in ("item_value", "item_quantity"):
+        if self.calculation in ("item_value", "item_quantity", "month_spend"):
             return Decimal(1) if self.multiplier is None else self.multiplier
         return Decimal(0)
 
@@ -415,14 +420,14 @@ def _issue_rule_problems(
     found += _money_problem(
         program.currency, rule.transaction_minimum, f"{path}.transaction_minimum"
     )
-    counted = rule.calculation in ("item_value", "item_quantity")
+    counted = rule.calculation in ("item_value", "item_quantity", "month_spend")
     if rule.multiplier is not None and not counted:
         found.append(Problem(f"{path}.multiplier", f"has no meaning for {rule.calculation}"))
     if not counted and rule.fixed_amount == 0:
         found.append(Problem(f"{path}.fixed_amount", f"must be above 0 for {rule.calculation}"))
     if counted and rule.effective_multiplier == 0 and rule.fixed_amount == 0:
         found.append(Problem(f"{path}.multiplier", "and fixed_amount are both 0: no points"))
-    found += _engagement_problems(rule, path)
+    found += _engagement_problems(rule, path) + _month_spend_problems(rule, path)
     for index, time_rule in enumerate(rule.time_rules):
         found += _time_rule_problems(time_rule, f"{path}.time_rules[{index}]")
     for name in ("location_include", "location_exclude"):
@@ -433,6 +438,29 @@ def _issue_rule_problems(
         item = getattr(rule, name)
         if item is not None:
             found += _item_rule_problems(item, f"{path}.{name}")
+    return found
+
+
+_TRANSACTION_ONLY: Final = (
+    "item_include", "item_exclude", "tender", "location_include", "location_exclude",
+    "max_transactions_per_day",
+)  # fmt: skip
+"""An issue rule's conditions on the transaction itself: none has a meaning for a month's
+spend, which the review counts with no transaction before it."""
+
+
+def _month_spend_problems(rule: IssueRule, path: str) -> list[Problem]:
+    if rule.calculation != "month_spend":
+        return []
+    found = [
+        Problem(f"{path}.{name}", "has no meaning for month_spend: a month has no transaction")
+        for name in _TRANSACTION_ONLY
+        if getattr(rule, name) is not None
+    ]
+    if rule.customer_eligibility != "card":
+        found.append(
+            Problem(f"{path}.customer_eligibility", "must be card for month_spend (no transaction)")
+        )
     return found
 
 

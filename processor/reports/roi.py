@@ -4,7 +4,7 @@ For each loyalty program of a program file, month by month (``loyalty report roi
 the scorecards job's figures (processor.store.scorecards, each month's latest finished run):
 at each level, the active accounts, what they spent in the month (each account's spend by
 month, net of returns and voids, at the level it held on the run's day), the average spend
-per account, and that average against the program's first level's (seed 003's "average
+per account, and that average against the program's first level's (the loyalty workflow's "average
 spend of Gold tier members vs Silver tier members"): 2.5 means a member of the level spent
 two and a half times what a member of the first level did. Beside it, the points issued to
 the level in the month and, where the program gives its points a currency value (the
