@@ -167,6 +167,11 @@ AWARD_EXPIRING_NOTICE_DAYS: Final = 7
 ``award_expiring`` event, written once per award and expiry day by the award-expiry job's
 first run within this many days: a night missed is made up by the next)."""
 
+ESCROW_RELEASED_LOOKBACK_DAYS: Final = 7
+"""How far back the escrow-release job looks for points released from escrow: each release
+is told once (a ``points_released`` event per loyalty program and release day), by the job's
+first run on or after its day within this many days: a night missed is made up by the next."""
+
 LAPSED_AWARDS_KEPT_DAYS: Final = 30
 """How long the award-expiry job keeps a coupon that can no longer be used (expired,
 redeemed or void) after its expiry day, so that one presented then is answered as expired,

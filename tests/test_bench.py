@@ -266,8 +266,8 @@ def test_the_jobs_bench_runs_every_job_over_the_seeded_accounts(
 ) -> None:
     figures = run_script("jobs_bench.py", ["--accounts", "300"], fresh_schema_url, redis_url)
     assert set(figures["jobs"]) == {
-        "opening-balances", "points-aging", "award-expiry", "tender-expiry",
-        "monthly-review", "create-loyalty-award", "movement", "scorecards",
+        "opening-balances", "points-aging", "award-expiry", "escrow-release",
+        "tender-expiry", "monthly-review", "create-loyalty-award", "movement", "scorecards",
     }  # fmt: skip
     for job in figures["jobs"].values():
         assert job["accounts"] == 300 and 0 <= job["changed"] <= 300

@@ -27,7 +27,7 @@ from processor.limits import LAPSED_AWARDS_KEPT_DAYS
 from processor.runtime import metrics
 from processor.service.events import EventReader
 from processor.store.event_log import EventLog
-from processor.store.events import AWARD_EXPIRING, Event
+from processor.store.events import AWARD_EXPIRING, POINTS_RELEASED, Event
 from processor.store.job_runs import Chunk, JobRuns, RunLostError
 from processor.store.ledger import CommitBatch, Store
 
@@ -289,6 +289,50 @@ async def test_award_expiry_tells_of_each_award_in_its_last_week_once(
     assert {
         (e.award_expiring.award_kind, e.award_expiring.expires_date) for e in listed.events
     } == {("coupon", calendar.format_day(last_day))}
+    assert await store.reconcile() == []
+
+
+async def test_escrow_release_tells_of_the_points_released_each_day_once(
+    store: Store, demo_cards_list: list[str]
+) -> None:
+    registry = await registry_of(store)
+    card = demo_cards_list[0]
+    # $1,200.00 moves the card to gold, whose points wait 14 days in escrow: the next
+    # sale's are released on DAY + 15.
+    await post(store, registry, [sale("s1", card, 120_000)])
+    await post(store, registry, [sale("s2", card, 10_000, DAY + 1)])
+    lots = (await state_of(store, card)).loyalty["points"].lots
+    escrowed = sum(lot.points for lot in lots if lot.available_day == DAY + 15)
+    assert escrowed >= 100 and all(lot.available_day in (DAY, DAY + 15) for lot in lots)
+    before = await state_of(store, card)
+
+    async def released() -> list[Event]:
+        await EventLog(store).position()
+        rows = await EventLog(store).after(0, 100, kinds=[POINTS_RELEASED])
+        return [row.event for row in rows]
+
+    early = await run_job(store, registry, "escrow-release", calendar.format_day(DAY + 14))
+    assert early.accounts_changed == 0 and await released() == []
+    await run_job(store, registry, "escrow-release", calendar.format_day(DAY + 15))
+    (told,) = await released()
+    assert (told.account_id, told.request_id, told.program) == (
+        card, f"released:points:{DAY + 15}", "points",
+    )  # fmt: skip
+    assert told.data == {"points": escrowed, "released_day": DAY + 15}
+    # Later runs within the week tell nothing more, and no run changes the account.
+    for later in (DAY + 16, DAY + 21):
+        report = await run_job(store, registry, "escrow-release", calendar.format_day(later))
+        assert report.accounts_changed == 0
+    assert len(await released()) == 1
+    assert await state_of(store, card) == before
+    reader = EventReader(EventLog(store), registry)
+    listed = await reader.list_events(
+        proto.admin.ListEventsRequest(kinds=[proto.admin.EVENT_KIND_POINTS_RELEASED])
+    )
+    (message,) = [event.points_released for event in listed.events]
+    assert (message.program, message.points.units, message.released_date) == (
+        "points", escrowed, calendar.format_day(DAY + 15),
+    )  # fmt: skip
     assert await store.reconcile() == []
 
 

@@ -12,11 +12,14 @@ account: it counts them, last, so its figures follow the day's expiries and move
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from processor import calendar
+from processor.engine.types import AccountState
 from processor.errors import InvalidFieldError
+from processor.store.events import Event, expiring_of, released_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +34,9 @@ class Job:
     # What a run goes through: every account, or the queue of card-import opening balances
     # (each card once ever, and a run taken up again the same day takes what was queued).
     walks: Literal["accounts", "opening_balances"] = "accounts"
-    # Writes an award_expiring event for each award about to expire (events.expiring_of).
-    reminds: bool = False
+    # The events it tells of each account it goes through, changed or not, written after
+    # each chunk's commit, each once (awards about to expire, points released from escrow).
+    reminders: Callable[[AccountState, int], list[Event]] | None = None
     # Runs as of the first of its month: the month's first tick runs it, and the ticks after
     # find that run finished (or go on with it, stopped), so it walks the accounts once.
     monthly: bool = False
@@ -64,7 +68,15 @@ JOBS: dict[str, Job] = {
             ("expire_awards",),
             "expires award accounts, e-award value, certificates and coupons whose day has "
             "come; removes coupons lapsed a month ago; tells of awards expiring within a week",
-            reminds=True,
+            reminders=expiring_of,
+        ),
+        Job(
+            "escrow-release",
+            (),
+            "tells of the points released from escrow (a `points_released` event per "
+            "program and release day, once); changes no account: escrowed points are in the "
+            "balance from their earning and spendable from their release day",
+            reminders=released_of,
         ),
         Job(
             "tender-expiry",

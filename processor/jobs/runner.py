@@ -46,7 +46,7 @@ from processor.limits import (
 from processor.runtime import metrics
 from processor.store import codec, opening_balances
 from processor.store.event_log import EventLog
-from processor.store.events import Event, events_of, expiring_of
+from processor.store.events import Event, events_of
 from processor.store.job_runs import EVERY_ACCOUNT, Chunk, JobRuns, Writes
 from processor.store.ledger import (
     AccountWrite,
@@ -312,7 +312,7 @@ class _Evaluated:
     unchanged: int  # evaluated and left as they were
     skipped: int  # no active program serves the card
     outcomes: dict[str, str] = field(default_factory=dict)
-    reminders: list[Event] = field(default_factory=list)  # changed or not (job.reminds)
+    reminders: list[Event] = field(default_factory=list)  # changed or not (job.reminders)
 
 
 async def _evaluate(
@@ -368,8 +368,8 @@ def _evaluate_slice(
         for result in outcome.results:
             account = result.account
             new = outcome.accounts[account]
-            if job.reminds:
-                evaluated.reminders.extend(expiring_of(new, as_of))
+            if job.reminders is not None:
+                evaluated.reminders.extend(job.reminders(new, as_of))
             if new == codec.decode_state(read[account][1], account):
                 evaluated.unchanged += 1
                 continue

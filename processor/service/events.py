@@ -27,6 +27,7 @@ from processor.store.events import (
     AWARD_ISSUED,
     LEVEL_MOVED,
     POINTS_ISSUED,
+    POINTS_RELEASED,
     TASK_CREATED,
 )
 from processor.store.notifications import Signal
@@ -47,6 +48,7 @@ _KIND_NUMBERS: Final = {
     POINTS_ISSUED: admin.EVENT_KIND_POINTS_ISSUED,
     TASK_CREATED: admin.EVENT_KIND_TASK_CREATED,
     AWARD_EXPIRING: admin.EVENT_KIND_AWARD_EXPIRING,
+    POINTS_RELEASED: admin.EVENT_KIND_POINTS_RELEASED,
 }
 KINDS: Final[dict[int, str]] = {int(number): name for name, number in _KIND_NUMBERS.items()}
 """The event kinds by their number in the contract."""
@@ -174,11 +176,17 @@ class EventReader:
             program = None  # no active program: units without their currency or precision
         if event.kind == AWARD_ISSUED:
             message.award_issued.CopyFrom(answers.award_issue_message(event.award_issue(), program))
+            return message
+        digits = 0 if program is None else program.balance_digits.get(f"points:{event.program}", 0)
+        points = common.Points(units=event.data["points"], precision=digits)
+        if event.kind == POINTS_RELEASED:
+            message.points_released.CopyFrom(
+                admin.PointsReleased(
+                    program=event.program, points=points,
+                    released_date=calendar.format_day(event.data["released_day"]),
+                )
+            )  # fmt: skip
         else:
-            digits = (
-                0 if program is None else program.balance_digits.get(f"points:{event.program}", 0)
-            )
-            points = common.Points(units=event.data["points"], precision=digits)
             message.points_issued.CopyFrom(admin.PointsIssued(program=event.program, points=points))
         return message
 

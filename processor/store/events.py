@@ -24,16 +24,17 @@ from typing import Any, Final
 
 from processor.engine.types import AccountState, AwardIssue, LevelMove, Result
 from processor.errors import InvalidBatchError
-from processor.limits import AWARD_EXPIRING_NOTICE_DAYS
+from processor.limits import AWARD_EXPIRING_NOTICE_DAYS, ESCROW_RELEASED_LOOKBACK_DAYS
 
 LEVEL_MOVED: Final = "level_moved"
 AWARD_ISSUED: Final = "award_issued"
 POINTS_ISSUED: Final = "points_issued"  # only when the server is set to (events_points_issued)
 TASK_CREATED: Final = "task_created"  # written with the task (processor.store.tasks)
 AWARD_EXPIRING: Final = "award_expiring"  # a reminder of the award-expiry job (expiring_of)
+POINTS_RELEASED: Final = "points_released"  # told by the escrow-release job (released_of)
 COMMITTED_KINDS: Final = (LEVEL_MOVED, AWARD_ISSUED, POINTS_ISSUED)
 """The kinds a batch's commit writes (``event_columns``), as the ``kind`` column names them."""
-KINDS: Final = (*COMMITTED_KINDS, TASK_CREATED, AWARD_EXPIRING)
+KINDS: Final = (*COMMITTED_KINDS, TASK_CREATED, AWARD_EXPIRING, POINTS_RELEASED)
 """Every kind of event, as the ``kind`` column and the API name them."""
 
 
@@ -139,6 +140,30 @@ def expiring_of(state: AccountState, day: int) -> list[Event]:
                     program, day,
                     {"code": award.code, "award_kind": award.kind, "rule": award.rule,
                      "expires_day": expires_day},
+                )
+            )  # fmt: skip
+    return events
+
+
+def released_of(state: AccountState, day: int) -> list[Event]:
+    """The POINTS_RELEASED events of ``state`` on ``day``: for each loyalty program, the
+    points of its escrowed lots released on each of the last ESCROW_RELEASED_LOOKBACK_DAYS
+    days (``day`` included), one event per program and release day. Keyed by both (request
+    id ``released:<program>:<release day>``), so it is written once however many runs see
+    it. The points are those the lots still hold: spent since, they were released before."""
+    events = []
+    for program, account in state.loyalty.items():
+        released: dict[int, int] = {}
+        for lot in account.lots:
+            if lot.earned_day < lot.available_day and (
+                day - ESCROW_RELEASED_LOOKBACK_DAYS < lot.available_day <= day
+            ):
+                released[lot.available_day] = released.get(lot.available_day, 0) + lot.points
+        for released_day, points in sorted(released.items()):
+            events.append(
+                Event(
+                    state.account, f"released:{program}:{released_day}", 0, POINTS_RELEASED,
+                    program, day, {"points": points, "released_day": released_day},
                 )
             )  # fmt: skip
     return events
