@@ -44,6 +44,7 @@ import weakref
 from collections.abc import Mapping
 
 from processor.engine import shared
+from processor.limits import SPENT_MONTH_UNITS_MAX
 from processor.engine.codes import award_code
 from processor.engine.types import (
     AccountState, Award, AwardIssue, LevelMove, LineEarning, Lot, LoyaltyAccount, Posting,
@@ -54,6 +55,7 @@ from processor.store.codec import (
     loyalty_from_stored, padded_loyalty_fields, state_fields, trimmed_loyalty_fields,
 )
 
+cdef int64_t SPENT_MOST = SPENT_MONTH_UNITS_MAX
 cdef _Maker _POSTING = _Maker(Posting)
 cdef _Maker _LEVEL_MOVE = _Maker(LevelMove)
 
@@ -786,11 +788,17 @@ cdef class PackedLoyalty:
         so is one before the latest SPENT_MONTHS_KEPT."""
         cdef Py_ssize_t i
         cdef int64_t value, latest
+        cdef int64_t most = SPENT_MOST
         cdef bint found = False
+        if amount > most:
+            amount = most
         for i in range(self.spent_months.size):
             if self.spent_months.data[i] == month:
                 found = True
+                # Both at most 2**62 (and an amount at least -2**62): the sum fits.
                 value = self.spent_amounts.data[i] + amount
+                if value > most:
+                    value = most
                 if value > 0:
                     self.spent_amounts.data[i] = value
                 else:

@@ -71,6 +71,11 @@ AMOUNT_UNITS_MAX: Final = 10**14
 """Largest amount a request names, in minor units (a trillion dollars): the sum of a whole
 purchase stays far inside the ledger's 64-bit amounts."""
 
+SPENT_MONTH_UNITS_MAX: Final = 2**62
+"""Most a loyalty account counts as spent in one month, in minor units: far above any card's
+(46,000 purchases of the largest amount), and it keeps the compiled engine's 64-bit sums
+exact; both engines stop counting there."""
+
 LINES_MAX: Final = 1000
 """Lines of one purchase or return, as transactions.proto documents: a bound on the work one
 request can cause (ext/limits.pxd holds the compiled engine's copy)."""

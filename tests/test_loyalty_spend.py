@@ -31,6 +31,7 @@ from loyalty_builders import (
 from processor import calendar
 from processor.engine.loyalty import MONTH_SPEND_REASON, SPENT_MONTHS_KEPT
 from processor.errors import InputFileError
+from processor.limits import SPENT_MONTH_UNITS_MAX
 
 pytestmark = pytest.mark.usefixtures("every_engine")
 
@@ -285,3 +286,11 @@ def test_a_month_spend_rule_refuses_what_a_month_cannot_have(
         compile_file(data)
     found = [p for p in caught.value.problems if p.path.endswith(f"issue_rules[0].{path}")]
     assert found and reason in found[0].reason, caught.value.problems
+
+
+def test_a_months_spend_stops_at_its_limit() -> None:
+    ledger = Ledger(build())
+    ledger.one(basket())
+    ledger.account.spent_by_month = {MARCH: SPENT_MONTH_UNITS_MAX - 100}
+    ledger.one(purchase("p2", line(amount=1_000), day=DAY + 1))
+    assert ledger.account.spent_by_month == {MARCH: SPENT_MONTH_UNITS_MAX}

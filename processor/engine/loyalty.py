@@ -40,6 +40,7 @@ from processor.engine.types import (
     TraceEntry,
 )
 from processor.errors import present
+from processor.limits import SPENT_MONTH_UNITS_MAX
 from processor.program.loyalty import (
     AWARDS_PER_RULE_MAX,
     IssueRule,
@@ -216,7 +217,7 @@ def count_spent(account: LoyaltyAccount, amount: int, day: int) -> None:
     before the latest SPENT_MONTHS_KEPT (a return of an older sale changes nothing).
     Kept on counting, not by aging: a card that stops buying keeps its last months."""
     month = calendar.month_index(day)
-    spent = account.spent_by_month.get(month, 0) + amount
+    spent = min(account.spent_by_month.get(month, 0) + amount, SPENT_MONTH_UNITS_MAX)
     if spent > 0:
         account.spent_by_month[month] = spent
     else:
