@@ -594,13 +594,18 @@ async def test_loyalty_jobs_run_makes_the_demo_moves_and_expiries(
     gold, gift = demo_cards_list[:2]
     await post(store, registry, [sale("s1", gold, 120_000)])
     await post(store, registry, [tender("a1", gift, "activate", 10_000)])
-    for job, day in (("movement", "2027-03-05"), ("award-expiry", "2026-06-04")):
+    jobs = (("monthly-review", "2026-04-01"), ("movement", "2027-03-05"),
+            ("award-expiry", "2026-06-04"))  # fmt: skip
+    for job, day in jobs:
         ran = await asyncio.to_thread(
             loyalty, "jobs", "run", job, "--as-of", day, "--chunk-accounts", "1",
             database_url=schema_url, redis_url=redis_url,
         )  # fmt: skip
         assert ran.returncode == 0, ran.stderr
         assert json.loads(ran.stdout)["accounts_done"] == 2
+    # March's $1,200.00 at the demo's tenth of a star a dollar, in gold's escrow.
+    reviewed = [row for row in await job_rows(store, gold) if "monthly-review" in row[0]]
+    assert [row[1:] for row in reviewed] == [("points", "escrow", 120)]
     assert (await state_of(store, gold)).loyalty["points"].level == "silver"  # drop-gold
     welcome = (await state_of(store, gift)).awards["rewards"].awards
     assert [(award.rule, award.status) for award in welcome] == [("welcome", "expired")]
@@ -610,6 +615,7 @@ async def test_loyalty_jobs_run_makes_the_demo_moves_and_expiries(
     assert [line.split("\t")[0] for line in history.stdout.splitlines()] == [
         "award-expiry",
         "movement",
+        "monthly-review",
     ]
 
 
