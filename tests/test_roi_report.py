@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from plugins.pages import NEEDS_CHROMIUM, drawn_bars, fetched_urls
 from plugins.posting import registry_of
 from plugins.server import Served, line, loyalty, purchase
 from test_health_report import Cells
@@ -110,6 +111,30 @@ async def test_the_roi_report_compares_each_levels_average_spend_with_the_first_
     gold_bars = next(trace for trace in figure if trace["name"] == "gold")
     assert gold_bars["x"] == ["2026-02", "2026-03"]
     assert gold_bars["y"] == [None, 1200.0]
+
+
+@NEEDS_CHROMIUM
+async def test_the_roi_page_draws_each_levels_average_spend_in_headless_chromium(
+    served: Served, cards: list[str], tmp_path: Path
+) -> None:
+    await served.transactions.PostTransaction(
+        purchase(cards[21], "up", lines=[line(1, 120_000)]), timeout=10
+    )
+    await served.transactions.PostTransaction(purchase(cards[23], "small"), timeout=10)
+    job = loyalty(
+        "jobs", "run", "scorecards", "--as-of", "2026-03-31",
+        database_url=served.database_url, redis_url=served.redis_url,
+    )  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    path = tmp_path / "roi.html"
+    written = roi(served, "northwind", "--month", "2026-03", "--months", "2", "--html", str(path))
+    assert written.returncode == 0, written.stderr
+    assert fetched_urls(path.read_text(encoding="utf-8")) == []  # opens with no network
+    drawn = await drawn_bars(path)
+    assert set(drawn) == {"chart-points-average", "chart-points-versus"}
+    # March: gold's one member spent $1,200.00, silver's $10.00: 120 times as much.
+    assert {"1,200.00", "10.00"} <= set(drawn["chart-points-average"])
+    assert {"120.00", "1.00"} <= set(drawn["chart-points-versus"])
 
 
 @pytest.mark.parametrize(

@@ -9,15 +9,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import pytest
 from plugins.admin_api import Harness, fails
+from plugins.pages import NEEDS_CHROMIUM, drawn_bars, fetched_urls
 from plugins.posting import post, registry_of, run_job
 from plugins.server import DemoSummary, demo_cards, loyalty
 
@@ -353,56 +351,7 @@ async def test_loyalty_jobs_run_scorecards_counts_as_of_yesterday_by_default(
     assert json.loads(ran.stdout)["as_of"] == calendar.format_day(yesterday)
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-class _Fetched(HTMLParser):
-    """What a page's tags would fetch (src and href attributes), its scripts' text aside."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.urls.extend(value for name, value in attrs if name in {"src", "href"} and value)
-
-
-class _BarTexts(HTMLParser):
-    """The value labels plotly drew in each chart (``chart-<program>-<name>``) of a DOM."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.charts: dict[str, list[str]] = {}
-        self._chart = ""
-        self._depth = 0
-        self._in_text = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = dict(attrs)
-        if tag == "div" and (found.get("id") or "").startswith("chart-"):
-            self._chart, self._depth = found["id"] or "", 0
-            self.charts[self._chart] = []
-        elif self._chart and tag == "div":
-            self._depth += 1
-        self._in_text = tag == "text" and "bartext" in (found.get("class") or "")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "text":
-            self._in_text = False
-        elif tag == "div" and self._chart:
-            if self._depth == 0:
-                self._chart = ""
-            else:
-                self._depth -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self._chart and self._in_text:
-            self.charts[self._chart].append(data)
-
-
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium (apt-get install chromium); .ci/run installs it"
-)
+@NEEDS_CHROMIUM
 async def test_the_html_report_draws_its_charts_with_the_figures_in_headless_chromium(
     store: Store, schema_url: str, redis_url: str, cards: list[str], tmp_path: Path
 ) -> None:
@@ -416,36 +365,23 @@ async def test_the_html_report_draws_its_charts_with_the_figures_in_headless_chr
     )  # fmt: skip
     assert written.returncode == 0, written.stderr
     html = path.read_text(encoding="utf-8")
-    fetched = _Fetched()
-    fetched.feed(html)
-    assert fetched.urls == []  # no script, style or image from elsewhere: opens offline
+    assert fetched_urls(html) == []  # no script, style or image from elsewhere: opens offline
     assert "<td>1,180</td>" in html  # the month's table: all levels' stars issued
 
-    dumped = await asyncio.to_thread(
-        subprocess.run,
-        [
-            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
-            "--disable-dev-shm-usage", "--virtual-time-budget=15000", "--dump-dom",
-            path.as_uri(),
-        ],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-    assert dumped.returncode == 0, dumped.stderr[-2000:]
-    drawn = _BarTexts()
-    drawn.feed(dumped.stdout)
+    drawn = await drawn_bars(path)
     expected = {
         f"chart-{program}-{name}" for program in ("giftcard", "points", "rewards")
         for name in ("issued", "redeemed", "outstanding", "accounts")
     } | {"chart-points-spend"}  # fmt: skip
-    assert set(drawn.charts) == expected
+    assert set(drawn) == expected
     # April's average spend: silver $40.00 a card, gold $1,200.00.
-    assert {"40.00", "1,200.00"} <= set(drawn.charts["chart-points-spend"])
+    assert {"40.00", "1,200.00"} <= set(drawn["chart-points-spend"])
     # Stars issued: silver 100 in February, 80 in April; gold 1,000 in April.
-    assert {"100", "80", "1,000"} <= set(drawn.charts["chart-points-issued"])
-    assert {"1,000"} <= set(drawn.charts["chart-points-redeemed"])
+    assert {"100", "80", "1,000"} <= set(drawn["chart-points-issued"])
+    assert {"1,000"} <= set(drawn["chart-points-redeemed"])
     # The gift cards: $40.00 loaded in February, $25.00 in April; $60.00 outstanding.
-    assert {"40.00", "25.00"} <= set(drawn.charts["chart-giftcard-issued"])
-    assert "60.00" in drawn.charts["chart-giftcard-outstanding"]
+    assert {"40.00", "25.00"} <= set(drawn["chart-giftcard-issued"])
+    assert "60.00" in drawn["chart-giftcard-outstanding"]
 
 
 class _Demo:
