@@ -351,7 +351,9 @@ def _evaluate_slice(
     """Evaluate ``accounts`` and add the changed ones to ``evaluated``.
 
     Each state is decoded for the engine to change in place (a copy would cost more than
-    the rest of the job), and decoded again to tell whether it changed.
+    the rest of the job), and encoded after: bytes equal to those read tell it unchanged
+    (the encoding is canonical; encoding costs less than decoding again). A state stored by
+    an older layout reads as changed once, and is written in this one.
     """
     by_program: dict[int, tuple[CompiledProgram, dict[str, AccountState]]] = {}
     for account, blob in accounts:
@@ -370,7 +372,7 @@ def _evaluate_slice(
             new = outcome.accounts[account]
             if job.reminders is not None:
                 evaluated.reminders.extend(job.reminders(new, as_of))
-            if new == codec.decode_state(read[account][1], account):
+            if codec.encode_state(new) == read[account][1]:
                 evaluated.unchanged += 1
                 continue
             _changed(evaluated, result, program, new, read[account][0], as_of)
