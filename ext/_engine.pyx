@@ -44,7 +44,6 @@ import weakref
 from collections.abc import Mapping
 
 from processor.engine import shared
-from processor.limits import SPENT_MONTH_UNITS_MAX
 from processor.engine.codes import award_code
 from processor.engine.types import (
     AccountState, Award, AwardIssue, LevelMove, LineEarning, Lot, LoyaltyAccount, Posting,
@@ -55,7 +54,7 @@ from processor.store.codec import (
     loyalty_from_stored, padded_loyalty_fields, state_fields, trimmed_loyalty_fields,
 )
 
-cdef int64_t SPENT_MOST = SPENT_MONTH_UNITS_MAX
+cdef int64_t SPENT_MOST = shared.SPENT_MONTH_UNITS_MAX
 cdef _Maker _POSTING = _Maker(Posting)
 cdef _Maker _LEVEL_MOVE = _Maker(LevelMove)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 from processor.engine.awards import add_value, issue_certificate, refusal, touch_activity
 from processor.engine.loyalty import MONTH_SPEND_REASON, audience_reason
 from processor.engine.reference import Batch, BatchOutcome
+from processor.limits import SPENT_MONTH_UNITS_MAX
 
 __all__ = [
     "MONTH_SPEND_REASON",
+    "SPENT_MONTH_UNITS_MAX",
     "Batch",
     "BatchOutcome",
     "add_value",
