@@ -172,6 +172,12 @@ AWARD_EXPIRING_NOTICE_DAYS: Final = 7
 ``award_expiring`` event, written once per award and expiry day by the award-expiry job's
 first run within this many days: a night missed is made up by the next)."""
 
+MONTHLY_REVIEW_GRACE_DAYS: Final = 3
+"""Days into a month the monthly review waits before it reviews the month before (it runs
+as of the 4th): a purchase dated in that month and posted up to this many days after it
+(an offline till's, a store's local date behind UTC) still counts. One posted later counts
+in its month's spend, but that month has been reviewed."""
+
 ESCROW_RELEASED_LOOKBACK_DAYS: Final = 7
 """How far back the escrow-release job looks for points released from escrow: each release
 is told once (a ``points_released`` event per loyalty program and release day), by the job's

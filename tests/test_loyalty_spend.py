@@ -248,7 +248,7 @@ def test_the_review_reads_spend_net_of_returns() -> None:
     [
         ({"transaction_minimum": "200.00"}, "below the month's minimum"),
         ({"levels": ["gold"]}, "not for level silver"),
-        ({"end_date": "2026-03-31"}, "outside rule dates"),
+        ({"end_date": "2026-02-28"}, "outside rule dates"),  # not in effect in March
     ],
 )
 def test_the_review_holds_the_rules_conditions(fields: dict[str, Any], reason: str) -> None:
@@ -275,6 +275,11 @@ def test_points_of_the_review_count_toward_the_level_tests() -> None:
         ({"tender": {"types": ["cash"]}}, "tender", "has no meaning for month_spend"),
         ({"max_transactions_per_day": 2}, "max_transactions_per_day", "has no meaning for"),
         ({"customer_eligibility": "transaction"}, "customer_eligibility", "must be card"),
+        (
+            {"time_rules": [{"type": "birthday_anniversary"}]},
+            "time_rules",
+            "have no meaning for month_spend",
+        ),
         ({"multiplier": "0", "fixed_amount": "0"}, "multiplier", "no points"),
     ],
 )
@@ -294,3 +299,9 @@ def test_a_months_spend_stops_at_its_limit() -> None:
     ledger.account.spent_by_month = {MARCH: SPENT_MONTH_UNITS_MAX - 100}
     ledger.one(purchase("p2", line(amount=1_000), day=DAY + 1))
     assert ledger.account.spent_by_month == {MARCH: SPENT_MONTH_UNITS_MAX}
+
+
+def test_a_rule_ended_with_the_month_still_reviews_it() -> None:
+    ledger = reviewed(issue=[issue_rule(), monthly(end_date="2026-03-31")])
+    april = ledger.job(day("2026-04-04"))
+    assert posted(april) == [("regular", 12, "monthly")]

@@ -6,6 +6,7 @@ transactions to a webhook it is configured with."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import http.server
 import json
 import logging
@@ -18,16 +19,23 @@ import pydantic
 import pytest
 from plugins.server import StartServed, line, purchase
 
+from processor import calendar
 from processor.engine.types import AccountState
 from processor.errors import InvalidFieldError
 from processor.outbox import plugins
 from processor.outbox.delivery import Deliveries, run_sender, senders_of
-from processor.outbox.senders import EVENT_LOGGER, DeliveryError, LogSender, WebhookSender
+from processor.outbox.senders import (
+    EVENT_LOGGER,
+    DeliveryError,
+    LogSender,
+    WebhookSender,
+    event_json,
+)
 from processor.runtime import metrics
 from processor.runtime.logs import mask_cards
 from processor.runtime.settings import Settings
 from processor.store.event_log import EventLog, EventRow
-from processor.store.events import LEVEL_MOVED, Event
+from processor.store.events import LEVEL_MOVED, POINTS_RELEASED, Event
 from processor.store.ledger import AccountWrite, CommitBatch, Store
 
 pytestmark = pytest.mark.integration
@@ -430,3 +438,15 @@ async def test_a_sender_loop_stops_when_cancelled_even_if_the_cancel_became_an_e
     # Without the check it would pause and send again, and never end.
     done, _ = await asyncio.wait([loop], timeout=30)
     assert done and loop.cancelled()
+
+
+def test_the_senders_write_the_days_of_reminders_as_dates() -> None:
+    committed = datetime.datetime(2026, 3, 5, 2, 15, tzinfo=datetime.UTC)
+    day = calendar.parse_day("2026-03-05")
+    released = Event(
+        "6001200000000010", f"released:points:{day}", 0, POINTS_RELEASED, "points", day,
+        {"points": 150, "released_day": day},
+    )  # fmt: skip
+    written = event_json(EventRow(7, released, committed))
+    assert (written["released_date"], written["points"]) == ("2026-03-05", 150)
+    assert "released_day" not in written

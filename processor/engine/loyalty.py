@@ -488,15 +488,17 @@ def review_spend(
 ) -> None:
     """The monthly review: each ``month_spend`` rule issues points on what the card spent
     in the month before ``request.day`` (``floor(spend x multiplier) + fixed_amount``),
-    once per month (its rule counter holds the month reviewed), where the rule's
-    conditions hold on the day and the spend reaches ``transaction_minimum``."""
+    once per month (its rule counter holds the month reviewed), where the rule was in
+    effect on the month's last day, the account's level and customer qualify now, and the
+    spend reaches ``transaction_minimum``. The points are earned on ``request.day``."""
     month = calendar.month_index(request.day) - 1
+    month_end = RequestBase(request.id, request.account, calendar.month_start(request.day) - 1)
     for issue in plan.issue:
         rule = issue.rule
         if rule.calculation != "month_spend":
             continue
         spent = account.spent_by_month.get(month, 0)
-        reason = _common_reason(issue, account, state, request, None, compiled)
+        reason = _common_reason(issue, account, state, month_end, None, compiled)
         if not reason and account.rule_period.get(rule.id, (None, 0))[0] == month:
             reason = "last month reviewed already"
         if not reason and not spent:

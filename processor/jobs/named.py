@@ -19,6 +19,7 @@ from typing import Literal
 from processor import calendar
 from processor.engine.types import AccountState
 from processor.errors import InvalidFieldError
+from processor.limits import MONTHLY_REVIEW_GRACE_DAYS
 from processor.store.events import Event, expiring_of, released_of
 
 
@@ -37,14 +38,18 @@ class Job:
     # The events it tells of each account it goes through, changed or not, written after
     # each chunk's commit, each once (awards about to expire, points released from escrow).
     reminders: Callable[[AccountState, int], list[Event]] | None = None
-    # Runs as of the first of its month: the month's first tick runs it, and the ticks after
-    # find that run finished (or go on with it, stopped), so it walks the accounts once.
+    # Runs as of the same day of every month (MONTHLY_REVIEW_GRACE_DAYS after its first):
+    # that day's first tick runs it, and the ticks after, to the next month's, find that
+    # run finished (or go on with it, stopped), so it walks the accounts once a month.
     monthly: bool = False
 
     def as_of(self, day: int) -> int:
         """The day a run started on ``day`` with no day given is as of."""
         behind = day - self.days_behind
-        return calendar.month_start(behind) if self.monthly else behind
+        if not self.monthly:
+            return behind
+        grace = MONTHLY_REVIEW_GRACE_DAYS
+        return calendar.month_start(behind - grace) + grace
 
 
 JOBS: dict[str, Job] = {
@@ -88,8 +93,9 @@ JOBS: dict[str, Job] = {
             "monthly-review",
             ("review",),
             "issues the points of last month's spend (issue rules whose calculation is "
-            "`month_spend`), once a month: before the award and movement jobs, so the "
-            "night's awards and level moves count them",
+            "`month_spend`), once a month, as of its 4th (purchases posted late count): "
+            "before the award and movement jobs, so the night's awards and level moves "
+            "count them",
             monthly=True,
         ),
         Job(

@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 from processor import calendar
 from processor.errors import LoyaltyError
 from processor.store.event_log import EventRow
-from processor.store.events import AWARD_EXPIRING, AWARD_ISSUED
+from processor.store.events import AWARD_EXPIRING, AWARD_ISSUED, POINTS_RELEASED
 
 WEBHOOK_TIMEOUT_SECONDS: Final = 10.0
 """Longest a webhook may take to answer one delivery before it counts as failed."""
@@ -62,6 +62,8 @@ def event_json(row: EventRow) -> dict[str, Any]:
         # first day it cannot).
         expires_day = data.pop("expires_day")
         data["expires_date"] = "" if expires_day is None else calendar.format_day(expires_day - 1)
+    if event.kind == POINTS_RELEASED:
+        data["released_date"] = calendar.format_day(data.pop("released_day"))
     fields.update(data)
     return fields
 

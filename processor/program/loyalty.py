@@ -461,6 +461,10 @@ def _month_spend_problems(rule: IssueRule, path: str) -> list[Problem]:
         found.append(
             Problem(f"{path}.customer_eligibility", "must be card for month_spend (no transaction)")
         )
+    if rule.time_rules:
+        found.append(
+            Problem(f"{path}.time_rules", "have no meaning for month_spend: a month is no moment")
+        )
     return found
 
 
