@@ -390,50 +390,45 @@ def _report_scorecard(args: argparse.Namespace) -> int:
 
 
 def _report_roi(args: argparse.Namespace) -> int:
-    from processor.reports import roi, scorecard
-
-    month = scorecard.last_month(args.month or "", "--month")
-    report = _program_report(args, roi.load, month)
-    if args.html:
-        from processor import calendar
-        from processor.reports import roi_page
-
-        page = roi_page.render(args.program, report, calendar.format_month(month), args.months)
-        _write_page(args.html, page)
-    elif args.json:
-        print(json.dumps([roi.as_dict(month) for month in report], indent=2))
-    else:
-        print(roi.text(report), end="")
-    if not all(month.counted for month in report):
-        print(
-            "a month marked 'not counted' has no finished run of the scorecards job, whose "
-            "figures this report reads (`loyalty jobs run scorecards --as-of DATE`)",
-            file=sys.stderr,
-        )
-    return 0
+    return _months_report(
+        args,
+        "roi",
+        "a month marked 'not counted' has no finished run of the scorecards job, whose "
+        "figures this report reads (`loyalty jobs run scorecards --as-of DATE`)",
+    )
 
 
 def _report_health(args: argparse.Namespace) -> int:
-    from processor.reports import health, scorecard
+    return _months_report(
+        args,
+        "health",
+        "points of a month marked 'not counted' come from the scorecards job, which has "
+        "not finished a run in it (`loyalty jobs run scorecards --as-of DATE`)",
+    )
 
+
+def _months_report(args: argparse.Namespace, name: str, not_counted: str) -> int:
+    """A report made of the scorecards' months (processor.reports.<name>: ``load``,
+    ``as_dict``, ``text``; its page, ``<name>_page.render``, imported only for --html, as
+    plotly is): tables, JSON or the page, and ``not_counted`` said when a month is."""
+    import importlib
+
+    from processor import calendar
+    from processor.reports import scorecard
+
+    report_module = importlib.import_module(f"processor.reports.{name}")
     month = scorecard.last_month(args.month or "", "--month")
-    report = _program_report(args, health.load, month)
+    report = _program_report(args, report_module.load, month)
     if args.html:
-        from processor import calendar
-        from processor.reports import health_page
-
-        page = health_page.render(args.program, report, calendar.format_month(month), args.months)
+        page_module = importlib.import_module(f"processor.reports.{name}_page")
+        page = page_module.render(args.program, report, calendar.format_month(month), args.months)
         _write_page(args.html, page)
     elif args.json:
-        print(json.dumps([health.as_dict(month) for month in report], indent=2))
+        print(json.dumps([report_module.as_dict(month) for month in report], indent=2))
     else:
-        print(health.text(report), end="")
+        print(report_module.text(report), end="")
     if not all(month.counted for month in report):
-        print(
-            "points of a month marked 'not counted' come from the scorecards job, which has "
-            "not finished a run in it (`loyalty jobs run scorecards --as-of DATE`)",
-            file=sys.stderr,
-        )
+        print(not_counted, file=sys.stderr)
     return 0
 
 

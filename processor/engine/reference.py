@@ -421,7 +421,8 @@ def _take_back_spend(
         line.amount - line.amount * line.returned_quantity // line.quantity
         for line in receipt.lines
     )
-    unspent = sum(_amount_returned(receipt, number, count) for number, count in returned.items())
+    lines = {line.number: line for line in receipt.lines}
+    unspent = sum(_amount_returned(lines[number], count) for number, count in returned.items())
     for program_id, spent in receipt.spent.items():
         take = spent if unspent >= left else spent * unspent // left
         if not take:
@@ -433,19 +434,14 @@ def _take_back_spend(
             loyalty.count_spent(account, -take, receipt.day)
 
 
-def _amount_returned(receipt: Receipt, number: int, quantity: int) -> int:
-    """The part of line ``number``'s amount that returning ``quantity`` more of it gives
-    back: proportional, as its points, so partial returns sum to the whole amount."""
-    for earning in receipt.lines:
-        if earning.number == number:
-            before, after = earning.returned_quantity, earning.returned_quantity + quantity
-            due = (
-                earning.amount
-                if after >= earning.quantity
-                else (earning.amount * after // earning.quantity)
-            )
-            return due - earning.amount * before // earning.quantity
-    return 0
+def _amount_returned(earning: LineEarning, quantity: int) -> int:
+    """The part of a sold line's amount that returning ``quantity`` more of it gives back:
+    proportional, as its points, so partial returns sum to the whole amount."""
+    before, after = earning.returned_quantity, earning.returned_quantity + quantity
+    due = (
+        earning.amount if after >= earning.quantity else earning.amount * after // earning.quantity
+    )
+    return due - earning.amount * before // earning.quantity
 
 
 def _refund_stored_value(

@@ -15,6 +15,7 @@ import random
 from typing import TYPE_CHECKING, Final, Literal
 
 from processor import calendar, money
+from processor.engine.loyalty import SPENT_MONTHS_KEPT
 from processor.engine.types import (
     AccountState,
     Award,
@@ -98,7 +99,7 @@ def account_templates(
             by_month[month] = by_month.get(month, 0) + lot.points
             spend[month] = spend.get(month, 0) + lot.points * minor // scale
         latest = max(spend, default=0)
-        spend = {month: amount for month, amount in spend.items() if month > latest - 2}
+        spend = {m: amount for m, amount in spend.items() if m > latest - SPENT_MONTHS_KEPT}
         account = LoyaltyAccount(
             program=loyalty.id,
             level=level_id,

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 from processor import calendar
 from processor.flow.registry import ProgramRegistry
-from processor.reports.scorecard import decimal_text, text_table
-from processor.reports.scorecard import load as load_scorecards
+from processor.reports.scorecard import decimal_text, load_with_program, text_table
 from processor.store.catalog import Catalog
 from processor.store.event_log import EventLog
 from processor.store.ledger import Store
@@ -56,10 +55,8 @@ async def load(
 ) -> list[HealthMonth]:  # fmt: skip
     """The health of ``program_id``'s loyalty programs over ``months`` months ending with
     ``month`` (its first day), newest month first; NotFoundError for an unknown file."""
-    record = await catalog.get(program_id, counts=False)
-    compiled = await registry.load(record.id, record.version)
+    compiled, cards = await load_with_program(catalog, registry, store, program_id, month, months)
     programs = [plan.program.id for plan in compiled.loyalty]
-    cards = await load_scorecards(catalog, registry, store, program_id, month, months)
     first = calendar.add_period(month, 1 - months, "month")
     last = calendar.add_period(month, 1, "month") - 1
     log = EventLog(store)

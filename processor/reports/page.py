@@ -111,9 +111,7 @@ def _chart(program: str, name: str, cards: list[ProgramMonth]) -> Chart:
     series: dict[str, list[Decimal]] = {}
     levels = [level for card in ordered for level, _ in card.levels]
     for level in [*dict.fromkeys(levels)] or ["all"]:
-        series[level] = [
-            _value(card, _figures(card, level), figure, exponent) for card in ordered
-        ]
+        series[level] = [_value(card, _figures(card, level), figure, exponent) for card in ordered]
     return bar_chart(f"chart-{program}-{name}", name, title, months, series, exponent)
 
 

@@ -19,8 +19,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from processor import calendar, money
 from processor.flow.registry import ProgramRegistry
-from processor.reports.scorecard import ProgramMonth, decimal_text, text_table
-from processor.reports.scorecard import load as load_scorecards
+from processor.reports.scorecard import ProgramMonth, decimal_text, load_with_program, text_table
 from processor.store.catalog import Catalog
 from processor.store.ledger import Store
 from processor.store.scorecards import Figures
@@ -64,9 +63,7 @@ async def load(
 ) -> list[RoiMonth]:  # fmt: skip
     """The ROI of ``program_id``'s loyalty programs over ``months`` months ending with
     ``month`` (its first day), newest month first; NotFoundError for an unknown file."""
-    record = await catalog.get(program_id, counts=False)
-    compiled = await registry.load(record.id, record.version)
-    cards = await load_scorecards(catalog, registry, store, program_id, month, months)
+    compiled, cards = await load_with_program(catalog, registry, store, program_id, month, months)
     report: list[RoiMonth] = []
     for back in range(months):  # newest first
         name = calendar.format_month(calendar.add_period(month, -back, "month"))

@@ -85,10 +85,19 @@ async def load(
     """``program_id``'s scorecards of ``months`` months ending with ``month`` (its first day),
     as GetScorecard and ``loyalty report scorecard`` show them; NotFoundError for an unknown
     program file."""
+    return (await load_with_program(catalog, registry, store, program_id, month, months))[1]
+
+
+async def load_with_program(
+    catalog: Catalog, registry: ProgramRegistry, store: Store, program_id: str, month: int,
+    months: int,
+) -> tuple[CompiledProgram, list[ProgramMonth]]:  # fmt: skip
+    """``load``'s scorecards with the active program file they were read for: for a report
+    that reads both (the program read once)."""
     record = await catalog.get(program_id, counts=False)
     compiled = await registry.load(record.id, record.version)
     rows = await Scorecards(store).months(record.id, month, months)
-    return assemble(rows, [compiled])
+    return compiled, assemble(rows, [compiled])
 
 
 def assemble(rows: Iterable[Row], programs: Sequence[CompiledProgram]) -> list[ProgramMonth]:
